@@ -1,0 +1,321 @@
+//! The decoder: bytes in, normalized records out, parser scratch reused.
+
+use std::sync::Arc;
+
+use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
+use otstream_model::{DeviceId, Meta, RawMessage, Record};
+use serde::Deserialize;
+use simd_json::tape::Tape;
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, fill_tape_padded};
+
+use crate::crypto::{self, KeyRing};
+use crate::error::{DecodeError, ErrorKind};
+use crate::normalize::normalize;
+use crate::tape::{Val, missing, wrong_type};
+
+/// Limits and conventions for decoding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Largest payload accepted, bytes. The default, 256 KiB, is far above
+    /// what the apps send (a location is ~250 B, a card with a face ~3 KB, a
+    /// configuration dump with many waypoints tens of KB) and far below what
+    /// would let one message hurt the process.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Deepest nesting of objects and arrays accepted. OwnTracks nests at
+    /// most five levels (cmd > configuration > waypoints > [] > waypoint);
+    /// 32 leaves room for tracker-specific extras and bounds the work.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// MQTT topic prefix, `owntracks` as in the apps' default base topic.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+}
+
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_depth() -> usize {
+    32
+}
+fn default_topic_prefix() -> String {
+    DEFAULT_TOPIC_PREFIX.to_owned()
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: default_max_payload_bytes(),
+            max_depth: default_max_depth(),
+            topic_prefix: default_topic_prefix(),
+        }
+    }
+}
+
+impl DecodeConfig {
+    /// Checks the limits make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_payload_bytes == 0 {
+            return Err("max_payload_bytes must be at least 1".into());
+        }
+        if self.max_depth < 2 {
+            return Err("max_depth must be at least 2 (an object inside an array)".into());
+        }
+        Ok(())
+    }
+}
+
+/// An encrypted envelope seen while walking, opened after the tape that
+/// borrows the input is released.
+struct Sealed {
+    data: String,
+    id: Option<DeviceId>,
+    topic: Option<String>,
+}
+
+/// Decodes OwnTracks payloads into normalized records.
+///
+/// One decoder per thread: it owns the parser's scratch (the padded input
+/// copy, simd-json's buffers and tape), which is reused from one message to
+/// the next, so steady-state decoding allocates only the records it returns.
+pub struct Decoder {
+    config: DecodeConfig,
+    keys: Arc<KeyRing>,
+    input: Vec<u8>,
+    buffers: Buffers,
+    tape: Option<Tape<'static>>,
+    sealed: Vec<u8>,
+}
+
+impl Decoder {
+    /// A decoder with the given limits and encryption keys.
+    pub fn new(config: DecodeConfig, keys: Arc<KeyRing>) -> Self {
+        // 4 KiB covers every common payload without growing.
+        let buffers = Buffers::with_max_depth(4096, config.max_depth);
+        Self {
+            config,
+            keys,
+            input: Vec::new(),
+            buffers,
+            tape: None,
+            sealed: Vec::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &DecodeConfig {
+        &self.config
+    }
+
+    /// Decodes one received message, appending its records to `out` and
+    /// returning how many were appended. An empty body (the apps' "clear"
+    /// publish) and an empty array yield none. On error nothing is appended.
+    pub fn decode(
+        &mut self,
+        msg: &RawMessage,
+        out: &mut Vec<Record>,
+    ) -> Result<usize, DecodeError> {
+        let start = out.len();
+        match self.decode_payload(&msg.payload, msg, None, out) {
+            Ok(()) => Ok(out.len() - start),
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    fn decode_payload(
+        &mut self,
+        payload: &[u8],
+        msg: &RawMessage,
+        outer_topic: Option<Option<&str>>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), DecodeError> {
+        if payload.len() > self.config.max_payload_bytes {
+            return Err(DecodeError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds the limit of {} bytes",
+                    payload.len(),
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        // A UTF-8 byte order mark is not JSON, but some HTTP clients add one;
+        // it carries no meaning, so it is skipped rather than refused.
+        let body = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+        let body = body.trim_ascii();
+        if body.is_empty() {
+            return Ok(());
+        }
+
+        let len = body.len();
+        self.input.clear();
+        self.input.extend_from_slice(body);
+        self.input.resize(len + INPUT_PADDING, 0);
+        let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let mut sealed = Vec::new();
+        let result = match fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
+            Ok(()) => {
+                let walker = Walker {
+                    config: &self.config,
+                    msg,
+                    outer_topic,
+                };
+                walker.root(Val(&tape.0), &mut sealed, out)
+            }
+            Err(e) => Err(json_error(&e)),
+        };
+        self.tape = Some(tape.reset());
+        result?;
+
+        for s in sealed {
+            let secret = self.keys.find(s.id.as_ref()).ok_or_else(|| {
+                let who =
+                    s.id.as_ref()
+                        .map_or_else(|| "an unidentified device".into(), |i| i.key());
+                DecodeError::new(
+                    ErrorKind::NoKey,
+                    format!("encrypted message from {who}, and no key is configured for it"),
+                )
+            })?;
+            let mut sealed_bytes = std::mem::take(&mut self.sealed);
+            let opened = crypto::unbase64(&s.data, &mut sealed_bytes)
+                .and_then(|()| crypto::open(secret, &sealed_bytes));
+            self.sealed = sealed_bytes;
+            let plaintext = opened?;
+            // iOS encrypts the zero-length "clear" publish too: no records.
+            self.decode_payload(&plaintext, msg, Some(s.topic.as_deref()), out)?;
+        }
+        Ok(())
+    }
+}
+
+fn json_error(e: &simd_json::Error) -> DecodeError {
+    match e.error() {
+        ErrorType::InvalidUtf8 => {
+            DecodeError::new(ErrorKind::InvalidUtf8, "payload is not valid UTF-8")
+        }
+        ErrorType::DepthLimitExceeded => DecodeError::new(
+            ErrorKind::TooDeep,
+            "objects and arrays nest deeper than the configured limit",
+        ),
+        other => DecodeError::new(
+            ErrorKind::InvalidJson,
+            format!(
+                "payload is not valid JSON (at byte {}: {other:?})",
+                e.index()
+            ),
+        ),
+    }
+}
+
+/// Walks one parsed document.
+struct Walker<'a> {
+    config: &'a DecodeConfig,
+    msg: &'a RawMessage,
+    /// `Some` when decoding the plaintext of an encrypted envelope; holds
+    /// the envelope's own `topic`, which the inner message inherits.
+    outer_topic: Option<Option<&'a str>>,
+}
+
+impl Walker<'_> {
+    fn root(
+        &self,
+        root: Val<'_, '_>,
+        sealed: &mut Vec<Sealed>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), DecodeError> {
+        if root.as_object().is_some() {
+            return self.message(root, sealed, out);
+        }
+        // A JSON array of messages: what /pub responses look like, and valid
+        // per the OwnTracks schema for message lists.
+        let Some(items) = root.as_array() else {
+            return Err(DecodeError::new(
+                ErrorKind::NotAnObject,
+                format!("expected a JSON object, found {}", root.type_name()),
+            ));
+        };
+        for (i, item) in items.enumerate() {
+            if item.as_object().is_none() {
+                return Err(DecodeError::new(
+                    ErrorKind::NotAnObject,
+                    format!(
+                        "array element {i}: expected a JSON object, found {}",
+                        item.type_name()
+                    ),
+                ));
+            }
+            self.message(item, sealed, out)?;
+        }
+        Ok(())
+    }
+
+    fn message(
+        &self,
+        obj: Val<'_, '_>,
+        sealed: &mut Vec<Sealed>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), DecodeError> {
+        let (mut kind, mut topic, mut tid, mut data) = (None, None, None, None);
+        for (k, v) in obj.as_object().into_iter().flatten() {
+            match k {
+                "_type" => kind = Some(v),
+                "topic" => topic = v.as_str(),
+                "tid" => tid = v.as_str(),
+                "data" => data = Some(v),
+                _ => {}
+            }
+        }
+        let kind = match kind.map(|v| (v, v.as_str())) {
+            Some((_, Some(k))) if !k.is_empty() => k,
+            Some((v, None)) if !v.is_null() => return Err(wrong_type("_type", "a string", v)),
+            _ => {
+                return Err(DecodeError::field(
+                    ErrorKind::MissingType,
+                    "_type",
+                    "missing `_type`: cannot tell what kind of message this is",
+                ));
+            }
+        };
+        let topic = topic.or(self.outer_topic.flatten());
+        let hints = &self.msg.hints;
+        let prefix = &self.config.topic_prefix;
+        let id = identity::resolve(hints, prefix, topic, tid);
+
+        if kind == "encrypted" {
+            if self.outer_topic.is_some() {
+                return Err(DecodeError::new(
+                    ErrorKind::NestedEncryption,
+                    "an encrypted message inside an encrypted message",
+                ));
+            }
+            let data = data
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| missing("data"))?;
+            let text = data
+                .as_str()
+                .ok_or_else(|| wrong_type("data", "a base64 string", data))?;
+            sealed.push(Sealed {
+                data: text.to_owned(),
+                id: id.ok(),
+                topic: topic.map(str::to_owned),
+            });
+            return Ok(());
+        }
+
+        let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
+        let meta = Meta {
+            user: id.user,
+            device: id.device,
+            tid: tid.map(str::to_owned),
+            received_at: self.msg.received_at,
+            transport: self.msg.transport,
+            topic: hints.mqtt_topic.as_deref().or(topic).map(str::to_owned),
+        };
+        normalize(kind, obj, meta, out)
+    }
+}

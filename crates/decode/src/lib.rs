@@ -1,0 +1,40 @@
+//! Turns OwnTracks payloads into normalized records, fast, and says exactly
+//! why when it cannot.
+//!
+//! In: a [`RawMessage`](otstream_model::RawMessage), the bytes of one HTTP
+//! body or MQTT publish with the transport facts around them. Out: zero or
+//! more [`Record`](otstream_model::Record)s (a `waypoints` list yields one
+//! per waypoint, an empty "clear" body yields none), or a [`DecodeError`]
+//! whose [`ErrorKind`] is a bounded code fit for a metric label and a dead
+//! letter, and whose message names the field and the problem.
+//!
+//! Parsing is simd-json's tape, read in place: the decoder keeps its input
+//! copy, simd-json's buffers and the tape between messages, so decoding
+//! allocates nothing but the records themselves. Real phones send messy
+//! JSON, and the rules here are the apps' own: numbers as strings are
+//! parsed, floats in integer fields are truncated, `-1` means unknown,
+//! `SSID` and `ssid` are the same field, unknown fields are kept verbatim in
+//! `extra`. What cannot be a row (no `_type`, `lat` out of range, not JSON,
+//! too deep, too large, undecryptable) is refused, never panicked on.
+//!
+//! `_type=encrypted` is opened with the sender's key from a [`KeyRing`]
+//! (libsodium secretbox), then decoded like any other payload.
+//!
+//! Layout:
+//! - [`decoder`]: [`Decoder`] and [`DecodeConfig`].
+//! - `normalize`: one function per `_type`.
+//! - `tape`: walking simd-json's tape, lenient coercions, the `extra` writer.
+//! - [`crypto`]: secretbox and the key ring.
+//! - [`error`]: [`DecodeError`] and [`ErrorKind`].
+
+pub mod crypto;
+pub mod decoder;
+pub mod error;
+mod normalize;
+mod tape;
+#[cfg(test)]
+mod tests;
+
+pub use crypto::{KeyFileError, KeyRing};
+pub use decoder::{DecodeConfig, Decoder};
+pub use error::{DecodeError, ErrorKind};

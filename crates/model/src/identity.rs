@@ -1,0 +1,279 @@
+//! Canonical device identity: `user/device`.
+//!
+//! OwnTracks never sends one field that says who is talking, so identity is
+//! assembled from what the transport and the payload offer, in a fixed order
+//! (DESIGN.md, "Identity"):
+//!
+//! 1. MQTT: the topic the message arrived on, `<prefix>/<user>/<device>[/sub]`.
+//! 2. HTTP: the payload's `topic` field (Traccar's rule; iOS sends it),
+//! 3. then the `X-Limit-U` / `X-Limit-D` headers the apps send,
+//! 4. then the Basic-auth user plus the payload's `tid`,
+//! 5. then `tid` alone, under the reserved user [`TID_USER`].
+//!
+//! `tid` is always kept as a column of its own, whichever rule applied.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The default MQTT topic prefix the apps publish under.
+pub const DEFAULT_TOPIC_PREFIX: &str = "owntracks";
+
+/// The user part given to devices known only by their `tid`. The leading
+/// underscore follows OwnTracks' own convention for metadata keys (`_type`,
+/// `_id`), so it cannot be mistaken for a user someone chose.
+pub const TID_USER: &str = "_tid";
+
+/// A device's canonical identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceId {
+    /// The user (MQTT topic level 2, `X-Limit-U`, or the authenticated user).
+    pub user: String,
+    /// The device (MQTT topic level 3, `X-Limit-D`, or the `tid`).
+    pub device: String,
+}
+
+impl DeviceId {
+    /// A device id from its two parts.
+    pub fn new(user: impl Into<String>, device: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+
+    /// The bus key for this device: `user/device`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.user, self.device)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.user, self.device)
+    }
+}
+
+/// What the transport knows about the sender, before the payload is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityHints {
+    /// The MQTT topic the message was published on.
+    pub mqtt_topic: Option<String>,
+    /// The `X-Limit-U` HTTP header (the app's configured user name).
+    pub x_limit_u: Option<String>,
+    /// The `X-Limit-D` HTTP header (the app's configured device name).
+    pub x_limit_d: Option<String>,
+    /// The user that passed HTTP Basic authentication, if any.
+    pub auth_user: Option<String>,
+}
+
+/// Why no identity could be established.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// An MQTT topic that does not name a user and a device.
+    #[error("topic {topic:?} does not have the form <prefix>/<user>/<device>[/subtopic]")]
+    BadTopic {
+        /// The offending topic.
+        topic: String,
+    },
+    /// Nothing in the transport or the payload says who sent the message.
+    #[error(
+        "no identity: no MQTT topic, no payload topic, no X-Limit-U header, no authenticated user and no tid"
+    )]
+    Missing,
+}
+
+/// A topic split into its identity and its subtopic (`event`, `info`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicParts<'a> {
+    /// The user level.
+    pub user: &'a str,
+    /// The device level.
+    pub device: &'a str,
+    /// What follows the device level, without the leading slash; empty for
+    /// the base topic.
+    pub subtopic: &'a str,
+}
+
+/// Splits an OwnTracks topic. The configured prefix (which may itself have
+/// several levels) is stripped when present; otherwise the first level is
+/// taken as the prefix, as OwnTracks Recorder does, so that apps configured
+/// with another base topic (`public/user/device`) are still understood.
+pub fn parse_topic<'a>(topic: &'a str, prefix: &str) -> Option<TopicParts<'a>> {
+    let rest = match topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
+        Some(rest) if !prefix.is_empty() => rest,
+        _ => topic.split_once('/')?.1,
+    };
+    let (user, rest) = rest.split_once('/')?;
+    let (device, subtopic) = match rest.split_once('/') {
+        Some((device, sub)) => (device, sub),
+        None => (rest, ""),
+    };
+    if user.is_empty() || device.is_empty() {
+        return None;
+    }
+    Some(TopicParts {
+        user,
+        device,
+        subtopic,
+    })
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Resolves the identity of a message from the transport hints and the
+/// payload's own `topic` and `tid` fields, in the order the module explains.
+pub fn resolve(
+    hints: &IdentityHints,
+    prefix: &str,
+    payload_topic: Option<&str>,
+    tid: Option<&str>,
+) -> Result<DeviceId, IdentityError> {
+    if let Some(topic) = hints.mqtt_topic.as_deref() {
+        return parse_topic(topic, prefix)
+            .map(|p| DeviceId::new(p.user, p.device))
+            .ok_or_else(|| IdentityError::BadTopic {
+                topic: topic.to_owned(),
+            });
+    }
+    if let Some(parts) = non_empty(payload_topic).and_then(|t| parse_topic(t, prefix)) {
+        return Ok(DeviceId::new(parts.user, parts.device));
+    }
+    let tid = non_empty(tid);
+    if let Some(user) = non_empty(hints.x_limit_u.as_deref()) {
+        // Home Assistant's rule when X-Limit-D is missing: the device is
+        // named after the user; we prefer the tid when there is one.
+        let device = non_empty(hints.x_limit_d.as_deref())
+            .or(tid)
+            .unwrap_or(user);
+        return Ok(DeviceId::new(user, device));
+    }
+    if let Some(user) = non_empty(hints.auth_user.as_deref()) {
+        return Ok(DeviceId::new(user, tid.unwrap_or(user)));
+    }
+    match tid {
+        Some(tid) => Ok(DeviceId::new(TID_USER, tid)),
+        None => Err(IdentityError::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mqtt(topic: &str) -> IdentityHints {
+        IdentityHints {
+            mqtt_topic: Some(topic.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn topic_with_prefix_and_subtopic() {
+        let p = parse_topic("owntracks/jane/phone/event", "owntracks").unwrap();
+        assert_eq!((p.user, p.device, p.subtopic), ("jane", "phone", "event"));
+        let p = parse_topic("owntracks/jane/phone", "owntracks").unwrap();
+        assert_eq!((p.user, p.device, p.subtopic), ("jane", "phone", ""));
+    }
+
+    #[test]
+    fn multi_level_prefix_and_foreign_prefix() {
+        let p = parse_topic("fleet/eu/jane/phone/info", "fleet/eu").unwrap();
+        assert_eq!((p.user, p.device, p.subtopic), ("jane", "phone", "info"));
+        // Recorder's rule: an unknown first level is taken as the prefix.
+        let p = parse_topic("public/user/FFA4", "owntracks").unwrap();
+        assert_eq!((p.user, p.device), ("user", "FFA4"));
+    }
+
+    #[test]
+    fn short_or_empty_topics_are_refused() {
+        assert_eq!(parse_topic("owntracks/jane", "owntracks"), None);
+        assert_eq!(parse_topic("owntracks//phone", "owntracks"), None);
+        assert_eq!(parse_topic("owntracks", "owntracks"), None);
+        let e = resolve(&mqtt("owntracks/jane"), "owntracks", None, Some("JJ")).unwrap_err();
+        assert_eq!(
+            e,
+            IdentityError::BadTopic {
+                topic: "owntracks/jane".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unicode_and_spaces_survive() {
+        let id = resolve(
+            &mqtt("owntracks/jürgen/iPhone 12 Pro"),
+            "owntracks",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(id.key(), "jürgen/iPhone 12 Pro");
+    }
+
+    #[test]
+    fn mqtt_topic_wins_over_payload() {
+        let id = resolve(
+            &mqtt("owntracks/a/b/cmd"),
+            "owntracks",
+            Some("owntracks/c/d"),
+            Some("JJ"),
+        )
+        .unwrap();
+        assert_eq!(id, DeviceId::new("a", "b"));
+    }
+
+    #[test]
+    fn http_order_topic_then_headers_then_auth_then_tid() {
+        let mut h = IdentityHints {
+            x_limit_u: Some("u".into()),
+            x_limit_d: Some("d".into()),
+            auth_user: Some("auth".into()),
+            ..Default::default()
+        };
+        let topic = Some("owntracks/jane/phone/event");
+        assert_eq!(
+            resolve(&h, "owntracks", topic, Some("JJ")).unwrap(),
+            DeviceId::new("jane", "phone")
+        );
+        assert_eq!(
+            resolve(&h, "owntracks", None, Some("JJ")).unwrap(),
+            DeviceId::new("u", "d")
+        );
+        h.x_limit_d = None;
+        assert_eq!(
+            resolve(&h, "owntracks", None, Some("JJ")).unwrap(),
+            DeviceId::new("u", "JJ")
+        );
+        assert_eq!(
+            resolve(&h, "owntracks", None, None).unwrap(),
+            DeviceId::new("u", "u")
+        );
+        h.x_limit_u = None;
+        assert_eq!(
+            resolve(&h, "owntracks", None, Some("JJ")).unwrap(),
+            DeviceId::new("auth", "JJ")
+        );
+        h.auth_user = None;
+        assert_eq!(
+            resolve(&h, "owntracks", None, Some("JJ")).unwrap(),
+            DeviceId::new("_tid", "JJ")
+        );
+        assert_eq!(
+            resolve(&h, "owntracks", None, Some(" ")),
+            Err(IdentityError::Missing)
+        );
+    }
+
+    #[test]
+    fn unparsable_payload_topic_falls_through() {
+        let h = IdentityHints::default();
+        assert_eq!(
+            resolve(&h, "owntracks", Some("nonsense"), Some("JJ")).unwrap(),
+            DeviceId::new("_tid", "JJ")
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! The vocabulary every otstream stage shares, and nothing else.
+//!
+//! Phones and trackers send OwnTracks JSON payloads; the pipeline captures
+//! each one as a [`RawMessage`] (the bytes exactly as received, with the
+//! transport facts needed to know who sent it), decodes it into zero or more
+//! normalized [`Record`]s, and stores those as table rows. This crate defines
+//! those three shapes, the rules that turn transport facts into a canonical
+//! device identity (`user/device`), the on-disk recording format that every
+//! capture and replay tool reads and writes, and the names of the bus topics.
+//!
+//! It is pure: no I/O, no async runtime, no Kafka or ClickHouse types, so
+//! every stage and every tool can depend on it without pulling in the world.
+//!
+//! Layout:
+//! - [`record`]: the normalized records, the rows of the tables, with units.
+//! - [`identity`]: canonical device identity from MQTT topics and HTTP hints.
+//! - [`raw`]: a message as received, and the NDJSON recording format.
+//! - [`topics`]: bus topic names and their configurable prefix.
+
+pub mod identity;
+pub mod raw;
+pub mod record;
+pub mod topics;
+
+pub use identity::{DeviceId, IdentityError, IdentityHints};
+pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
+pub use record::{
+    Beacon, Card, Command, Configuration, DeviceEvent, Meta, Position, Record, Steps, Transition,
+    Unknown, Waypoint,
+};

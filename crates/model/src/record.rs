@@ -1,0 +1,447 @@
+//! Normalized records: the rows of the tables.
+//!
+//! Every record keeps OwnTracks' own field names and units wherever the field
+//! exists in the protocol, and adds who sent it and how ([`Meta`]). Fields a
+//! device did not send are `None` (and absent from the JSON form). Whatever a
+//! device sent that has no column here is kept, verbatim, as a JSON object in
+//! `extra`: nothing the device sent is thrown away.
+//!
+//! Conventions, applied by the decoder and relied on by the tables:
+//! - times are UNIX seconds (`tst`, `wtst`, `created_at`, `from`, `to`), except
+//!   `received_at`, which is milliseconds; a device time sent in milliseconds
+//!   (some Android builds do) is converted to seconds;
+//! - integer fields sent as floats are truncated toward zero, as the Android
+//!   app does (`vel` 5.6 is 5); numbers sent as strings are parsed;
+//! - the `-1` the apps send for an unknown speed, course, altitude, vertical
+//!   accuracy, accuracy or battery level is `None`, not a value.
+
+use serde::{Deserialize, Serialize};
+
+use crate::raw::Transport;
+
+/// Who sent a record and how it arrived; common to every record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The user part of the device identity.
+    pub user: String,
+    /// The device part of the device identity.
+    pub device: String,
+    /// Tracker id: the short label the apps show (usually two characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+    /// When otstream received the message, milliseconds since the UNIX epoch.
+    pub received_at: i64,
+    /// How the message arrived.
+    pub transport: Transport,
+    /// The MQTT topic, or the `topic` field of an HTTP payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// `_type=location`: where a device was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Time of the fix, UNIX seconds.
+    pub tst: i64,
+    /// Latitude, decimal degrees (WGS84), -90..=90.
+    pub lat: f64,
+    /// Longitude, decimal degrees (WGS84), -180..=180.
+    pub lon: f64,
+    /// Horizontal accuracy radius, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<i32>,
+    /// Altitude above sea level, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt: Option<i32>,
+    /// Vertical accuracy of `alt`, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vac: Option<i32>,
+    /// Speed, km/h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vel: Option<i32>,
+    /// Course over ground, degrees, 0 = north, clockwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cog: Option<i32>,
+    /// Battery level, percent (0..=100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batt: Option<i32>,
+    /// Battery status: 0 unknown, 1 unplugged, 2 charging, 3 full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bs: Option<i32>,
+    /// Trigger: p ping, c circular region, b beacon, r report request, u user,
+    /// t timer, v monitoring change; absent means automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<String>,
+    /// Connectivity when the fix was taken: w wifi, m mobile, o offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
+    /// Barometric pressure, kPa.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// Monitoring mode: -1 quiet, 0 manual, 1 significant, 2 move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<i32>,
+    /// Wi-Fi network name (`SSID` or `ssid` on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssid: Option<String>,
+    /// Wi-Fi access point MAC (`BSSID` or `bssid`), as sent (iOS does not
+    /// zero-pad octets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bssid: Option<String>,
+    /// When the app created the message, UNIX seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    /// Names of the regions the device is in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inregions: Vec<String>,
+    /// Ids of the regions the device is in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inrids: Vec<String>,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=transition`: a device entered or left a region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Time of the transition, UNIX seconds.
+    pub tst: i64,
+    /// Time the region (waypoint) was created, UNIX seconds; identifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wtst: Option<i64>,
+    /// Latitude where the transition fired, decimal degrees.
+    pub lat: f64,
+    /// Longitude where the transition fired, decimal degrees.
+    pub lon: f64,
+    /// Accuracy of lat/lon, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<i32>,
+    /// `enter` or `leave`.
+    pub event: String,
+    /// The region's description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Region id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// Trigger: c circular region, b beacon, w wifi, l location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<String>,
+    /// Who decided it: `device` (reported by the app) or `server`.
+    pub source: String,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=waypoint` (and each entry of `waypoints` and of a configuration's
+/// `waypoints`): a region defined on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waypoint {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Creation time of the waypoint, UNIX seconds; identifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// Centre latitude, decimal degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Centre longitude, decimal degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// Radius, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rad: Option<i32>,
+    /// Description (the region's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Region id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// Beacon UUID, for beacon regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Beacon major number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<i32>,
+    /// Beacon minor number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i32>,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=card`: the name and face the apps show for a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Base64 PNG or JPEG image, 40x40 px by convention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face: Option<String>,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=lwt` and `_type=status`: what happened to the device rather than
+/// where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// `lwt` (the broker lost the connection) or `status` (app status report).
+    pub event: String,
+    /// For an lwt: when the app first connected, UNIX seconds (the apps'
+    /// will message often has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// Unknown fields, and a status report's `android`/`iOS` objects,
+    /// verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=steps`: the pedometer over a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Steps {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Time of the report, UNIX seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// Steps walked in the period; `None` when the device could not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i64>,
+    /// Start of the period, UNIX seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    /// End of the period, UNIX seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+    /// Distance walked, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<i64>,
+    /// Floors climbed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floorsup: Option<i64>,
+    /// Floors climbed down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floorsdown: Option<i64>,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=beacon`: an iBeacon seen while ranging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beacon {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Time of the observation, UNIX seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// Beacon UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Beacon major number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<i32>,
+    /// Beacon minor number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i32>,
+    /// Accuracy of the proximity, metres from the beacon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<i32>,
+    /// Received signal strength, dBm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rssi: Option<i32>,
+    /// Proximity: 0 unknown, 1 immediate, 2 near, 3 far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prox: Option<i32>,
+    /// Description of the beacon region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Unknown fields, verbatim, as a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// `_type=configuration`: a dump of the app's settings, secrets removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Connection mode: 0 MQTT, 3 HTTP (others are historical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i32>,
+    /// Broker host (MQTT mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Broker port (MQTT mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// Endpoint URL (HTTP mode), credentials removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// User name the app authenticates with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Device id configured in the app (`deviceId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Number of waypoints in the dump (each is also a waypoint record).
+    pub waypoints: u32,
+    /// The whole configuration as a JSON object, with every secret
+    /// (`password`, `passphrase`, `encryptionKey`, ...) removed.
+    pub config: String,
+}
+
+/// `_type=cmd`: a remote command (usually sent to a device; stored when seen).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// The action (`reportLocation`, `setWaypoints`, `setConfiguration`, ...).
+    pub action: String,
+    /// Time, UNIX seconds, when the command carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// Every other field of the command as a JSON object, secrets removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// A well-formed message whose `_type` otstream does not model (`request`,
+/// future types): stored, never rejected, because iOS drops a message the
+/// server answers with 4xx.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unknown {
+    /// Sender and transport.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// The message's `_type`.
+    pub kind: String,
+    /// Time, UNIX seconds, when the message carries a `tst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tst: Option<i64>,
+    /// The message's fields other than `_type`, `tid`, `tst` and `topic`, as
+    /// a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+}
+
+/// Any normalized record. The JSON form carries the variant in `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // records are moved, not stored in bulk; boxing costs an allocation each
+pub enum Record {
+    /// A location fix.
+    Position(Position),
+    /// A region transition.
+    Transition(Transition),
+    /// A region definition.
+    Waypoint(Waypoint),
+    /// A user's card.
+    Card(Card),
+    /// An lwt or status report.
+    DeviceEvent(DeviceEvent),
+    /// A pedometer report.
+    Steps(Steps),
+    /// A beacon observation.
+    Beacon(Beacon),
+    /// A configuration dump.
+    Configuration(Configuration),
+    /// A remote command.
+    Command(Command),
+    /// A message of a `_type` otstream does not model.
+    Unknown(Unknown),
+}
+
+impl Record {
+    /// The common sender and transport facts.
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Record::Position(r) => &r.meta,
+            Record::Transition(r) => &r.meta,
+            Record::Waypoint(r) => &r.meta,
+            Record::Card(r) => &r.meta,
+            Record::DeviceEvent(r) => &r.meta,
+            Record::Steps(r) => &r.meta,
+            Record::Beacon(r) => &r.meta,
+            Record::Configuration(r) => &r.meta,
+            Record::Command(r) => &r.meta,
+            Record::Unknown(r) => &r.meta,
+        }
+    }
+
+    /// The record's type name, as written in the JSON `type` field.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Record::Position(_) => "position",
+            Record::Transition(_) => "transition",
+            Record::Waypoint(_) => "waypoint",
+            Record::Card(_) => "card",
+            Record::DeviceEvent(_) => "device_event",
+            Record::Steps(_) => "steps",
+            Record::Beacon(_) => "beacon",
+            Record::Configuration(_) => "configuration",
+            Record::Command(_) => "command",
+            Record::Unknown(_) => "unknown",
+        }
+    }
+
+    /// The record as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Records hold only strings, numbers and finite floats (the decoder
+        // rejects NaN and infinities), so serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_form_is_tagged_flat_and_omits_absent_fields() {
+        let r = Record::DeviceEvent(DeviceEvent {
+            meta: Meta {
+                user: "jane".into(),
+                device: "phone".into(),
+                tid: None,
+                received_at: 5,
+                transport: Transport::Mqtt,
+                topic: Some("owntracks/jane/phone".into()),
+            },
+            event: "lwt".into(),
+            tst: None,
+            extra: None,
+        });
+        let json = r.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"device_event","user":"jane","device":"phone","received_at":5,"transport":"mqtt","topic":"owntracks/jane/phone","event":"lwt"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
+        assert_eq!(r.type_name(), "device_event");
+    }
+}

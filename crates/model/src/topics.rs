@@ -1,0 +1,49 @@
+//! Bus topic names. Every topic is keyed by device identity so that one
+//! device's messages stay in order inside one partition.
+
+/// The default prefix in front of every topic name.
+pub const DEFAULT_PREFIX: &str = "otstream.";
+
+/// Every payload exactly as received: the durable capture point.
+pub const RAW: &str = "raw";
+/// Normalized locations, one JSON object per message.
+pub const POSITIONS: &str = "positions";
+/// Transitions (device-reported and server-evaluated), trips and stops.
+pub const EVENTS: &str = "events";
+/// Every other normalized type (waypoints, cards, lwt, status, steps, ...).
+pub const RECORDS: &str = "records";
+/// Payloads that could not be decoded, with the reason.
+pub const DEAD_LETTERS: &str = "dead-letters";
+
+/// Version of the JSON written to the normalized topics. Carried as a header
+/// so that readers can refuse a shape they do not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The full topic name for `name` under `prefix`.
+pub fn topic_name(prefix: &str, name: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + name.len());
+    s.push_str(prefix);
+    s.push_str(name);
+    s
+}
+
+/// The topic a normalized record goes to.
+pub fn topic_for(record: &crate::Record) -> &'static str {
+    use crate::Record;
+    match record {
+        Record::Position(_) => POSITIONS,
+        Record::Transition(_) => EVENTS,
+        _ => RECORDS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_join_prefix_and_name() {
+        assert_eq!(topic_name(DEFAULT_PREFIX, RAW), "otstream.raw");
+        assert_eq!(topic_name("", DEAD_LETTERS), "dead-letters");
+    }
+}
