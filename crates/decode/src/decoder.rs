@@ -166,7 +166,7 @@ impl Decoder {
                 };
                 walker.root(Val(&tape.0), &mut sealed, out)
             }
-            Err(e) => Err(json_error(&e)),
+            Err(e) => Err(json_error(&e, body)),
         };
         self.tape = Some(tape.reset());
         result?;
@@ -193,7 +193,7 @@ impl Decoder {
     }
 }
 
-fn json_error(e: &simd_json::Error) -> DecodeError {
+fn json_error(e: &simd_json::Error, body: &[u8]) -> DecodeError {
     match e.error() {
         ErrorType::InvalidUtf8 => {
             DecodeError::new(ErrorKind::InvalidUtf8, "payload is not valid UTF-8")
@@ -202,13 +202,24 @@ fn json_error(e: &simd_json::Error) -> DecodeError {
             ErrorKind::TooDeep,
             "objects and arrays nest deeper than the configured limit",
         ),
-        other => DecodeError::new(
-            ErrorKind::InvalidJson,
-            format!(
-                "payload is not valid JSON (at byte {}: {other:?})",
-                e.index()
-            ),
-        ),
+        _ => {
+            let at = e.index();
+            let message = match body.get(at) {
+                Some(b) if b.is_ascii_graphic() => {
+                    format!(
+                        "payload is not valid JSON: unexpected '{}' at byte {at}",
+                        *b as char
+                    )
+                }
+                Some(b) => {
+                    format!("payload is not valid JSON: unexpected byte 0x{b:02x} at byte {at}")
+                }
+                None => {
+                    "payload is not valid JSON: it ends before the value is complete".to_owned()
+                }
+            };
+            DecodeError::new(ErrorKind::InvalidJson, message)
+        }
     }
 }
 
@@ -307,15 +318,30 @@ impl Walker<'_> {
             return Ok(());
         }
 
-        let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
+        // Content is checked before identity: "missing `lat`" tells a sender
+        // more than "who are you?" does, and a valid message is rarely
+        // anonymous. The identity is filled in once the records exist.
         let meta = Meta {
-            user: id.user,
-            device: id.device,
+            user: String::new(),
+            device: String::new(),
             tid: tid.map(str::to_owned),
             received_at: self.msg.received_at,
             transport: self.msg.transport,
             topic: hints.mqtt_topic.as_deref().or(topic).map(str::to_owned),
         };
-        normalize(kind, obj, meta, out)
+        let start = out.len();
+        normalize(kind, obj, meta, out)?;
+        let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
+        if let Some((last, rest)) = out[start..].split_last_mut() {
+            for r in rest {
+                let m = r.meta_mut();
+                m.user.clone_from(&id.user);
+                m.device.clone_from(&id.device);
+            }
+            let m = last.meta_mut();
+            m.user = id.user;
+            m.device = id.device;
+        }
+        Ok(())
     }
 }

@@ -566,7 +566,19 @@ fn rejections_name_the_field_and_the_reason() {
 
 #[test]
 fn malformed_bytes_are_refused() {
-    assert_eq!(err(http(), b"not json").kind, ErrorKind::InvalidJson);
+    let e = err(http(), b"not json");
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            ErrorKind::InvalidJson,
+            "payload is not valid JSON: unexpected 'n' at byte 0"
+        )
+    );
+    let e = err(http(), br#"{"_type":"lwt""#);
+    assert_eq!(
+        e.message,
+        "payload is not valid JSON: unexpected '\"' at byte 9"
+    );
     assert_eq!(
         err(http(), b"--$this is bad json#--{\"_type\":\"lwt\"}").kind,
         ErrorKind::InvalidJson

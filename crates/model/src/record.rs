@@ -393,6 +393,22 @@ impl Record {
         }
     }
 
+    /// The common sender and transport facts, for the decoder to complete.
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        match self {
+            Record::Position(r) => &mut r.meta,
+            Record::Transition(r) => &mut r.meta,
+            Record::Waypoint(r) => &mut r.meta,
+            Record::Card(r) => &mut r.meta,
+            Record::DeviceEvent(r) => &mut r.meta,
+            Record::Steps(r) => &mut r.meta,
+            Record::Beacon(r) => &mut r.meta,
+            Record::Configuration(r) => &mut r.meta,
+            Record::Command(r) => &mut r.meta,
+            Record::Unknown(r) => &mut r.meta,
+        }
+    }
+
     /// The record's type name, as written in the JSON `type` field.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -1,0 +1,36 @@
+//! `otstream`: OwnTracks location data into analytics tables.
+//!
+//! The binary only parses flags and configuration and calls into the stage
+//! crates; every behaviour lives in a library where it can be tested.
+
+mod decode;
+
+use clap::{Parser, Subcommand};
+
+/// OwnTracks location data from phones and trackers into analytics tables.
+#[derive(Parser)]
+#[command(name = "otstream", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode payloads or a recording and print the normalized records.
+    Decode(decode::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decode(args) => decode::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otstream: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
