@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
-use otstream_model::{DeviceId, Meta, RawMessage, Record};
+use otstream_model::{DeviceId, Meta, RawMessage, Record, Text};
 use serde::Deserialize;
 use simd_json::tape::Tape;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, fill_tape_padded};
@@ -322,12 +322,12 @@ impl Walker<'_> {
         // more than "who are you?" does, and a valid message is rarely
         // anonymous. The identity is filled in once the records exist.
         let meta = Meta {
-            user: String::new(),
-            device: String::new(),
-            tid: tid.map(str::to_owned),
+            user: Text::default(),
+            device: Text::default(),
+            tid: tid.map(Text::from),
             received_at: self.msg.received_at,
             transport: self.msg.transport,
-            topic: hints.mqtt_topic.as_deref().or(topic).map(str::to_owned),
+            topic: hints.mqtt_topic.as_deref().or(topic).map(Text::from),
         };
         let start = out.len();
         normalize(kind, obj, meta, out)?;

@@ -5,11 +5,11 @@
 //! leniently: a value of an unusable type is kept verbatim in `extra` rather
 //! than costing the whole message, because phones do send `"batt": true`.
 
-use otstream_model::Record;
 use otstream_model::record::{
     Beacon, Card, Command, Configuration, DeviceEvent, Meta, Position, Steps, Transition, Unknown,
     Waypoint,
 };
+use otstream_model::{Record, Text};
 
 use crate::error::{DecodeError, ErrorKind};
 use crate::tape::{
@@ -136,11 +136,11 @@ fn transition(obj: Val<'_, '_>, meta: Meta) -> Result<Transition, DecodeError> {
         lat: 0.0,
         lon: 0.0,
         acc: None,
-        event: String::new(),
+        event: Text::default(),
         desc: None,
         rid: None,
         t: None,
-        source: "device".to_owned(),
+        source: Text::const_new("device"),
         extra: None,
     };
     for (k, v) in fields(obj) {
@@ -166,8 +166,8 @@ fn transition(obj: Val<'_, '_>, meta: Meta) -> Result<Transition, DecodeError> {
         .filter(|v| !v.is_null())
         .ok_or_else(|| missing("event"))?;
     t.event = match event.as_str() {
-        Some(e) if e.eq_ignore_ascii_case("enter") => "enter".to_owned(),
-        Some(e) if e.eq_ignore_ascii_case("leave") => "leave".to_owned(),
+        Some(e) if e.eq_ignore_ascii_case("enter") => Text::const_new("enter"),
+        Some(e) if e.eq_ignore_ascii_case("leave") => Text::const_new("leave"),
         Some(e) => {
             return Err(DecodeError::field(
                 ErrorKind::InvalidValue,
@@ -291,7 +291,7 @@ fn device_event(kind: &str, obj: Val<'_, '_>, meta: Meta) -> DeviceEvent {
     let mut extra = JsonObject::default();
     let mut e = DeviceEvent {
         meta,
-        event: kind.to_owned(),
+        event: Text::from(kind),
         tst: None,
         extra: None,
     };
@@ -395,7 +395,7 @@ fn configuration(obj: Val<'_, '_>, meta: Meta, out: &mut Vec<Record>) -> Result<
             "mode" => c.mode = col(int32(v), k, v, x),
             "host" => c.host = col(string(v), k, v, x),
             "port" => c.port = col(int32(v), k, v, x),
-            "url" => c.url = v.as_str().map(|u| strip_url_credentials(u).into_owned()),
+            "url" => c.url = v.as_str().map(|u| Text::from(strip_url_credentials(u))),
             "username" => c.username = col(string(v), k, v, x),
             "deviceId" => c.device_id = col(string(v), k, v, x),
             "waypoints" if !v.is_null() => c.waypoints = waypoint_list(v, &c.meta, &[], out)?,
@@ -429,7 +429,7 @@ fn command(obj: Val<'_, '_>, meta: Meta) -> Result<Command, DecodeError> {
         .ok_or_else(|| wrong_type("action", "a string", action))?;
     Ok(Command {
         meta,
-        action: action.to_owned(),
+        action: Text::from(action),
         tst,
         extra: extra.finish(),
     })
@@ -447,7 +447,7 @@ fn unknown(kind: &str, obj: Val<'_, '_>, meta: Meta) -> Unknown {
     }
     Unknown {
         meta,
-        kind: kind.to_owned(),
+        kind: Text::from(kind),
         tst,
         extra: extra.finish(),
     }

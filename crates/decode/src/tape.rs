@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use otstream_model::Text;
 use simd_json::StaticNode;
 use simd_json::tape::Node;
 
@@ -240,16 +241,16 @@ pub(crate) fn seconds(v: Val<'_, '_>) -> Lenient<i64> {
 
 /// Reads a string column; other scalars are unusable (kept in extra).
 #[inline]
-pub(crate) fn string(v: Val<'_, '_>) -> Lenient<String> {
+pub(crate) fn string<T: for<'a> From<&'a str>>(v: Val<'_, '_>) -> Lenient<T> {
     match v.head() {
-        Node::String(s) => Lenient::Value((*s).to_owned()),
+        Node::String(s) => Lenient::Value(T::from(s)),
         Node::Static(StaticNode::Null) => Lenient::Null,
         _ => Lenient::Unusable,
     }
 }
 
 /// Reads an array of strings (`inregions`, `inrids`).
-pub(crate) fn strings(v: Val<'_, '_>) -> Lenient<Vec<String>> {
+pub(crate) fn strings(v: Val<'_, '_>) -> Lenient<Vec<Text>> {
     if v.is_null() {
         return Lenient::Null;
     }
@@ -259,7 +260,7 @@ pub(crate) fn strings(v: Val<'_, '_>) -> Lenient<Vec<String>> {
     let mut out = Vec::new();
     for item in items {
         match item.as_str() {
-            Some(s) => out.push(s.to_owned()),
+            Some(s) => out.push(Text::from(s)),
             None => return Lenient::Unusable,
         }
     }

@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::Text;
+
 /// The default MQTT topic prefix the apps publish under.
 pub const DEFAULT_TOPIC_PREFIX: &str = "owntracks";
 
@@ -28,14 +30,14 @@ pub const TID_USER: &str = "_tid";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceId {
     /// The user (MQTT topic level 2, `X-Limit-U`, or the authenticated user).
-    pub user: String,
+    pub user: Text,
     /// The device (MQTT topic level 3, `X-Limit-D`, or the `tid`).
-    pub device: String,
+    pub device: Text,
 }
 
 impl DeviceId {
     /// A device id from its two parts.
-    pub fn new(user: impl Into<String>, device: impl Into<String>) -> Self {
+    pub fn new(user: impl Into<Text>, device: impl Into<Text>) -> Self {
         Self {
             user: user.into(),
             device: device.into(),

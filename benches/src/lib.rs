@@ -1,0 +1,9 @@
+//! Benchmark inputs and baselines, shared by the criterion benches.
+//!
+//! The baseline a number is compared with lives here so that it is tested:
+//! [`baseline`] is a serde_json implementation of the same normalization the
+//! simd-json decoder does, and its tests assert both produce identical
+//! records for every benchmark input.
+
+pub mod baseline;
+pub mod samples;
