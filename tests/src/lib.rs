@@ -1,0 +1,64 @@
+//! Helpers for the end-to-end tests: find (and build, once) the `otstream`
+//! binary, run it, and locate test data. The tests themselves are in
+//! tests/e2e.rs, one module per area.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A file under testdata/.
+pub fn testdata(name: &str) -> PathBuf {
+    root().join("testdata").join(name)
+}
+
+/// The `otstream` binary of this workspace, built on first use with the
+/// same profile the tests were built with.
+pub fn otstream_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build().unwrap_or_else(|e| panic!("cannot build otstream: {e:#}")))
+}
+
+fn build() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root())
+        .args(["build", "-q", "-p", "otstream-cli", "--bin", "otstream"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed: {status}");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let bin = target
+        .join(if release { "release" } else { "debug" })
+        .join("otstream");
+    if !bin.exists() {
+        bail!("built, but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Runs `otstream ARGS` with `stdin` as input and returns its output.
+pub fn run(args: &[&str], stdin: &[u8]) -> Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(otstream_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning otstream")?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
