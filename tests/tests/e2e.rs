@@ -1,4 +1,5 @@
 //! End-to-end tests of the `otstream` binary, one module per area.
+#![allow(clippy::unwrap_used)] // helpers of a test binary state expectations with unwrap
 
 // `otstream decode` on the payload spec's examples, files and stdin.
 mod decode_cli;

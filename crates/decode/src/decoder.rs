@@ -333,14 +333,14 @@ impl Walker<'_> {
         normalize(kind, obj, meta, out)?;
         let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
         if let Some((last, rest)) = out[start..].split_last_mut() {
-            for r in rest {
-                let m = r.meta_mut();
+            for m in rest.iter_mut().filter_map(Record::meta_mut) {
                 m.user.clone_from(&id.user);
                 m.device.clone_from(&id.device);
             }
-            let m = last.meta_mut();
-            m.user = id.user;
-            m.device = id.device;
+            if let Some(m) = last.meta_mut() {
+                m.user = id.user;
+                m.device = id.device;
+            }
         }
         Ok(())
     }

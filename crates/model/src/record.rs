@@ -355,6 +355,49 @@ pub struct Unknown {
     pub extra: Option<String>,
 }
 
+/// A payload that could not be decoded, kept with the reason so that it can
+/// be read, fixed and replayed: bad input never stops the stream, and it is
+/// never silently lost either.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The user, when the transport named one (empty when unknown).
+    pub user: Text,
+    /// The device, when the transport named one (empty when unknown).
+    pub device: Text,
+    /// When otstream received the payload, milliseconds since the UNIX epoch.
+    pub received_at: i64,
+    /// How the payload arrived.
+    pub transport: Transport,
+    /// The MQTT topic, when it came over MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Text>,
+    /// The peer's address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<Text>,
+    /// The error kind (a bounded code such as `invalid_json`).
+    pub kind: Text,
+    /// The field at fault, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<Text>,
+    /// What is wrong, in a sentence.
+    pub message: String,
+    /// The payload exactly as received (lossy UTF-8 in the JSON form).
+    #[serde(with = "lossy_bytes")]
+    pub payload: Vec<u8>,
+}
+
+mod lossy_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
 /// Any normalized record. The JSON form carries the variant in `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -380,12 +423,15 @@ pub enum Record {
     Command(Command),
     /// A message of a `_type` otstream does not model.
     Unknown(Unknown),
+    /// A payload that could not be decoded.
+    DeadLetter(DeadLetter),
 }
 
 impl Record {
-    /// The common sender and transport facts.
-    pub fn meta(&self) -> &Meta {
-        match self {
+    /// The common sender and transport facts; `None` for a dead letter,
+    /// which may not know its sender.
+    pub fn meta(&self) -> Option<&Meta> {
+        Some(match self {
             Record::Position(r) => &r.meta,
             Record::Transition(r) => &r.meta,
             Record::Waypoint(r) => &r.meta,
@@ -396,12 +442,25 @@ impl Record {
             Record::Configuration(r) => &r.meta,
             Record::Command(r) => &r.meta,
             Record::Unknown(r) => &r.meta,
+            Record::DeadLetter(_) => return None,
+        })
+    }
+
+    /// The bus key: the device identity `user/device` (empty parts for a
+    /// dead letter whose sender is unknown).
+    pub fn key(&self) -> String {
+        match self {
+            Record::DeadLetter(d) => format!("{}/{}", d.user, d.device),
+            r => r
+                .meta()
+                .map(|m| format!("{}/{}", m.user, m.device))
+                .unwrap_or_default(),
         }
     }
 
     /// The common sender and transport facts, for the decoder to complete.
-    pub fn meta_mut(&mut self) -> &mut Meta {
-        match self {
+    pub fn meta_mut(&mut self) -> Option<&mut Meta> {
+        Some(match self {
             Record::Position(r) => &mut r.meta,
             Record::Transition(r) => &mut r.meta,
             Record::Waypoint(r) => &mut r.meta,
@@ -412,7 +471,8 @@ impl Record {
             Record::Configuration(r) => &mut r.meta,
             Record::Command(r) => &mut r.meta,
             Record::Unknown(r) => &mut r.meta,
-        }
+            Record::DeadLetter(_) => return None,
+        })
     }
 
     /// The record's type name, as written in the JSON `type` field.
@@ -428,6 +488,7 @@ impl Record {
             Record::Configuration(_) => "configuration",
             Record::Command(_) => "command",
             Record::Unknown(_) => "unknown",
+            Record::DeadLetter(_) => "dead_letter",
         }
     }
 

@@ -33,6 +33,7 @@ pub fn topic_for(record: &crate::Record) -> &'static str {
     match record {
         Record::Position(_) => POSITIONS,
         Record::Transition(_) => EVENTS,
+        Record::DeadLetter(_) => DEAD_LETTERS,
         _ => RECORDS,
     }
 }

@@ -1,0 +1,98 @@
+//! The link between stages.
+//!
+//! A stage sends [`Message`]s (a device key, a value, an [`Ack`]) through a
+//! [`Sender`] and receives them from a [`Receiver`]. The same stage code runs
+//! over the in-process [`channel`] inside `otstream serve` and over Kafka
+//! topics when stages are separate processes: keys keep one device's
+//! messages in order, and acknowledgements travel with the data.
+//!
+//! Guarantees:
+//! - **Bounded.** Every channel has a capacity. A sender with a deadline
+//!   (the ingress) waits at most that long for room and then gets
+//!   [`BusError::Overloaded`], which the ingress turns into HTTP 503; a
+//!   sender without one (an inner stage) waits, which is how backpressure
+//!   travels from the store back to the phone.
+//! - **Acknowledged end to end.** Whoever holds an [`Ack`] either marks it
+//!   [`Ack::delivered`] once the value (or everything derived from it) is
+//!   durable, or drops it, which means "not delivered". Clones of one ack
+//!   (one per derived record) resolve its [`AckWaiter`] only when all of them
+//!   are settled: `Delivered` if every clone was delivered, `Failed` if any
+//!   was not. The ingress answers 200 only on `Delivered`.
+//!
+//! Layout:
+//! - [`ack`]: [`Ack`], [`AckWaiter`], [`AckStatus`].
+//! - [`inproc`]: the bounded in-process channel.
+
+pub mod ack;
+pub mod inproc;
+
+use std::future::Future;
+
+pub use ack::{Ack, AckStatus, AckWaiter};
+pub use inproc::{InProcReceiver, InProcSender, channel};
+
+/// One record on the bus.
+#[derive(Debug)]
+pub struct Message<T> {
+    /// The device identity, `user/device`: the partitioning key.
+    pub key: String,
+    /// The record.
+    pub value: T,
+    /// Settled once the record is durable downstream.
+    pub ack: Ack,
+}
+
+impl<T> Message<T> {
+    /// A message carrying `ack`.
+    pub fn new(key: impl Into<String>, value: T, ack: Ack) -> Self {
+        Self {
+            key: key.into(),
+            value,
+            ack,
+        }
+    }
+}
+
+/// Why a send did not happen. The message (and so its ack) is dropped:
+/// nothing was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// No room within the sender's deadline: the pipeline is behind.
+    #[error("the bus is full: downstream is behind")]
+    Overloaded,
+    /// The receiving side is gone (shutting down).
+    #[error("the bus is closed")]
+    Closed,
+}
+
+impl BusError {
+    /// A bounded code for metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            BusError::Overloaded => "overloaded",
+            BusError::Closed => "closed",
+        }
+    }
+}
+
+/// The sending half of a link between stages.
+pub trait Sender<T>: Clone + Send + Sync + 'static {
+    /// Hands a message to the bus: returns once the bus has taken it (the
+    /// value's durability is reported through its [`Ack`]).
+    fn send(&self, msg: Message<T>) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Messages waiting to be received, for the bus depth gauge.
+    fn depth(&self) -> usize;
+}
+
+/// The receiving half of a link between stages.
+pub trait Receiver<T>: Send + 'static {
+    /// Appends up to `limit` waiting messages to `buf`, waiting for at least
+    /// one; returns 0 once every sender is gone and nothing is left.
+    fn recv_many(
+        &mut self,
+        buf: &mut Vec<Message<T>>,
+        limit: usize,
+    ) -> impl Future<Output = usize> + Send;
+}

@@ -1,0 +1,146 @@
+//! The end of the pipeline: normalized records into tables.
+//!
+//! In: [`Record`](otstream_model::Record)s from the bus, each with the
+//! [`Ack`](otstream_bus::Ack) of the payload it came from. Out: rows in the
+//! tables (positions, transitions, waypoints, cards, device_events, steps,
+//! beacons, configurations, dead_letters), and acks settled as delivered
+//! only once the rows are committed.
+//!
+//! The embedded store ([`store`]) is SQLite in WAL mode with
+//! `synchronous=FULL`: a commit is on disk before anything is acknowledged.
+//! Records are written in group commits, one transaction per batch of up to
+//! `max_batch_rows` gathered for at most `linger_ms`, so the cost of the
+//! fsync is shared by every message in the batch. A commit that fails (the
+//! database is locked by someone else, the disk is full) is retried with
+//! backoff; meanwhile nothing more is read, the bus fills, and the ingress
+//! answers 503: backpressure, not loss. Duplicates (a retried POST, a
+//! redelivered MQTT message) collapse on each table's natural key.
+//!
+//! Layout:
+//! - [`store`]: the SQLite schema and batch writer.
+//! - [`run`]: the sink stage loop.
+
+pub mod store;
+
+use std::time::Duration;
+
+use otstream_bus::{Message, Receiver};
+use otstream_model::Record;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use store::{Store, StoreError};
+
+/// How the sink batches and where the embedded store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Most rows in one transaction. 5,000 keeps a commit under a few
+    /// milliseconds of CPU while amortizing the fsync over many messages.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    /// Longest a record waits for others to share its commit, ms. "A few
+    /// tens of milliseconds" (DESIGN.md): 20 ms adds little to the HTTP
+    /// round trip and bounds commits to about 50 a second.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// First retry delay after a failed commit, ms; doubles up to 2 s.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+}
+
+fn default_max_batch_rows() -> usize {
+    5000
+}
+fn default_linger_ms() -> u64 {
+    20
+}
+fn default_retry_initial_ms() -> u64 {
+    50
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: default_max_batch_rows(),
+            linger_ms: default_linger_ms(),
+            retry_initial_ms: default_retry_initial_ms(),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_rows == 0 {
+            return Err("sink.max_batch_rows must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// Runs the sink stage: reads records, writes them in group commits to
+/// `store`, settles their acks once committed. Returns when the input is
+/// closed and drained (graceful), or when `shutdown` is cancelled (hard
+/// stop: whatever is not committed stays unacknowledged, so its senders
+/// retry).
+pub async fn run(
+    config: SinkConfig,
+    mut input: impl Receiver<Record>,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut store = Some(store);
+    let mut batch: Vec<Message<Record>> = Vec::with_capacity(config.max_batch_rows);
+    let linger = Duration::from_millis(config.linger_ms);
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            n = input.recv_many(&mut batch, config.max_batch_rows) => n,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        // Let the commit gather company for at most `linger`.
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < config.max_batch_rows {
+            let room = config.max_batch_rows - batch.len();
+            match tokio::time::timeout_at(deadline, input.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let mut delay = Duration::from_millis(config.retry_initial_ms);
+        loop {
+            let Some(s) = store.take() else { return Ok(()) };
+            let (s, values, result) = tokio::task::spawn_blocking(move || {
+                let mut s = s;
+                let values = batch;
+                let result = s.write(values.iter().map(|m| &m.value));
+                (s, values, result)
+            })
+            .await
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+            store = Some(s);
+            batch = values;
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
+                    metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+        for m in batch.drain(..) {
+            m.ack.delivered();
+        }
+    }
+}

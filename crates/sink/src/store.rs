@@ -1,0 +1,391 @@
+//! The embedded store: SQLite, WAL, `synchronous=FULL`, one table per
+//! record type, natural keys that collapse duplicates.
+//!
+//! The tables mirror the ClickHouse schema so that a user can move from one
+//! to the other (ClickHouse's `sqlite()` table function reads this file):
+//! same table names, same column names, same units (see the model crate).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
+use otstream_model::Record;
+use otstream_model::record::Text;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
+
+/// Why the store could not open or commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// SQLite refused.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer thread died.
+    #[error("store writer thread failed: {0}")]
+    Thread(String),
+}
+
+impl StoreError {
+    /// A bounded code for metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::DataDir { .. } => "data_dir",
+            StoreError::Sqlite(e) => match e.sqlite_error_code() {
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => "busy",
+                Some(ErrorCode::DiskFull) => "disk_full",
+                _ => "sqlite",
+            },
+            StoreError::Thread(_) => "thread",
+        }
+    }
+}
+
+/// The file name of the store inside the data directory.
+pub const DB_FILE: &str = "otstream.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS positions (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    tst INTEGER NOT NULL,            -- UNIX s
+    lat REAL NOT NULL, lon REAL NOT NULL,  -- degrees WGS84
+    acc INTEGER, alt INTEGER, vac INTEGER, -- metres
+    vel INTEGER,                     -- km/h
+    cog INTEGER,                     -- degrees
+    batt INTEGER,                    -- percent
+    bs INTEGER, t TEXT, conn TEXT,
+    p REAL,                          -- kPa
+    m INTEGER, ssid TEXT, bssid TEXT,
+    created_at INTEGER,              -- UNIX s
+    inregions TEXT, inrids TEXT,     -- JSON arrays
+    topic TEXT, transport TEXT NOT NULL,
+    received_at INTEGER NOT NULL,    -- UNIX ms
+    extra TEXT                       -- JSON object of unknown fields
+);
+CREATE UNIQUE INDEX IF NOT EXISTS positions_key ON positions (user, device, tst);
+
+CREATE TABLE IF NOT EXISTS transitions (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    tst INTEGER NOT NULL, wtst INTEGER,
+    lat REAL NOT NULL, lon REAL NOT NULL, acc INTEGER,
+    event TEXT NOT NULL, desc TEXT, rid TEXT, t TEXT,
+    source TEXT NOT NULL,            -- device | server
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS transitions_key ON transitions
+    (user, device, tst, event, coalesce(wtst, -1), coalesce(desc, ''), source);
+
+CREATE TABLE IF NOT EXISTS waypoints (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    tst INTEGER, lat REAL, lon REAL, rad INTEGER,
+    desc TEXT, rid TEXT, uuid TEXT, major INTEGER, minor INTEGER,
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS waypoints_key ON waypoints
+    (user, device, coalesce(tst, -1), coalesce(desc, ''), coalesce(rid, ''));
+
+CREATE TABLE IF NOT EXISTS cards (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    name TEXT, face TEXT,
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+-- One card per device: the latest, as the apps treat a retained card.
+CREATE UNIQUE INDEX IF NOT EXISTS cards_key ON cards (user, device);
+
+CREATE TABLE IF NOT EXISTS device_events (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    event TEXT NOT NULL,             -- lwt | status | cmd | the _type of an unknown message
+    tst INTEGER,
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS device_events_key ON device_events
+    (user, device, event, coalesce(tst, -1), coalesce(extra, ''));
+
+CREATE TABLE IF NOT EXISTS steps (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    tst INTEGER, steps INTEGER, "from" INTEGER, "to" INTEGER,
+    distance INTEGER, floorsup INTEGER, floorsdown INTEGER,
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS steps_key ON steps
+    (user, device, coalesce(tst, -1), coalesce("from", -1), coalesce("to", -1));
+
+CREATE TABLE IF NOT EXISTS beacons (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    tst INTEGER, uuid TEXT, major INTEGER, minor INTEGER,
+    acc INTEGER, rssi INTEGER, prox INTEGER, desc TEXT,
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS beacons_key ON beacons
+    (user, device, coalesce(tst, -1), coalesce(uuid, ''), coalesce(major, -1), coalesce(minor, -1));
+
+CREATE TABLE IF NOT EXISTS configurations (
+    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
+    mode INTEGER, host TEXT, port INTEGER, url TEXT, username TEXT, device_id TEXT,
+    waypoints INTEGER NOT NULL,
+    config TEXT NOT NULL,            -- JSON, secrets removed
+    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS configurations_key ON configurations (user, device, config);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL, transport TEXT NOT NULL, topic TEXT,
+    user TEXT NOT NULL, device TEXT NOT NULL, remote_addr TEXT,
+    kind TEXT NOT NULL, field TEXT, message TEXT NOT NULL,
+    payload BLOB NOT NULL            -- the body exactly as received
+);
+"#;
+
+/// Per-table metric handles, resolved once.
+struct Meters {
+    rows: [Counter; TABLES.len()],
+    commit_seconds: Histogram,
+}
+
+const TABLES: [&str; 9] = [
+    "positions",
+    "transitions",
+    "waypoints",
+    "cards",
+    "device_events",
+    "steps",
+    "beacons",
+    "configurations",
+    "dead_letters",
+];
+
+fn table_index(r: &Record) -> usize {
+    match r {
+        Record::Position(_) => 0,
+        Record::Transition(_) => 1,
+        Record::Waypoint(_) => 2,
+        Record::Card(_) => 3,
+        Record::DeviceEvent(_) | Record::Command(_) | Record::Unknown(_) => 4,
+        Record::Steps(_) => 5,
+        Record::Beacon(_) => 6,
+        Record::Configuration(_) => 7,
+        Record::DeadLetter(_) => 8,
+    }
+}
+
+/// The embedded store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    meters: Meters,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        // WAL lets readers (the sqlite3 shell, the friends lookup) work while
+        // the sink writes; FULL makes every commit durable before the ack.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // A short busy wait; longer stalls are retried by the sink loop so
+        // that shutdown is never stuck inside SQLite.
+        conn.busy_timeout(Duration::from_millis(200))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let meters = Meters {
+            rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
+            commit_seconds: metrics::histogram!("otstream_store_commit_seconds"),
+        };
+        Ok(Store { conn, path, meters })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes records in one transaction: all of them are committed, or
+    /// none is.
+    pub fn write<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Record>,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut counts = [0u64; TABLES.len()];
+        let tx = self.conn.transaction()?;
+        for r in records {
+            insert(&tx, r)?;
+            counts[table_index(r)] += 1;
+        }
+        tx.commit()?;
+        self.meters
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        for (c, n) in self.meters.rows.iter().zip(counts) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_list(v: &[Text]) -> Option<String> {
+    (!v.is_empty()).then(|| serde_json::to_string(v).unwrap_or_default())
+}
+
+/// A command's action and other fields as one JSON object for `extra`.
+fn command_extra(action: &str, extra: Option<&str>) -> String {
+    let action = serde_json::to_string(action).unwrap_or_default();
+    match extra.and_then(|e| e.strip_prefix('{')) {
+        Some(rest) if rest != "}" => format!("{{\"action\":{action},{rest}"),
+        _ => format!("{{\"action\":{action}}}"),
+    }
+}
+
+fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
+    match r {
+        Record::Position(p) => {
+            let m = &p.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), p.tst, p.lat, p.lon,
+                p.acc, p.alt, p.vac, p.vel, p.cog, p.batt, p.bs, p.t.as_deref(), p.conn.as_deref(),
+                p.p, p.m, p.ssid.as_deref(), p.bssid.as_deref(), p.created_at,
+                json_list(&p.inregions), json_list(&p.inrids), m.topic.as_deref(),
+                m.transport.as_str(), m.received_at, p.extra.as_deref(),
+            ])?;
+        }
+        Record::Transition(t) => {
+            let m = &t.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO transitions (user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), t.tst, t.wtst, t.lat, t.lon,
+                t.acc, t.event.as_str(), t.desc.as_deref(), t.rid.as_deref(), t.t.as_deref(),
+                t.source.as_str(), m.topic.as_deref(), m.transport.as_str(), m.received_at,
+                t.extra.as_deref(),
+            ])?;
+        }
+        Record::Waypoint(w) => {
+            let m = &w.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO waypoints (user, device, tid, tst, lat, lon, rad, desc, rid, uuid, major, minor, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), w.tst, w.lat, w.lon, w.rad,
+                w.desc.as_deref(), w.rid.as_deref(), w.uuid.as_deref(), w.major, w.minor,
+                m.topic.as_deref(), m.transport.as_str(), m.received_at, w.extra.as_deref(),
+            ])?;
+        }
+        Record::Card(c) => {
+            let m = &c.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO cards (user, device, tid, name, face, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), c.name.as_deref(),
+                c.face.as_deref(), m.topic.as_deref(), m.transport.as_str(), m.received_at,
+                c.extra.as_deref(),
+            ])?;
+        }
+        Record::DeviceEvent(e) => device_event(tx, &e.meta, &e.event, e.tst, e.extra.as_deref())?,
+        Record::Command(c) => {
+            let extra = command_extra(&c.action, c.extra.as_deref());
+            device_event(tx, &c.meta, "cmd", c.tst, Some(&extra))?;
+        }
+        Record::Unknown(u) => device_event(tx, &u.meta, &u.kind, u.tst, u.extra.as_deref())?,
+        Record::Steps(s) => {
+            let m = &s.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO steps (user, device, tid, tst, steps, \"from\", \"to\", distance, floorsup, floorsdown, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), s.tst, s.steps, s.from, s.to,
+                s.distance, s.floorsup, s.floorsdown, m.topic.as_deref(), m.transport.as_str(),
+                m.received_at, s.extra.as_deref(),
+            ])?;
+        }
+        Record::Beacon(b) => {
+            let m = &b.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO beacons (user, device, tid, tst, uuid, major, minor, acc, rssi, prox, desc, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), b.tst, b.uuid.as_deref(),
+                b.major, b.minor, b.acc, b.rssi, b.prox, b.desc.as_deref(), m.topic.as_deref(),
+                m.transport.as_str(), m.received_at, b.extra.as_deref(),
+            ])?;
+        }
+        Record::Configuration(c) => {
+            let m = &c.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO configurations (user, device, tid, mode, host, port, url, username, device_id, waypoints, config, topic, transport, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), c.mode, c.host.as_deref(),
+                c.port, c.url.as_deref(), c.username.as_deref(), c.device_id.as_deref(),
+                c.waypoints, c.config, m.topic.as_deref(), m.transport.as_str(), m.received_at,
+            ])?;
+        }
+        Record::DeadLetter(d) => {
+            tx.prepare_cached(
+                "INSERT INTO dead_letters (received_at, transport, topic, user, device, remote_addr, kind, field, message, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                d.received_at, d.transport.as_str(), d.topic.as_deref(), d.user.as_str(),
+                d.device.as_str(), d.remote_addr.as_deref(), d.kind.as_str(), d.field.as_deref(),
+                d.message, d.payload,
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn device_event(
+    tx: &Transaction<'_>,
+    m: &otstream_model::Meta,
+    event: &str,
+    tst: Option<i64>,
+    extra: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO device_events (user, device, tid, event, tst, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        m.user.as_str(), m.device.as_str(), m.tid.as_deref(), event, tst, m.topic.as_deref(),
+        m.transport.as_str(), m.received_at, extra,
+    ])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_extra_merges_the_action_first() {
+        assert_eq!(command_extra("dump", None), r#"{"action":"dump"}"#);
+        assert_eq!(
+            command_extra("x", Some(r#"{"a":1}"#)),
+            r#"{"action":"x","a":1}"#
+        );
+    }
+}
