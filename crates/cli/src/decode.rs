@@ -58,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         max_payload_bytes: args.max_payload_bytes,
         max_depth: args.max_depth,
         topic_prefix: args.topic_prefix.clone(),
+        registry: None,
     };
     config
         .validate()

@@ -3,7 +3,10 @@
 //! The binary only parses flags and configuration and calls into the stage
 //! crates; every behaviour lives in a library where it can be tested.
 
+mod config;
 mod decode;
+mod metrics_server;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline in one process: OwnTracks HTTP in, embedded store out.
+    Serve(serve::Args),
     /// Decode payloads or a recording and print the normalized records.
     Decode(decode::Args),
 }
@@ -24,6 +29,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Decode(args) => decode::run(args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! The decoder: bytes in, normalized records out, parser scratch reused.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
@@ -31,6 +32,11 @@ pub struct DecodeConfig {
     /// MQTT topic prefix, `owntracks` as in the apps' default base topic.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
+    /// The device registry: when set, only these devices (`user/device`)
+    /// are accepted and any other is refused as `unknown_device`, as Traccar
+    /// does. Unset (the default), every device is accepted.
+    #[serde(default)]
+    pub registry: Option<BTreeSet<String>>,
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -49,6 +55,7 @@ impl Default for DecodeConfig {
             max_payload_bytes: default_max_payload_bytes(),
             max_depth: default_max_depth(),
             topic_prefix: default_topic_prefix(),
+            registry: None,
         }
     }
 }
@@ -233,6 +240,29 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    /// The rules on who may publish: with authentication on, a user only as
+    /// itself; with a registry, only registered devices.
+    fn admit(&self, id: &DeviceId) -> Result<(), DecodeError> {
+        if let Some(auth) = self.msg.hints.auth_user.as_deref() {
+            if id.user != auth {
+                return Err(DecodeError::new(
+                    ErrorKind::Forbidden,
+                    format!("user {auth:?} may not publish as {:?}", id.key()),
+                ));
+            }
+        }
+        if let Some(registry) = &self.config.registry {
+            let key = id.key();
+            if !registry.contains(&key) {
+                return Err(DecodeError::new(
+                    ErrorKind::UnknownDevice,
+                    format!("unknown device {key:?}: not in the device registry"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn root(
         &self,
         root: Val<'_, '_>,
@@ -332,6 +362,7 @@ impl Walker<'_> {
         let start = out.len();
         normalize(kind, obj, meta, out)?;
         let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
+        self.admit(&id)?;
         if let Some((last, rest)) = out[start..].split_last_mut() {
             for m in rest.iter_mut().filter_map(Record::meta_mut) {
                 m.user.clone_from(&id.user);

@@ -39,6 +39,10 @@ pub enum ErrorKind {
     DecryptFailed,
     /// An encrypted message inside an encrypted message.
     NestedEncryption,
+    /// The device is not in the device registry, which is required.
+    UnknownDevice,
+    /// An authenticated user publishing as another user.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -60,11 +64,13 @@ impl ErrorKind {
             ErrorKind::BadCiphertext => "bad_ciphertext",
             ErrorKind::DecryptFailed => "decrypt_failed",
             ErrorKind::NestedEncryption => "nested_encryption",
+            ErrorKind::UnknownDevice => "unknown_device",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 
     /// Every kind, for metric pre-registration and summaries.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::TooLarge,
         ErrorKind::InvalidUtf8,
         ErrorKind::InvalidJson,
@@ -80,6 +86,8 @@ impl ErrorKind {
         ErrorKind::BadCiphertext,
         ErrorKind::DecryptFailed,
         ErrorKind::NestedEncryption,
+        ErrorKind::UnknownDevice,
+        ErrorKind::Forbidden,
     ];
 }
 

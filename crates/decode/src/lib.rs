@@ -26,11 +26,14 @@
 //! - `tape`: walking simd-json's tape, lenient coercions, the `extra` writer.
 //! - [`crypto`]: secretbox and the key ring.
 //! - [`error`]: [`DecodeError`] and [`ErrorKind`].
+//! - [`stage`]: the decode stage loop between two bus links (the only part
+//!   with I/O: everything above is pure).
 
 pub mod crypto;
 pub mod decoder;
 pub mod error;
 mod normalize;
+pub mod stage;
 mod tape;
 #[cfg(test)]
 mod tests;

@@ -830,3 +830,46 @@ mod properties {
         })
     }
 }
+
+#[test]
+fn authenticated_users_publish_only_as_themselves() {
+    let as_jane = IdentityHints {
+        auth_user: Some("jane".into()),
+        ..Default::default()
+    };
+    let own = r#"{"_type":"location","lat":1,"lon":2,"tst":3,"topic":"owntracks/jane/phone"}"#;
+    assert!(one(as_jane.clone(), own).contains(r#""user":"jane","device":"phone""#));
+    let other = r#"{"_type":"location","lat":1,"lon":2,"tst":3,"topic":"owntracks/bob/phone"}"#;
+    let e = err(as_jane, other.as_bytes());
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            ErrorKind::Forbidden,
+            r#"user "jane" may not publish as "bob/phone""#
+        )
+    );
+}
+
+#[test]
+fn registry_refuses_unknown_devices() {
+    let config = DecodeConfig {
+        registry: Some(["jane/phone".to_owned()].into()),
+        ..Default::default()
+    };
+    let mut d = Decoder::new(config, Arc::default());
+    let payload = r#"{"_type":"lwt"}"#;
+    assert_eq!(
+        decode_with(&mut d, mqtt("owntracks/jane/phone"), payload)
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = decode_with(&mut d, mqtt("owntracks/eve/phone"), payload).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            ErrorKind::UnknownDevice,
+            r#"unknown device "eve/phone": not in the device registry"#
+        )
+    );
+}

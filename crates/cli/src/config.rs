@@ -1,0 +1,225 @@
+//! `otstream serve` configuration: a TOML file, then `OTSTREAM_*`
+//! environment variables, then flags, each overriding the one before.
+//!
+//! Any key of the file can be set from the environment as
+//! `OTSTREAM_<SECTION>__<KEY>` (double underscore between levels), e.g.
+//! `OTSTREAM_SINK__LINGER_MS=50` or `OTSTREAM_HTTP__MAX_CONNECTIONS=2000`.
+//! The flags of `otstream serve --help` read their own variables
+//! (`OTSTREAM_HTTP_ADDR`, `OTSTREAM_DATA_DIR`, ...).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use otstream_decode::DecodeConfig;
+use otstream_ingress::HttpConfig;
+use otstream_sink::SinkConfig;
+use serde::Deserialize;
+
+/// Everything `otstream serve` can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where the embedded store lives (`otstream.db` inside).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// A TOML file of secrets for `_type=encrypted` (`[keys]` table).
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    /// HTTP ingress.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Decoding limits, topic prefix, device registry.
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    /// The in-process bus.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// Batching and retries of the store writer.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Longest a graceful shutdown may take before stages are stopped hard,
+    /// ms. Covers the in-flight requests' wait for their acks (10 s at most
+    /// by default) plus the final commit.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// The in-process bus between stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Messages each link holds before senders wait. 10,000 is half a
+    /// second of the target load: enough to ride out a slow commit, small
+    /// enough that a stalled store turns into 503s within a second.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address; 9145 sits beside Prometheus exporters' usual range.
+    #[serde(default = "default_metrics_addr")]
+    pub addr: SocketAddr,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+fn default_capacity() -> usize {
+    10_000
+}
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9145))
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            capacity: default_capacity(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            addr: default_metrics_addr(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads the file (if any), applies `OTSTREAM_*__*` variables from
+    /// `env`, and validates.
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("OTSTREAM_").filter(|p| p.contains("__")) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &keys, parse_env_value(&value))
+                .with_context(|| format!("environment variable {name}"))?;
+        }
+        let config: ServeConfig = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<()> {
+        self.http.validate().map_err(anyhow::Error::msg)?;
+        self.decode.validate().map_err(anyhow::Error::msg)?;
+        self.sink.validate().map_err(anyhow::Error::msg)?;
+        if self.bus.capacity == 0 {
+            bail!("bus.capacity must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A variable's value as TOML when it reads as a TOML value (numbers,
+/// booleans, arrays), else as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<()> {
+    match keys {
+        [] => bail!("empty key"),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => bail!("{first} is not a section"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_any_configuration() {
+        let c = ServeConfig::load(None, std::iter::empty()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5144");
+        assert_eq!(c.http.paths, ["/", "/pub"]);
+        assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:9145");
+        assert_eq!(c.bus.capacity, 10_000);
+        assert_eq!(c.sink.linger_ms, 20);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("otstream-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("serve.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/ot\"\n[sink]\nlinger_ms = 10\n[http]\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let env = [
+            ("OTSTREAM_SINK__LINGER_MS".to_owned(), "50".to_owned()),
+            (
+                "OTSTREAM_HTTP__PATHS".to_owned(),
+                "[\"/owntracks\"]".to_owned(),
+            ),
+            (
+                "OTSTREAM_DATA_DIR".to_owned(),
+                "ignored: a flag's variable".to_owned(),
+            ),
+            (
+                "OTSTREAM_DECODE__TOPIC_PREFIX".to_owned(),
+                "fleet".to_owned(),
+            ),
+        ];
+        let c = ServeConfig::load(Some(&file), env.into_iter()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ot"));
+        assert_eq!(c.sink.linger_ms, 50);
+        assert_eq!(c.http.max_connections, 5);
+        assert_eq!(c.http.paths, ["/owntracks"]);
+        assert_eq!(c.decode.topic_prefix, "fleet");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let env = [("OTSTREAM_SINK__LINGER".to_owned(), "5".to_owned())];
+        let e = ServeConfig::load(None, env.into_iter()).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `linger`"), "{e:#}");
+        let env = [("OTSTREAM_BUS__CAPACITY".to_owned(), "0".to_owned())];
+        let e = ServeConfig::load(None, env.into_iter()).unwrap_err();
+        assert_eq!(format!("{e:#}"), "bus.capacity must be at least 1");
+    }
+}

@@ -1,0 +1,256 @@
+//! `otstream serve`: every stage in one process over bounded in-process
+//! channels, OwnTracks HTTP in front, the embedded store behind.
+//!
+//! ingress (HTTP) --[raw]--> decode --[records]--> sink (SQLite)
+//!
+//! Shutdown (SIGINT or SIGTERM) drains in order: the ingress stops
+//! accepting and finishes its in-flight requests (each waits for its
+//! message to be stored); its sender closes the raw link, so the decode
+//! stage drains and closes the records link, so the sink commits what is
+//! left and returns. Past `shutdown_timeout_ms` the remaining stages are
+//! stopped hard and the stage that hung is named.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use otstream_bus::{Sender, channel};
+use otstream_decode::KeyRing;
+use otstream_model::{RawMessage, Record};
+use otstream_sink::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::metrics_server;
+
+/// Flags of `otstream serve`. Each overrides the config file and the
+/// environment; each also reads the environment variable named with it.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config file (see README, "Configuration").
+    #[arg(long, env = "OTSTREAM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// OwnTracks HTTP listen address [default: 0.0.0.0:5144].
+    #[arg(long, env = "OTSTREAM_HTTP_ADDR", value_name = "ADDR:PORT")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// Directory of the embedded store [default: ./data].
+    #[arg(long, env = "OTSTREAM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Prometheus /metrics, /healthz and /readyz address [default: 0.0.0.0:9145].
+    #[arg(long, env = "OTSTREAM_METRICS_ADDR", value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// TOML file of secrets for encrypted payloads ([keys] table).
+    #[arg(long, env = "OTSTREAM_KEYS", value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// htpasswd file (bcrypt): require HTTP Basic authentication.
+    #[arg(long, env = "OTSTREAM_HTPASSWD", value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Messages each in-process link holds before senders wait [default: 10000].
+    #[arg(long, env = "OTSTREAM_BUS_CAPACITY", value_name = "N")]
+    bus_capacity: Option<usize>,
+    /// Log filter, e.g. `info` or `otstream_sink=debug` [default: info].
+    #[arg(long, env = "OTSTREAM_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "OTSTREAM_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// Human-readable lines with key=value fields.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// Runs `otstream serve` to completion.
+pub fn run(args: Args) -> Result<()> {
+    init_logging(&args.log, args.log_format)?;
+    let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(a) = args.http_addr {
+        config.http.addr = a;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.metrics_addr {
+        config.metrics.addr = a;
+    }
+    if let Some(k) = args.keys {
+        config.keys_file = Some(k);
+    }
+    if let Some(h) = args.htpasswd {
+        config.http.htpasswd = Some(h);
+    }
+    if let Some(c) = args.bus_capacity {
+        config.bus.capacity = c;
+    }
+    config.validate()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("otstream")
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn serve(config: ServeConfig) -> Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
+
+    let keys = Arc::new(match &config.keys_file {
+        Some(path) => KeyRing::from_file(path)?,
+        None => KeyRing::new(),
+    });
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .context("store opener failed")?
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    let http_addr = listener.local_addr()?;
+
+    let (raw_tx, raw_rx) = channel::<RawMessage>(config.bus.capacity);
+    let (rec_tx, rec_rx) = channel::<Record>(config.bus.capacity);
+    let hard_stop = CancellationToken::new();
+    let stop_ingress = CancellationToken::new();
+
+    let sink = tokio::spawn(otstream_sink::run(
+        config.sink.clone(),
+        rec_rx,
+        store,
+        hard_stop.clone(),
+    ));
+    let decode = tokio::spawn(otstream_decode::stage::run(
+        config.decode.clone(),
+        keys.clone(),
+        raw_rx,
+        rec_tx.clone(),
+        hard_stop.clone(),
+    ));
+    let depth = tokio::spawn(report_depth(raw_tx.clone(), rec_tx, stop_ingress.clone()));
+    let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
+    let mut ingress = tokio::spawn(otstream_ingress::run_http(
+        listener,
+        config.http.clone(),
+        config.decode.clone(),
+        keys,
+        raw_tx.with_send_timeout(send_timeout),
+        stop_ingress.clone(),
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%http_addr, metrics_addr = %metrics, data_dir = %config.data_dir.display(), "otstream serve ready");
+
+    let mut hung = Vec::new();
+    let mut failed = false;
+    let ingress_done = tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: draining in-flight requests");
+            None
+        }
+        r = &mut ingress => Some(r),
+    };
+    ready.store(false, Ordering::Release);
+    stop_ingress.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    let ingress_result = match ingress_done {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout_at(deadline, ingress).await,
+    };
+    match ingress_result {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            failed = true;
+            tracing::error!(error = %e, "http ingress failed");
+        }
+        Ok(Err(e)) => {
+            failed = true;
+            tracing::error!(error = %e, "http ingress panicked");
+        }
+        Err(_) => hung.push("ingress"),
+    }
+    let _ = depth.await;
+    if tokio::time::timeout_at(deadline, decode).await.is_err() {
+        hung.push("decode");
+    }
+    match tokio::time::timeout_at(deadline, sink).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sink failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "sink panicked"),
+        Err(_) => hung.push("sink"),
+    }
+    if !hung.is_empty() {
+        hard_stop.cancel();
+        anyhow::bail!(
+            "shutdown timed out; stages still running: {}",
+            hung.join(", ")
+        );
+    }
+    if failed {
+        anyhow::bail!("the http ingress stopped with an error (see the log)");
+    }
+    tracing::info!("shutdown complete: every acknowledged message is stored");
+    Ok(())
+}
+
+/// Publishes the depth of each link every second until `stop`.
+async fn report_depth(
+    raw: impl Sender<RawMessage>,
+    records: impl Sender<Record>,
+    stop: CancellationToken,
+) {
+    let raw_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "raw");
+    let rec_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "records");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {
+                raw_gauge.set(raw.depth() as f64);
+                rec_gauge.set(records.depth() as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The HTTP server: accept loop, connection limits and timeouts, graceful
+//! shutdown, and the OwnTracks request handler.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics::{Counter, Histogram};
+use otstream_bus::{Ack, AckStatus, Message, Sender};
+use otstream_decode::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
+use otstream_model::identity;
+use otstream_model::{IdentityHints, RawMessage, Record, Transport};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Htpasswd, HtpasswdError};
+use crate::config::HttpConfig;
+use crate::friends::Friends;
+
+/// Why the ingress could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngressError {
+    /// The htpasswd file is unusable.
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
+    /// Accepting connections failed.
+    #[error("accept failed: {0}")]
+    Accept(std::io::Error),
+    /// The configuration is inconsistent.
+    #[error("invalid http configuration: {0}")]
+    Config(String),
+}
+
+const STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 413, 500, 503];
+
+struct Meters {
+    received: Counter,
+    responses: [Counter; STATUSES.len()],
+    duration: Histogram,
+    rejected: Vec<(ErrorKind, Counter)>,
+    overloaded: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        let stage = "ingress_http";
+        Self {
+            received: metrics::counter!("otstream_received_events_total", "stage" => stage),
+            responses: STATUSES.map(|s| {
+                metrics::counter!("otstream_http_responses_total", "status" => s.to_string())
+            }),
+            duration: metrics::histogram!("otstream_http_request_duration_seconds"),
+            rejected: ErrorKind::ALL
+                .iter()
+                .map(|k| (*k, metrics::counter!("otstream_rejected_total", "stage" => stage, "reason" => k.code())))
+                .collect(),
+            overloaded: metrics::counter!("otstream_rejected_total", "stage" => stage, "reason" => "overloaded"),
+        }
+    }
+
+    fn status(&self, s: StatusCode) {
+        if let Some(i) = STATUSES.iter().position(|x| *x == s.as_u16()) {
+            self.responses[i].increment(1);
+        }
+    }
+
+    fn rejected(&self, kind: ErrorKind) {
+        if let Some((_, c)) = self.rejected.iter().find(|(k, _)| *k == kind) {
+            c.increment(1);
+        }
+    }
+}
+
+struct State<S> {
+    config: HttpConfig,
+    output: S,
+    decode_config: DecodeConfig,
+    keys: Arc<KeyRing>,
+    /// Decoders keep parser scratch; a small pool avoids rebuilding it per
+    /// request. Held only for the microsecond a validation takes.
+    decoders: Mutex<Vec<Decoder>>,
+    auth: Option<Arc<Htpasswd>>,
+    friends: Option<Friends>,
+    meters: Meters,
+}
+
+/// Serves OwnTracks HTTP on `listener` until `shutdown` is cancelled, then
+/// stops accepting, lets in-flight requests finish (each still waits for
+/// its message to be durable) and returns once every connection is closed.
+/// Messages go to `output`, which should have a send deadline: a full bus
+/// turns into 503, not into waiting forever.
+pub async fn run_http<S: Sender<RawMessage>>(
+    listener: TcpListener,
+    config: HttpConfig,
+    decode_config: DecodeConfig,
+    keys: Arc<KeyRing>,
+    output: S,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
+    config.validate().map_err(IngressError::Config)?;
+    let auth = match &config.htpasswd {
+        Some(path) => Some(Arc::new(Htpasswd::from_file(path)?)),
+        None => None,
+    };
+    let friends = Friends::new(&config.friends);
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let header_timeout = Duration::from_millis(config.header_timeout_ms);
+    let state = Arc::new(State {
+        config,
+        output,
+        decode_config,
+        keys,
+        decoders: Mutex::new(Vec::new()),
+        auth,
+        friends,
+        meters: Meters::new(),
+    });
+    let graceful = GracefulShutdown::new();
+    loop {
+        // A permit first: at the connection cap, stop accepting and let the
+        // kernel queue new connections rather than overcommit.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| handle(state.clone(), remote, req));
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn handle<S: Sender<RawMessage>>(
+    state: Arc<State<S>>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let response = respond(&state, remote, req).await;
+    state.meters.status(response.status());
+    state
+        .meters
+        .duration
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(
+    status: StatusCode,
+    kind: &str,
+    field: Option<&str>,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"error": {"kind": kind, "field": field, "message": message}}),
+    )
+}
+
+fn overloaded<S>(state: &State<S>, message: &str) -> Response<Full<Bytes>> {
+    state.meters.overloaded.increment(1);
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, message);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(state.config.retry_after_s),
+    );
+    r
+}
+
+fn header_str(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn respond<S: Sender<RawMessage>>(
+    state: &Arc<State<S>>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !state.config.paths.iter().any(|p| p == req.uri().path()) {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+            "no OwnTracks endpoint at this path",
+        );
+    }
+    if req.method() != Method::POST {
+        let mut r = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+            "OwnTracks payloads are sent with POST",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+
+    let auth_user = match &state.auth {
+        None => None,
+        Some(auth) => match authenticate(auth, header_str(&req, "authorization")).await {
+            Some(user) => Some(user),
+            None => {
+                let mut r = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    None,
+                    "valid HTTP Basic credentials are required",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"otstream\""),
+                );
+                return r;
+            }
+        },
+    };
+
+    let max = state.config.max_body_bytes;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            None,
+            &format!("body exceeds the limit of {max} bytes"),
+        )
+    };
+    let declared = header_str(&req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return too_large();
+    }
+    let hints = IdentityHints {
+        mqtt_topic: None,
+        x_limit_u: header_str(&req, "x-limit-u"),
+        x_limit_d: header_str(&req, "x-limit-d"),
+        auth_user,
+    };
+    let body_timeout = Duration::from_millis(state.config.body_timeout_ms);
+    let body = match tokio::time::timeout(
+        body_timeout,
+        Limited::new(req.into_body(), max).collect(),
+    )
+    .await
+    {
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                None,
+                "the body did not arrive in time",
+            );
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                None,
+                &format!("could not read the body: {e}"),
+            );
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    state.meters.received.increment(1);
+
+    let raw = RawMessage {
+        received_at: now_ms(),
+        transport: Transport::Http,
+        hints,
+        remote_addr: Some(remote.to_string()),
+        payload: body.to_vec(),
+    };
+    let mut records = Vec::new();
+    let verdict = validate(state, &raw, &mut records);
+    let key = records.first().map(Record::key).unwrap_or_else(|| {
+        identity::resolve(&raw.hints, &state.decode_config.topic_prefix, None, None)
+            .map(|id| id.key())
+            .unwrap_or_default()
+    });
+
+    // Accepted or not, the body goes to the bus: a refused one becomes a
+    // dead letter, and the answer waits until that is durable too.
+    let (ack, done) = Ack::new();
+    if let Err(e) = state.output.send(Message::new(key.clone(), raw, ack)).await {
+        return overloaded(
+            state,
+            &format!("cannot take the message now ({e}); retry later"),
+        );
+    }
+    let ack_timeout = Duration::from_millis(state.config.ack_timeout_ms);
+    match tokio::time::timeout(ack_timeout, done).await {
+        Ok(AckStatus::Delivered) => {}
+        Ok(AckStatus::Failed) => {
+            return overloaded(state, "the message could not be stored; retry later");
+        }
+        Err(_) => return overloaded(state, "the store did not confirm in time; retry later"),
+    }
+    match verdict {
+        Ok(()) => {
+            let body = match &state.friends {
+                Some(f) => {
+                    f.update(&records);
+                    serde_json::Value::Array(f.response(&key))
+                }
+                None => serde_json::Value::Array(Vec::new()),
+            };
+            json_response(StatusCode::OK, &body)
+        }
+        Err(e) => {
+            state.meters.rejected(e.kind);
+            let status = match e.kind {
+                ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+                ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error_response(status, e.kind.code(), e.field.as_deref(), &e.message)
+        }
+    }
+}
+
+fn validate<S>(
+    state: &State<S>,
+    raw: &RawMessage,
+    records: &mut Vec<Record>,
+) -> Result<(), DecodeError> {
+    let pooled = state.decoders.lock().ok().and_then(|mut p| p.pop());
+    let mut decoder =
+        pooled.unwrap_or_else(|| Decoder::new(state.decode_config.clone(), state.keys.clone()));
+    let result = decoder.decode(raw, records).map(|_| ());
+    if let Ok(mut pool) = state.decoders.lock() {
+        pool.push(decoder);
+    }
+    result
+}
+
+async fn authenticate(auth: &Arc<Htpasswd>, header: Option<String>) -> Option<String> {
+    let header = header?;
+    if let Some(user) = auth.cached(&header) {
+        return Some(user);
+    }
+    // bcrypt takes tens of milliseconds: keep it off the reactor.
+    let auth = auth.clone();
+    tokio::task::spawn_blocking(move || auth.verify(&header))
+        .await
+        .ok()
+        .flatten()
+}

@@ -1,0 +1,41 @@
+//! Where payloads enter: OwnTracks HTTP mode (and, with its issue, MQTT).
+//!
+//! In: HTTP POSTs from the apps, a drop-in for Traccar's OwnTracks port
+//! (5144) and OwnTracks Recorder's `/pub`. Out: one
+//! [`RawMessage`](otstream_model::RawMessage) per request on the bus, keyed
+//! by device, and an answer to the phone that tells the truth:
+//!
+//! - **200** with a JSON array (`[]`, or the friends of the sender) only once
+//!   the message is durable downstream: its [`Ack`](otstream_bus::Ack) came
+//!   back delivered. Never an empty body, `OK` or `{}`: Android 2.5.7-2.5.9
+//!   re-queue forever on those.
+//! - **400** with `{"error":{"kind","field","message"}}` for input that can
+//!   never be accepted (not JSON, not an object, no `_type`, a bad field, an
+//!   unknown device when the registry is required). The body still goes to
+//!   the bus, and the 400 is sent once its dead letter is durable. A
+//!   well-formed message of an unknown `_type` is stored and answered 200:
+//!   iOS drops messages the server refuses.
+//! - **503** with `Retry-After` when the bus stays full past the send
+//!   deadline or the store does not confirm in time: the apps keep the
+//!   message and retry. Overload answers, it never drops.
+//! - **401** when Basic auth is on and fails, **403** when an authenticated
+//!   user publishes as someone else, **413** above the size limit, **408**
+//!   when the body does not arrive in time.
+//!
+//! Each request is validated with the same decoder the decode stage uses
+//! (one small payload costs about a microsecond, less than its HTTP
+//! parsing), so the status code and the dead letter always agree.
+//!
+//! Layout:
+//! - [`config`]: [`HttpConfig`] and its parts.
+//! - [`auth`]: htpasswd (bcrypt) Basic authentication.
+//! - [`friends`]: the friends list returned to the apps.
+//! - [`http`]: the server and the request handler.
+
+pub mod auth;
+pub mod config;
+pub mod friends;
+pub mod http;
+
+pub use config::{FriendsConfig, HttpConfig};
+pub use http::{IngressError, run_http};
