@@ -62,3 +62,175 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Result<Output> {
     child.stdin.take().context("stdin")?.write_all(stdin)?;
     Ok(child.wait_with_output()?)
 }
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// An `otstream serve` process on free loopback ports, with its own data
+/// directory, stopped (SIGKILL) when dropped.
+pub struct Serve {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of /metrics, /healthz, /readyz.
+    pub metrics_url: String,
+    /// The data directory (kept across restarts of the same test).
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+    /// `Retry-After`, if any.
+    pub retry_after: Option<String>,
+    /// `Content-Type`, if any.
+    pub content_type: Option<String>,
+}
+
+impl Serve {
+    /// Starts `otstream serve` with `args` and `env` on fresh ports in
+    /// `data_dir`, and waits until /readyz says ready.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Serve> {
+        let (http, metrics) = (free_port(), free_port());
+        let log = data_dir.with_extension(format!("{http}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(otstream_bin());
+        cmd.arg("serve")
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--data-dir", &data_dir.display().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawning otstream serve")?;
+        let mut serve = Serve {
+            child,
+            url: format!("http://127.0.0.1:{http}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}"),
+            data_dir: data_dir.to_owned(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(r) = ureq::get(&format!("{}/readyz", serve.metrics_url)).call() {
+                if r.status() == 200 {
+                    return Ok(serve);
+                }
+            }
+            if let Some(status) = serve.child.try_wait()? {
+                bail!("otstream serve exited with {status}:\n{}", serve.log());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("otstream serve not ready after 20 s:\n{}", serve.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POSTs `body` to `path` with `headers`.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        post(&format!("{}{path}", self.url), headers, body)
+    }
+
+    /// The store, opened read-only alongside the running process.
+    pub fn db(&self) -> rusqlite::Connection {
+        let path = self.data_dir.join("otstream.db");
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    }
+
+    /// Sends SIGINT and waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub fn interrupt(mut self) -> Result<bool> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status()?;
+        let status = self.child.wait()?;
+        Ok(status.success())
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs `body` to `url` with `headers`; connection errors are status 0.
+pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut req = ureq::post(url).timeout(std::time::Duration::from_secs(30));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => {
+            return Answer {
+                status: 0,
+                body: e.to_string(),
+                retry_after: None,
+                content_type: None,
+            };
+        }
+    };
+    let status = resp.status();
+    let retry_after = resp.header("retry-after").map(str::to_owned);
+    let content_type = resp.header("content-type").map(str::to_owned);
+    let body = resp.into_string().unwrap_or_default();
+    Answer {
+        status,
+        body,
+        retry_after,
+        content_type,
+    }
+}
+
+/// Rows of a query as `|`-joined text, NULL spelled out.
+pub fn rows(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let n = stmt.column_count();
+    let mapped = stmt
+        .query_map([], |row| {
+            Ok((0..n)
+                .map(|i| match row.get_ref(i) {
+                    Ok(rusqlite::types::ValueRef::Null) | Err(_) => "NULL".to_owned(),
+                    Ok(rusqlite::types::ValueRef::Integer(v)) => v.to_string(),
+                    Ok(rusqlite::types::ValueRef::Real(v)) => v.to_string(),
+                    Ok(rusqlite::types::ValueRef::Text(v) | rusqlite::types::ValueRef::Blob(v)) => {
+                        String::from_utf8_lossy(v).into_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    mapped
+        .map(|r| r.unwrap_or_else(|e| panic!("{sql}: {e}")))
+        .collect()
+}

@@ -3,3 +3,5 @@
 
 // `otstream decode` on the payload spec's examples, files and stdin.
 mod decode_cli;
+// `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.
+mod serve;

@@ -391,7 +391,10 @@ fn configuration(obj: Val<'_, '_>, meta: Meta, out: &mut Vec<Record>) -> Result<
     for (k, v) in fields(obj) {
         let x = &mut ignored;
         match k {
+            // `topic` is what iOS adds to every HTTP message: transport
+            // metadata (the topic column), not a setting.
             "_type" => continue,
+            "topic" if is_meta_key(k, v) => continue,
             "mode" => c.mode = col(int32(v), k, v, x),
             "host" => c.host = col(string(v), k, v, x),
             "port" => c.port = col(int32(v), k, v, x),
