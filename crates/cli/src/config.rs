@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(c.http.paths, ["/", "/pub"]);
         assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:9145");
         assert_eq!(c.bus.capacity, 10_000);
-        assert_eq!(c.sink.linger_ms, 20);
+        assert_eq!(c.sink.linger_ms, 0);
     }
 
     #[test]

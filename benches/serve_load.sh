@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Load check of `otstream serve` (embedded store) with keep-alive clients on
+# this machine: starts a release build on loopback with a fresh data
+# directory, runs benches/src/bin/http_load.rs against it, prints the report
+# and the rows stored, and stops the server. Not a test: a measurement.
+#
+#   benches/serve_load.sh [CONNECTIONS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+connections="${1:-64}"
+seconds="${2:-10}"
+SERVE_ARGS=()
+cargo build -q --release -p otstream-cli -p otstream-benches --bin otstream --bin http_load
+dir=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/otstream serve --http-addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport" \
+  --data-dir "$dir/data" --log warn "${SERVE_ARGS[@]}" &
+pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/readyz" >/dev/null && break; sleep 0.1; done
+./target/release/http_load --url "http://127.0.0.1:$port/pub" --connections "$connections" --seconds "$seconds"
+kill -INT $pid; wait $pid
+python3 - "$dir/data/otstream.db" <<'PY'
+import sqlite3, sys
+print("rows stored:", sqlite3.connect(sys.argv[1]).execute("select count(*) from positions").fetchone()[0])
+PY
