@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load check of `otstream serve` (embedded store) with keep-alive clients on
 # this machine: starts a release build on loopback with a fresh data
-# directory, runs benches/src/bin/http_load.rs against it, prints the report
+# directory, runs benches/src/bin/http_load.rs against it (and, as the
+# same-run baseline, against a do-nothing endpoint), prints the reports
 # and the rows stored, and stops the server. Not a test: a measurement.
 #
 #   benches/serve_load.sh [CONNECTIONS] [SECONDS]
@@ -19,6 +20,11 @@ mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
   --data-dir "$dir/data" --log warn "${SERVE_ARGS[@]}" &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/readyz" >/dev/null && break; sleep 0.1; done
+# Baseline in the same run: the same load against /healthz, a hyper endpoint
+# that does nothing: the ceiling of HTTP and the load generator here.
+printf 'baseline /healthz:  '
+./target/release/http_load --url "http://127.0.0.1:$mport/healthz" --connections "$connections" --seconds "$seconds"
+printf 'serve /pub:         '
 ./target/release/http_load --url "http://127.0.0.1:$port/pub" --connections "$connections" --seconds "$seconds"
 kill -INT $pid; wait $pid
 python3 - "$dir/data/otstream.db" <<'PY'
