@@ -30,25 +30,7 @@ fn records(topic: &str, payload: &str) -> Vec<Record> {
 }
 
 fn query(db: &std::path::Path, sql: &str) -> Vec<String> {
-    let conn = Connection::open(db).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |row| {
-        Ok((0..n)
-            .map(|i| match row.get_ref(i).unwrap() {
-                rusqlite::types::ValueRef::Null => "NULL".to_owned(),
-                rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                rusqlite::types::ValueRef::Real(v) => v.to_string(),
-                rusqlite::types::ValueRef::Text(v) | rusqlite::types::ValueRef::Blob(v) => {
-                    String::from_utf8_lossy(v).into_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("|"))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
+    otstream_tests::rows(&Connection::open(db).unwrap(), sql)
 }
 
 #[test]
