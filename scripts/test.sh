@@ -1,18 +1,43 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test of the workspace.
-# CI runs exactly this (through .ci/run). It installs and starts whatever
-# real service a test needs, and stops it afterwards; a test that needs a
-# service fails when the service is missing, it never skips.
+# The one test command: formatting, lints, and every test of the workspace
+# against real services. CI runs exactly this (through .ci/run). It installs
+# what is missing (Debian's clickhouse-server, PyPI's chdb), starts a private
+# ClickHouse on free loopback ports, and stops it at the end. Tests that need
+# a service read its address from the environment and fail, never skip, when
+# it is not there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+run_dir=$(mktemp -d)
+cleanup() {
+  scripts/clickhouse.sh stop "$run_dir/clickhouse" || true
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+
+step "services: install what is missing"
+if ! command -v clickhouse-server >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null
+fi
+python3 -c 'import chdb' 2>/dev/null || python3 -m pip install -q chdb
+
+step "services: start ClickHouse"
+OTSTREAM_TEST_CLICKHOUSE_URL=$(scripts/clickhouse.sh start "$run_dir/clickhouse")
+export OTSTREAM_TEST_CLICKHOUSE_URL
+echo "ClickHouse $(curl -s "$OTSTREAM_TEST_CLICKHOUSE_URL/?query=SELECT%20version()") at $OTSTREAM_TEST_CLICKHOUSE_URL"
 
 step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "ClickHouse DDL for a current release, in chDB"
+cargo run -q --locked -p otstream-cli -- migrate --print-ddl --server-version 26.9 --database otstream \
+  | python3 scripts/chdb_check.py
 
 step "cargo test --workspace"
 cargo test --workspace --locked

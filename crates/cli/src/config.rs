@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use otstream_decode::DecodeConfig;
 use otstream_ingress::HttpConfig;
 use otstream_sink::SinkConfig;
+use otstream_sink::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
 /// Everything `otstream serve` can be told.
@@ -35,9 +36,12 @@ pub struct ServeConfig {
     /// The in-process bus.
     #[serde(default)]
     pub bus: BusConfig,
-    /// Batching and retries of the store writer.
+    /// Batching and retries of the embedded store writer.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Write to ClickHouse instead of the embedded store.
+    #[serde(default)]
+    pub clickhouse: Option<ClickHouseConfig>,
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -130,6 +134,9 @@ impl ServeConfig {
         self.http.validate().map_err(anyhow::Error::msg)?;
         self.decode.validate().map_err(anyhow::Error::msg)?;
         self.sink.validate().map_err(anyhow::Error::msg)?;
+        if let Some(ch) = &self.clickhouse {
+            ch.validate().map_err(anyhow::Error::msg)?;
+        }
         if self.bus.capacity == 0 {
             bail!("bus.capacity must be at least 1");
         }

@@ -6,6 +6,7 @@
 mod config;
 mod decode;
 mod metrics_server;
+mod migrate;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline in one process: OwnTracks HTTP in, embedded store out.
     Serve(serve::Args),
+    /// Create or upgrade the ClickHouse schema (idempotent).
+    Migrate(migrate::Args),
     /// Decode payloads or a recording and print the normalized records.
     Decode(decode::Args),
 }
@@ -30,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Decode(args) => decode::run(args),
     };
     match result {

@@ -20,6 +20,7 @@ use otstream_bus::{Sender, channel};
 use otstream_decode::KeyRing;
 use otstream_model::{RawMessage, Record};
 use otstream_sink::Store;
+use otstream_sink::clickhouse::ClickHouseConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -47,6 +48,9 @@ pub struct Args {
     /// htpasswd file (bcrypt): require HTTP Basic authentication.
     #[arg(long, env = "OTSTREAM_HTPASSWD", value_name = "FILE")]
     htpasswd: Option<PathBuf>,
+    /// Write to this ClickHouse (HTTP interface) instead of the embedded store.
+    #[arg(long, env = "OTSTREAM_CLICKHOUSE_URL", value_name = "URL")]
+    clickhouse_url: Option<String>,
     /// Messages each in-process link holds before senders wait [default: 10000].
     #[arg(long, env = "OTSTREAM_BUS_CAPACITY", value_name = "N")]
     bus_capacity: Option<usize>,
@@ -99,6 +103,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(h) = args.htpasswd {
         config.http.htpasswd = Some(h);
     }
+    if let Some(url) = args.clickhouse_url {
+        match &mut config.clickhouse {
+            Some(ch) => ch.url = url,
+            None => config.clickhouse = Some(ClickHouseConfig::new(url)),
+        }
+    }
     if let Some(c) = args.bus_capacity {
         config.bus.capacity = c;
     }
@@ -140,12 +150,24 @@ async fn serve(config: ServeConfig) -> Result<()> {
         Some(path) => KeyRing::from_file(path)?,
         None => KeyRing::new(),
     });
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .context("store opener failed")?
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    tracing::info!(path = %store.path().display(), "embedded store open");
+    // The sink: ClickHouse when configured, else the embedded store.
+    let store = match &config.clickhouse {
+        Some(ch) => {
+            tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
+            None
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+                .await
+                .context("store opener failed")?
+                .with_context(|| {
+                    format!("cannot open the store in {}", config.data_dir.display())
+                })?;
+            tracing::info!(path = %store.path().display(), "embedded store open");
+            Some(store)
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -156,13 +178,21 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let (rec_tx, rec_rx) = channel::<Record>(config.bus.capacity);
     let hard_stop = CancellationToken::new();
     let stop_ingress = CancellationToken::new();
+    let (config_sink, stop) = (config.sink.clone(), hard_stop.clone());
 
-    let sink = tokio::spawn(otstream_sink::run(
-        config.sink.clone(),
-        rec_rx,
-        store,
-        hard_stop.clone(),
-    ));
+    let sink = match (store, config.clickhouse.clone()) {
+        (Some(store), _) => tokio::spawn(async move {
+            otstream_sink::run(config_sink, rec_rx, store, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        (None, Some(ch)) => tokio::spawn(async move {
+            otstream_sink::clickhouse::run(ch, rec_rx, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        (None, None) => anyhow::bail!("no sink configured"),
+    };
     let decode = tokio::spawn(otstream_decode::stage::run(
         config.decode.clone(),
         keys.clone(),

@@ -19,8 +19,10 @@
 //!
 //! Layout:
 //! - [`store`]: the SQLite schema and batch writer.
+//! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
 //! - [`run`]: the sink stage loop.
 
+pub mod clickhouse;
 pub mod store;
 
 use std::time::Duration;

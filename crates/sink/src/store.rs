@@ -249,7 +249,7 @@ fn json_list(v: &[Text]) -> Option<String> {
 }
 
 /// A command's action and other fields as one JSON object for `extra`.
-fn command_extra(action: &str, extra: Option<&str>) -> String {
+pub(crate) fn command_extra(action: &str, extra: Option<&str>) -> String {
     let action = serde_json::to_string(action).unwrap_or_default();
     match extra.and_then(|e| e.strip_prefix('{')) {
         Some(rest) if rest != "}" => format!("{{\"action\":{action},{rest}"),

@@ -1,0 +1,514 @@
+//! The ClickHouse sink: batched RowBinary inserts (LZ4), retried until they
+//! succeed, acknowledged only after.
+//!
+//! Records are buffered per batch; a batch is written when it reaches
+//! `max_rows` or `max_bytes`, or `period_ms` after its first record. The
+//! defaults follow ClickHouse's advice for MergeTree: tens of thousands of
+//! rows and about one insert per table per second. Each table's rows are
+//! one INSERT. An insert that fails for a reason that can pass (the server
+//! is down, overloaded, a network error, or anything not known to be about
+//! the data) is retried with exponential backoff and jitter, holding the
+//! batch: nothing more is read, the bus fills, and the ingress answers 503.
+//! An insert ClickHouse rejects for the content of its rows is split in
+//! halves until the rejected rows are found; those become dead letters and
+//! the rest is stored, so one bad row never blocks the stream. If every row
+//! is rejected, the problem is the schema, not the data: it is retried, not
+//! dead-lettered.
+
+pub mod rows;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use metrics::{Counter, Histogram};
+use otstream_bus::{Message, Receiver};
+use otstream_model::{DeadLetter, Record, Text};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use rows::Table;
+pub use schema::{MIGRATIONS, ServerVersion};
+
+/// Where and how to write to ClickHouse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// User (ClickHouse's `default` when unset).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Database holding the tables.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Apply pending migrations when the sink starts.
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+    /// Most rows in one batch. ClickHouse recommends thousands to tens of
+    /// thousands of rows per insert.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Most bytes (estimated) in one batch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest a record waits for its batch, ms: about one insert per table
+    /// per second, as ClickHouse recommends for MergeTree tables.
+    #[serde(default = "default_period_ms")]
+    pub period_ms: u64,
+    /// First retry delay, ms; doubles (with jitter) up to `retry_max_ms`.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, ms.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// An insert taking longer than this is abandoned and retried, ms.
+    #[serde(default = "default_insert_timeout_ms")]
+    pub insert_timeout_ms: u64,
+    /// Keep positions and transitions this many days (a TTL, on servers
+    /// that have TTL); forever when unset.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+fn default_database() -> String {
+    "otstream".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_rows() -> usize {
+    50_000
+}
+fn default_max_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_period_ms() -> u64 {
+    1_000
+}
+fn default_retry_initial_ms() -> u64 {
+    100
+}
+fn default_retry_max_ms() -> u64 {
+    10_000
+}
+fn default_insert_timeout_ms() -> u64 {
+    30_000
+}
+
+impl ClickHouseConfig {
+    /// Defaults for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            user: None,
+            password: None,
+            database: default_database(),
+            migrate: true,
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            period_ms: default_period_ms(),
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            insert_timeout_ms: default_insert_timeout_ms(),
+            retention_days: None,
+        }
+    }
+
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "clickhouse.url must be an http(s) URL, got {:?}",
+                self.url
+            ));
+        }
+        if self.max_rows == 0 || self.max_bytes == 0 || self.database.is_empty() {
+            return Err("clickhouse.max_rows, max_bytes and database must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// A client for the configured database. Validation of column types
+    /// is off: 18.16 has no RowBinaryWithNamesAndTypes.
+    pub fn client(&self) -> Client {
+        let mut c = Client::default()
+            .with_url(&self.url)
+            .with_database(&self.database)
+            .with_compression(clickhouse::Compression::Lz4)
+            .with_validation(false);
+        if let Some(u) = &self.user {
+            c = c.with_user(u);
+        }
+        if let Some(p) = &self.password {
+            c = c.with_password(p);
+        }
+        c
+    }
+}
+
+/// Why ClickHouse could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClickHouseError {
+    /// The server refused or could not be reached.
+    #[error("clickhouse: {0}")]
+    Client(#[from] clickhouse::error::Error),
+    /// `version()` returned something unexpected.
+    #[error("cannot read the server version from {0:?}")]
+    Version(String),
+    /// The configuration is inconsistent.
+    #[error("invalid clickhouse configuration: {0}")]
+    Config(String),
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// The server's version, which chose the types.
+    pub server: ServerVersion,
+    /// Migrations applied now (empty when all were applied before).
+    pub applied: Vec<u32>,
+}
+
+/// The server's version.
+pub async fn server_version(client: &Client) -> Result<ServerVersion, ClickHouseError> {
+    let v: String = client.query("SELECT version()").fetch_one().await?;
+    ServerVersion::parse(&v).ok_or(ClickHouseError::Version(v))
+}
+
+/// Creates the database and applies pending migrations, recording each in
+/// `schema_migrations`. Safe to run any number of times.
+pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHouseError> {
+    config.validate().map_err(ClickHouseError::Config)?;
+    // The database may not exist yet: talk to `default` until it does.
+    let root = config.client().with_database("default");
+    let server = server_version(&root).await?;
+    let db = schema::quote_ident(&config.database);
+    root.query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await?;
+    root.query(&format!(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32 COMMENT 'migration number', name String COMMENT 'migration name', applied_at DateTime COMMENT 'when it was applied (UTC)', server_version String COMMENT 'server it was rendered for') ENGINE = MergeTree ORDER BY version"
+    ))
+    .execute()
+    .await?;
+    let done: Vec<u32> = root
+        .query(&format!("SELECT version FROM {db}.schema_migrations"))
+        .fetch_all()
+        .await?;
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        for stmt in schema::render(m.template, &config.database, server, config.retention_days) {
+            root.query(&stmt).execute().await?;
+        }
+        root.query(&format!(
+            "INSERT INTO {db}.schema_migrations (version, name, applied_at, server_version) SELECT {}, '{}', now(), '{server}'",
+            m.version, m.name
+        ))
+        .execute()
+        .await?;
+        tracing::info!(version = m.version, name = m.name, %server, "clickhouse migration applied");
+        applied.push(m.version);
+    }
+    Ok(MigrateReport { server, applied })
+}
+
+/// ClickHouse exception codes that mean "this data cannot be stored", as
+/// opposed to "the server cannot take it now": parse and conversion
+/// failures, values out of range, violated constraints, and `throwIf` in a
+/// materialized view used as a data check.
+const CONTENT_ERRORS: [u32; 14] = [6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 469];
+
+fn error_code(e: &clickhouse::error::Error) -> Option<u32> {
+    let text = e.to_string();
+    let rest = &text[text.find("Code: ")? + 6..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn is_content_error(e: &clickhouse::error::Error) -> bool {
+    error_code(e).is_some_and(|c| CONTENT_ERRORS.contains(&c))
+}
+
+struct Meters {
+    rows: BTreeMap<Table, Counter>,
+    insert_seconds: Histogram,
+    retries: Counter,
+    rejected: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Self {
+            rows: Table::ALL
+                .iter()
+                .map(|t| {
+                    (
+                        *t,
+                        metrics::counter!("otstream_stored_rows_total", "table" => t.name()),
+                    )
+                })
+                .collect(),
+            insert_seconds: metrics::histogram!("otstream_clickhouse_insert_seconds"),
+            retries: metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => "clickhouse_retry"),
+            rejected: metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => "clickhouse_rejected"),
+        }
+    }
+}
+
+/// A cheap estimate of a record's size on the wire, for `max_bytes`.
+fn estimate(r: &Record) -> usize {
+    match r {
+        Record::Card(c) => 128 + c.face.as_ref().map_or(0, String::len),
+        Record::Configuration(c) => 128 + c.config.len(),
+        Record::DeadLetter(d) => 128 + d.payload.len() + d.message.len(),
+        Record::Position(p) => 160 + p.extra.as_ref().map_or(0, String::len),
+        _ => 192,
+    }
+}
+
+/// Rows ClickHouse refused, by position, with its reason.
+type Rejected = Vec<(usize, String)>;
+
+/// The recursive bisection's future.
+type Isolating<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Rejected, clickhouse::error::Error>> + Send + 'a>,
+>;
+
+/// The sink stopped before its batch was written (shutdown).
+struct Stopped;
+
+struct Writer {
+    client: Client,
+    config: ClickHouseConfig,
+    shutdown: CancellationToken,
+    meters: Meters,
+}
+
+/// Runs the ClickHouse sink until the input is closed and drained (the last
+/// batch written), or `shutdown` is cancelled (what is not written stays
+/// unacknowledged). Applies migrations first when configured to.
+pub async fn run(
+    config: ClickHouseConfig,
+    mut input: impl Receiver<Record>,
+    shutdown: CancellationToken,
+) -> Result<(), ClickHouseError> {
+    config.validate().map_err(ClickHouseError::Config)?;
+    if config.migrate {
+        let report = migrate(&config).await?;
+        tracing::info!(server = %report.server, applied = ?report.applied, "clickhouse schema ready");
+    }
+    let period = Duration::from_millis(config.period_ms);
+    let w = Writer {
+        client: config.client(),
+        config,
+        shutdown: shutdown.clone(),
+        meters: Meters::new(),
+    };
+    let mut batch: Vec<Message<Record>> = Vec::new();
+    let mut bytes = 0usize;
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let room = w.config.max_rows.saturating_sub(batch.len()).max(1);
+        let before = batch.len();
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            () = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => None,
+            n = input.recv_many(&mut batch, room) => Some(n),
+        };
+        let closed = received == Some(0);
+        bytes += batch[before..]
+            .iter()
+            .map(|m| estimate(&m.value))
+            .sum::<usize>();
+        if due.is_none() && !batch.is_empty() {
+            due = Some(tokio::time::Instant::now() + period);
+        }
+        let full = batch.len() >= w.config.max_rows || bytes >= w.config.max_bytes;
+        if !batch.is_empty() && (closed || full || received.is_none()) {
+            if w.flush(&mut batch).await.is_err() {
+                return Ok(());
+            }
+            bytes = 0;
+            due = None;
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+impl Writer {
+    /// Writes every record of `batch`, then settles their acks.
+    async fn flush(&self, batch: &mut Vec<Message<Record>>) -> Result<(), Stopped> {
+        let mut by_table: BTreeMap<Table, Vec<usize>> = BTreeMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            by_table.entry(Table::of(&m.value)).or_default().push(i);
+        }
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        for (table, idx) in &by_table {
+            let recs: Vec<&Record> = idx.iter().map(|i| &batch[*i].value).collect();
+            for (j, why) in self.write_table(*table, &recs).await? {
+                rejected.push((idx[j], why));
+            }
+        }
+        if !rejected.is_empty() {
+            let dead: Vec<Record> = rejected
+                .iter()
+                .map(|(i, why)| Record::DeadLetter(rejection(&batch[*i].value, why)))
+                .collect();
+            let dead_refs: Vec<&Record> = dead.iter().collect();
+            // Dead letters are not bisected: if ClickHouse refuses even
+            // those, that is a schema problem and is retried.
+            self.retry(Table::DeadLetters, &dead_refs, false).await?;
+            self.meters.rejected.increment(dead.len() as u64);
+        }
+        for m in batch.drain(..) {
+            m.ack.delivered();
+        }
+        Ok(())
+    }
+
+    /// Inserts one table's rows; returns the positions (in `recs`) of rows
+    /// ClickHouse rejected for their content, with its reason.
+    async fn write_table(
+        &self,
+        table: Table,
+        recs: &[&Record],
+    ) -> Result<Vec<(usize, String)>, Stopped> {
+        self.retry(table, recs, true).await
+    }
+
+    async fn retry(
+        &self,
+        table: Table,
+        recs: &[&Record],
+        bisect: bool,
+    ) -> Result<Vec<(usize, String)>, Stopped> {
+        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
+        let max = Duration::from_millis(self.config.retry_max_ms);
+        loop {
+            let err = match self.insert(table, recs).await {
+                Ok(()) => return Ok(Vec::new()),
+                Err(e) => e,
+            };
+            if bisect && is_content_error(&err) && recs.len() > 1 {
+                match self.isolate(table, recs, 0).await {
+                    Ok(bad) if bad.len() < recs.len() => return Ok(bad),
+                    // Every row refused: not the data's fault.
+                    Ok(_) => {}
+                    Err(_) => {}
+                }
+            } else if bisect && is_content_error(&err) {
+                return Ok(vec![(0, err.to_string())]);
+            }
+            self.meters.retries.increment(1);
+            // Jitter in [delay/2, delay): spreads retries of many sinks.
+            let jitter = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+            let wait =
+                delay / 2 + Duration::from_millis(jitter % (delay.as_millis() as u64 / 2 + 1));
+            tracing::warn!(table = table.name(), rows = recs.len(), error = %err, retry_in_ms = wait.as_millis() as u64, "clickhouse insert failed; retrying");
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Stopped),
+                () = tokio::time::sleep(wait) => {}
+            }
+            delay = (delay * 2).min(max);
+        }
+    }
+
+    /// Finds the rejected rows by halving; `offset` maps back to the caller.
+    fn isolate<'a>(&'a self, table: Table, recs: &'a [&'a Record], offset: usize) -> Isolating<'a> {
+        Box::pin(async move {
+            match self.insert(table, recs).await {
+                Ok(()) => Ok(Vec::new()),
+                Err(e) if is_content_error(&e) && recs.len() == 1 => {
+                    Ok(vec![(offset, e.to_string())])
+                }
+                Err(e) if is_content_error(&e) => {
+                    let mid = recs.len() / 2;
+                    let mut bad = self.isolate(table, &recs[..mid], offset).await?;
+                    bad.extend(self.isolate(table, &recs[mid..], offset + mid).await?);
+                    Ok(bad)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn insert(&self, table: Table, recs: &[&Record]) -> Result<(), clickhouse::error::Error> {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.config.insert_timeout_ms);
+        match tokio::time::timeout(timeout, rows::insert(&self.client, table, recs)).await {
+            Ok(Ok(())) => {
+                self.meters
+                    .insert_seconds
+                    .record(started.elapsed().as_secs_f64());
+                if let Some(c) = self.meters.rows.get(&table) {
+                    c.increment(recs.len() as u64);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(clickhouse::error::Error::TimedOut),
+        }
+    }
+}
+
+/// The dead letter for a record ClickHouse refused: the record itself, as
+/// JSON, is the payload (the raw body is in the raw capture).
+fn rejection(r: &Record, why: &str) -> DeadLetter {
+    let (user, device, received_at, transport, topic) = match r.meta() {
+        Some(m) => (
+            m.user.clone(),
+            m.device.clone(),
+            m.received_at,
+            m.transport,
+            m.topic.clone(),
+        ),
+        None => (
+            Text::default(),
+            Text::default(),
+            0,
+            otstream_model::Transport::Http,
+            None,
+        ),
+    };
+    DeadLetter {
+        user,
+        device,
+        received_at,
+        transport,
+        topic,
+        remote_addr: None,
+        kind: Text::const_new("rejected"),
+        field: None,
+        message: format!("clickhouse refused the row: {why}"),
+        payload: r.to_json().into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_read_from_messages() {
+        let e = clickhouse::error::Error::BadResponse("Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero".into());
+        assert_eq!(error_code(&e), Some(395));
+        assert!(is_content_error(&e));
+        let e = clickhouse::error::Error::BadResponse(
+            "Code: 60, e.displayText() = DB::Exception: Table x doesn't exist".into(),
+        );
+        assert!(!is_content_error(&e));
+        assert!(!is_content_error(&clickhouse::error::Error::TimedOut));
+    }
+}

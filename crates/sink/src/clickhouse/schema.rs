@@ -1,0 +1,159 @@
+//! Versioned migrations, rendered for the server they run on.
+//!
+//! The DDL lives in deploy/clickhouse/migrations/ as templates. `{{LC}}`,
+//! `{{TIME_MS}}`, `{{CODEC_FLOAT}}`, `{{RECEIVED_DATETIME}}` and
+//! `{{TTL_TST}}` become the best types the detected server offers:
+//! LowCardinality, DateTime64 and codecs on current releases, plain types on
+//! the Debian 18.16 package. Applied versions are recorded in
+//! `schema_migrations`, so `migrate` is idempotent.
+
+use std::fmt;
+
+/// One migration: its version, name, and DDL template.
+pub struct Migration {
+    /// Applied in ascending order, recorded once applied.
+    pub version: u32,
+    /// A short name.
+    pub name: &'static str,
+    /// Statements, each ending with `;` at the end of a line, with
+    /// `{{...}}` placeholders.
+    pub template: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "tables",
+    template: include_str!("../../../../deploy/clickhouse/migrations/0001_tables.sql"),
+}];
+
+/// A ClickHouse server version, `major.minor` is all that decides types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    /// Major (18, 19, ..., 25).
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses `version()` output such as `18.16.1` or `25.8.2.29`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Self { major, minor })
+    }
+
+    fn at_least(self, major: u32, minor: u32) -> bool {
+        self >= ServerVersion { major, minor }
+    }
+
+    /// LowCardinality is allowed without an experimental flag from 19.3.
+    pub fn low_cardinality(self) -> bool {
+        self.at_least(19, 3)
+    }
+
+    /// Column codecs (Gorilla, ZSTD) from 19.10.
+    pub fn codecs(self) -> bool {
+        self.at_least(19, 10)
+    }
+
+    /// DateTime64 from 20.1.
+    pub fn datetime64(self) -> bool {
+        self.at_least(20, 1)
+    }
+
+    /// Table TTL from 19.6.
+    pub fn ttl(self) -> bool {
+        self.at_least(19, 6)
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The statements of `template` for `database` on `version`; a TTL on
+/// positions and transitions when `retention_days` is set and the server
+/// has TTL.
+pub fn render(
+    template: &str,
+    database: &str,
+    version: ServerVersion,
+    retention_days: Option<u32>,
+) -> Vec<String> {
+    let lc = if version.low_cardinality() {
+        "LowCardinality(String)"
+    } else {
+        "String"
+    };
+    let (time_ms, received_dt) = if version.datetime64() {
+        ("DateTime64(3)", "toDateTime(received_at)")
+    } else {
+        ("UInt64", "toDateTime(intDiv(received_at, 1000))")
+    };
+    let codec_float = if version.codecs() {
+        " CODEC(Gorilla, LZ4)"
+    } else {
+        ""
+    };
+    let ttl = match retention_days {
+        Some(days) if version.ttl() => format!("\nTTL tst + INTERVAL {days} DAY"),
+        _ => String::new(),
+    };
+    let sql: String = template
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let sql = sql
+        .replace("{{DB}}", &quote_ident(database))
+        .replace("{{LC}}", lc)
+        .replace("{{TIME_MS}}", time_ms)
+        .replace("{{RECEIVED_DATETIME}}", received_dt)
+        .replace("{{CODEC_FLOAT}}", codec_float)
+        .replace("{{TTL_TST}}", &ttl);
+    // A statement ends with `;` at the end of a line, so `;` inside a
+    // comment string does not split it.
+    sql.split(";\n")
+        .map(|s| s.trim().trim_end_matches(';').trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A database name as an identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_choose_types() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("25.8.2.29").unwrap();
+        assert!(!old.low_cardinality() && !old.codecs() && !old.datetime64() && !old.ttl());
+        assert!(new.low_cardinality() && new.codecs() && new.datetime64() && new.ttl());
+        let old_sql = render(MIGRATIONS[0].template, "ot", old, Some(30)).join(";\n");
+        let new_sql = render(MIGRATIONS[0].template, "ot", new, Some(30)).join(";\n");
+        assert!(!old_sql.contains("{{") && !new_sql.contains("{{"));
+        assert!(
+            !old_sql.contains("LowCardinality")
+                && !old_sql.contains("DateTime64")
+                && !old_sql.contains("TTL")
+        );
+        assert!(old_sql.contains("received_at UInt64"));
+        assert!(
+            new_sql.contains("user LowCardinality(String)")
+                && new_sql.contains("received_at DateTime64(3)")
+        );
+        assert!(new_sql.contains("TTL tst + INTERVAL 30 DAY"));
+        assert_eq!(render(MIGRATIONS[0].template, "ot", new, None).len(), 13);
+    }
+}
