@@ -234,3 +234,86 @@ pub fn rows(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
         .map(|r| r.unwrap_or_else(|e| panic!("{sql}: {e}")))
         .collect()
 }
+
+/// The ClickHouse started by scripts/test.sh. Panics (the test fails, it
+/// never skips) when it is not there.
+pub fn clickhouse_url() -> String {
+    std::env::var("OTSTREAM_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| {
+        panic!(
+            "OTSTREAM_TEST_CLICKHOUSE_URL is not set: this test needs a real ClickHouse; \
+             run scripts/test.sh, which installs and starts one"
+        )
+    })
+}
+
+/// A database name no other test uses.
+pub fn unique_db(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `sql` on ClickHouse at `url` (in `db` when given); the body on
+/// success, ClickHouse's error text otherwise.
+pub fn ch(url: &str, db: Option<&str>, sql: &str) -> std::result::Result<String, String> {
+    let mut req = ureq::post(url).timeout(std::time::Duration::from_secs(60));
+    if let Some(db) = db {
+        req = req.query("database", db);
+    }
+    match req.send_string(sql) {
+        Ok(r) => r.into_string().map_err(|e| e.to_string()),
+        Err(ureq::Error::Status(_, r)) => Err(r.into_string().unwrap_or_default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A ClickHouse server of the test's own (so that it can be stopped), via
+/// scripts/clickhouse.sh; stopped when dropped.
+pub struct PrivateClickHouse {
+    dir: tempfile::TempDir,
+    /// Its HTTP interface.
+    pub url: String,
+}
+
+impl PrivateClickHouse {
+    /// Starts a new server.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = Self::script("start", dir.path())?;
+        Ok(Self { dir, url })
+    }
+
+    fn script(cmd: &str, dir: &Path) -> Result<String> {
+        let out = Command::new(root().join("scripts/clickhouse.sh"))
+            .arg(cmd)
+            .arg(dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "clickhouse.sh {cmd} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Stops it (its data stays).
+    pub fn stop(&self) -> Result<()> {
+        Self::script("stop", self.dir.path()).map(|_| ())
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&self) -> Result<()> {
+        Self::script("start", self.dir.path()).map(|_| ())
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        let _ = Self::script("stop", self.dir.path());
+    }
+}

@@ -102,8 +102,8 @@ impl Default for MetricsConfig {
 }
 
 impl ServeConfig {
-    /// Reads the file (if any), applies `OTSTREAM_*__*` variables from
-    /// `env`, and validates.
+    /// Reads the file (if any) and applies `OTSTREAM_*__*` variables from
+    /// `env`; call [`ServeConfig::validate`] once flags are applied too.
     pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
         let mut table = match file {
             Some(path) => {
@@ -122,11 +122,10 @@ impl ServeConfig {
             set_path(&mut table, &keys, parse_env_value(&value))
                 .with_context(|| format!("environment variable {name}"))?;
         }
-        let config: ServeConfig = toml::Value::Table(table)
+        // Validated by the caller once flags are applied on top.
+        toml::Value::Table(table)
             .try_into()
-            .context("invalid configuration")?;
-        config.validate()?;
-        Ok(config)
+            .context("invalid configuration")
     }
 
     /// Checks every section.
@@ -226,7 +225,10 @@ mod tests {
         let e = ServeConfig::load(None, env.into_iter()).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `linger`"), "{e:#}");
         let env = [("OTSTREAM_BUS__CAPACITY".to_owned(), "0".to_owned())];
-        let e = ServeConfig::load(None, env.into_iter()).unwrap_err();
+        let e = ServeConfig::load(None, env.into_iter())
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert_eq!(format!("{e:#}"), "bus.capacity must be at least 1");
     }
 }

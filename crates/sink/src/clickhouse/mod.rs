@@ -36,7 +36,9 @@ pub use schema::{MIGRATIONS, ServerVersion};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`. May come from a flag
+    /// applied after the file is read; `validate` requires it.
+    #[serde(default)]
     pub url: String,
     /// User (ClickHouse's `default` when unset).
     #[serde(default)]

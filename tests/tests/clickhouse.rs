@@ -1,0 +1,599 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use otstream_tests::{PrivateClickHouse, Serve, ch, clickhouse_url, run, testdata, unique_db};
+use serde_json::Value;
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// `SELECT` as tab-separated lines.
+fn select(url: &str, db: &str, sql: &str) -> Vec<String> {
+    let out =
+        ch(url, Some(db), &format!("{sql} FORMAT TSV")).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    out.lines().map(str::to_owned).collect()
+}
+
+fn serve_on(url: &str, db: &str, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Serve {
+    let mut env = vec![
+        ("OTSTREAM_CLICKHOUSE__DATABASE", db),
+        ("OTSTREAM_CLICKHOUSE__PERIOD_MS", "100"),
+    ];
+    env.extend_from_slice(extra_env);
+    let keys = testdata("keys.toml");
+    Serve::start(
+        dir,
+        &["--clickhouse-url", url, "--keys", keys.to_str().unwrap()],
+        &env,
+    )
+    .unwrap()
+}
+
+fn location(tst: u64, lat: f64, lon: f64) -> Vec<u8> {
+    format!(r#"{{"_type":"location","lat":{lat},"lon":{lon},"tst":{tst},"tid":"ld","batt":50,"acc":12,"vel":30}}"#).into_bytes()
+}
+
+/// Waits until `sql` returns `want`, ClickHouse batching being asynchronous
+/// to the test (the 200 came after the insert; FINAL settles the count).
+fn eventually(url: &str, db: &str, sql: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = select(url, db, sql);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: got {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn migrate_is_idempotent_and_every_column_has_a_comment() {
+    let url = clickhouse_url();
+    let db = unique_db("migrate");
+    let first = run(
+        &["migrate", "--clickhouse-url", &url, "--database", &db],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let version = ch(&url, None, "SELECT version()").unwrap();
+    let major_minor: Vec<&str> = version.trim().split('.').take(2).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        format!(
+            "ClickHouse {}: applied migrations [1] in database {db}",
+            major_minor.join(".")
+        )
+    );
+    let second = run(
+        &["migrate", "--clickhouse-url", &url, "--database", &db],
+        b"",
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("schema up to date"));
+    assert_eq!(
+        select(&url, &db, "SELECT version, name FROM schema_migrations"),
+        ["1\ttables"]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name")
+        ),
+        [
+            "beacons",
+            "cards",
+            "configurations",
+            "dead_letters",
+            "device_events",
+            "last_positions",
+            "last_positions_mv",
+            "positions",
+            "schema_migrations",
+            "steps",
+            "stops",
+            "transitions",
+            "trips",
+            "waypoints"
+        ]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            &format!(
+                "SELECT table, name FROM system.columns WHERE database = '{db}' AND comment = '' AND table != 'last_positions_mv'"
+            )
+        ),
+        Vec::<String>::new(),
+        "every column has a comment with its unit"
+    );
+}
+
+/// Every record type of the spec examples lands in its table with exact
+/// values, and the same messages posted again count once with FINAL.
+#[test]
+fn every_record_type_lands_with_exact_values_and_duplicates_collapse() {
+    let url = clickhouse_url();
+    let db = unique_db("records");
+    let dir = tempdir();
+    let serve = serve_on(&url, &db, dir.path(), &[]);
+    let spec = std::fs::read_to_string(testdata("spec-examples.ndjson")).unwrap();
+    for round in 0..2 {
+        for (i, line) in spec.lines().enumerate() {
+            let rec: Value = serde_json::from_str(line).unwrap();
+            let (user, device) = match rec["topic"].as_str() {
+                Some(t) => {
+                    let p: Vec<&str> = t.split('/').collect();
+                    (p[1].to_owned(), p[2].to_owned())
+                }
+                None => ("web".to_owned(), "client".to_owned()),
+            };
+            let headers = [("X-Limit-U", user.as_str()), ("X-Limit-D", device.as_str())];
+            let a = serve.post("/pub", &headers, rec["payload"].to_string().as_bytes());
+            let want = if i + 1 == 22 || i + 1 == 25 { 400 } else { 200 };
+            assert_eq!(a.status, want, "round {round}, line {}: {}", i + 1, a.body);
+        }
+    }
+    eventually(&url, &db, "SELECT count() FROM positions FINAL", &["5"]);
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT user, device, tid, toUInt32(tst), lat, lon, acc, alt, vac, vel, cog, batt, t, conn, p, transport, extra FROM positions FINAL ORDER BY user, device, tst"
+        ),
+        [
+            "greg\tphone\tuser\t1\t45\t90\t60\t27\t4\t0\t248\t92\tu\t\\N\t101.3977584838867\thttp\t",
+            "jane\tiphone\tJJ\t1497508651\t48.85833\t2.29513\t5\t167\t21\t61\t271\t41\tu\t\\N\t71\thttp\t",
+            "jane\tphone\tYY\t1376715317\t48.85833\t2.29451\t75\t13\t10\t54\t270\t80\tc\tw\t101.2\thttp\t{\"desc\":\"Home\",\"event\":\"enter\",\"rad\":100}",
+            "jane\tphone\t\\N\t1406803894\t48.85833\t2.29451\t\\N\t160\t\\N\t12\t0\t\\N\tt\t\\N\t\\N\thttp\t{\"dist\":189,\"trip\":279122}",
+            "web\tclient\tJJ\t1497476456\t48.85833\t2.29513\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\thttp\t",
+        ]
+    );
+    assert_eq!(
+        select(&url, &db, "SELECT count() FROM positions FINAL"),
+        ["5"]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT user, device, tid, toUInt32(tst), toUInt32(wtst), lat, lon, acc, event, desc, t, source FROM transitions FINAL"
+        ),
+        [
+            "jane\tphone\tJP\t1427634603\t1425042603\t12.34\t44.5\t130\tenter\tmy Indian restaurant\tb\tdevice"
+        ]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT toUInt32(tst), lat, lon, rad, desc, uuid, major, minor, extra FROM waypoints FINAL ORDER BY tst, desc"
+        ),
+        [
+            "1385997757\t48.85833\t2.29451\t100\tFree text entered on device\tCA271EAE-5FA8-4E80-8F08-2A302A95A959\t17\t1\t{\"shared\":true}",
+            "1385997757\t48.858\t2.295\t100\tblabla\t\\N\t\\N\t\\N\t{\"shared\":true}",
+            "1430398091\t46.517295754\t9.87121582\t500\tCheese fondue\t\\N\t\\N\t\\N\t{\"_creator\":\"OTwpDraw\"}",
+            "1433598071\t47.580231298\t9.525146484\t25186\tI went swimming here\t\\N\t\\N\t\\N\t{\"_creator\":\"OTwpDraw\"}",
+        ]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT user, device, name, face FROM cards FINAL"
+        ),
+        ["jane\tphone\tJane Jolie\tiV1CFEVkMhmCIKBUKh3 ... ghAAAAABJRU5ErkJggg=="]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT event, toUInt32(tst), extra FROM device_events FINAL WHERE event != 'cmd' OR extra LIKE '%reportLocation%' ORDER BY event"
+        ),
+        [
+            "cmd\t0\t{\"action\":\"reportLocation\"}",
+            "lwt\t1380738247\t"
+        ]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT count() FROM device_events FINAL WHERE event = 'cmd'"
+        ),
+        ["11"]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT toUInt32(tst), steps, toUInt32(from), toUInt32(to) FROM steps FINAL"
+        ),
+        ["1400455130\t1234\t1400455130\t1400458000"]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT toUInt32(tst), uuid, major, minor, acc, rssi, prox FROM beacons FINAL"
+        ),
+        ["1399028969\tCA271EAE-5FA8-4E80-8F08-2A302A95A959\t1\t1\t3\t-61\t2"]
+    );
+    let config = select(
+        &url,
+        &db,
+        "SELECT mode, host, port, username, device_id, waypoints, position(config, 'secr3t') FROM configurations FINAL",
+    );
+    assert_eq!(config, ["0\tbroker.my.net\t8883\tjane\tphone\t1\t0"]);
+    // Each POST of a bad payload is a receipt of its own (its own
+    // received_at): two rounds, two dead letters each. What collapses is
+    // one receipt written twice, as a retried insert writes it.
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT user, device, kind, field, count() FROM dead_letters FINAL GROUP BY user, device, kind, field ORDER BY kind"
+        ),
+        [
+            "jane\tphone\tbad_ciphertext\tdata\t2",
+            "web\tclient\tmissing_field\ttst\t2"
+        ]
+    );
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT user, device, toUInt32(tst) FROM last_positions FINAL WHERE user = 'jane' AND device = 'phone'"
+        ),
+        ["jane\tphone\t1406803894"]
+    );
+    // Both rounds were inserted; FINAL counts each once.
+    let raw: u64 = select(&url, &db, "SELECT count() FROM positions")[0]
+        .parse()
+        .unwrap();
+    assert!(raw >= 5, "{raw}");
+}
+
+/// A row ClickHouse refuses for its content (a materialized view used as a
+/// data check throws for it) becomes a dead letter; its neighbours are
+/// stored and every sender gets its 200.
+#[test]
+fn rows_clickhouse_rejects_go_to_dead_letters_and_neighbours_are_stored() {
+    let url = clickhouse_url();
+    let db = unique_db("rejects");
+    let m = run(
+        &["migrate", "--clickhouse-url", &url, "--database", &db],
+        b"",
+    )
+    .unwrap();
+    assert!(m.status.success());
+    ch(
+        &url,
+        Some(&db),
+        "CREATE TABLE guard (x UInt8) ENGINE = Null",
+    )
+    .unwrap();
+    ch(&url, Some(&db), &format!("CREATE MATERIALIZED VIEW guard_mv TO {db}.guard AS SELECT throwIf(lat = 66.6) AS x FROM {db}.positions")).unwrap();
+    let dir = tempdir();
+    let serve = serve_on(
+        &url,
+        &db,
+        dir.path(),
+        &[("OTSTREAM_CLICKHOUSE__PERIOD_MS", "500")],
+    );
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = [
+            (1_700_000_001u64, 52.5),
+            (1_700_000_002, 66.6),
+            (1_700_000_003, 52.6),
+        ]
+        .into_iter()
+        .map(|(tst, lat)| {
+            let serve = &serve;
+            s.spawn(move || {
+                serve
+                    .post(
+                        "/",
+                        &[("X-Limit-U", "ann"), ("X-Limit-D", "car")],
+                        &location(tst, lat, 13.4),
+                    )
+                    .status
+            })
+        })
+        .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200, 200, 200]);
+    assert_eq!(
+        select(
+            &url,
+            &db,
+            "SELECT toUInt32(tst), lat FROM positions FINAL WHERE lat != 66.6 ORDER BY tst"
+        ),
+        ["1700000001\t52.5", "1700000003\t52.6"]
+    );
+    let dead = select(
+        &url,
+        &db,
+        "SELECT user, device, kind, position(message, 'throwIf') > 0, position(payload, '\"lat\":66.6') > 0 FROM dead_letters FINAL",
+    );
+    assert_eq!(dead, ["ann\tcar\trejected\t1\t1"]);
+}
+
+/// The README's analyst queries run on both server generations, with the
+/// values an independent computation gives.
+#[test]
+fn readme_queries_run_and_give_the_expected_answers() {
+    let url = clickhouse_url();
+    let db = unique_db("readme");
+    let dir = tempdir();
+    let serve = serve_on(&url, &db, dir.path(), &[]);
+    let jane = [("X-Limit-U", "jane"), ("X-Limit-D", "phone")];
+    let bob = [("X-Limit-U", "bob"), ("X-Limit-D", "car")];
+    // Jane walks a line north through a day; Bob drives east.
+    let jane_track: Vec<(u64, f64, f64)> = (0..5)
+        .map(|i| (1_700_000_000 + i * 600, 52.50 + i as f64 * 0.01, 13.40))
+        .collect();
+    let bob_track: Vec<(u64, f64, f64)> = (0..4)
+        .map(|i| (1_700_000_000 + i * 900, 48.10, 11.50 + i as f64 * 0.02))
+        .collect();
+    for (tst, lat, lon) in &jane_track {
+        assert_eq!(
+            serve.post("/", &jane, &location(*tst, *lat, *lon)).status,
+            200
+        );
+    }
+    for (tst, lat, lon) in &bob_track {
+        assert_eq!(
+            serve.post("/", &bob, &location(*tst, *lat, *lon)).status,
+            200
+        );
+    }
+    for (tst, event) in [
+        (1_700_000_100u64, "enter"),
+        (1_700_000_700, "leave"),
+        (1_700_001_000, "enter"),
+        (1_700_001_300, "leave"),
+    ] {
+        let body = format!(
+            r#"{{"_type":"transition","lat":52.5,"lon":13.4,"tst":{tst},"wtst":1690000000,"event":"{event}","desc":"Home"}}"#
+        );
+        assert_eq!(serve.post("/", &jane, body.as_bytes()).status, 200);
+    }
+    assert_eq!(serve.post("/", &jane, b"not json").status, 400);
+
+    let readme = std::fs::read_to_string(otstream_tests::root().join("README.md")).unwrap();
+    let section = readme
+        .split("<!-- analyst-queries:begin -->")
+        .nth(1)
+        .unwrap()
+        .split("<!-- analyst-queries:end -->")
+        .next()
+        .unwrap();
+    let queries: Vec<String> = section
+        .split("```sql")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().trim().to_owned())
+        .collect();
+    assert_eq!(queries.len(), 10, "the README promises ten queries");
+    let answers: Vec<Vec<String>> = queries.iter().map(|q| select(&url, &db, q)).collect();
+    for (q, a) in queries.iter().zip(&answers) {
+        assert!(!a.is_empty(), "no rows from {q}");
+    }
+    // 1. Last position of each device.
+    assert_eq!(
+        answers[0],
+        [
+            "bob\tcar\t2023-11-14 22:58:20\t48.1\t11.56\t50",
+            "jane\tphone\t2023-11-14 22:53:20\t52.54\t13.4\t50"
+        ]
+        .map(|s| s.to_owned())
+        .to_vec()
+        .iter()
+        .map(|s| fix_tz(&url, s))
+        .collect::<Vec<_>>()
+    );
+    // 2. Daily distance, against an independent great-circle sum.
+    let km = |track: &[(u64, f64, f64)]| {
+        track
+            .windows(2)
+            .map(|w| great_circle_m(w[0].1, w[0].2, w[1].1, w[1].2))
+            .sum::<f64>()
+            / 1000.0
+    };
+    for (row, want) in answers[1].iter().zip([km(&bob_track), km(&jane_track)]) {
+        let got: f64 = row.split('\t').nth(3).unwrap().parse().unwrap();
+        assert!((got - want).abs() / want < 0.01, "{row}: want {want:.3} km");
+    }
+    // 3. Inside Home: 600 s, then 300 s.
+    assert_eq!(answers[2], ["jane\tphone\tHome\t900"]);
+    // 4. Both devices are silent (their fixes are from 2023).
+    assert_eq!(answers[3].len(), 2);
+    // 6. Nine fixes over HTTP from two devices.
+    assert!(
+        answers[5]
+            .iter()
+            .all(|r| r.ends_with("\thttp\t9\t2") || r.contains("\thttp\t")),
+        "{:?}",
+        answers[5]
+    );
+    assert_eq!(
+        answers[5]
+            .iter()
+            .map(|r| r.split('\t').nth(2).unwrap().parse::<u64>().unwrap())
+            .sum::<u64>(),
+        9
+    );
+    // 10. The one dead letter.
+    assert_eq!(
+        answers[9],
+        ["invalid_json\t1\tpayload is not valid JSON: unexpected \\'n\\' at byte 0"]
+    );
+}
+
+/// The server's local rendering of a UTC `DateTime`.
+fn fix_tz(url: &str, row: &str) -> String {
+    let mut parts: Vec<String> = row.split('\t').map(str::to_owned).collect();
+    let utc = parts[2].clone();
+    let local = ch(
+        url,
+        None,
+        &format!("SELECT toDateTime(toDateTime('{utc}', 'UTC')) FORMAT TSV"),
+    )
+    .unwrap();
+    parts[2] = local.trim().to_owned();
+    parts.join("\t")
+}
+
+/// Haversine on ClickHouse's sphere (greatCircleDistance's radius).
+fn great_circle_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let r = 6_372_797.560_856;
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * r * a.sqrt().asin()
+}
+
+/// ClickHouse stopped for 30 s mid-stream: the sink retries, the ingress
+/// answers 503 once the bus is full, and afterwards every message that got
+/// a 200 is in ClickHouse exactly once.
+#[test]
+fn clickhouse_outage_of_30_seconds_loses_nothing_acknowledged() {
+    let server = PrivateClickHouse::start().unwrap();
+    let db = unique_db("outage");
+    let dir = tempdir();
+    let serve = serve_on(
+        &server.url,
+        &db,
+        dir.path(),
+        &[
+            ("OTSTREAM_BUS__CAPACITY", "200"),
+            ("OTSTREAM_HTTP__SEND_TIMEOUT_MS", "200"),
+            ("OTSTREAM_HTTP__ACK_TIMEOUT_MS", "2000"),
+            ("OTSTREAM_CLICKHOUSE__RETRY_MAX_MS", "1000"),
+            ("OTSTREAM_CLICKHOUSE__INSERT_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let overloaded_during_outage = Arc::new(AtomicU64::new(0));
+    let outage = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (acked, statuses, stop, url) = (
+                acked.clone(),
+                statuses.clone(),
+                stop.clone(),
+                serve.url.clone(),
+            );
+            let (outage, overloaded) = (outage.clone(), overloaded_during_outage.clone());
+            std::thread::spawn(move || {
+                let device = format!("d{t}");
+                let headers = [("X-Limit-U", "fleet"), ("X-Limit-D", device.as_str())];
+                let mut tst = 1_700_000_000u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tst += 1;
+                    let a = otstream_tests::post(
+                        &format!("{url}/pub"),
+                        &headers,
+                        &location(tst, 52.5, 13.4),
+                    );
+                    *statuses.lock().unwrap().entry(a.status).or_default() += 1;
+                    match a.status {
+                        200 => acked
+                            .lock()
+                            .unwrap()
+                            .push(format!("fleet\t{device}\t{tst}")),
+                        503 => {
+                            if outage.load(Ordering::Relaxed) {
+                                overloaded.fetch_add(1, Ordering::Relaxed);
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        s => panic!("unexpected status {s}: {}", a.body),
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "stalled at {} acknowledged:\n{}",
+                acked.lock().unwrap().len(),
+                serve.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(200);
+    server.stop().unwrap();
+    outage.store(true, Ordering::Relaxed);
+    let acked_at_stop = acked.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(30));
+    outage.store(false, Ordering::Relaxed);
+    let acked_during = acked.lock().unwrap().len() - acked_at_stop;
+    server.restart().unwrap();
+    wait_for(acked_at_stop + acked_during + 200);
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert!(
+        overloaded_during_outage.load(Ordering::Relaxed) > 0,
+        "no 503 while ClickHouse was down: {:?}",
+        statuses.lock().unwrap()
+    );
+    // At most what was already in flight when the server stopped can be
+    // acknowledged during the outage (it was inserted before the stop).
+    assert!(
+        acked_during <= 200 + 4,
+        "{acked_during} acknowledged while ClickHouse was down"
+    );
+    let acked = acked.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = select(
+            &server.url,
+            &db,
+            "SELECT user, device, toUInt32(tst), count() FROM positions FINAL GROUP BY user, device, tst",
+        );
+        let once: BTreeSet<String> = stored
+            .iter()
+            .filter(|r| r.ends_with("\t1"))
+            .map(|r| r.rsplit_once('\t').unwrap().0.to_owned())
+            .collect();
+        assert_eq!(
+            once.len(),
+            stored.len(),
+            "FINAL must give each message once"
+        );
+        let missing = acked.iter().filter(|k| !once.contains(*k)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged messages missing",
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
