@@ -5,15 +5,25 @@
 # same-run baseline, against a do-nothing endpoint), prints the reports
 # and the rows stored, and stops the server. Not a test: a measurement.
 #
-#   benches/serve_load.sh [CONNECTIONS] [SECONDS]
+#   benches/serve_load.sh [CONNECTIONS] [SECONDS] [clickhouse]
+#
+# With `clickhouse`, a private ClickHouse (scripts/clickhouse.sh) is the sink
+# instead of the embedded store; OTSTREAM_CLICKHOUSE__* variables (e.g.
+# OTSTREAM_CLICKHOUSE__PERIOD_MS) pass through to serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections="${1:-64}"
 seconds="${2:-10}"
 SERVE_ARGS=()
+sink="${3:-sqlite}"
 cargo build -q --release -p otstream-cli -p otstream-benches --bin otstream --bin http_load
 dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $pid 2>/dev/null || true; scripts/clickhouse.sh stop "$dir/ch" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+pid=
+if [ "$sink" = clickhouse ]; then
+  ch_url=$(scripts/clickhouse.sh start "$dir/ch")
+  SERVE_ARGS+=(--clickhouse-url "$ch_url")
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/release/otstream serve --http-addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport" \
@@ -27,7 +37,11 @@ printf 'baseline /healthz:  '
 printf 'serve /pub:         '
 ./target/release/http_load --url "http://127.0.0.1:$port/pub" --connections "$connections" --seconds "$seconds"
 kill -INT $pid; wait $pid
+if [ "$sink" = clickhouse ]; then
+  echo "rows stored: $(curl -s "$ch_url/" --data-binary 'SELECT count() FROM otstream.positions FINAL')"
+else
 python3 - "$dir/data/otstream.db" <<'PY'
 import sqlite3, sys
 print("rows stored:", sqlite3.connect(sys.argv[1]).execute("select count(*) from positions").fetchone()[0])
 PY
+fi
