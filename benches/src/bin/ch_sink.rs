@@ -59,7 +59,11 @@ fn position(i: usize) -> Record {
 }
 
 async fn query(client: &::clickhouse::Client, sql: &str) -> Result<()> {
-    client.query(sql).execute().await.with_context(|| sql.to_owned())
+    client
+        .query(sql)
+        .execute()
+        .await
+        .with_context(|| sql.to_owned())
 }
 
 #[tokio::main]
@@ -79,7 +83,10 @@ async fn main() -> Result<()> {
             rows::insert(&client, Table::Positions, chunk).await?;
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("sink insert, batches of {batch:>6}: {:>9.0} rows/s ({secs:.2} s)", args.rows as f64 / secs);
+        println!(
+            "sink insert, batches of {batch:>6}: {:>9.0} rows/s ({secs:.2} s)",
+            args.rows as f64 / secs
+        );
     }
     query(&client, "TRUNCATE TABLE positions").await?;
     let started = Instant::now();
@@ -94,6 +101,9 @@ async fn main() -> Result<()> {
     )
     .await?;
     let secs = started.elapsed().as_secs_f64();
-    println!("baseline: server-side INSERT SELECT: {:>9.0} rows/s ({secs:.2} s)", args.rows as f64 / secs);
+    println!(
+        "baseline: server-side INSERT SELECT: {:>9.0} rows/s ({secs:.2} s)",
+        args.rows as f64 / secs
+    );
     Ok(())
 }

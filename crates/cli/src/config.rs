@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use otstream_decode::DecodeConfig;
-use otstream_ingress::HttpConfig;
+use otstream_ingress::{HttpConfig, MqttConfig};
 use otstream_sink::SinkConfig;
 use otstream_sink::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
@@ -39,6 +39,9 @@ pub struct ServeConfig {
     /// Batching and retries of the embedded store writer.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// MQTT ingress (off unless a broker URL is given).
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
     /// Write to ClickHouse instead of the embedded store.
     #[serde(default)]
     pub clickhouse: Option<ClickHouseConfig>,
@@ -133,6 +136,9 @@ impl ServeConfig {
         self.http.validate().map_err(anyhow::Error::msg)?;
         self.decode.validate().map_err(anyhow::Error::msg)?;
         self.sink.validate().map_err(anyhow::Error::msg)?;
+        if let Some(m) = &self.mqtt {
+            m.validate().map_err(anyhow::Error::msg)?;
+        }
         if let Some(ch) = &self.clickhouse {
             ch.validate().map_err(anyhow::Error::msg)?;
         }

@@ -1,7 +1,7 @@
 //! `otstream serve`: every stage in one process over bounded in-process
 //! channels, OwnTracks HTTP in front, the embedded store behind.
 //!
-//! ingress (HTTP) --[raw]--> decode --[records]--> sink (SQLite)
+//! ingress (HTTP, MQTT) --[raw]--> decode --[records]--> sink (SQLite or ClickHouse)
 //!
 //! Shutdown (SIGINT or SIGTERM) drains in order: the ingress stops
 //! accepting and finishes its in-flight requests (each waits for its
@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use otstream_bus::{Sender, channel};
 use otstream_decode::KeyRing;
+use otstream_ingress::MqttConfig;
 use otstream_model::{RawMessage, Record};
 use otstream_sink::Store;
 use otstream_sink::clickhouse::ClickHouseConfig;
@@ -48,6 +49,9 @@ pub struct Args {
     /// htpasswd file (bcrypt): require HTTP Basic authentication.
     #[arg(long, env = "OTSTREAM_HTPASSWD", value_name = "FILE")]
     htpasswd: Option<PathBuf>,
+    /// Also take OwnTracks MQTT traffic from this broker (mqtt[s]://[user:pass@]host[:port]).
+    #[arg(long, env = "OTSTREAM_MQTT_URL", value_name = "URL")]
+    mqtt_url: Option<String>,
     /// Write to this ClickHouse (HTTP interface) instead of the embedded store.
     #[arg(long, env = "OTSTREAM_CLICKHOUSE_URL", value_name = "URL")]
     clickhouse_url: Option<String>,
@@ -102,6 +106,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(h) = args.htpasswd {
         config.http.htpasswd = Some(h);
+    }
+    if let Some(url) = args.mqtt_url {
+        match &mut config.mqtt {
+            Some(m) => m.url = url,
+            None => config.mqtt = Some(MqttConfig::new(url)),
+        }
     }
     if let Some(url) = args.clickhouse_url {
         match &mut config.clickhouse {
@@ -201,6 +211,14 @@ async fn serve(config: ServeConfig) -> Result<()> {
         hard_stop.clone(),
     ));
     let depth = tokio::spawn(report_depth(raw_tx.clone(), rec_tx, stop_ingress.clone()));
+    // MQTT waits for room rather than failing: a full bus slows the
+    // broker's deliveries (PUBACKs are withheld) and the rest queues there.
+    let mqtt = config.mqtt.clone().map(|m| {
+        if m.topic_prefix != config.decode.topic_prefix {
+            tracing::warn!(mqtt = %m.topic_prefix, decode = %config.decode.topic_prefix, "mqtt.topic_prefix differs from decode.topic_prefix");
+        }
+        tokio::spawn(otstream_ingress::run_mqtt(m, raw_tx.clone(), stop_ingress.clone()))
+    });
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
     let mut ingress = tokio::spawn(otstream_ingress::run_http(
         listener,
@@ -240,6 +258,20 @@ async fn serve(config: ServeConfig) -> Result<()> {
             tracing::error!(error = %e, "http ingress panicked");
         }
         Err(_) => hung.push("ingress"),
+    }
+    if let Some(m) = mqtt {
+        match tokio::time::timeout_at(deadline, m).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                failed = true;
+                tracing::error!(error = %e, "mqtt ingress failed");
+            }
+            Ok(Err(e)) => {
+                failed = true;
+                tracing::error!(error = %e, "mqtt ingress panicked");
+            }
+            Err(_) => hung.push("mqtt ingress"),
+        }
     }
     let _ = depth.await;
     if tokio::time::timeout_at(deadline, decode).await.is_err() {

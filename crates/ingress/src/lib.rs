@@ -1,4 +1,4 @@
-//! Where payloads enter: OwnTracks HTTP mode (and, with its issue, MQTT).
+//! Where payloads enter: OwnTracks HTTP mode and MQTT mode.
 //!
 //! In: HTTP POSTs from the apps, a drop-in for Traccar's OwnTracks port
 //! (5144) and OwnTracks Recorder's `/pub`. Out: one
@@ -31,11 +31,14 @@
 //! - [`auth`]: htpasswd (bcrypt) Basic authentication.
 //! - [`friends`]: the friends list returned to the apps.
 //! - [`http`]: the server and the request handler.
+//! - [`mqtt`]: the MQTT subscriber (persistent session, PUBACK after storage).
 
 pub mod auth;
 pub mod config;
 pub mod friends;
 pub mod http;
+pub mod mqtt;
 
 pub use config::{FriendsConfig, HttpConfig};
 pub use http::{IngressError, run_http};
+pub use mqtt::{MqttConfig, MqttError, run_mqtt};

@@ -1,0 +1,501 @@
+//! MQTT ingress: OwnTracks apps in their default mode.
+//!
+//! otstream subscribes to the broker the apps publish to, with a persistent
+//! session (clean session off, a fixed client id) and QoS 1, and treats each
+//! PUBLISH like an HTTP POST: it goes to the bus with an ack, and the PUBACK
+//! goes back to the broker only once the message is durable. A crash means
+//! redelivery, never loss: the broker keeps every unacknowledged message of
+//! the session and sends it again on reconnect.
+//!
+//! Flow control comes from the broker: it sends a client at most its
+//! in-flight window of unacknowledged QoS 1 messages (Mosquitto's
+//! `max_inflight_messages`), so withholding PUBACKs until the store commits
+//! slows delivery to the pace of the store, and the rest queues at the
+//! broker. MQTT 3.1.1 requires PUBACKs in the order the PUBLISHes arrived;
+//! acks are sent from a FIFO. A message that could not be stored is not
+//! acknowledged; the session is dropped and resumed so that the broker
+//! delivers it again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::Counter;
+use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
+use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
+use otstream_model::{IdentityHints, RawMessage, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The subtopics the apps publish to, besides the base topic.
+pub const SUBTOPICS: [&str; 10] = [
+    "event",
+    "info",
+    "waypoint",
+    "waypoints",
+    "step",
+    "beacon",
+    "dump",
+    "status",
+    "cmd",
+    "request",
+];
+
+/// How to reach the broker and what to subscribe to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://[user:password@]host[:1883]` or `mqtts://...[:8883]` (TLS
+    /// with the system's root certificates, or `ca_file`).
+    pub url: String,
+    /// Client id: fixed, so that the broker keeps the session across
+    /// restarts. Give every ingress process its own.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// User name (overrides the URL's).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (overrides the URL's).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A PEM file of CA certificates for `mqtts://` brokers with a private CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The apps' base topic, `owntracks`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Subtopics subscribed besides `<prefix>/+/+`.
+    #[serde(default = "default_subtopics")]
+    pub subtopics: Vec<String>,
+    /// Subscribe as `$share/<group>/...`, so that several ingress processes
+    /// split the messages between them.
+    #[serde(default)]
+    pub shared_group: Option<String>,
+    /// Keep-alive, seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Largest packet accepted, bytes (the HTTP body limit's equivalent).
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// Longest wait between reconnection attempts, ms (backoff doubles from
+    /// 100 ms up to this).
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_client_id() -> String {
+    "otstream-ingress".to_owned()
+}
+fn default_prefix() -> String {
+    DEFAULT_TOPIC_PREFIX.to_owned()
+}
+fn default_subtopics() -> Vec<String> {
+    SUBTOPICS.iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_max_packet_bytes() -> usize {
+    256 * 1024 + 1024
+}
+fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+impl MqttConfig {
+    /// Defaults for the broker at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            client_id: default_client_id(),
+            username: None,
+            password: None,
+            ca_file: None,
+            topic_prefix: default_prefix(),
+            subtopics: default_subtopics(),
+            shared_group: None,
+            keep_alive_s: default_keep_alive_s(),
+            max_packet_bytes: default_max_packet_bytes(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+
+    /// The topic filters subscribed, shared when a group is set.
+    pub fn filters(&self) -> Vec<String> {
+        let base = format!("{}/+/+", self.topic_prefix);
+        let mut f = vec![base.clone()];
+        f.extend(self.subtopics.iter().map(|s| format!("{base}/{s}")));
+        match &self.shared_group {
+            Some(g) => f.into_iter().map(|t| format!("$share/{g}/{t}")).collect(),
+            None => f,
+        }
+    }
+
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        BrokerUrl::parse(&self.url)?;
+        if self.client_id.is_empty() {
+            return Err("mqtt.client_id must not be empty: the session is kept under it".into());
+        }
+        Ok(())
+    }
+}
+
+/// A parsed broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// TLS (`mqtts://`).
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port (1883, or 8883 with TLS, when absent).
+    pub port: u16,
+    /// Credentials in the URL.
+    pub username: Option<String>,
+    /// Password in the URL.
+    pub password: Option<String>,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt[s]://[user[:password]@]host[:port]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+        {
+            (false, r)
+        } else if let Some(r) = url
+            .strip_prefix("mqtts://")
+            .or_else(|| url.strip_prefix("ssl://"))
+        {
+            (true, r)
+        } else {
+            return Err(format!(
+                "mqtt url {url:?} must start with mqtt:// or mqtts://"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (creds, hostport) = match rest.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, rest),
+        };
+        let (username, password) = match creds.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+            Some((u, p)) => (Some(u.to_owned()), (!p.is_empty()).then(|| p.to_owned())),
+            None => (None, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("mqtt url {url:?}: bad port {p:?}"))?,
+            ),
+            None => (hostport, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("mqtt url {url:?} has no host"));
+        }
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            username,
+            password,
+        })
+    }
+}
+
+fn options(config: &MqttConfig) -> Result<MqttOptions, String> {
+    let url = BrokerUrl::parse(&config.url)?;
+    let mut o = MqttOptions::new(&config.client_id, &url.host, url.port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)))
+        .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    let user = config.username.clone().or(url.username);
+    let pass = config.password.clone().or(url.password);
+    if let Some(u) = user {
+        o.set_credentials(u, pass.unwrap_or_default());
+    }
+    if url.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(tls_config(config)?));
+    }
+    Ok(o)
+}
+
+fn tls_config(config: &MqttConfig) -> Result<TlsConfiguration, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for cert in rustls_native_certs_pem(&pem) {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(tls)))
+}
+
+fn rustls_native_certs_pem(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why the MQTT ingress could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttError {
+    /// The configuration is unusable.
+    #[error("invalid mqtt configuration: {0}")]
+    Config(String),
+}
+
+struct Meters {
+    received: Counter,
+    reconnects: Counter,
+    unacked: Counter,
+}
+
+/// Runs the MQTT ingress until `shutdown`: subscribes, forwards every
+/// PUBLISH to `output` (which should wait rather than fail when full: a slow
+/// store slows the broker's deliveries, nothing is refused), and PUBACKs
+/// each once its ack is delivered, in order. On shutdown it stops taking new
+/// messages, waits for the ones in flight to be stored and acknowledged, and
+/// disconnects; what it did not acknowledge the broker delivers next time.
+pub async fn run_mqtt<S: Sender<RawMessage>>(
+    config: MqttConfig,
+    output: S,
+    shutdown: CancellationToken,
+) -> Result<(), MqttError> {
+    config.validate().map_err(MqttError::Config)?;
+    let opts = options(&config).map_err(MqttError::Config)?;
+    let meters = Meters {
+        received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
+        reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
+        unacked: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "not_stored"),
+    };
+    let filters = config.filters();
+    let prefix = config.topic_prefix.clone();
+    // Bounded by the broker's in-flight window; the capacity only has to
+    // exceed it.
+    let (client, eventloop) = AsyncClient::new(opts, 65_536);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Publish, AckWaiter)>();
+    let resync = CancellationToken::new();
+    let acker = tokio::spawn(ack_in_order(
+        client.clone(),
+        ack_rx,
+        resync.clone(),
+        meters.unacked.clone(),
+    ));
+    let mut session = Session {
+        client,
+        eventloop,
+        filters,
+        prefix,
+        output,
+        ack_tx,
+        resync,
+        meters,
+        config,
+    };
+    session.run(shutdown).await;
+    drop(session.ack_tx);
+    let _ = acker.await;
+    let _ = session.client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.eventloop.poll()).await;
+    Ok(())
+}
+
+struct Session<S> {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filters: Vec<String>,
+    prefix: String,
+    output: S,
+    ack_tx: mpsc::UnboundedSender<(Publish, AckWaiter)>,
+    resync: CancellationToken,
+    meters: Meters,
+    config: MqttConfig,
+}
+
+impl<S: Sender<RawMessage>> Session<S> {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let max = Duration::from_millis(self.config.reconnect_max_ms);
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = self.resync.cancelled() => {
+                    // A message was not stored: drop the connection so the
+                    // broker delivers what is unacknowledged again.
+                    tracing::warn!("a message could not be stored; resuming the session for redelivery");
+                    self.resync = CancellationToken::new();
+                    let _ = self.client.disconnect().await;
+                    continue;
+                }
+                e = self.eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(session_present = ack.session_present, filters = ?self.filters, "connected to the MQTT broker");
+                    // Subscribing again is harmless with a kept session and
+                    // necessary when the broker lost it.
+                    for f in &self.filters {
+                        if let Err(e) = self.client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                            tracing::warn!(error = %e, filter = %f, "subscribe failed");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => self.forward(p).await,
+                Ok(_) => {}
+                Err(e) => {
+                    self.meters.reconnects.increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+
+    async fn forward(&mut self, p: Publish) {
+        self.meters.received.increment(1);
+        let hints = IdentityHints {
+            mqtt_topic: Some(p.topic.clone()),
+            ..Default::default()
+        };
+        let key = identity::resolve(&hints, &self.prefix, None, None)
+            .map(|i| i.key())
+            .unwrap_or_default();
+        let raw = RawMessage {
+            received_at: now_ms(),
+            transport: Transport::Mqtt,
+            hints,
+            remote_addr: None,
+            payload: p.payload.to_vec(),
+        };
+        let (ack, done) = Ack::new();
+        match self.output.send(Message::new(key, raw, ack)).await {
+            // QoS 0 messages have nothing to acknowledge; the FIFO keeps
+            // them only if they carry a packet id.
+            Ok(()) => {
+                let _ = self.ack_tx.send((p, done));
+            }
+            Err(e) => {
+                // The bus is closed: shutting down. No PUBACK: redelivered.
+                tracing::debug!(error = %e, "bus closed; message left to the broker");
+            }
+        }
+    }
+}
+
+/// Sends PUBACKs in the order the PUBLISHes arrived, each once its message
+/// is stored. A message that was not stored stops the line (no later
+/// message may be acknowledged before it) and asks for a session resync.
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<(Publish, AckWaiter)>,
+    resync: CancellationToken,
+    unacked: Counter,
+) {
+    let mut pending: VecDeque<(Publish, AckWaiter)> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(item) => pending.push_back(item),
+                None => return,
+            }
+        }
+        while let Ok(item) = rx.try_recv() {
+            pending.push_back(item);
+        }
+        let Some((publish, waiter)) = pending.pop_front() else {
+            continue;
+        };
+        match waiter.await {
+            AckStatus::Delivered => {
+                if publish.qos != QoS::AtMostOnce {
+                    let _ = client.ack(&publish).await;
+                }
+            }
+            AckStatus::Failed => {
+                unacked.increment(1);
+                resync.cancel();
+                // Everything after it is redelivered with it.
+                pending.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap(),
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1884,
+                username: None,
+                password: None
+            }
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://jane:s3cret@broker.example.org").unwrap(),
+            BrokerUrl {
+                tls: true,
+                host: "broker.example.org".into(),
+                port: 8883,
+                username: Some("jane".into()),
+                password: Some("s3cret".into())
+            }
+        );
+        assert!(BrokerUrl::parse("http://x").is_err());
+        assert!(BrokerUrl::parse("mqtt://:1883").is_err());
+        assert!(BrokerUrl::parse("mqtt://h:port").is_err());
+    }
+
+    #[test]
+    fn filters_cover_every_subtopic_and_share() {
+        let mut c = MqttConfig::new("mqtt://h");
+        assert_eq!(c.filters().len(), 11);
+        assert_eq!(c.filters()[0], "owntracks/+/+");
+        assert!(c.filters().contains(&"owntracks/+/+/waypoints".to_owned()));
+        c.shared_group = Some("otstream".into());
+        assert_eq!(c.filters()[1], "$share/otstream/owntracks/+/+/event");
+    }
+}
