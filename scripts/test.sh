@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, and every test of the workspace
 # against real services. CI runs exactly this (through .ci/run). It installs
-# what is missing (Debian's clickhouse-server, PyPI's chdb), starts a private
-# ClickHouse on free loopback ports, and stops it at the end. Tests that need
+# what is missing (Debian's clickhouse-server and mosquitto, PyPI's chdb),
+# starts a private ClickHouse and a private Mosquitto on free loopback ports,
+# and stops them at the end. Tests that need
 # a service read its address from the environment and fail, never skip, when
 # it is not there.
 set -euo pipefail
@@ -13,14 +14,18 @@ step() { printf '\n==> %s\n' "$*"; }
 run_dir=$(mktemp -d)
 cleanup() {
   scripts/clickhouse.sh stop "$run_dir/clickhouse" || true
+  scripts/mosquitto.sh stop "$run_dir/mosquitto" || true
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
 
 step "services: install what is missing"
-if ! command -v clickhouse-server >/dev/null; then
+missing=()
+command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -c 'import chdb' 2>/dev/null || python3 -m pip install -q chdb
 
@@ -28,6 +33,11 @@ step "services: start ClickHouse"
 OTSTREAM_TEST_CLICKHOUSE_URL=$(scripts/clickhouse.sh start "$run_dir/clickhouse")
 export OTSTREAM_TEST_CLICKHOUSE_URL
 echo "ClickHouse $(curl -s "$OTSTREAM_TEST_CLICKHOUSE_URL/?query=SELECT%20version()") at $OTSTREAM_TEST_CLICKHOUSE_URL"
+
+step "services: start Mosquitto"
+OTSTREAM_TEST_MQTT_URL=$(scripts/mosquitto.sh start "$run_dir/mosquitto")
+export OTSTREAM_TEST_MQTT_URL
+echo "Mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') at $OTSTREAM_TEST_MQTT_URL"
 
 step "cargo fmt --check"
 cargo fmt --all --check

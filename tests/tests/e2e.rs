@@ -5,5 +5,7 @@
 mod clickhouse;
 // `otstream decode` on the payload spec's examples, files and stdin.
 mod decode_cli;
+// MQTT ingress with a real broker and client: types, sessions, crashes, sharing.
+mod mqtt;
 // `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.
 mod serve;

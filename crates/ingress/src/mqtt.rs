@@ -48,7 +48,9 @@ pub const SUBTOPICS: [&str; 10] = [
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://[user:password@]host[:1883]` or `mqtts://...[:8883]` (TLS
-    /// with the system's root certificates, or `ca_file`).
+    /// with the system's root certificates, or `ca_file`). May come from a
+    /// flag applied after the file is read; `validate` requires it.
+    #[serde(default)]
     pub url: String,
     /// Client id: fixed, so that the broker keeps the session across
     /// restarts. Give every ingress process its own.
