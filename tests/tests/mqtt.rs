@@ -1,4 +1,3 @@
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use otstream_tests::{
