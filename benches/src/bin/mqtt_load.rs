@@ -45,8 +45,13 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let rest = args.url.trim_start_matches("mqtt://");
     let (host, port) = rest.rsplit_once(':').context("url needs host:port")?;
-    let mut opts = MqttOptions::new(format!("otstream-bench-{}", std::process::id()), host, port.parse()?);
-    opts.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+    let mut opts = MqttOptions::new(
+        format!("otstream-bench-{}", std::process::id()),
+        host,
+        port.parse()?,
+    );
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let started = Instant::now();
     let (n, devices, prefix) = (args.messages, args.devices, args.prefix.clone());
@@ -57,7 +62,11 @@ async fn main() -> Result<()> {
                 r#"{{"_type":"location","acc":10,"alt":36,"batt":94,"bs":2,"cog":98,"conn":"w","lat":52.225314,"lon":13.332127,"m":1,"p":100.266,"t":"p","tid":"RO","tst":{},"vac":4,"vel":5}}"#,
                 1_700_000_000 + i / devices
             );
-            if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -72,17 +81,29 @@ async fn main() -> Result<()> {
     }
     let published = started.elapsed().as_secs_f64();
     publisher.await?;
-    println!("published {} (QoS 1, PUBACKed by the broker) in {published:.2} s: {:.0} msgs/s", args.messages, args.messages as f64 / published);
+    println!(
+        "published {} (QoS 1, PUBACKed by the broker) in {published:.2} s: {:.0} msgs/s",
+        args.messages,
+        args.messages as f64 / published
+    );
     if let Some(m) = &args.metrics {
         let deadline = Instant::now() + Duration::from_secs(600);
         while stored(m)? < args.messages {
             if Instant::now() > deadline {
-                bail!("only {} of {} stored after 10 minutes", stored(m)?, args.messages);
+                bail!(
+                    "only {} of {} stored after 10 minutes",
+                    stored(m)?,
+                    args.messages
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("stored {} in {secs:.2} s from the first publish: {:.0} msgs/s publish-to-stored", args.messages, args.messages as f64 / secs);
+        println!(
+            "stored {} in {secs:.2} s from the first publish: {:.0} msgs/s publish-to-stored",
+            args.messages,
+            args.messages as f64 / secs
+        );
     }
     Ok(())
 }

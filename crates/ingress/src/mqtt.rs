@@ -11,8 +11,10 @@
 //! in-flight window of unacknowledged QoS 1 messages (Mosquitto's
 //! `max_inflight_messages`), so withholding PUBACKs until the store commits
 //! slows delivery to the pace of the store, and the rest queues at the
-//! broker. MQTT 3.1.1 requires PUBACKs in the order the PUBLISHes arrived;
-//! acks are sent from a FIFO. A message that could not be stored is not
+//! broker (with MQTT 5, otstream also bounds it itself with Receive
+//! Maximum). MQTT 3.1.1 requires PUBACKs in the order the PUBLISHes arrived;
+//! acks are sent from a FIFO. MQTT 3.1.1 and 5 share all of this; only the
+//! wire client differs. A message that could not be stored is not
 //! acknowledged; the session is dropped and resumed so that the broker
 //! delivers it again.
 
@@ -24,7 +26,9 @@ use metrics::Counter;
 use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
 use otstream_model::{IdentityHints, RawMessage, Transport};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, v5,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +89,47 @@ pub struct MqttConfig {
     /// 100 ms up to this).
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// MQTT protocol version: `3.1.1` or `5`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// MQTT 5: most unacknowledged messages the broker may send at once
+    /// (Receive Maximum). With 3.1.1 the broker's own window applies
+    /// (Mosquitto `max_inflight_messages`).
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1, what the OwnTracks apps speak.
+    #[default]
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    // "3.1.1" or "5", also as the number 5 (or 4, the 3.1.1 wire level),
+    // which is what an environment variable such as OTSTREAM_MQTT__PROTOCOL=5
+    // becomes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) if s == "3.1.1" || s == "4" => Ok(Protocol::V311),
+            Raw::S(s) if s == "5" || s == "5.0" => Ok(Protocol::V5),
+            Raw::I(4) => Ok(Protocol::V311),
+            Raw::I(5) => Ok(Protocol::V5),
+            _ => Err(serde::de::Error::custom(
+                "mqtt.protocol must be \"3.1.1\" or \"5\"",
+            )),
+        }
+    }
 }
 
 fn default_client_id() -> String {
@@ -105,6 +150,9 @@ fn default_max_packet_bytes() -> usize {
 fn default_reconnect_max_ms() -> u64 {
     10_000
 }
+fn default_inflight() -> u16 {
+    1000
+}
 
 impl MqttConfig {
     /// Defaults for the broker at `url`.
@@ -121,6 +169,8 @@ impl MqttConfig {
             keep_alive_s: default_keep_alive_s(),
             max_packet_bytes: default_max_packet_bytes(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            protocol: Protocol::default(),
+            inflight: default_inflight(),
         }
     }
 
@@ -208,22 +258,161 @@ impl BrokerUrl {
     }
 }
 
-fn options(config: &MqttConfig) -> Result<MqttOptions, String> {
+/// Connects (lazily: the event loop dials) with the configured protocol.
+fn connect(config: &MqttConfig) -> Result<(Client, Loop), String> {
     let url = BrokerUrl::parse(&config.url)?;
-    let mut o = MqttOptions::new(&config.client_id, &url.host, url.port);
-    o.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)))
-        .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
-    let user = config.username.clone().or(url.username);
-    let pass = config.password.clone().or(url.password);
-    if let Some(u) = user {
-        o.set_credentials(u, pass.unwrap_or_default());
+    let user = config.username.clone().or(url.username.clone());
+    let pass = config
+        .password
+        .clone()
+        .or(url.password.clone())
+        .unwrap_or_default();
+    let transport = if url.tls {
+        Some(rumqttc::Transport::tls_with_config(tls_config(config)?))
+    } else {
+        None
+    };
+    let keep_alive = Duration::from_secs(config.keep_alive_s.max(5));
+    // Bounded by the broker's in-flight window; the capacity only has to
+    // exceed it.
+    let capacity = 65_536;
+    match config.protocol {
+        Protocol::V311 => {
+            let mut o = MqttOptions::new(&config.client_id, &url.host, url.port);
+            o.set_clean_session(false)
+                .set_manual_acks(true)
+                .set_keep_alive(keep_alive)
+                .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+            if let Some(u) = user {
+                o.set_credentials(u, pass);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, l) = AsyncClient::new(o, capacity);
+            Ok((Client::V4(c), Loop::V4(Box::new(l))))
+        }
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(&config.client_id, &url.host, url.port);
+            // A v5 session ends at disconnect unless it has an expiry:
+            // u32::MAX means it never expires, as a 3.1.1 session.
+            o.set_clean_start(false)
+                .set_session_expiry_interval(Some(u32::MAX))
+                .set_receive_maximum(Some(config.inflight.max(1)))
+                .set_manual_acks(true)
+                .set_keep_alive(keep_alive)
+                .set_max_packet_size(u32::try_from(config.max_packet_bytes).ok());
+            if let Some(u) = user {
+                o.set_credentials(u, pass);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, l) = v5::AsyncClient::new(o, capacity);
+            Ok((Client::V5(c), Loop::V5(Box::new(l))))
+        }
     }
-    if url.tls {
-        o.set_transport(rumqttc::Transport::tls_with_config(tls_config(config)?));
+}
+
+/// The client half, for either protocol.
+#[derive(Clone)]
+enum Client {
+    V4(AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The event loop, for either protocol.
+enum Loop {
+    V4(Box<EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// A received PUBLISH, for either protocol.
+enum Delivery {
+    V4(Publish),
+    V5(v5::mqttbytes::v5::Publish),
+}
+
+/// What the session loop cares about.
+enum Incoming {
+    ConnAck { session_present: bool },
+    Publish(Delivery),
+    Other,
+}
+
+impl Client {
+    async fn subscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+                .await
+                .map_err(|e| e.to_string()),
+        }
     }
-    Ok(o)
+
+    async fn ack(&self, d: &Delivery) {
+        let _ = match (self, d) {
+            (Client::V4(c), Delivery::V4(p)) if p.qos != QoS::AtMostOnce => {
+                c.ack(p).await.map_err(|e| e.to_string())
+            }
+            (Client::V5(c), Delivery::V5(p)) if p.qos != v5::mqttbytes::QoS::AtMostOnce => {
+                c.ack(p).await.map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        };
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl Loop {
+    async fn poll(&mut self) -> Result<Incoming, String> {
+        match self {
+            Loop::V4(l) => match l.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::ConnAck(a)) => Ok(Incoming::ConnAck {
+                    session_present: a.session_present,
+                }),
+                Event::Incoming(Packet::Publish(p)) => Ok(Incoming::Publish(Delivery::V4(p))),
+                _ => Ok(Incoming::Other),
+            },
+            Loop::V5(l) => match l.poll().await.map_err(|e| e.to_string())? {
+                v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(a)) => {
+                    Ok(Incoming::ConnAck {
+                        session_present: a.session_present,
+                    })
+                }
+                v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p)) => {
+                    Ok(Incoming::Publish(Delivery::V5(p)))
+                }
+                _ => Ok(Incoming::Other),
+            },
+        }
+    }
+}
+
+impl Delivery {
+    fn topic(&self) -> String {
+        match self {
+            Delivery::V4(p) => p.topic.clone(),
+            Delivery::V5(p) => String::from_utf8_lossy(&p.topic).into_owned(),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        match self {
+            Delivery::V4(p) => &p.payload,
+            Delivery::V5(p) => &p.payload,
+        }
+    }
 }
 
 fn tls_config(config: &MqttConfig) -> Result<TlsConfiguration, String> {
@@ -294,7 +483,7 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
     shutdown: CancellationToken,
 ) -> Result<(), MqttError> {
     config.validate().map_err(MqttError::Config)?;
-    let opts = options(&config).map_err(MqttError::Config)?;
+    let (client, eventloop) = connect(&config).map_err(MqttError::Config)?;
     let meters = Meters {
         received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
         reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
@@ -302,10 +491,7 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
     };
     let filters = config.filters();
     let prefix = config.topic_prefix.clone();
-    // Bounded by the broker's in-flight window; the capacity only has to
-    // exceed it.
-    let (client, eventloop) = AsyncClient::new(opts, 65_536);
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Publish, AckWaiter)>();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter)>();
     let resync = CancellationToken::new();
     let acker = tokio::spawn(ack_in_order(
         client.clone(),
@@ -327,19 +513,19 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
     session.run(shutdown).await;
     drop(session.ack_tx);
     let _ = acker.await;
-    let _ = session.client.disconnect().await;
+    session.client.disconnect().await;
     // Let the DISCONNECT go out.
     let _ = tokio::time::timeout(Duration::from_secs(1), session.eventloop.poll()).await;
     Ok(())
 }
 
 struct Session<S> {
-    client: AsyncClient,
-    eventloop: EventLoop,
+    client: Client,
+    eventloop: Loop,
     filters: Vec<String>,
     prefix: String,
     output: S,
-    ack_tx: mpsc::UnboundedSender<(Publish, AckWaiter)>,
+    ack_tx: mpsc::UnboundedSender<(Delivery, AckWaiter)>,
     resync: CancellationToken,
     meters: Meters,
     config: MqttConfig,
@@ -358,25 +544,25 @@ impl<S: Sender<RawMessage>> Session<S> {
                     // broker delivers what is unacknowledged again.
                     tracing::warn!("a message could not be stored; resuming the session for redelivery");
                     self.resync = CancellationToken::new();
-                    let _ = self.client.disconnect().await;
+                    self.client.disconnect().await;
                     continue;
                 }
                 e = self.eventloop.poll() => e,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Incoming::ConnAck { session_present }) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(session_present = ack.session_present, filters = ?self.filters, "connected to the MQTT broker");
+                    tracing::info!(session_present, protocol = ?self.config.protocol, filters = ?self.filters, "connected to the MQTT broker");
                     // Subscribing again is harmless with a kept session and
                     // necessary when the broker lost it.
                     for f in &self.filters {
-                        if let Err(e) = self.client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                        if let Err(e) = self.client.subscribe(f).await {
                             tracing::warn!(error = %e, filter = %f, "subscribe failed");
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.forward(p).await,
-                Ok(_) => {}
+                Ok(Incoming::Publish(p)) => self.forward(p).await,
+                Ok(Incoming::Other) => {}
                 Err(e) => {
                     self.meters.reconnects.increment(1);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
@@ -390,10 +576,10 @@ impl<S: Sender<RawMessage>> Session<S> {
         }
     }
 
-    async fn forward(&mut self, p: Publish) {
+    async fn forward(&mut self, p: Delivery) {
         self.meters.received.increment(1);
         let hints = IdentityHints {
-            mqtt_topic: Some(p.topic.clone()),
+            mqtt_topic: Some(p.topic()),
             ..Default::default()
         };
         let key = identity::resolve(&hints, &self.prefix, None, None)
@@ -404,7 +590,7 @@ impl<S: Sender<RawMessage>> Session<S> {
             transport: Transport::Mqtt,
             hints,
             remote_addr: None,
-            payload: p.payload.to_vec(),
+            payload: p.payload().to_vec(),
         };
         let (ack, done) = Ack::new();
         match self.output.send(Message::new(key, raw, ack)).await {
@@ -425,12 +611,12 @@ impl<S: Sender<RawMessage>> Session<S> {
 /// is stored. A message that was not stored stops the line (no later
 /// message may be acknowledged before it) and asks for a session resync.
 async fn ack_in_order(
-    client: AsyncClient,
-    mut rx: mpsc::UnboundedReceiver<(Publish, AckWaiter)>,
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<(Delivery, AckWaiter)>,
     resync: CancellationToken,
     unacked: Counter,
 ) {
-    let mut pending: VecDeque<(Publish, AckWaiter)> = VecDeque::new();
+    let mut pending: VecDeque<(Delivery, AckWaiter)> = VecDeque::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -445,11 +631,7 @@ async fn ack_in_order(
             continue;
         };
         match waiter.await {
-            AckStatus::Delivered => {
-                if publish.qos != QoS::AtMostOnce {
-                    let _ = client.ack(&publish).await;
-                }
-            }
+            AckStatus::Delivered => client.ack(&publish).await,
             AckStatus::Failed => {
                 unacked.increment(1);
                 resync.cancel();
@@ -489,6 +671,18 @@ mod tests {
         assert!(BrokerUrl::parse("http://x").is_err());
         assert!(BrokerUrl::parse("mqtt://:1883").is_err());
         assert!(BrokerUrl::parse("mqtt://h:port").is_err());
+    }
+
+    #[test]
+    fn protocol_from_strings_and_numbers() {
+        let p = |v: &str| serde_json::from_str::<Protocol>(v).map_err(|e| e.to_string());
+        assert_eq!(p("\"3.1.1\""), Ok(Protocol::V311));
+        assert_eq!(p("\"5\""), Ok(Protocol::V5));
+        assert_eq!(p("5"), Ok(Protocol::V5));
+        assert_eq!(
+            p("\"6\"").unwrap_err(),
+            "mqtt.protocol must be \"3.1.1\" or \"5\""
+        );
     }
 
     #[test]
