@@ -334,6 +334,7 @@ enum Delivery {
 }
 
 /// What the session loop cares about.
+#[allow(clippy::large_enum_variant)] // one at a time, moved straight on: boxing would allocate per message
 enum Incoming {
     ConnAck { session_present: bool },
     Publish(Delivery),
