@@ -1,0 +1,35 @@
+//! Server-side geofences: enter and leave transitions computed from the
+//! position stream, for fences the operator defines centrally and for the
+//! regions each device defined itself.
+//!
+//! In: positions (in per-device order) and waypoints. Out: transitions with
+//! `source = "server"`, written beside the ones the devices report. Phones
+//! report transitions only for regions configured on that phone, and region
+//! monitoring on iOS and Android misses events; evaluating on the server
+//! fixes both.
+//!
+//! The rules:
+//! - a fix enters a fence when it is inside it and its accuracy radius is
+//!   no larger than the fence (times `max_acc_ratio`): a 2 km fix cannot
+//!   enter a 50 m fence;
+//! - it leaves only once outside by more than the hysteresis margin (and
+//!   more than its own accuracy radius), so jitter along a border does not
+//!   flap;
+//! - a fix no newer than the last one evaluated (a late or redelivered fix)
+//!   changes nothing: evaluation is idempotent under at-least-once delivery.
+//!
+//! Cost grows with log(fences): an R-tree over bounding boxes finds the
+//! candidates, exact tests run only on those. Circles use great-circle
+//! distance, refined with the geodesic (Karney) distance near their edge.
+//! The per-device state is the set of fences the device is inside, as
+//! stable 64-bit fence-id hashes, and the time of its last fix.
+//!
+//! Pure: no I/O. Layout:
+//! - [`fence`]: fences, shapes, GeoJSON loading.
+//! - [`engine`]: the index, per-device state and evaluation.
+
+pub mod engine;
+pub mod fence;
+
+pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer};
+pub use fence::{Fence, FenceError, FenceSet, Shape};
