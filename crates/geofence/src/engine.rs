@@ -129,14 +129,14 @@ pub fn evaluate<'f>(
     let mut seen: SmallVec<[u64; 8]> = SmallVec::new();
     for f in fences.filter(|f| f.applies_to(user, device)) {
         seen.push(f.key);
-        let outside = f.outside_m(fix.lat, fix.lon);
-        let was_inside = state.inside.contains(&f.key);
-        if !was_inside && outside <= 0.0 && acc <= f.size_m * config.max_acc_ratio {
+        if state.inside.contains(&f.key) {
+            if f.outside_m(fix.lat, fix.lon) > config.hysteresis_m.max(acc) {
+                state.inside.retain(|k| *k != f.key);
+                out.push(crossing(f, Event::Leave));
+            }
+        } else if acc <= f.size_m * config.max_acc_ratio && f.contains(fix.lat, fix.lon) {
             state.inside.push(f.key);
             out.push(crossing(f, Event::Enter));
-        } else if was_inside && outside > config.hysteresis_m.max(acc) {
-            state.inside.retain(|k| *k != f.key);
-            out.push(crossing(f, Event::Leave));
         }
     }
     // Fences the device is inside whose box does not even hold the fix:
@@ -253,11 +253,7 @@ impl Geofencer {
             tst: p.tst,
         };
         let fences = &self.fences;
-        let lookup = |k: u64| {
-            own.iter()
-                .find(|f| f.key == k)
-                .or_else(|| fences.fences().iter().find(|f| f.key == k))
-        };
+        let lookup = |k: u64| own.iter().find(|f| f.key == k).or_else(|| fences.by_key(k));
         let mut crossings = Vec::new();
         let candidates = fences.candidates(p.lat, p.lon).chain(own.iter());
         evaluate(

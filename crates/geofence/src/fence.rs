@@ -2,8 +2,8 @@
 
 use geo::orient::{Direction, Orient};
 use geo::{
-    BoundingRect, Contains, Distance, Geodesic, GeodesicArea, Haversine, HaversineClosestPoint,
-    MultiPolygon, Point, Polygon,
+    BoundingRect, CoordinatePosition, Distance, Geodesic, GeodesicArea, Haversine,
+    HaversineClosestPoint, MultiPolygon, Point, Polygon,
 };
 use otstream_model::Text;
 use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
@@ -92,7 +92,22 @@ impl Fence {
             && self.device.as_deref().is_none_or(|d| d == device)
     }
 
+    /// Whether the point is inside: the cheap test every candidate gets.
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        match &self.shape {
+            Shape::Circle { .. } => self.outside_m(lat, lon) <= 0.0,
+            // A winding test on the rings; geo's generic `Contains` goes
+            // through a full topological relate and costs ~40x more.
+            Shape::Polygon(mp) => {
+                mp.coordinate_position(&geo::coord! { x: lon, y: lat })
+                    != geo::coordinate_position::CoordPos::Outside
+            }
+        }
+    }
+
     /// How far outside the fence the point is, metres; 0 or less inside.
+    /// For a polygon this finds the closest point of its outline: only the
+    /// leave test of a device already inside needs it.
     pub fn outside_m(&self, lat: f64, lon: f64) -> f64 {
         let p = Point::new(lon, lat);
         match &self.shape {
@@ -111,7 +126,7 @@ impl Fence {
                 d - radius_m
             }
             Shape::Polygon(mp) => {
-                if mp.contains(&p) {
+                if mp.coordinate_position(&p.0) != geo::coordinate_position::CoordPos::Outside {
                     return 0.0;
                 }
                 match mp.haversine_closest_point(&p) {
@@ -191,6 +206,7 @@ type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
 pub struct FenceSet {
     fences: Vec<Fence>,
     tree: RTree<Entry>,
+    by_key: std::collections::HashMap<u64, u32>,
 }
 
 impl FenceSet {
@@ -205,10 +221,23 @@ impl FenceSet {
                 })
             })
             .collect();
+        let by_key = fences
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key, i as u32))
+            .collect();
         Self {
             fences,
             tree: RTree::bulk_load(entries),
+            by_key,
         }
+    }
+
+    /// The fence with this key (see [`fence_key`]).
+    pub fn by_key(&self, key: u64) -> Option<&Fence> {
+        self.by_key
+            .get(&key)
+            .and_then(|i| self.fences.get(*i as usize))
     }
 
     /// The fences.
