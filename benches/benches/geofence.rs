@@ -70,35 +70,20 @@ fn fences(n: usize, polygons: bool) -> Vec<Fence> {
 fn positions(n: usize) -> Vec<Position> {
     let mut r = Rng(42);
     (0..n)
-        .map(|i| Position {
-            meta: Meta {
+        .map(|i| {
+            let meta = Meta {
                 user: "fleet".into(),
                 device: format!("d{}", i % 1000).into(),
                 tid: None,
                 received_at: 0,
                 transport: Transport::Http,
                 topic: None,
-            },
-            tst: 1_700_000_000 + i as i64,
-            lat: r.range(45.0, 55.0),
-            lon: r.range(5.0, 20.0),
-            acc: Some(10),
-            alt: None,
-            vac: None,
-            vel: None,
-            cog: None,
-            batt: None,
-            bs: None,
-            t: None,
-            conn: None,
-            p: None,
-            m: None,
-            ssid: None,
-            bssid: None,
-            created_at: None,
-            inregions: Vec::new(),
-            inrids: Vec::new(),
-            extra: None,
+            };
+            let (lat, lon) = (r.range(45.0, 55.0), r.range(5.0, 20.0));
+            Position {
+                acc: Some(10),
+                ..Position::at(meta, 1_700_000_000 + i as i64, lat, lon)
+            }
         })
         .collect()
 }

@@ -205,29 +205,7 @@ pub fn decode(msg: &RawMessage, out: &mut Vec<Record>) -> Result<(), String> {
     let record = match kind.as_str() {
         "location" => {
             let (mut lat, mut lon, mut tst) = (None, None, None);
-            let mut p = Position {
-                meta,
-                tst: 0,
-                lat: 0.0,
-                lon: 0.0,
-                acc: None,
-                alt: None,
-                vac: None,
-                vel: None,
-                cog: None,
-                batt: None,
-                bs: None,
-                t: None,
-                conn: None,
-                p: None,
-                m: None,
-                ssid: None,
-                bssid: None,
-                created_at: None,
-                inregions: Vec::new(),
-                inrids: Vec::new(),
-                extra: None,
-            };
+            let mut p = Position::at(meta, 0, 0.0, 0.0);
             for (k, v) in &fields.0 {
                 let (k, v, x) = (k.as_ref(), *v, &mut extra);
                 match k {

@@ -68,29 +68,7 @@ pub(crate) fn normalize(
 fn position(obj: Val<'_, '_>, meta: Meta) -> Result<Position, DecodeError> {
     let (mut lat, mut lon, mut tst) = (None, None, None);
     let mut extra = JsonObject::default();
-    let mut p = Position {
-        meta,
-        tst: 0,
-        lat: 0.0,
-        lon: 0.0,
-        acc: None,
-        alt: None,
-        vac: None,
-        vel: None,
-        cog: None,
-        batt: None,
-        bs: None,
-        t: None,
-        conn: None,
-        p: None,
-        m: None,
-        ssid: None,
-        bssid: None,
-        created_at: None,
-        inregions: Vec::new(),
-        inrids: Vec::new(),
-        extra: None,
-    };
+    let mut p = Position::at(meta, 0, 0.0, 0.0);
     for (k, v) in fields(obj) {
         let x = &mut extra;
         match k {

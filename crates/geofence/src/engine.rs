@@ -308,35 +308,17 @@ mod tests {
     const M: f64 = 111_195.08;
 
     fn pos(user: &str, tst: i64, lat: f64, lon: f64, acc: Option<i32>) -> Position {
+        let meta = Meta {
+            user: user.into(),
+            device: "phone".into(),
+            tid: None,
+            received_at: 0,
+            transport: Transport::Http,
+            topic: None,
+        };
         Position {
-            meta: Meta {
-                user: user.into(),
-                device: "phone".into(),
-                tid: None,
-                received_at: 0,
-                transport: Transport::Http,
-                topic: None,
-            },
-            tst,
-            lat,
-            lon,
             acc,
-            alt: None,
-            vac: None,
-            vel: None,
-            cog: None,
-            batt: None,
-            bs: None,
-            t: None,
-            conn: None,
-            p: None,
-            m: None,
-            ssid: None,
-            bssid: None,
-            created_at: None,
-            inregions: Vec::new(),
-            inrids: Vec::new(),
-            extra: None,
+            ..Position::at(meta, tst, lat, lon)
         }
     }
 

@@ -111,6 +111,36 @@ pub struct Position {
     pub extra: Option<String>,
 }
 
+impl Position {
+    /// A fix with only its required fields; every optional one is absent.
+    /// Set others with struct update syntax: `Position { acc: Some(5), ..Position::at(..) }`.
+    pub fn at(meta: Meta, tst: i64, lat: f64, lon: f64) -> Self {
+        Position {
+            meta,
+            tst,
+            lat,
+            lon,
+            acc: None,
+            alt: None,
+            vac: None,
+            vel: None,
+            cog: None,
+            batt: None,
+            bs: None,
+            t: None,
+            conn: None,
+            p: None,
+            m: None,
+            ssid: None,
+            bssid: None,
+            created_at: None,
+            inregions: Vec::new(),
+            inrids: Vec::new(),
+            extra: None,
+        }
+    }
+}
+
 /// `_type=transition`: a device entered or left a region.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
