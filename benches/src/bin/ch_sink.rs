@@ -26,18 +26,20 @@ struct Args {
 
 fn position(i: usize) -> Record {
     let device = i % 1000;
+    let meta = Meta {
+        user: Text::const_new("fleet"),
+        device: Text::from(format!("d{device}")),
+        tid: Some(Text::const_new("ab")),
+        received_at: 1_700_000_000_000 + i as i64,
+        transport: Transport::Http,
+        topic: None,
+    };
+    let tst = 1_700_000_000 + (i / 1000) as i64;
+    let (lat, lon) = (
+        52.5 + (i % 997) as f64 * 1e-4,
+        13.4 + (i % 991) as f64 * 1e-4,
+    );
     Record::Position(Position {
-        meta: Meta {
-            user: Text::const_new("fleet"),
-            device: Text::from(format!("d{device}")),
-            tid: Some(Text::const_new("ab")),
-            received_at: 1_700_000_000_000 + i as i64,
-            transport: Transport::Http,
-            topic: None,
-        },
-        tst: 1_700_000_000 + (i / 1000) as i64,
-        lat: 52.5 + (i % 997) as f64 * 1e-4,
-        lon: 13.4 + (i % 991) as f64 * 1e-4,
         acc: Some(10),
         alt: Some(36),
         vac: Some(4),
@@ -49,12 +51,7 @@ fn position(i: usize) -> Record {
         conn: Some(Text::const_new("w")),
         p: Some(100.266),
         m: Some(1),
-        ssid: None,
-        bssid: None,
-        created_at: None,
-        inregions: Vec::new(),
-        inrids: Vec::new(),
-        extra: None,
+        ..Position::at(meta, tst, lat, lon)
     })
 }
 

@@ -14,10 +14,10 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use otstream_decode::{DecodeConfig, DecodeError, Decoder, KeyRing};
+use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Record, RecordingLine, Transport};
 
 /// Flags of `otstream decode`.
@@ -221,13 +221,6 @@ fn is_recording_line(text: &[u8]) -> bool {
         }
         Err(_) => false,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Summary {

@@ -215,7 +215,7 @@ impl Geofencer {
         if rad <= 0 {
             return;
         }
-        let key = format!("{}/{}", w.meta.user, w.meta.device);
+        let key = w.meta.key();
         let name = w.desc.clone().unwrap_or_default();
         let id = match &w.rid {
             Some(rid) => format!("wp:{rid}"),
@@ -239,7 +239,7 @@ impl Geofencer {
     /// Evaluates a position; returns the transitions it causes, as records
     /// with `source = "server"`.
     pub fn on_position(&mut self, p: &Position) -> Vec<Record> {
-        let key = format!("{}/{}", p.meta.user, p.meta.device);
+        let key = p.meta.key();
         let own = self
             .waypoints
             .get(&key)

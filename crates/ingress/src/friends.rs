@@ -53,7 +53,7 @@ impl Friends {
         };
         for r in records {
             let Some(meta) = r.meta() else { continue };
-            let key = format!("{}/{}", meta.user, meta.device);
+            let key = meta.key();
             if !self.peers.contains_key(&key) {
                 continue;
             }

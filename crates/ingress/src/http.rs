@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,6 +19,7 @@ use metrics::{Counter, Histogram};
 use otstream_bus::{Ack, AckStatus, Message, Sender};
 use otstream_decode::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
 use otstream_model::identity;
+use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -224,13 +225,6 @@ fn header_str(req: &Request<Incoming>, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 async fn respond<S: Sender<RawMessage>>(

@@ -20,11 +20,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metrics::Counter;
 use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
+use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Transport};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, v5,
@@ -448,13 +449,6 @@ fn rustls_native_certs_pem(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Why the MQTT ingress could not start.

@@ -65,6 +65,15 @@ pub struct RawMessage {
     pub payload: Vec<u8>,
 }
 
+/// Now, in milliseconds since the UNIX epoch: a message's `received_at`.
+/// A clock before 1970 reads as 0 rather than failing.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Header names in the recording format.
 pub mod header {
     /// The app's user name (HTTP mode).

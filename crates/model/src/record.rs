@@ -44,6 +44,13 @@ pub struct Meta {
     pub topic: Option<Text>,
 }
 
+impl Meta {
+    /// The device's bus key, `user/device` (as [`DeviceId::key`](crate::DeviceId::key)).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.user, self.device)
+    }
+}
+
 /// `_type=location`: where a device was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
@@ -481,10 +488,7 @@ impl Record {
     pub fn key(&self) -> String {
         match self {
             Record::DeadLetter(d) => format!("{}/{}", d.user, d.device),
-            r => r
-                .meta()
-                .map(|m| format!("{}/{}", m.user, m.device))
-                .unwrap_or_default(),
+            r => r.meta().map(Meta::key).unwrap_or_default(),
         }
     }
 
