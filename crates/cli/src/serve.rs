@@ -231,8 +231,6 @@ async fn serve(config: ServeConfig) -> Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(%http_addr, metrics_addr = %metrics, data_dir = %config.data_dir.display(), "otstream serve ready");
 
-    let mut hung = Vec::new();
-    let mut failed = false;
     let ingress_done = tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down: draining in-flight requests");
@@ -243,58 +241,64 @@ async fn serve(config: ServeConfig) -> Result<()> {
     ready.store(false, Ordering::Release);
     stop_ingress.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    let mut ending = Ending::default();
     let ingress_result = match ingress_done {
         Some(r) => Ok(r),
         None => tokio::time::timeout_at(deadline, ingress).await,
     };
-    match ingress_result {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            failed = true;
-            tracing::error!(error = %e, "http ingress failed");
-        }
-        Ok(Err(e)) => {
-            failed = true;
-            tracing::error!(error = %e, "http ingress panicked");
-        }
-        Err(_) => hung.push("ingress"),
-    }
+    ending.record("http ingress", ingress_result);
     if let Some(m) = mqtt {
-        match tokio::time::timeout_at(deadline, m).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                failed = true;
-                tracing::error!(error = %e, "mqtt ingress failed");
-            }
-            Ok(Err(e)) => {
-                failed = true;
-                tracing::error!(error = %e, "mqtt ingress panicked");
-            }
-            Err(_) => hung.push("mqtt ingress"),
-        }
+        ending.record("mqtt ingress", tokio::time::timeout_at(deadline, m).await);
     }
     let _ = depth.await;
-    if tokio::time::timeout_at(deadline, decode).await.is_err() {
-        hung.push("decode");
-    }
-    match tokio::time::timeout_at(deadline, sink).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sink failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "sink panicked"),
-        Err(_) => hung.push("sink"),
-    }
-    if !hung.is_empty() {
+    let decoded = tokio::time::timeout_at(deadline, decode).await;
+    ending.record(
+        "decode",
+        decoded.map(|r| r.map(Ok::<(), std::convert::Infallible>)),
+    );
+    ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
+    if !ending.hung.is_empty() {
         hard_stop.cancel();
         anyhow::bail!(
             "shutdown timed out; stages still running: {}",
-            hung.join(", ")
+            ending.hung.join(", ")
         );
     }
-    if failed {
-        anyhow::bail!("the http ingress stopped with an error (see the log)");
+    if !ending.failed.is_empty() {
+        anyhow::bail!(
+            "stages stopped with an error: {} (see the log)",
+            ending.failed.join(", ")
+        );
     }
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
+}
+
+/// How the stages ended once asked to stop: the ones that failed and the
+/// ones still running at the deadline, by name.
+#[derive(Default)]
+struct Ending {
+    hung: Vec<&'static str>,
+    failed: Vec<&'static str>,
+}
+
+type Joined<E> = Result<Result<Result<(), E>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
+
+impl Ending {
+    fn record<E: std::fmt::Display>(&mut self, stage: &'static str, joined: Joined<E>) {
+        match joined {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!(stage, error = %e, "stage failed");
+                self.failed.push(stage);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(stage, error = %e, "stage panicked");
+                self.failed.push(stage);
+            }
+            Err(_) => self.hung.push(stage),
+        }
+    }
 }
 
 /// Publishes the depth of each link every second until `stop`.
