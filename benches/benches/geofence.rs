@@ -2,15 +2,20 @@
 //! (circles, and polygons of 200 vertices), with a linear scan over every
 //! fence as the same-run baseline, and the state kept per device.
 //!
+//! Also: a fleet dwelling inside 10,000 polygons (every check exact), and
+//! the stage's whole per-position work (fences, trips, state snapshot).
+//!
 //! Run: `cargo bench -p otstream-benches --bench geofence`
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use otstream_bus::{Ack, Message};
+use otstream_geofence::stage::{DeviceGeo, StageConfig, Tracker};
 use otstream_geofence::{DeviceState, Fence, FenceSet, GeofenceConfig, Geofencer, Shape};
-use otstream_model::Transport;
 use otstream_model::record::{Meta, Position};
+use otstream_model::{Record, Transport};
 
 /// A deterministic generator (xorshift), so every run measures the same
 /// fences and fixes.
@@ -112,7 +117,9 @@ fn bench(c: &mut Criterion) {
                     criterion::BatchSize::LargeInput,
                 )
             });
-            if n <= 1_000 {
+            // The polygon baseline costs ~45 µs a test (the distance to
+            // the outline of a fence the fix is outside): 10 fences only.
+            if n <= if polygons { 10 } else { 1_000 } {
                 group.bench_function(BenchmarkId::new("linear_scan_baseline", n), |b| {
                     b.iter(|| {
                         for p in &fixes {
@@ -129,13 +136,122 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+    dwelling(c, &fixes);
+    stage(c);
     // State per device, printed with the results.
     let mut s = DeviceState::default();
     s.inside.extend([1, 2, 3]);
     println!(
-        "state per device: {} bytes (DeviceState, up to 8 fences inline) + the map entry's key",
-        s.bytes()
+        "state per device: {} bytes (DeviceState, up to 8 fences inline) + {} bytes (TripState) = {} bytes (DeviceGeo), + the map entry's key",
+        s.bytes(),
+        std::mem::size_of::<otstream_trips::TripState>(),
+        std::mem::size_of::<DeviceGeo>(),
     );
+}
+
+/// A fleet parked at its sites: every fix inside (or at the edge of) a
+/// polygon, so every check runs the exact point-in-polygon test, and the
+/// devices inside run the leave test.
+fn dwelling(c: &mut Criterion, fixes: &[Position]) {
+    let n = 10_000;
+    let polys = fences(n, true);
+    let centres: Vec<(f64, f64)> = fences(n, false)
+        .iter()
+        .map(|f| match f.shape {
+            Shape::Circle { lat, lon, .. } => (lat, lon),
+            Shape::Polygon(_) => unreachable!(),
+        })
+        .collect();
+    let set = Arc::new(FenceSet::new(polys));
+    let mut r = Rng(7);
+    let parked: Vec<Position> = fixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // A device sits at one site, jittering ~50 m around its centre.
+            let (lat, lon) = centres[(i % 1000) * 7 % n];
+            Position {
+                lat: lat + r.range(-0.0005, 0.0005),
+                lon: lon + r.range(-0.0007, 0.0007),
+                ..p.clone()
+            }
+        })
+        .collect();
+    let mut group = c.benchmark_group("geofence/dwelling_in_polygons_200_vertices");
+    group.throughput(Throughput::Elements(parked.len() as u64));
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("indexed", n), |b| {
+        b.iter_batched(
+            || Geofencer::new(GeofenceConfig::default(), set.clone()),
+            |mut g| {
+                for p in &parked {
+                    black_box(g.on_position(p));
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+/// The whole per-position work of the stage: fences (10,000 circles), the
+/// trip rules, and the state snapshot written with every changed state;
+/// the geofence check alone (above) is its baseline.
+fn stage(c: &mut Criterion) {
+    let set = Arc::new(FenceSet::new(fences(10_000, false)));
+    // 1,000 devices driving: consecutive fixes of a device ~250 m apart.
+    let mut r = Rng(9);
+    let mut at: Vec<(f64, f64)> = (0..1000)
+        .map(|_| (r.range(45.0, 55.0), r.range(5.0, 20.0)))
+        .collect();
+    let msgs: Vec<Position> = (0..10_000usize)
+        .map(|i| {
+            let d = i % 1000;
+            at[d].0 += 0.00225;
+            let meta = Meta {
+                user: "fleet".into(),
+                device: format!("d{d}").into(),
+                tid: None,
+                received_at: 0,
+                transport: Transport::Http,
+                topic: None,
+            };
+            Position {
+                acc: Some(10),
+                vel: Some(60),
+                ..Position::at(
+                    meta,
+                    1_700_000_000 + 15 * (i / 1000) as i64,
+                    at[d].0,
+                    at[d].1,
+                )
+            }
+        })
+        .collect();
+    let mut group = c.benchmark_group("geofence/stage_per_position");
+    group.throughput(Throughput::Elements(msgs.len() as u64));
+    group.sample_size(10);
+    group.bench_function("fences_trips_and_state_10000_circles", |b| {
+        b.iter_batched(
+            || {
+                (
+                    Tracker::new(&StageConfig::default(), set.clone()),
+                    msgs.iter()
+                        .map(|p| Message::new("k", Record::Position(p.clone()), Ack::none()))
+                        .collect::<Vec<_>>(),
+                )
+            },
+            |(mut t, input)| {
+                let mut out = Vec::with_capacity(input.len() * 2);
+                for m in input {
+                    t.process(m, &mut out);
+                }
+                black_box(out)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

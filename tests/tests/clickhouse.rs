@@ -72,7 +72,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         format!(
-            "ClickHouse {}: applied migrations [1] in database {db}",
+            "ClickHouse {}: applied migrations [1, 2] in database {db}",
             major_minor.join(".")
         )
     );
@@ -83,8 +83,12 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     .unwrap();
     assert!(String::from_utf8_lossy(&second.stdout).contains("schema up to date"));
     assert_eq!(
-        select(&url, &db, "SELECT version, name FROM schema_migrations"),
-        ["1\ttables"]
+        select(
+            &url,
+            &db,
+            "SELECT version, name FROM schema_migrations ORDER BY version"
+        ),
+        ["1\ttables", "2\tdevice_state"]
     );
     assert_eq!(
         select(
@@ -98,6 +102,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "configurations",
             "dead_letters",
             "device_events",
+            "device_state",
             "last_positions",
             "last_positions_mv",
             "positions",

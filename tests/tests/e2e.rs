@@ -5,6 +5,8 @@
 mod clickhouse;
 // `otstream decode` on the payload spec's examples, files and stdin.
 mod decode_cli;
+// Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.
+mod geofence;
 // MQTT ingress with a real broker and client: types, sessions, crashes, sharing.
 mod mqtt;
 // `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.

@@ -197,7 +197,8 @@ fn published_while_down(protocol: &str) {
             .iter()
             .all(|a| *a)
     );
-    let serve = serve_mqtt(dir.path(), &prefix, &client_id, &[]);
+    // Back with the same protocol: the session is the one it left.
+    let serve = serve_mqtt(dir.path(), &prefix, &client_id, &env);
     wait_rows(&serve, "SELECT count(*) FROM positions", 300);
 }
 

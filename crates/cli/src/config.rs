@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use otstream_decode::DecodeConfig;
+use otstream_geofence::GeofenceConfig;
+use otstream_geofence::stage::StageConfig;
 use otstream_ingress::{HttpConfig, MqttConfig};
 use otstream_sink::SinkConfig;
 use otstream_sink::clickhouse::ClickHouseConfig;
+use otstream_trips::TripConfig;
 use serde::Deserialize;
 
 /// Everything `otstream serve` can be told.
@@ -45,6 +48,12 @@ pub struct ServeConfig {
     /// Write to ClickHouse instead of the embedded store.
     #[serde(default)]
     pub clickhouse: Option<ClickHouseConfig>,
+    /// Server-side geofences: the fences file and the evaluation rules.
+    #[serde(default)]
+    pub geofence: GeofenceConfig,
+    /// Trip and stop detection rules.
+    #[serde(default)]
+    pub trips: TripConfig,
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -105,6 +114,14 @@ impl Default for MetricsConfig {
 }
 
 impl ServeConfig {
+    /// The geofence stage's part.
+    pub fn geo_stage(&self) -> StageConfig {
+        StageConfig {
+            geofence: self.geofence.clone(),
+            trips: self.trips,
+        }
+    }
+
     /// Reads the file (if any) and applies `OTSTREAM_*__*` variables from
     /// `env`; call [`ServeConfig::validate`] once flags are applied too.
     pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
@@ -136,6 +153,7 @@ impl ServeConfig {
         self.http.validate().map_err(anyhow::Error::msg)?;
         self.decode.validate().map_err(anyhow::Error::msg)?;
         self.sink.validate().map_err(anyhow::Error::msg)?;
+        self.trips.validate().map_err(anyhow::Error::msg)?;
         if let Some(m) = &self.mqtt {
             m.validate().map_err(anyhow::Error::msg)?;
         }

@@ -1,12 +1,17 @@
 //! `otstream serve`: every stage in one process over bounded in-process
 //! channels, OwnTracks HTTP in front, the embedded store behind.
 //!
-//! ingress (HTTP, MQTT) --[raw]--> decode --[records]--> sink (SQLite or ClickHouse)
+//! ingress (HTTP, MQTT) --[raw]--> decode --[records]--> geofence --[records]--> sink
+//!
+//! The sink is the embedded store (SQLite) or ClickHouse. The geofence
+//! stage adds server-side transitions, trips and stops, and its per-device
+//! state, which the sink stores with them and which is read back here at
+//! start.
 //!
 //! Shutdown (SIGINT or SIGTERM) drains in order: the ingress stops
 //! accepting and finishes its in-flight requests (each waits for its
 //! message to be stored); its sender closes the raw link, so the decode
-//! stage drains and closes the records link, so the sink commits what is
+//! stage drains and closes the records link, and so on, until the sink commits what is
 //! left and returns. Past `shutdown_timeout_ms` the remaining stages are
 //! stopped hard and the stage that hung is named.
 
@@ -52,6 +57,9 @@ pub struct Args {
     /// Also take OwnTracks MQTT traffic from this broker (mqtt[s]://[user:pass@]host[:port]).
     #[arg(long, env = "OTSTREAM_MQTT_URL", value_name = "URL")]
     mqtt_url: Option<String>,
+    /// Operator geofences: a GeoJSON FeatureCollection, reloaded when it changes.
+    #[arg(long, env = "OTSTREAM_FENCES", value_name = "FILE")]
+    fences: Option<PathBuf>,
     /// Write to this ClickHouse (HTTP interface) instead of the embedded store.
     #[arg(long, env = "OTSTREAM_CLICKHOUSE_URL", value_name = "URL")]
     clickhouse_url: Option<String>,
@@ -119,6 +127,9 @@ pub fn run(args: Args) -> Result<()> {
             None => config.clickhouse = Some(ClickHouseConfig::new(url)),
         }
     }
+    if let Some(f) = args.fences {
+        config.geofence.fences = Some(f);
+    }
     if let Some(c) = args.bus_capacity {
         config.bus.capacity = c;
     }
@@ -179,6 +190,18 @@ async fn serve(config: ServeConfig) -> Result<()> {
         }
     };
 
+    // The geofence stage resumes from the state stored with its last
+    // output; the fences file is checked now so that a bad one stops the
+    // start instead of the stage.
+    let geo_config = config.geo_stage();
+    let fences_path = geo_config.geofence.fences.clone();
+    tokio::task::spawn_blocking(move || {
+        otstream_geofence::stage::load_fences(fences_path.as_deref())
+    })
+    .await
+    .context("fences loader failed")??;
+    let geo_state = stored_state(store.as_ref(), config.clickhouse.as_ref()).await?;
+
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
@@ -186,23 +209,31 @@ async fn serve(config: ServeConfig) -> Result<()> {
 
     let (raw_tx, raw_rx) = channel::<RawMessage>(config.bus.capacity);
     let (rec_tx, rec_rx) = channel::<Record>(config.bus.capacity);
+    let (geo_tx, geo_rx) = channel::<Record>(config.bus.capacity);
     let hard_stop = CancellationToken::new();
     let stop_ingress = CancellationToken::new();
     let (config_sink, stop) = (config.sink.clone(), hard_stop.clone());
 
     let sink = match (store, config.clickhouse.clone()) {
         (Some(store), _) => tokio::spawn(async move {
-            otstream_sink::run(config_sink, rec_rx, store, stop)
+            otstream_sink::run(config_sink, geo_rx, store, stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         (None, Some(ch)) => tokio::spawn(async move {
-            otstream_sink::clickhouse::run(ch, rec_rx, stop)
+            otstream_sink::clickhouse::run(ch, geo_rx, stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         (None, None) => anyhow::bail!("no sink configured"),
     };
+    let geofence = tokio::spawn(otstream_geofence::stage::run(
+        geo_config,
+        geo_state,
+        rec_rx,
+        geo_tx.clone(),
+        hard_stop.clone(),
+    ));
     let decode = tokio::spawn(otstream_decode::stage::run(
         config.decode.clone(),
         keys.clone(),
@@ -210,7 +241,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
         rec_tx.clone(),
         hard_stop.clone(),
     ));
-    let depth = tokio::spawn(report_depth(raw_tx.clone(), rec_tx, stop_ingress.clone()));
+    let depth = tokio::spawn(report_depth(
+        raw_tx.clone(),
+        rec_tx,
+        geo_tx,
+        stop_ingress.clone(),
+    ));
     // MQTT waits for room rather than failing: a full bus slows the
     // broker's deliveries (PUBACKs are withheld) and the rest queues there.
     let mqtt = config.mqtt.clone().map(|m| {
@@ -256,6 +292,10 @@ async fn serve(config: ServeConfig) -> Result<()> {
         "decode",
         decoded.map(|r| r.map(Ok::<(), std::convert::Infallible>)),
     );
+    ending.record(
+        "geofence",
+        tokio::time::timeout_at(deadline, geofence).await,
+    );
     ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
     if !ending.hung.is_empty() {
         hard_stop.cancel();
@@ -272,6 +312,26 @@ async fn serve(config: ServeConfig) -> Result<()> {
     }
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
+}
+
+/// The geofence stage's stored state (both kinds), from wherever the sink
+/// writes.
+async fn stored_state(
+    store: Option<&Store>,
+    clickhouse: Option<&ClickHouseConfig>,
+) -> Result<Vec<otstream_model::StateSnapshot>> {
+    use otstream_geofence::stage::{KIND_GEO, KIND_REGIONS};
+    let mut all = Vec::new();
+    for kind in [KIND_GEO, KIND_REGIONS] {
+        all.extend(match (store, clickhouse) {
+            (Some(store), _) => store.load_states(kind)?,
+            (None, Some(ch)) => otstream_sink::clickhouse::load_states(ch, kind)
+                .await
+                .with_context(|| format!("cannot read the {kind} state from ClickHouse"))?,
+            (None, None) => Vec::new(),
+        });
+    }
+    Ok(all)
 }
 
 /// How the stages ended once asked to stop: the ones that failed and the
@@ -305,10 +365,12 @@ impl Ending {
 async fn report_depth(
     raw: impl Sender<RawMessage>,
     records: impl Sender<Record>,
+    derived: impl Sender<Record>,
     stop: CancellationToken,
 ) {
     let raw_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "raw");
     let rec_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "records");
+    let geo_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "geofenced");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -316,6 +378,7 @@ async fn report_depth(
             _ = tick.tick() => {
                 raw_gauge.set(raw.depth() as f64);
                 rec_gauge.set(records.depth() as f64);
+                geo_gauge.set(derived.depth() as f64);
             }
         }
     }

@@ -23,6 +23,17 @@ pub struct GeofenceConfig {
     /// enter a 50 m fence.
     #[serde(default = "default_max_acc_ratio")]
     pub max_acc_ratio: f64,
+    /// Operator fences: a GeoJSON FeatureCollection file, reloaded when it
+    /// changes. None: only the devices' own regions.
+    #[serde(default)]
+    pub fences: Option<std::path::PathBuf>,
+    /// How often the fences file is checked for a change, ms.
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    2000
 }
 
 fn default_hysteresis_m() -> f64 {
@@ -37,6 +48,8 @@ impl Default for GeofenceConfig {
         Self {
             hysteresis_m: default_hysteresis_m(),
             max_acc_ratio: default_max_acc_ratio(),
+            fences: None,
+            reload_ms: default_reload_ms(),
         }
     }
 }
@@ -171,6 +184,24 @@ fn crossing(f: &Fence, event: Event) -> Crossing {
     }
 }
 
+/// A device's own region: a circle from one of its waypoints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Region {
+    /// Fence id, `wp:<rid>` or `wp:<tst>:<desc>`.
+    pub id: Text,
+    /// The waypoint's description.
+    pub name: Text,
+    /// Centre latitude, degrees.
+    pub lat: f64,
+    /// Centre longitude, degrees.
+    pub lon: f64,
+    /// Radius, metres.
+    pub radius_m: f64,
+    /// The waypoint's creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wtst: Option<i64>,
+}
+
 /// The geofence stage's state: operator fences, each device's own
 /// waypoints as fences, and per-device state.
 #[derive(Debug)]
@@ -207,45 +238,96 @@ impl Geofencer {
         self.states.insert(key, state);
     }
 
-    /// Learns a device's own region (a waypoint with a centre and radius).
-    pub fn on_waypoint(&mut self, w: &Waypoint) {
+    /// Learns a device's own region (a waypoint with a centre and radius);
+    /// returns whether it was one.
+    pub fn on_waypoint(&mut self, w: &Waypoint) -> bool {
         let (Some(lat), Some(lon), Some(rad)) = (w.lat, w.lon, w.rad) else {
-            return;
+            return false;
         };
         if rad <= 0 {
-            return;
+            return false;
         }
-        let key = w.meta.key();
         let name = w.desc.clone().unwrap_or_default();
         let id = match &w.rid {
             Some(rid) => format!("wp:{rid}"),
             None => format!("wp:{}:{name}", w.tst.unwrap_or(0)),
         };
-        let mut fence = Fence::new(
-            id,
-            name,
-            Shape::Circle {
+        self.add_region(
+            w.meta.key(),
+            Region {
+                id: id.into(),
+                name,
                 lat,
                 lon,
                 radius_m: f64::from(rad),
+                wtst: w.tst,
             },
         );
-        fence.wtst = w.tst;
+        true
+    }
+
+    fn add_region(&mut self, key: String, r: Region) {
+        let mut fence = Fence::new(
+            r.id,
+            r.name,
+            Shape::Circle {
+                lat: r.lat,
+                lon: r.lon,
+                radius_m: r.radius_m,
+            },
+        );
+        fence.wtst = r.wtst;
         let list = self.waypoints.entry(key).or_default();
         list.retain(|f| f.key != fence.key);
         list.push(fence);
     }
 
-    /// Evaluates a position; returns the transitions it causes, as records
-    /// with `source = "server"`.
+    /// A device's own regions, for persistence.
+    pub fn regions(&self, key: &str) -> Vec<Region> {
+        self.waypoints
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| match f.shape {
+                Shape::Circle { lat, lon, radius_m } => Some(Region {
+                    id: f.id.clone(),
+                    name: f.name.clone(),
+                    lat,
+                    lon,
+                    radius_m,
+                    wtst: f.wtst,
+                }),
+                Shape::Polygon(_) => None,
+            })
+            .collect()
+    }
+
+    /// Restores a device's own regions (after a restart or rebalance).
+    pub fn restore_regions(&mut self, key: &str, regions: Vec<Region>) {
+        for r in regions {
+            self.add_region(key.to_owned(), r);
+        }
+    }
+
+    /// Evaluates a position with the state this geofencer keeps; see
+    /// [`Geofencer::evaluate`].
     pub fn on_position(&mut self, p: &Position) -> Vec<Record> {
         let key = p.meta.key();
+        let mut state = self.states.remove(&key).unwrap_or_default();
+        let out = self.evaluate(&key, p, &mut state);
+        self.states.insert(key, state);
+        out
+    }
+
+    /// Evaluates a position of device `key` (`user/device`) against
+    /// `state` (the device's, kept by the caller); returns the transitions
+    /// it causes, as records with `source = "server"`.
+    pub fn evaluate(&self, key: &str, p: &Position, state: &mut DeviceState) -> Vec<Record> {
         let own = self
             .waypoints
-            .get(&key)
+            .get(key)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let state = self.states.entry(key).or_default();
         let fix = Fix {
             lat: p.lat,
             lon: p.lon,

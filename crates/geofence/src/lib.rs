@@ -2,8 +2,10 @@
 //! position stream, for fences the operator defines centrally and for the
 //! regions each device defined itself.
 //!
-//! In: positions (in per-device order) and waypoints. Out: transitions with
-//! `source = "server"`, written beside the ones the devices report. Phones
+//! In: records (positions in per-device order, waypoints, anything else
+//! passes through). Out: the same records, followed by transitions with
+//! `source = "server"` (written beside the ones the devices report), trips,
+//! stops, and the device's state to persist with them. Phones
 //! report transitions only for regions configured on that phone, and region
 //! monitoring on iOS and Android misses events; evaluating on the server
 //! fixes both.
@@ -24,12 +26,18 @@
 //! The per-device state is the set of fences the device is inside, as
 //! stable 64-bit fence-id hashes, and the time of its last fix.
 //!
-//! Pure: no I/O. Layout:
-//! - [`fence`]: fences, shapes, GeoJSON loading.
-//! - [`engine`]: the index, per-device state and evaluation.
+//! The same stage computes trips and stops (rules in `otstream-trips`),
+//! since both need every position of a device in order and its state.
+//!
+//! Layout:
+//! - [`fence`]: fences, shapes, GeoJSON parsing (pure).
+//! - [`engine`]: the index, per-device state and evaluation (pure).
+//! - [`stage`]: the stage loop: records in, records plus transitions,
+//!   trips, stops and state snapshots out; fences file reloading.
 
 pub mod engine;
 pub mod fence;
+pub mod stage;
 
-pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer};
+pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer, Region};
 pub use fence::{Fence, FenceError, FenceSet, Shape};

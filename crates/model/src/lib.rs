@@ -25,6 +25,6 @@ pub mod topics;
 pub use identity::{DeviceId, IdentityError, IdentityHints};
 pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
 pub use record::{
-    Beacon, Card, Command, Configuration, DeadLetter, DeviceEvent, Meta, Position, Record, Steps,
-    Text, Transition, Unknown, Waypoint,
+    Beacon, Card, Command, Configuration, DeadLetter, DeviceEvent, Meta, Position, Record,
+    StateSnapshot, Steps, Stop, Text, Transition, Trip, Unknown, Waypoint,
 };

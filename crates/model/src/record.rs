@@ -439,6 +439,80 @@ mod lossy_bytes {
     }
 }
 
+/// A trip computed from a device's positions: it moved more than the
+/// configured distance from where it stayed, and ended once it stayed
+/// within that distance for the configured time (or data stopped coming).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trip {
+    /// The device; `received_at` is that of the position that closed the
+    /// trip, so a recomputation writes the same row.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Start: the last fix of the stop before, UNIX seconds.
+    pub start: i64,
+    /// End: the first fix of the stop after (or the last fix before a data gap), UNIX seconds.
+    pub end: i64,
+    /// Start latitude, degrees.
+    pub start_lat: f64,
+    /// Start longitude, degrees.
+    pub start_lon: f64,
+    /// End latitude, degrees.
+    pub end_lat: f64,
+    /// End longitude, degrees.
+    pub end_lon: f64,
+    /// Sum of the geodesic (WGS84) distances between consecutive fixes, metres.
+    pub distance: f64,
+    /// `end - start`, seconds.
+    pub duration: i64,
+    /// Average speed, `distance / duration`, km/h (0 for a zero duration).
+    pub avg_vel: f64,
+    /// Highest speed: reported `vel` where the fix has one, else the speed
+    /// over the segment leading to it, km/h.
+    pub max_vel: f64,
+    /// Fixes in the trip, both ends included.
+    pub points: u32,
+}
+
+/// A stop computed from a device's positions: it stayed within the
+/// configured distance of where it arrived for at least the configured time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stop {
+    /// The device; `received_at` as for [`Trip`].
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Arrival: the first fix of the stop, UNIX seconds.
+    pub start: i64,
+    /// Departure: the last fix of the stop, UNIX seconds.
+    pub end: i64,
+    /// Latitude of the arrival fix, degrees.
+    pub lat: f64,
+    /// Longitude of the arrival fix, degrees.
+    pub lon: f64,
+    /// `end - start`, seconds.
+    pub duration: i64,
+    /// Fixes during the stop.
+    pub points: u32,
+}
+
+/// A stage's remembered state for one device, written beside the records
+/// it derived from the same input so that both are durable together; a
+/// restarted stage reads the latest back and carries on without missing or
+/// repeating a transition, trip or stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    /// User part of the device identity.
+    pub user: Text,
+    /// Device part of the device identity.
+    pub device: Text,
+    /// Whose state: `geo` (fences inside, trip in progress) or `waypoints`
+    /// (the device's own regions).
+    pub kind: Text,
+    /// The state, JSON, in the owning stage's format.
+    pub state: String,
+    /// When it was written, milliseconds since the UNIX epoch.
+    pub updated_at: i64,
+}
+
 /// Any normalized record. The JSON form carries the variant in `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -466,6 +540,12 @@ pub enum Record {
     Unknown(Unknown),
     /// A payload that could not be decoded.
     DeadLetter(DeadLetter),
+    /// A trip, computed on the server.
+    Trip(Trip),
+    /// A stop, computed on the server.
+    Stop(Stop),
+    /// A stage's state for one device.
+    State(StateSnapshot),
 }
 
 impl Record {
@@ -483,7 +563,9 @@ impl Record {
             Record::Configuration(r) => &r.meta,
             Record::Command(r) => &r.meta,
             Record::Unknown(r) => &r.meta,
-            Record::DeadLetter(_) => return None,
+            Record::Trip(r) => &r.meta,
+            Record::Stop(r) => &r.meta,
+            Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
 
@@ -492,6 +574,7 @@ impl Record {
     pub fn key(&self) -> String {
         match self {
             Record::DeadLetter(d) => format!("{}/{}", d.user, d.device),
+            Record::State(s) => format!("{}/{}", s.user, s.device),
             r => r.meta().map(Meta::key).unwrap_or_default(),
         }
     }
@@ -509,7 +592,9 @@ impl Record {
             Record::Configuration(r) => &mut r.meta,
             Record::Command(r) => &mut r.meta,
             Record::Unknown(r) => &mut r.meta,
-            Record::DeadLetter(_) => return None,
+            Record::Trip(r) => &mut r.meta,
+            Record::Stop(r) => &mut r.meta,
+            Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
 
@@ -527,6 +612,9 @@ impl Record {
             Record::Command(_) => "command",
             Record::Unknown(_) => "unknown",
             Record::DeadLetter(_) => "dead_letter",
+            Record::Trip(_) => "trip",
+            Record::Stop(_) => "stop",
+            Record::State(_) => "state",
         }
     }
 

@@ -3,6 +3,7 @@
 //! In: [`Record`](otstream_model::Record)s from the bus, each with the
 //! [`Ack`](otstream_bus::Ack) of the payload it came from. Out: rows in the
 //! tables (positions, transitions, waypoints, cards, device_events, steps,
+//! trips, stops, device_state,
 //! beacons, configurations, dead_letters), and acks settled as delivered
 //! only once the rows are committed.
 //!

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
-use otstream_model::Record;
 use otstream_model::record::Text;
+use otstream_model::{Record, StateSnapshot};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
 
 /// Why the store could not open or commit.
@@ -51,7 +51,7 @@ impl StoreError {
 /// The file name of the store inside the data directory.
 pub const DB_FILE: &str = "otstream.db";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS positions (
@@ -137,6 +137,38 @@ CREATE TABLE IF NOT EXISTS configurations (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS configurations_key ON configurations (user, device, config);
 
+CREATE TABLE IF NOT EXISTS trips (
+    user TEXT NOT NULL, device TEXT NOT NULL,
+    start INTEGER NOT NULL, "end" INTEGER NOT NULL,   -- UNIX s
+    start_lat REAL NOT NULL, start_lon REAL NOT NULL,
+    end_lat REAL NOT NULL, end_lon REAL NOT NULL,     -- degrees WGS84
+    distance REAL NOT NULL,          -- metres, geodesic
+    duration INTEGER NOT NULL,       -- s
+    avg_vel REAL NOT NULL, max_vel REAL NOT NULL,     -- km/h
+    points INTEGER NOT NULL,
+    received_at INTEGER NOT NULL     -- UNIX ms
+);
+CREATE UNIQUE INDEX IF NOT EXISTS trips_key ON trips (user, device, start);
+
+CREATE TABLE IF NOT EXISTS stops (
+    user TEXT NOT NULL, device TEXT NOT NULL,
+    start INTEGER NOT NULL, "end" INTEGER NOT NULL,   -- UNIX s
+    lat REAL NOT NULL, lon REAL NOT NULL,             -- degrees WGS84
+    duration INTEGER NOT NULL,       -- s
+    points INTEGER NOT NULL,
+    received_at INTEGER NOT NULL     -- UNIX ms
+);
+CREATE UNIQUE INDEX IF NOT EXISTS stops_key ON stops (user, device, start);
+
+-- The latest state of each stateful stage per device (geofence and trips),
+-- committed with the rows it derived: what a restarted stage resumes from.
+CREATE TABLE IF NOT EXISTS device_state (
+    kind TEXT NOT NULL, user TEXT NOT NULL, device TEXT NOT NULL,
+    state TEXT NOT NULL,             -- JSON, the stage's own format
+    updated_at INTEGER NOT NULL,     -- UNIX ms
+    PRIMARY KEY (kind, user, device)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     received_at INTEGER NOT NULL, transport TEXT NOT NULL, topic TEXT,
@@ -152,7 +184,7 @@ struct Meters {
     commit_seconds: Histogram,
 }
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 12] = [
     "positions",
     "transitions",
     "waypoints",
@@ -162,6 +194,9 @@ const TABLES: [&str; 9] = [
     "beacons",
     "configurations",
     "dead_letters",
+    "trips",
+    "stops",
+    "device_state",
 ];
 
 fn table_index(r: &Record) -> usize {
@@ -175,6 +210,9 @@ fn table_index(r: &Record) -> usize {
         Record::Beacon(_) => 6,
         Record::Configuration(_) => 7,
         Record::DeadLetter(_) => 8,
+        Record::Trip(_) => 9,
+        Record::Stop(_) => 10,
+        Record::State(_) => 11,
     }
 }
 
@@ -216,6 +254,24 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The latest state of every device for `kind`, as (user, device,
+    /// state JSON): what a stateful stage resumes from.
+    pub fn load_states(&self, kind: &str) -> Result<Vec<StateSnapshot>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT user, device, state, updated_at FROM device_state WHERE kind = ?1")?;
+        let rows = stmt.query_map([kind], |r| {
+            Ok(StateSnapshot {
+                user: Text::from(r.get_ref(0)?.as_str()?),
+                device: Text::from(r.get_ref(1)?.as_str()?),
+                kind: Text::from(kind),
+                state: r.get(2)?,
+                updated_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Writes records in one transaction: all of them are committed, or
@@ -343,6 +399,35 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
                 m.user.as_str(), m.device.as_str(), m.tid.as_deref(), c.mode, c.host.as_deref(),
                 c.port, c.url.as_deref(), c.username.as_deref(), c.device_id.as_deref(),
                 c.waypoints, c.config, m.topic.as_deref(), m.transport.as_str(), m.received_at,
+            ])?;
+        }
+        Record::Trip(t) => {
+            let m = &t.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO trips (user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), t.start, t.end, t.start_lat, t.start_lon,
+                t.end_lat, t.end_lon, t.distance, t.duration, t.avg_vel, t.max_vel, t.points,
+                m.received_at,
+            ])?;
+        }
+        Record::Stop(st) => {
+            let m = &st.meta;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                m.user.as_str(), m.device.as_str(), st.start, st.end, st.lat, st.lon, st.duration,
+                st.points, m.received_at,
+            ])?;
+        }
+        Record::State(st) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO device_state (kind, user, device, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                st.kind.as_str(), st.user.as_str(), st.device.as_str(), st.state, st.updated_at,
             ])?;
         }
         Record::DeadLetter(d) => {

@@ -221,6 +221,44 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHo
     Ok(MigrateReport { server, applied })
 }
 
+/// The latest state of every device for `kind` (see the `device_state`
+/// table): what a stateful stage resumes from. Migrates first when
+/// configured to, so a first start on an empty server finds the table.
+pub async fn load_states(
+    config: &ClickHouseConfig,
+    kind: &str,
+) -> Result<Vec<otstream_model::StateSnapshot>, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct StateRow {
+        user: String,
+        device: String,
+        state: String,
+    }
+    config.validate().map_err(ClickHouseError::Config)?;
+    if config.migrate {
+        migrate(config).await?;
+    }
+    let db = schema::quote_ident(&config.database);
+    let rows: Vec<StateRow> = config
+        .client()
+        .query(&format!(
+            "SELECT user, device, state FROM {db}.device_state FINAL WHERE kind = ?"
+        ))
+        .bind(kind)
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| otstream_model::StateSnapshot {
+            user: r.user.into(),
+            device: r.device.into(),
+            kind: kind.into(),
+            state: r.state,
+            updated_at: 0,
+        })
+        .collect())
+}
+
 /// ClickHouse exception codes that mean "this data cannot be stored", as
 /// opposed to "the server cannot take it now": parse and conversion
 /// failures, values out of range, violated constraints, and `throwIf` in a
@@ -355,6 +393,22 @@ impl Writer {
         let mut by_table: BTreeMap<Table, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
             by_table.entry(Table::of(&m.value)).or_default().push(i);
+        }
+        // A stage writes its state with every input; only the latest per
+        // device matters, and the rest would be merged away anyway.
+        if let Some(idx) = by_table.get_mut(&Table::DeviceState) {
+            let mut seen = std::collections::HashSet::new();
+            let mut latest: Vec<usize> = idx
+                .iter()
+                .rev()
+                .copied()
+                .filter(|i| match &batch[*i].value {
+                    Record::State(s) => seen.insert((&s.kind, &s.user, &s.device)),
+                    _ => true,
+                })
+                .collect();
+            latest.reverse();
+            *idx = latest;
         }
         let mut rejected: Vec<(usize, String)> = Vec::new();
         for (table, idx) in &by_table {

@@ -27,11 +27,18 @@ pub enum Table {
     Configurations,
     /// dead_letters
     DeadLetters,
+    /// trips
+    Trips,
+    /// stops
+    Stops,
+    /// device_state: last in a batch, so a stage's state is never durable
+    /// before the rows derived with it.
+    DeviceState,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 12] = [
         Table::Positions,
         Table::Transitions,
         Table::Waypoints,
@@ -41,6 +48,9 @@ impl Table {
         Table::Beacons,
         Table::Configurations,
         Table::DeadLetters,
+        Table::Trips,
+        Table::Stops,
+        Table::DeviceState,
     ];
 
     /// The table a record goes to.
@@ -55,6 +65,9 @@ impl Table {
             Record::Beacon(_) => Table::Beacons,
             Record::Configuration(_) => Table::Configurations,
             Record::DeadLetter(_) => Table::DeadLetters,
+            Record::Trip(_) => Table::Trips,
+            Record::Stop(_) => Table::Stops,
+            Record::State(_) => Table::DeviceState,
         }
     }
 
@@ -70,6 +83,9 @@ impl Table {
             Table::Beacons => "beacons",
             Table::Configurations => "configurations",
             Table::DeadLetters => "dead_letters",
+            Table::Trips => "trips",
+            Table::Stops => "stops",
+            Table::DeviceState => "device_state",
         }
     }
 }
@@ -249,6 +265,46 @@ struct DeadLetterRow<'a> {
     message: &'a str,
     #[serde(with = "serde_bytes")]
     payload: &'a [u8],
+}
+
+#[derive(Row, Serialize)]
+struct TripRow<'a> {
+    user: &'a str,
+    device: &'a str,
+    start: u32,
+    end: u32,
+    start_lat: f64,
+    start_lon: f64,
+    end_lat: f64,
+    end_lon: f64,
+    distance: f64,
+    duration: u32,
+    avg_vel: f64,
+    max_vel: f64,
+    points: u32,
+    received_at: i64,
+}
+
+#[derive(Row, Serialize)]
+struct StopRow<'a> {
+    user: &'a str,
+    device: &'a str,
+    start: u32,
+    end: u32,
+    lat: f64,
+    lon: f64,
+    duration: u32,
+    points: u32,
+    received_at: i64,
+}
+
+#[derive(Row, Serialize)]
+struct StateRow<'a> {
+    kind: &'a str,
+    user: &'a str,
+    device: &'a str,
+    state: &'a str,
+    updated_at: i64,
 }
 
 /// The common columns.
@@ -500,6 +556,49 @@ pub async fn insert(
                 field: s(&d.field),
                 message: &d.message,
                 payload: &d.payload,
+            },
+            _ => continue,
+        }),
+        Table::Trips => write_all!(TripRow, |r| match r {
+            Record::Trip(t) => TripRow {
+                user: &t.meta.user,
+                device: &t.meta.device,
+                start: dt(Some(t.start)),
+                end: dt(Some(t.end)),
+                start_lat: t.start_lat,
+                start_lon: t.start_lon,
+                end_lat: t.end_lat,
+                end_lon: t.end_lon,
+                distance: t.distance,
+                duration: dt(Some(t.duration)),
+                avg_vel: t.avg_vel,
+                max_vel: t.max_vel,
+                points: t.points,
+                received_at: t.meta.received_at,
+            },
+            _ => continue,
+        }),
+        Table::Stops => write_all!(StopRow, |r| match r {
+            Record::Stop(t) => StopRow {
+                user: &t.meta.user,
+                device: &t.meta.device,
+                start: dt(Some(t.start)),
+                end: dt(Some(t.end)),
+                lat: t.lat,
+                lon: t.lon,
+                duration: dt(Some(t.duration)),
+                points: t.points,
+                received_at: t.meta.received_at,
+            },
+            _ => continue,
+        }),
+        Table::DeviceState => write_all!(StateRow, |r| match r {
+            Record::State(st) => StateRow {
+                kind: &st.kind,
+                user: &st.user,
+                device: &st.device,
+                state: &st.state,
+                updated_at: st.updated_at,
             },
             _ => continue,
         }),

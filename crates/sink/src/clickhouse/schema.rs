@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "tables",
-    template: include_str!("../../../../deploy/clickhouse/migrations/0001_tables.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "tables",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0001_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "device_state",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0002_device_state.sql"),
+    },
+];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

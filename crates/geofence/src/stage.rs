@@ -1,0 +1,556 @@
+//! The geofence stage: positions and waypoints in; the same records out,
+//! followed by the server-side transitions, trips and stops they caused
+//! and the device's new state, all carrying the input's ack.
+//!
+//! Durability of state: the state snapshot of a device is sent after the
+//! records derived with it and carries the same ack, so the input is
+//! acknowledged only once both are stored, and a sink that stores in
+//! order never holds a state newer than the rows it accounts for. After a
+//! crash, what was not acknowledged is delivered again and evaluated
+//! against the stored state: the same rows come out and collapse on their
+//! keys; a restart in the middle of a trip gives the trips an
+//! uninterrupted run gives.
+//!
+//! The fences file is checked every `reload_ms` and reloaded when it
+//! changes; a file that does not parse is reported and the fences in use
+//! are kept.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use metrics::Counter;
+use otstream_bus::{Message, Receiver, Sender};
+use otstream_model::raw::now_ms;
+use otstream_model::{Record, StateSnapshot, Stop, Text, Trip};
+use otstream_trips::{Detector, Finished, TripConfig, TripState};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{DeviceState, FenceError, FenceSet, GeofenceConfig, Geofencer, Region};
+
+/// Most records handled per trip to the blocking pool.
+pub const BATCH: usize = 256;
+
+/// `kind` of the per-device geofence and trip state in `device_state`.
+pub const KIND_GEO: &str = "geo";
+/// `kind` of a device's own regions in `device_state`.
+pub const KIND_REGIONS: &str = "waypoints";
+
+/// Why the stage could not start or went on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// The fences file could not be read.
+    #[error("cannot read fences file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The fences file is not a usable FeatureCollection.
+    #[error("fences file {path}: {source}")]
+    Fences {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: FenceError,
+    },
+    /// The processing thread died (a bug).
+    #[error("geofence batch failed: {0}")]
+    Thread(String),
+}
+
+/// The stage's configuration: the fences, the geofence rules and the trip
+/// rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Geofence rules and the fences file.
+    #[serde(default)]
+    pub geofence: GeofenceConfig,
+    /// Trip and stop rules.
+    #[serde(default)]
+    pub trips: TripConfig,
+}
+
+/// Loads the operator fences: none without a file.
+pub fn load_fences(path: Option<&Path>) -> Result<FenceSet, StageError> {
+    let Some(path) = path else {
+        return Ok(FenceSet::new(Vec::new()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StageError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    FenceSet::from_geojson(&text).map_err(|source| StageError::Fences {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Everything remembered per device: about 270 bytes, plus its key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceGeo {
+    /// Fences it is inside.
+    #[serde(rename = "f", default)]
+    pub fences: DeviceState,
+    /// Trip or stay in progress.
+    #[serde(rename = "t", default)]
+    pub trip: TripState,
+}
+
+/// The geofence and trip evaluation for every device, with its state.
+#[derive(Debug)]
+pub struct Tracker {
+    geofencer: Geofencer,
+    detector: Detector,
+    devices: HashMap<String, DeviceGeo>,
+    /// Last `updated_at` written: state versions never go back, even if
+    /// the wall clock does.
+    clock: i64,
+}
+
+impl Tracker {
+    /// A tracker over `fences` with no device state.
+    pub fn new(config: &StageConfig, fences: Arc<FenceSet>) -> Self {
+        Self {
+            geofencer: Geofencer::new(config.geofence.clone(), fences),
+            detector: Detector::new(config.trips),
+            devices: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Replaces the operator fences; device state is kept.
+    pub fn set_fences(&mut self, fences: Arc<FenceSet>) {
+        self.geofencer.set_fences(fences);
+    }
+
+    /// Restores stored state; returns how many snapshots were used. A
+    /// snapshot that does not parse is reported and skipped (the device
+    /// starts afresh) rather than stopping the stage.
+    pub fn restore(&mut self, snapshots: impl IntoIterator<Item = StateSnapshot>) -> usize {
+        let mut used = 0;
+        for s in snapshots {
+            let key = format!("{}/{}", s.user, s.device);
+            let ok = match s.kind.as_str() {
+                KIND_GEO => serde_json::from_str::<DeviceGeo>(&s.state)
+                    .map(|d| {
+                        self.devices.insert(key.clone(), d);
+                    })
+                    .is_ok(),
+                KIND_REGIONS => serde_json::from_str::<Vec<Region>>(&s.state)
+                    .map(|r| self.geofencer.restore_regions(&key, r))
+                    .is_ok(),
+                _ => false,
+            };
+            if ok {
+                used += 1;
+            } else {
+                tracing::warn!(device = %key, kind = %s.kind, "stored state unreadable; starting this device afresh");
+            }
+        }
+        used
+    }
+
+    /// The state of `user/device`.
+    pub fn device(&self, key: &str) -> Option<&DeviceGeo> {
+        self.devices.get(key)
+    }
+
+    /// Devices with state.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn snapshot(&mut self, user: &Text, device: &Text, kind: &str, state: String) -> Record {
+        self.clock = now_ms().max(self.clock + 1);
+        Record::State(StateSnapshot {
+            user: user.clone(),
+            device: device.clone(),
+            kind: Text::from(kind),
+            state,
+            updated_at: self.clock,
+        })
+    }
+
+    /// Handles one record: appends it to `out`, then what it caused.
+    pub fn process(&mut self, msg: Message<Record>, out: &mut Vec<Message<Record>>) {
+        match &msg.value {
+            Record::Position(p) => {
+                let key = p.meta.key();
+                let dev = self.devices.entry(key.clone()).or_default();
+                let before = dev.clone();
+                let mut derived = self.geofencer.evaluate(&key, p, &mut dev.fences);
+                let mut finished = Vec::new();
+                let fix = otstream_trips::Fix {
+                    vel: p.vel.map(f64::from),
+                    ..otstream_trips::Fix::new(p.tst, p.lat, p.lon)
+                };
+                self.detector.on_fix(&mut dev.trip, fix, &mut finished);
+                derived.extend(finished.into_iter().map(|f| finished_record(&p.meta, f)));
+                let changed = *dev != before;
+                let state = changed.then(|| serde_json::to_string(&*dev).unwrap_or_default());
+                let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
+                let ack = msg.ack.clone();
+                out.push(msg);
+                for r in derived {
+                    out.push(Message::new(key.clone(), r, ack.clone()));
+                }
+                if let Some(state) = state {
+                    let s = self.snapshot(&user, &device, KIND_GEO, state);
+                    out.push(Message::new(key, s, ack));
+                } else {
+                    ack.delivered();
+                }
+            }
+            Record::Waypoint(w) if self.geofencer.on_waypoint(w) => {
+                let key = w.meta.key();
+                let regions =
+                    serde_json::to_string(&self.geofencer.regions(&key)).unwrap_or_default();
+                let (user, device) = (w.meta.user.clone(), w.meta.device.clone());
+                let s = self.snapshot(&user, &device, KIND_REGIONS, regions);
+                let ack = msg.ack.clone();
+                out.push(msg);
+                out.push(Message::new(key, s, ack));
+            }
+            _ => out.push(msg),
+        }
+    }
+}
+
+fn finished_record(meta: &otstream_model::Meta, f: Finished) -> Record {
+    match f {
+        Finished::Trip(t) => Record::Trip(Trip {
+            meta: meta.clone(),
+            start: t.start.tst,
+            end: t.end.tst,
+            start_lat: t.start.lat,
+            start_lon: t.start.lon,
+            end_lat: t.end.lat,
+            end_lon: t.end.lon,
+            distance: t.distance_m,
+            duration: t.duration_s,
+            avg_vel: t.avg_kmh,
+            max_vel: t.max_kmh,
+            points: t.points,
+        }),
+        Finished::Stop(s) => Record::Stop(Stop {
+            meta: meta.clone(),
+            start: s.start.tst,
+            end: s.end_tst,
+            lat: s.start.lat,
+            lon: s.start.lon,
+            duration: s.duration_s,
+            points: s.points,
+        }),
+    }
+}
+
+struct Meters {
+    received: Counter,
+    sent: Counter,
+    derived: [Counter; 3],
+    reload_errors: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        let stage = "geofence";
+        Meters {
+            received: metrics::counter!("otstream_received_events_total", "stage" => stage),
+            sent: metrics::counter!("otstream_sent_events_total", "stage" => stage),
+            derived: ["transition", "trip", "stop"]
+                .map(|t| metrics::counter!("otstream_derived_records_total", "type" => t)),
+            reload_errors: metrics::counter!("otstream_errors_total", "stage" => stage, "error_code" => "fences_invalid"),
+        }
+    }
+}
+
+/// The fences file's identity on disk, to notice a change.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Runs the stage until the input is closed and drained, or `shutdown` is
+/// cancelled: loads the fences named in `config`, resumes from `state`
+/// (the stored snapshots), evaluates every record.
+pub async fn run(
+    config: StageConfig,
+    state: Vec<StateSnapshot>,
+    mut input: impl Receiver<Record>,
+    output: impl Sender<Record>,
+    shutdown: CancellationToken,
+) -> Result<(), StageError> {
+    let path = config.geofence.fences.clone();
+    let mut stamp = path.as_deref().and_then(file_stamp);
+    let fences = load_fences(path.as_deref())?;
+    let meters = Meters::new();
+    let fence_gauge = metrics::gauge!("otstream_geofence_fences");
+    let device_gauge = metrics::gauge!("otstream_geofence_devices");
+    fence_gauge.set(fences.fences().len() as f64);
+    let mut tracker = Tracker::new(&config, Arc::new(fences));
+    let restored = tracker.restore(state);
+    tracing::info!(fences = ?path, restored, "geofence stage ready");
+    let mut tracker = Some(tracker);
+    let mut reload =
+        tokio::time::interval(Duration::from_millis(config.geofence.reload_ms.max(100)));
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Message<Record>> = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            _ = reload.tick(), if path.is_some() => {
+                let Some(p) = path.clone() else { continue };
+                let now = file_stamp(&p);
+                if now != stamp {
+                    stamp = now;
+                    match tokio::task::spawn_blocking(move || load_fences(Some(&p))).await {
+                        Ok(Ok(set)) => {
+                            tracing::info!(fences = set.fences().len(), "fences file changed; reloaded");
+                            fence_gauge.set(set.fences().len() as f64);
+                            if let Some(t) = tracker.as_mut() {
+                                t.set_fences(Arc::new(set));
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            meters.reload_errors.increment(1);
+                            tracing::error!(error = %e, "fences file changed but cannot be used; keeping the fences in use");
+                        }
+                        Err(e) => return Err(StageError::Thread(e.to_string())),
+                    }
+                }
+                continue;
+            }
+            n = input.recv_many(&mut batch, BATCH) => n,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        meters.received.increment(n as u64);
+        let Some(mut t) = tracker.take() else {
+            return Ok(());
+        };
+        let inputs = std::mem::take(&mut batch);
+        let (t, out) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(inputs.len() * 2);
+            for m in inputs {
+                t.process(m, &mut out);
+            }
+            (t, out)
+        })
+        .await
+        .map_err(|e| StageError::Thread(e.to_string()))?;
+        device_gauge.set(t.devices() as f64);
+        tracker = Some(t);
+        for m in out {
+            match &m.value {
+                Record::Transition(_) => meters.derived[0].increment(1),
+                Record::Trip(_) => meters.derived[1].increment(1),
+                Record::Stop(_) => meters.derived[2].increment(1),
+                _ => {}
+            }
+            if output.send(m).await.is_err() {
+                return Ok(());
+            }
+            meters.sent.increment(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use otstream_bus::{Ack, AckStatus, channel};
+    use otstream_model::Transport;
+    use otstream_model::record::{Meta, Position, Waypoint};
+
+    use super::*;
+    use crate::{Fence, Shape};
+
+    fn pos(tst: i64, lat: f64, lon: f64) -> Record {
+        let meta = Meta {
+            user: "jane".into(),
+            device: "phone".into(),
+            tid: None,
+            received_at: 1,
+            transport: Transport::Http,
+            topic: None,
+        };
+        Record::Position(Position::at(meta, tst, lat, lon))
+    }
+
+    fn home() -> Arc<FenceSet> {
+        Arc::new(FenceSet::new(vec![Fence::new(
+            "home",
+            "Home",
+            Shape::Circle {
+                lat: 52.5,
+                lon: 13.4,
+                radius_m: 100.0,
+            },
+        )]))
+    }
+
+    fn types(out: &[Message<Record>]) -> Vec<&'static str> {
+        out.iter().map(|m| m.value.type_name()).collect()
+    }
+
+    #[test]
+    fn derived_records_and_state_follow_their_input_with_its_ack() {
+        let mut t = Tracker::new(&StageConfig::default(), home());
+        let mut out = Vec::new();
+        let (ack, mut waiter) = Ack::new();
+        t.process(
+            Message::new("jane/phone", pos(100, 52.5, 13.4), ack),
+            &mut out,
+        );
+        assert_eq!(types(&out), ["position", "transition", "state"]);
+        let Record::State(s) = &out[2].value else {
+            panic!()
+        };
+        assert_eq!((s.kind.as_str(), s.user.as_str()), (KIND_GEO, "jane"));
+        let restored: DeviceGeo = serde_json::from_str(&s.state).unwrap();
+        assert_eq!(&restored, t.device("jane/phone").unwrap());
+        // Delivered only once all three are.
+        let mut parts = out.drain(..);
+        parts.next().unwrap().ack.delivered();
+        parts.next().unwrap().ack.delivered();
+        assert!(
+            futures_poll(&mut waiter).is_none(),
+            "delivered before the state"
+        );
+        parts.next().unwrap().ack.delivered();
+        drop(parts);
+        assert_eq!(futures_poll(&mut waiter), Some(AckStatus::Delivered));
+
+        // A redelivered fix changes nothing: no state, nothing derived.
+        t.process(
+            Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+            &mut out,
+        );
+        assert_eq!(types(&out), ["position"]);
+        out.clear();
+        // Anything else passes through untouched.
+        let dead = Record::State(StateSnapshot {
+            user: "x".into(),
+            device: "y".into(),
+            kind: "other".into(),
+            state: "{}".into(),
+            updated_at: 0,
+        });
+        t.process(Message::new("x/y", dead.clone(), Ack::none()), &mut out);
+        assert_eq!(out.pop().unwrap().value, dead);
+    }
+
+    #[test]
+    fn a_restored_tracker_carries_on_where_the_stored_one_stopped() {
+        let mut a = Tracker::new(&StageConfig::default(), home());
+        let mut out = Vec::new();
+        let w = Waypoint {
+            meta: match pos(0, 0.0, 0.0) {
+                Record::Position(p) => p.meta,
+                _ => unreachable!(),
+            },
+            tst: Some(7),
+            lat: Some(48.0),
+            lon: Some(11.0),
+            rad: Some(50),
+            desc: Some("Office".into()),
+            rid: None,
+            uuid: None,
+            major: None,
+            minor: None,
+            extra: None,
+        };
+        a.process(
+            Message::new("jane/phone", Record::Waypoint(w), Ack::none()),
+            &mut out,
+        );
+        a.process(
+            Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+            &mut out,
+        );
+        let saved: Vec<StateSnapshot> = out
+            .drain(..)
+            .filter_map(|m| match m.value {
+                Record::State(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(saved.len(), 2);
+        let mut b = Tracker::new(&StageConfig::default(), home());
+        let mut broken = saved[0].clone();
+        broken.state = "nonsense".into();
+        assert_eq!(b.restore(saved.into_iter().chain([broken])), 2);
+        // Inside home already: leaving gives a leave, not an enter; and the
+        // office region came back.
+        for (tst, lat, lon) in [(200, 52.51, 13.4), (300, 48.0, 11.0)] {
+            a.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
+            let from_a: Vec<Record> = out.drain(..).map(|m| m.value).collect();
+            b.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
+            let from_b: Vec<Record> = out.drain(..).map(|m| m.value).collect();
+            let strip = |v: Vec<Record>| -> Vec<Record> {
+                v.into_iter()
+                    .filter(|r| !matches!(r, Record::State(_)))
+                    .collect()
+            };
+            let (from_a, from_b) = (strip(from_a), strip(from_b));
+            assert_eq!(from_a, from_b);
+            let events: Vec<String> = from_b
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Transition(t) => {
+                        Some(format!("{} {}", t.event, t.rid.as_deref().unwrap_or("")))
+                    }
+                    _ => None,
+                })
+                .collect();
+            match tst {
+                200 => assert_eq!(events, ["leave home"]),
+                _ => assert_eq!(events, ["enter wp:7:Office"]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fences_file_is_loaded_and_errors_name_it() {
+        let dir = std::env::temp_dir().join(format!("otstream-geo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("fences.geojson");
+        std::fs::write(&file, "[]").unwrap();
+        let e = load_fences(Some(&file)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "fences file {}: fences must be a GeoJSON FeatureCollection",
+                file.display()
+            )
+        );
+        let config = StageConfig {
+            geofence: GeofenceConfig {
+                fences: Some(file.clone()),
+                ..GeofenceConfig::default()
+            },
+            ..StageConfig::default()
+        };
+        let (_tx, rx) = channel::<Record>(4);
+        let (out, _orx) = channel::<Record>(4);
+        let r = run(config, Vec::new(), rx, out, CancellationToken::new()).await;
+        assert!(matches!(r, Err(StageError::Fences { .. })), "{r:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn futures_poll(w: &mut otstream_bus::AckWaiter) -> Option<AckStatus> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::future::Future::poll(std::pin::Pin::new(w), &mut cx) {
+            std::task::Poll::Ready(s) => Some(s),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
