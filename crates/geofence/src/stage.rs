@@ -33,6 +33,10 @@ use crate::{DeviceState, FenceError, FenceSet, GeofenceConfig, Geofencer, Region
 /// Most records handled per trip to the blocking pool.
 pub const BATCH: usize = 256;
 
+/// Batches up to this size are processed on the async worker (well under
+/// 100 µs); larger ones go to the blocking pool.
+const INLINE_BATCH: usize = 32;
+
 /// `kind` of the per-device geofence and trip state in `device_state`.
 pub const KIND_GEO: &str = "geo";
 /// `kind` of a device's own regions in `device_state`.
@@ -337,15 +341,23 @@ pub async fn run(
             return Ok(());
         };
         let inputs = std::mem::take(&mut batch);
-        let (t, out) = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut out = Vec::with_capacity(inputs.len() * 2);
             for m in inputs {
                 t.process(m, &mut out);
             }
             (t, out)
-        })
-        .await
-        .map_err(|e| StageError::Thread(e.to_string()))?;
+        };
+        // A few microseconds a record: a small batch costs less here than
+        // the hand-off to the blocking pool (measured: -10% end to end at
+        // 256 clients when every batch went there).
+        let (t, out) = if n <= INLINE_BATCH {
+            work()
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| StageError::Thread(e.to_string()))?
+        };
         device_gauge.set(t.devices() as f64);
         tracker = Some(t);
         for m in out {
