@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, and every test of the workspace
 # against real services. CI runs exactly this (through .ci/run). It installs
-# what is missing (Debian's clickhouse-server and mosquitto, PyPI's chdb),
-# starts a private ClickHouse and a private Mosquitto on free loopback ports,
+# what is missing (Debian's clickhouse-server and mosquitto, PyPI's chdb,
+# crates.io's Tansu: about 15 minutes to build the first time), starts a
+# private ClickHouse, Mosquitto and Tansu on free loopback ports,
 # and stops them at the end. Tests that need
 # a service read its address from the environment and fail, never skip, when
 # it is not there.
@@ -15,6 +16,7 @@ run_dir=$(mktemp -d)
 cleanup() {
   scripts/clickhouse.sh stop "$run_dir/clickhouse" || true
   scripts/mosquitto.sh stop "$run_dir/mosquitto" || true
+  scripts/tansu.sh stop "$run_dir/tansu" || true
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
@@ -28,6 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -c 'import chdb' 2>/dev/null || python3 -m pip install -q chdb
+scripts/tansu.sh install
 
 step "services: start ClickHouse"
 OTSTREAM_TEST_CLICKHOUSE_URL=$(scripts/clickhouse.sh start "$run_dir/clickhouse")
@@ -38,6 +41,11 @@ step "services: start Mosquitto"
 OTSTREAM_TEST_MQTT_URL=$(scripts/mosquitto.sh start "$run_dir/mosquitto")
 export OTSTREAM_TEST_MQTT_URL
 echo "Mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') at $OTSTREAM_TEST_MQTT_URL"
+
+step "services: start Tansu (Kafka protocol)"
+OTSTREAM_TEST_KAFKA_BROKERS=$(scripts/tansu.sh start "$run_dir/tansu")
+export OTSTREAM_TEST_KAFKA_BROKERS
+echo "Tansu at $OTSTREAM_TEST_KAFKA_BROKERS"
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -7,6 +7,8 @@ mod clickhouse;
 mod decode_cli;
 // Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.
 mod geofence;
+// The Kafka bus against Tansu: topics, delivery reports, groups, commits.
+mod kafka;
 // MQTT ingress with a real broker and client: types, sessions, crashes, sharing.
 mod mqtt;
 // `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.

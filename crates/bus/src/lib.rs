@@ -22,9 +22,12 @@
 //! Layout:
 //! - [`ack`]: [`Ack`], [`AckWaiter`], [`AckStatus`].
 //! - [`inproc`]: the bounded in-process channel.
+//! - `kafka`: topics between processes (rdkafka), feature `kafka`.
 
 pub mod ack;
 pub mod inproc;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use std::future::Future;
 

@@ -15,6 +15,10 @@ pub const RECORDS: &str = "records";
 /// Payloads that could not be decoded, with the reason.
 pub const DEAD_LETTERS: &str = "dead-letters";
 
+/// Each stateful stage's latest state per device (compacted): what a
+/// consumer restores when it takes over a partition.
+pub const STATE: &str = "state";
+
 /// Version of the JSON written to the normalized topics. Carried as a header
 /// so that readers can refuse a shape they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,7 +36,8 @@ pub fn topic_for(record: &crate::Record) -> &'static str {
     use crate::Record;
     match record {
         Record::Position(_) => POSITIONS,
-        Record::Transition(_) => EVENTS,
+        Record::Transition(_) | Record::Trip(_) | Record::Stop(_) => EVENTS,
+        Record::State(_) => STATE,
         Record::DeadLetter(_) => DEAD_LETTERS,
         _ => RECORDS,
     }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A private Tansu (Kafka-protocol broker) for tests and benchmarks, on a
+# free loopback port, with its files in one directory. Storage is SQLite in
+# DIR, so data survives a broker restart.
+#
+#   scripts/tansu.sh install         # cargo install tansu when missing (~15 min on 2 cores)
+#   scripts/tansu.sh start DIR       # prints 127.0.0.1:PORT once it listens
+#   scripts/tansu.sh stop DIR
+set -euo pipefail
+cmd="${1:?install|start|stop}"
+
+tansu_bin() { command -v tansu || { [ -x "$HOME/.cargo/bin/tansu" ] && echo "$HOME/.cargo/bin/tansu"; } || true; }
+
+case "$cmd" in
+install)
+  if [ -z "$(tansu_bin)" ]; then
+    # The default build has no storage engine; these features add memory:// and sqlite://.
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql >&2
+  fi
+  ;;
+start)
+  dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
+  bin=$(tansu_bin)
+  [ -n "$bin" ] || { echo "tansu is not installed (scripts/tansu.sh install)" >&2; exit 1; }
+  if [ ! -f "$dir/addr" ]; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "127.0.0.1:$port" >"$dir/addr"
+  fi
+  addr=$(cat "$dir/addr")
+  port=${addr##*:}
+  # Tansu takes the sqlite path relative to its working directory.
+  cd "$dir"
+  nohup "$bin" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+    --storage-engine "sqlite://tansu.db" >"$dir/tansu.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  cd - >/dev/null
+  for _ in $(seq 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+      echo "$addr"
+      exit 0
+    fi
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "tansu did not start; see $dir/tansu.log" >&2
+  cat "$dir/tansu.log" >&2 || true
+  exit 1
+  ;;
+stop)
+  dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
+  if [ -f "$dir/pid" ]; then
+    pid=$(cat "$dir/pid"); kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$dir/pid"
+  fi
+  ;;
+*) echo "usage: $0 install|start|stop DIR" >&2; exit 2 ;;
+esac
