@@ -139,7 +139,7 @@ impl Tracker {
     pub fn restore(&mut self, snapshots: impl IntoIterator<Item = StateSnapshot>) -> usize {
         let mut used = 0;
         for s in snapshots {
-            let key = format!("{}/{}", s.user, s.device);
+            let key = s.key();
             let ok = match s.kind.as_str() {
                 KIND_GEO => serde_json::from_str::<DeviceGeo>(&s.state)
                     .map(|d| {
@@ -187,7 +187,10 @@ impl Tracker {
             Record::Position(p) => {
                 let key = p.meta.key();
                 let dev = self.devices.entry(key.clone()).or_default();
-                let before = dev.clone();
+                // Both rules ignore a fix no newer than the last one and
+                // advance on any newer one: that alone says whether the
+                // state changed.
+                let fresh = p.tst > dev.fences.last_tst;
                 let mut derived = self.geofencer.evaluate(&key, p, &mut dev.fences);
                 let mut finished = Vec::new();
                 let fix = otstream_trips::Fix {
@@ -196,8 +199,7 @@ impl Tracker {
                 };
                 self.detector.on_fix(&mut dev.trip, fix, &mut finished);
                 derived.extend(finished.into_iter().map(|f| finished_record(&p.meta, f)));
-                let changed = *dev != before;
-                let state = changed.then(|| serde_json::to_string(&*dev).unwrap_or_default());
+                let state = fresh.then(|| serde_json::to_string(&*dev).unwrap_or_default());
                 let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
                 let ack = msg.ack.clone();
                 out.push(msg);

@@ -513,6 +513,13 @@ pub struct StateSnapshot {
     pub updated_at: i64,
 }
 
+impl StateSnapshot {
+    /// The device's bus key, `user/device` (as [`Meta::key`]).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.user, self.device)
+    }
+}
+
 /// Any normalized record. The JSON form carries the variant in `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -574,7 +581,7 @@ impl Record {
     pub fn key(&self) -> String {
         match self {
             Record::DeadLetter(d) => format!("{}/{}", d.user, d.device),
-            Record::State(s) => format!("{}/{}", s.user, s.device),
+            Record::State(s) => s.key(),
             r => r.meta().map(Meta::key).unwrap_or_default(),
         }
     }

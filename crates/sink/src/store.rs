@@ -256,8 +256,8 @@ impl Store {
         &self.path
     }
 
-    /// The latest state of every device for `kind`, as (user, device,
-    /// state JSON): what a stateful stage resumes from.
+    /// The latest state of every device for `kind`: what a stateful
+    /// stage resumes from.
     pub fn load_states(&self, kind: &str) -> Result<Vec<StateSnapshot>, StoreError> {
         let mut stmt = self
             .conn

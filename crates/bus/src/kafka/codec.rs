@@ -2,15 +2,21 @@
 //! the transport facts in headers (readable by any Kafka tool, and the
 //! recording SREs replay), normalized records as versioned JSON.
 
+use std::borrow::Cow;
+
 use otstream_model::topics::{self, SCHEMA_VERSION};
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
+
+/// A message value and its headers, (name, value).
+pub type Encoded<'a> = (Cow<'a, [u8]>, Vec<(&'static str, Vec<u8>)>);
 
 /// A value a stage sends over Kafka.
 pub trait KafkaCodec: Sized + Send + 'static {
     /// The topic (without prefix) this value goes to.
     fn topic(&self) -> &'static str;
-    /// The message value and headers.
-    fn encode(&self) -> (Vec<u8>, Vec<(&'static str, Vec<u8>)>);
+    /// The message value (borrowed where the value holds it already) and
+    /// headers.
+    fn encode(&self) -> Encoded<'_>;
     /// The value back from a message; `header` looks a header up by name.
     fn decode<'a>(
         payload: &[u8],
@@ -36,7 +42,7 @@ impl KafkaCodec for RawMessage {
         topics::RAW
     }
 
-    fn encode(&self) -> (Vec<u8>, Vec<(&'static str, Vec<u8>)>) {
+    fn encode(&self) -> Encoded<'_> {
         let mut h = vec![
             (H_TRANSPORT, self.transport.as_str().as_bytes().to_vec()),
             (H_RECEIVED_AT, self.received_at.to_string().into_bytes()),
@@ -53,7 +59,7 @@ impl KafkaCodec for RawMessage {
                 h.push((name, v.as_bytes().to_vec()));
             }
         }
-        (self.payload.clone(), h)
+        (Cow::Borrowed(&self.payload), h)
     }
 
     fn decode<'a>(
@@ -88,9 +94,9 @@ impl KafkaCodec for Record {
         topics::topic_for(self)
     }
 
-    fn encode(&self) -> (Vec<u8>, Vec<(&'static str, Vec<u8>)>) {
+    fn encode(&self) -> Encoded<'_> {
         (
-            self.to_json().into_bytes(),
+            Cow::Owned(self.to_json().into_bytes()),
             vec![(H_SCHEMA, SCHEMA_VERSION.to_string().into_bytes())],
         )
     }

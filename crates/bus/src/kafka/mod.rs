@@ -271,7 +271,7 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
         let deadline = self.send_timeout.map(|t| tokio::time::Instant::now() + t);
         let mut record = FutureRecord::to(&topic)
             .key(msg.key.as_bytes())
-            .payload(&payload)
+            .payload(payload.as_ref())
             .headers(h);
         let delivery = loop {
             match self.producer.send_result(record) {
@@ -355,11 +355,6 @@ impl<T> KafkaReceiver<T> {
             topics: names.into_iter().map(Arc::from).collect(),
             _values: PhantomData,
         })
-    }
-
-    /// Messages received and not yet settled.
-    pub fn in_flight(&self, config: &KafkaConfig) -> usize {
-        config.max_in_flight - self.permits.available_permits()
     }
 
     /// Takes one message off the consumer (waiting for one when `wait`).
@@ -473,28 +468,25 @@ async fn commit_loop(
         rewound_to: Option<i64>,
     }
     let mut parts: BTreeMap<(Arc<str>, i32), Partition> = BTreeMap::new();
+    let note_received = |parts: &mut BTreeMap<(Arc<str>, i32), Partition>, (t, p, o)| {
+        let part: &mut Partition = parts.entry((t, p)).or_default();
+        part.outstanding.insert(o);
+        if part.rewound_to == Some(o) {
+            part.rewound_to = None;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             r = received.recv() => match r {
-                Some((t, p, o)) => {
-                    let part = parts.entry((t, p)).or_default();
-                    part.outstanding.insert(o);
-                    if part.rewound_to == Some(o) {
-                        part.rewound_to = None;
-                    }
-                }
+                Some(r) => note_received(&mut parts, r),
                 None => return,
             },
             s = settled.recv() => match s {
                 Some(s) => {
                     // The received notice of this offset was sent first.
-                    while let Ok((t, p, o)) = received.try_recv() {
-                        let part = parts.entry((t, p)).or_default();
-                        part.outstanding.insert(o);
-                        if part.rewound_to == Some(o) {
-                            part.rewound_to = None;
-                        }
+                    while let Ok(r) = received.try_recv() {
+                        note_received(&mut parts, r);
                     }
                     let part = parts.entry((s.topic.clone(), s.partition)).or_default();
                     match s.status {
