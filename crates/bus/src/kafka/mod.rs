@@ -13,16 +13,22 @@
 //! an [`Ack`] which the stage clones into everything it derives; the
 //! message's offset is committed only once that ack is delivered and every
 //! earlier offset of its partition is too. At most `max_in_flight`
-//! messages are received and not yet settled: past that the receiver stops
-//! reading, the consumer's prefetch (bounded by
-//! `queued.max.messages.kbytes`) fills, and the lag grows on the broker,
-//! not in memory. A message that fails downstream is read again: its
-//! partition is rewound to it (at-least-once; duplicates collapse on the
-//! tables' keys).
+//! messages are received and not yet settled: past that the receiver
+//! pauses its partitions, and the lag grows on the broker, not in memory.
+//! A message that fails downstream is read again: its partition is rewound
+//! to it (at-least-once; duplicates collapse on the tables' keys). A member
+//! losing partitions in a rebalance first lets their messages in flight
+//! settle and commits them, so per-device order survives scaling out.
+//!
+//! End to end: the ingress watches the lag of the groups after it
+//! ([`watch_lag`]) and refuses new messages while it is over `max_lag`.
 
 pub mod codec;
+mod lag;
+mod offsets;
+mod receiver;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +36,16 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc};
 
 pub use codec::KafkaCodec;
+pub use lag::{LagWatch, watch_lag};
+pub use receiver::{AssignHook, KafkaReceiver, ReceiverClosed};
 
-use crate::{Ack, AckStatus, BusError, Message, Receiver, Sender};
+use crate::{BusError, Message, Sender};
 
 /// Where the brokers are and how to use them.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +79,14 @@ pub struct KafkaConfig {
     /// Prefetch bound of a consumer, KiB.
     #[serde(default = "default_prefetch_kib")]
     pub prefetch_kib: u32,
+    /// How long a consumer losing partitions waits for their messages in
+    /// flight to settle before letting them go, ms.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// The ingress refuses (HTTP 503, MQTT unacked) while the stages after
+    /// it are this many messages behind; 0: no bound.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: u64,
     /// Further librdkafka properties, passed as they are.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -103,6 +116,12 @@ fn default_max_in_flight() -> usize {
 fn default_prefetch_kib() -> u32 {
     8 * 1024
 }
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_lag() -> u64 {
+    1_000_000
+}
 
 impl KafkaConfig {
     /// A configuration for `brokers` with the defaults.
@@ -117,6 +136,8 @@ impl KafkaConfig {
             producer_queue_messages: default_producer_queue(),
             max_in_flight: default_max_in_flight(),
             prefetch_kib: default_prefetch_kib(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            max_lag: default_max_lag(),
             properties: BTreeMap::new(),
         }
     }
@@ -202,6 +223,7 @@ pub struct KafkaSender<T> {
     producer: FutureProducer,
     prefix: Arc<str>,
     send_timeout: Option<Duration>,
+    lag: Option<LagWatch>,
     _values: PhantomData<fn(T)>,
 }
 
@@ -211,6 +233,7 @@ impl<T> Clone for KafkaSender<T> {
             producer: self.producer.clone(),
             prefix: self.prefix.clone(),
             send_timeout: self.send_timeout,
+            lag: self.lag.clone(),
             _values: PhantomData,
         }
     }
@@ -237,6 +260,7 @@ impl<T> KafkaSender<T> {
             producer,
             prefix: config.topic_prefix.as_str().into(),
             send_timeout: None,
+            lag: None,
             _values: PhantomData,
         })
     }
@@ -245,6 +269,13 @@ impl<T> KafkaSender<T> {
     /// fails with [`BusError::Overloaded`]. Without it, a send waits.
     pub fn with_send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = Some(timeout);
+        self
+    }
+
+    /// Refuses sends with [`BusError::Overloaded`] while `lag` is over its
+    /// bound: the end-to-end backpressure of the ingress.
+    pub fn with_lag_limit(mut self, lag: LagWatch) -> Self {
+        self.lag = Some(lag);
         self
     }
 
@@ -259,6 +290,9 @@ impl<T> KafkaSender<T> {
 
 impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
     async fn send(&self, msg: Message<T>) -> Result<(), BusError> {
+        if self.lag.as_ref().is_some_and(LagWatch::over) {
+            return Err(BusError::Overloaded);
+        }
         let (payload, headers) = msg.value.encode();
         let topic = otstream_model::topics::topic_name(&self.prefix, msg.value.topic());
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
@@ -305,229 +339,5 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
 
     fn depth(&self) -> usize {
         usize::try_from(self.producer.in_flight_count()).unwrap_or(0)
-    }
-}
-
-/// One received message's place, settled by its ack.
-struct Settled {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    status: AckStatus,
-}
-
-/// Receives stage values from topics, in a consumer group.
-pub struct KafkaReceiver<T> {
-    consumer: Arc<StreamConsumer>,
-    permits: Arc<Semaphore>,
-    received: mpsc::UnboundedSender<(Arc<str>, i32, i64)>,
-    settled: mpsc::UnboundedSender<Settled>,
-    topics: Vec<Arc<str>>,
-    _values: PhantomData<fn() -> T>,
-}
-
-impl<T> KafkaReceiver<T> {
-    /// A consumer in `group` reading `topics` (names without prefix), from
-    /// the earliest offset when the group has none.
-    pub fn new(config: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, KafkaBusError> {
-        let consumer: StreamConsumer = config
-            .client()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "queued.max.messages.kbytes",
-                config.prefetch_kib.to_string(),
-            )
-            .create()?;
-        let names: Vec<String> = topics.iter().map(|t| config.topic(t)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs)?;
-        let consumer = Arc::new(consumer);
-        let (received, received_rx) = mpsc::unbounded_channel();
-        let (settled, settled_rx) = mpsc::unbounded_channel();
-        tokio::spawn(commit_loop(consumer.clone(), received_rx, settled_rx));
-        Ok(Self {
-            consumer,
-            permits: Arc::new(Semaphore::new(config.max_in_flight)),
-            received,
-            settled,
-            topics: names.into_iter().map(Arc::from).collect(),
-            _values: PhantomData,
-        })
-    }
-
-    /// Takes one message off the consumer (waiting for one when `wait`).
-    async fn take(&mut self, wait: bool) -> Option<Message<T>>
-    where
-        T: KafkaCodec,
-    {
-        let permit = if wait {
-            self.permits.clone().acquire_owned().await.ok()?
-        } else {
-            self.permits.clone().try_acquire_owned().ok()?
-        };
-        let m = if wait {
-            loop {
-                match self.consumer.recv().await {
-                    Ok(m) => break m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        } else {
-            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(m)) => m,
-                _ => return None,
-            }
-        };
-        let topic = self
-            .topics
-            .iter()
-            .find(|t| ***t == *m.topic())
-            .cloned()
-            .unwrap_or_else(|| Arc::from(m.topic()));
-        let (partition, offset) = (m.partition(), m.offset());
-        let _ = self.received.send((topic.clone(), partition, offset));
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        let headers = m.headers();
-        let lookup = |name: &str| -> Option<&[u8]> {
-            headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-        };
-        let value = T::decode(m.payload().unwrap_or_default(), &lookup);
-        let (ack, waiter) = Ack::new();
-        let settled = self.settled.clone();
-        tokio::spawn(async move {
-            let status = waiter.await;
-            drop(permit);
-            let _ = settled.send(Settled {
-                topic,
-                partition,
-                offset,
-                status,
-            });
-        });
-        match value {
-            Ok(value) => Some(Message::new(key, value, ack)),
-            Err(why) => {
-                // Not something a stage of this build wrote: skipping it
-                // loudly beats stopping every message behind it.
-                tracing::error!(
-                    topic = m.topic(),
-                    partition,
-                    offset,
-                    why,
-                    "unreadable bus message skipped"
-                );
-                metrics::counter!("otstream_errors_total", "stage" => "bus", "error_code" => "unreadable").increment(1);
-                ack.delivered();
-                None
-            }
-        }
-    }
-}
-
-impl<T: KafkaCodec> Receiver<T> for KafkaReceiver<T> {
-    async fn recv_many(&mut self, buf: &mut Vec<Message<T>>, limit: usize) -> usize {
-        let mut n = 0;
-        while n == 0 {
-            if let Some(m) = self.take(true).await {
-                buf.push(m);
-                n += 1;
-            }
-        }
-        while n < limit {
-            match self.take(false).await {
-                Some(m) => {
-                    buf.push(m);
-                    n += 1;
-                }
-                None => break,
-            }
-        }
-        n
-    }
-}
-
-/// Commits, per partition, the offset after the longest run of settled
-/// messages; rewinds a partition to a message that failed downstream.
-async fn commit_loop(
-    consumer: Arc<StreamConsumer>,
-    mut received: mpsc::UnboundedReceiver<(Arc<str>, i32, i64)>,
-    mut settled: mpsc::UnboundedReceiver<Settled>,
-) {
-    #[derive(Default)]
-    struct Partition {
-        outstanding: BTreeSet<i64>,
-        next: i64,
-        committed: i64,
-        /// Rewound to this offset and not yet read it again: failures at
-        /// or after it will be read again anyway.
-        rewound_to: Option<i64>,
-    }
-    let mut parts: BTreeMap<(Arc<str>, i32), Partition> = BTreeMap::new();
-    let note_received = |parts: &mut BTreeMap<(Arc<str>, i32), Partition>, (t, p, o)| {
-        let part: &mut Partition = parts.entry((t, p)).or_default();
-        part.outstanding.insert(o);
-        if part.rewound_to == Some(o) {
-            part.rewound_to = None;
-        }
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            r = received.recv() => match r {
-                Some(r) => note_received(&mut parts, r),
-                None => return,
-            },
-            s = settled.recv() => match s {
-                Some(s) => {
-                    // The received notice of this offset was sent first.
-                    while let Ok(r) = received.try_recv() {
-                        note_received(&mut parts, r);
-                    }
-                    let part = parts.entry((s.topic.clone(), s.partition)).or_default();
-                    match s.status {
-                        AckStatus::Delivered => {
-                            part.outstanding.remove(&s.offset);
-                            part.next = part.next.max(s.offset + 1);
-                        }
-                        AckStatus::Failed if part.rewound_to.is_some_and(|r| r <= s.offset) => {
-                            part.outstanding.remove(&s.offset);
-                        }
-                        AckStatus::Failed => {
-                            tracing::warn!(topic = %s.topic, partition = s.partition, offset = s.offset, "message not delivered downstream; reading it again");
-                            // Everything from here on is read again; what
-                            // was delivered past it is delivered twice.
-                            part.outstanding.retain(|o| *o < s.offset);
-                            part.next = part.next.min(s.offset);
-                            part.rewound_to = Some(s.offset);
-                            if let Err(e) = consumer.seek(&s.topic, s.partition, Offset::Offset(s.offset), Duration::from_secs(5)) {
-                                tracing::error!(error = %e, "kafka seek failed");
-                            }
-                        }
-                    }
-                }
-                None => return,
-            },
-            _ = tick.tick() => {
-                let mut tpl = TopicPartitionList::new();
-                for ((t, p), part) in &mut parts {
-                    let point = part.outstanding.first().copied().unwrap_or(part.next);
-                    if point > part.committed
-                        && tpl.add_partition_offset(t, *p, Offset::Offset(point)).is_ok()
-                    {
-                        part.committed = point;
-                    }
-                }
-                if tpl.count() > 0 {
-                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                        tracing::warn!(error = %e, "kafka offset commit failed");
-                    }
-                }
-            }
-        }
     }
 }
