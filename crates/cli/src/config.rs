@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use otstream_bus::kafka::KafkaConfig;
 use otstream_decode::DecodeConfig;
 use otstream_geofence::GeofenceConfig;
 use otstream_geofence::stage::StageConfig;
@@ -36,9 +37,13 @@ pub struct ServeConfig {
     /// Decoding limits, topic prefix, device registry.
     #[serde(default)]
     pub decode: DecodeConfig,
-    /// The in-process bus.
+    /// The bus between stages: in-process, or Kafka.
     #[serde(default)]
     pub bus: BusConfig,
+    /// The Kafka brokers and topics, for `bus.kind = "kafka"` and
+    /// `otstream run`.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     /// Batching and retries of the embedded store writer.
     #[serde(default)]
     pub sink: SinkConfig,
@@ -64,15 +69,30 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
 }
 
-/// The in-process bus between stages.
+/// The bus between stages.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
+    /// `inprocess` (bounded channels, one process) or `kafka` (topics; see
+    /// the `[kafka]` section).
+    #[serde(default)]
+    pub kind: BusKind,
     /// Messages each link holds before senders wait. 10,000 is half a
     /// second of the target load: enough to ride out a slow commit, small
     /// enough that a stalled store turns into 503s within a second.
     #[serde(default = "default_capacity")]
     pub capacity: usize,
+}
+
+/// Which bus links the stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// Bounded in-process channels: every stage in this process.
+    #[default]
+    Inprocess,
+    /// Kafka topics: stages in any number of processes.
+    Kafka,
 }
 
 /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -100,6 +120,7 @@ fn default_metrics_addr() -> SocketAddr {
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
+            kind: BusKind::default(),
             capacity: default_capacity(),
         }
     }
@@ -119,6 +140,7 @@ impl ServeConfig {
         StageConfig {
             geofence: self.geofence.clone(),
             trips: self.trips,
+            derived_only: false,
         }
     }
 
@@ -148,6 +170,13 @@ impl ServeConfig {
             .context("invalid configuration")
     }
 
+    /// The Kafka section, which must be there (with brokers) to use Kafka.
+    pub fn kafka(&self) -> Result<&KafkaConfig> {
+        self.kafka.as_ref().context(
+            "Kafka needs brokers: --brokers HOST:PORT, OTSTREAM_KAFKA_BROKERS or [kafka] brokers",
+        )
+    }
+
     /// Checks every section.
     pub fn validate(&self) -> Result<()> {
         self.http.validate().map_err(anyhow::Error::msg)?;
@@ -162,6 +191,9 @@ impl ServeConfig {
         }
         if self.bus.capacity == 0 {
             bail!("bus.capacity must be at least 1");
+        }
+        if let Some(k) = &self.kafka {
+            k.validate().map_err(anyhow::Error::msg)?;
         }
         Ok(())
     }

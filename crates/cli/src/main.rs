@@ -5,9 +5,11 @@
 
 mod config;
 mod decode;
+mod kafka;
 mod metrics_server;
 mod migrate;
 mod serve;
+mod topics;
 
 use clap::{Parser, Subcommand};
 
@@ -23,16 +25,36 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline in one process: OwnTracks HTTP in, embedded store out.
     Serve(serve::Args),
+    /// Run one stage over Kafka: ingress, decode, geofence or sink.
+    Run(RunArgs),
+    /// Manage the Kafka topics.
+    Topics(topics::Args),
     /// Create or upgrade the ClickHouse schema (idempotent).
     Migrate(migrate::Args),
     /// Decode payloads or a recording and print the normalized records.
     Decode(decode::Args),
 }
 
+/// Flags of `otstream run`: the stage, then the flags `serve` takes
+/// (each stage uses its own).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The stage.
+    #[arg(value_enum)]
+    stage: kafka::Stage,
+    #[command(flatten)]
+    common: serve::Args,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Run(args) => args
+            .common
+            .config()
+            .and_then(|config| serve::block_on(kafka::run_stages(config, &[args.stage]))),
+        Command::Topics(args) => topics::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Decode(args) => decode::run(args),
     };

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use otstream_bus::kafka::KafkaConfig;
 use otstream_bus::{Sender, channel};
 use otstream_decode::KeyRing;
 use otstream_ingress::MqttConfig;
@@ -29,7 +30,8 @@ use otstream_sink::Store;
 use otstream_sink::clickhouse::ClickHouseConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use crate::config::{BusKind, ServeConfig};
+use crate::kafka::Stage;
 use crate::metrics_server;
 
 /// Flags of `otstream serve`. Each overrides the config file and the
@@ -66,6 +68,12 @@ pub struct Args {
     /// Messages each in-process link holds before senders wait [default: 10000].
     #[arg(long, env = "OTSTREAM_BUS_CAPACITY", value_name = "N")]
     bus_capacity: Option<usize>,
+    /// The bus between the stages [default: inprocess].
+    #[arg(long, env = "OTSTREAM_BUS", value_enum)]
+    bus: Option<BusKind>,
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long, env = "OTSTREAM_KAFKA_BROKERS", value_name = "HOST:PORT")]
+    brokers: Option<String>,
     /// Log filter, e.g. `info` or `otstream_sink=debug` [default: info].
     #[arg(long, env = "OTSTREAM_LOG", default_value = "info")]
     log: String,
@@ -96,53 +104,78 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
 
-/// Runs `otstream serve` to completion.
-pub fn run(args: Args) -> Result<()> {
-    init_logging(&args.log, args.log_format)?;
-    let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(a) = args.http_addr {
-        config.http.addr = a;
-    }
-    if let Some(d) = args.data_dir {
-        config.data_dir = d;
-    }
-    if let Some(a) = args.metrics_addr {
-        config.metrics.addr = a;
-    }
-    if let Some(k) = args.keys {
-        config.keys_file = Some(k);
-    }
-    if let Some(h) = args.htpasswd {
-        config.http.htpasswd = Some(h);
-    }
-    if let Some(url) = args.mqtt_url {
-        match &mut config.mqtt {
-            Some(m) => m.url = url,
-            None => config.mqtt = Some(MqttConfig::new(url)),
+impl Args {
+    /// The configuration: file, then environment, then these flags.
+    pub fn config(self) -> Result<ServeConfig> {
+        init_logging(&self.log, self.log_format)?;
+        let mut config = ServeConfig::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(a) = self.http_addr {
+            config.http.addr = a;
         }
-    }
-    if let Some(url) = args.clickhouse_url {
-        match &mut config.clickhouse {
-            Some(ch) => ch.url = url,
-            None => config.clickhouse = Some(ClickHouseConfig::new(url)),
+        if let Some(d) = self.data_dir {
+            config.data_dir = d;
         }
+        if let Some(a) = self.metrics_addr {
+            config.metrics.addr = a;
+        }
+        if let Some(k) = self.keys {
+            config.keys_file = Some(k);
+        }
+        if let Some(h) = self.htpasswd {
+            config.http.htpasswd = Some(h);
+        }
+        if let Some(url) = self.mqtt_url {
+            match &mut config.mqtt {
+                Some(m) => m.url = url,
+                None => config.mqtt = Some(MqttConfig::new(url)),
+            }
+        }
+        if let Some(url) = self.clickhouse_url {
+            match &mut config.clickhouse {
+                Some(ch) => ch.url = url,
+                None => config.clickhouse = Some(ClickHouseConfig::new(url)),
+            }
+        }
+        if let Some(f) = self.fences {
+            config.geofence.fences = Some(f);
+        }
+        if let Some(c) = self.bus_capacity {
+            config.bus.capacity = c;
+        }
+        if let Some(b) = self.bus {
+            config.bus.kind = b;
+        }
+        if let Some(b) = self.brokers {
+            match &mut config.kafka {
+                Some(k) => k.brokers = b,
+                None => config.kafka = Some(KafkaConfig::new(b)),
+            }
+        }
+        config.validate()?;
+        Ok(config)
     }
-    if let Some(f) = args.fences {
-        config.geofence.fences = Some(f);
-    }
-    if let Some(c) = args.bus_capacity {
-        config.bus.capacity = c;
-    }
-    config.validate()?;
+}
+
+/// Starts the async runtime and runs `main` on it.
+pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(main: F) -> Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("otstream")
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(config))
+        .block_on(main)
 }
 
-async fn shutdown_signal() {
+/// Runs `otstream serve` to completion.
+pub fn run(args: Args) -> Result<()> {
+    let config = args.config()?;
+    match config.bus.kind {
+        BusKind::Inprocess => block_on(serve(config)),
+        BusKind::Kafka => block_on(crate::kafka::run_stages(config, &Stage::ALL)),
+    }
+}
+
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -297,26 +330,14 @@ async fn serve(config: ServeConfig) -> Result<()> {
         tokio::time::timeout_at(deadline, geofence).await,
     );
     ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
-    if !ending.hung.is_empty() {
-        hard_stop.cancel();
-        anyhow::bail!(
-            "shutdown timed out; stages still running: {}",
-            ending.hung.join(", ")
-        );
-    }
-    if !ending.failed.is_empty() {
-        anyhow::bail!(
-            "stages stopped with an error: {} (see the log)",
-            ending.failed.join(", ")
-        );
-    }
+    ending.conclude(&hard_stop)?;
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
 }
 
 /// The geofence stage's stored state (both kinds), from wherever the sink
 /// writes.
-async fn stored_state(
+pub(crate) async fn stored_state(
     store: Option<&Store>,
     clickhouse: Option<&ClickHouseConfig>,
 ) -> Result<Vec<otstream_model::StateSnapshot>> {
@@ -337,15 +358,35 @@ async fn stored_state(
 /// How the stages ended once asked to stop: the ones that failed and the
 /// ones still running at the deadline, by name.
 #[derive(Default)]
-struct Ending {
+pub(crate) struct Ending {
     hung: Vec<&'static str>,
     failed: Vec<&'static str>,
 }
 
-type Joined<E> = Result<Result<Result<(), E>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
+pub(crate) type Joined<E> =
+    Result<Result<Result<(), E>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
 
 impl Ending {
-    fn record<E: std::fmt::Display>(&mut self, stage: &'static str, joined: Joined<E>) {
+    /// An error naming the stages that hung (stopped hard now through
+    /// `hard_stop`) or failed; Ok when none did.
+    pub(crate) fn conclude(self, hard_stop: &CancellationToken) -> Result<()> {
+        if !self.hung.is_empty() {
+            hard_stop.cancel();
+            anyhow::bail!(
+                "shutdown timed out; stages still running: {}",
+                self.hung.join(", ")
+            );
+        }
+        if !self.failed.is_empty() {
+            anyhow::bail!(
+                "stages stopped with an error: {} (see the log)",
+                self.failed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record<E: std::fmt::Display>(&mut self, stage: &'static str, joined: Joined<E>) {
         match joined {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => {

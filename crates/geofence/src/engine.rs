@@ -302,8 +302,10 @@ impl Geofencer {
             .collect()
     }
 
-    /// Restores a device's own regions (after a restart or rebalance).
+    /// Restores a device's own regions (after a restart or rebalance),
+    /// replacing any it has.
     pub fn restore_regions(&mut self, key: &str, regions: Vec<Region>) {
+        self.waypoints.remove(key);
         for r in regions {
             self.add_region(key.to_owned(), r);
         }

@@ -78,6 +78,11 @@ pub struct StageConfig {
     /// Trip and stop rules.
     #[serde(default)]
     pub trips: TripConfig,
+    /// Send only what the stage derives, not the records it was given:
+    /// over Kafka those are in their topics already and the sink reads
+    /// them there.
+    #[serde(skip)]
+    pub derived_only: bool,
 }
 
 /// Loads the operator fences: none without a file.
@@ -112,6 +117,7 @@ pub struct Tracker {
     geofencer: Geofencer,
     detector: Detector,
     devices: HashMap<String, DeviceGeo>,
+    derived_only: bool,
     /// Last `updated_at` written: state versions never go back, even if
     /// the wall clock does.
     clock: i64,
@@ -124,6 +130,7 @@ impl Tracker {
             geofencer: Geofencer::new(config.geofence.clone(), fences),
             detector: Detector::new(config.trips),
             devices: HashMap::new(),
+            derived_only: config.derived_only,
             clock: 0,
         }
     }
@@ -181,9 +188,26 @@ impl Tracker {
         })
     }
 
-    /// Handles one record: appends it to `out`, then what it caused.
+    /// Passes an input on, unless only derived records are sent: then its
+    /// part of the ack is done here.
+    fn pass(&self, msg: Message<Record>, out: &mut Vec<Message<Record>>) {
+        if self.derived_only {
+            msg.ack.delivered();
+        } else {
+            out.push(msg);
+        }
+    }
+
+    /// Handles one record: appends it to `out` (unless only derived
+    /// records are sent), then what it caused. A state snapshot given as
+    /// input is restored (how a member of a Kafka group picks up the
+    /// devices of the partitions it is assigned) and not passed on.
     pub fn process(&mut self, msg: Message<Record>, out: &mut Vec<Message<Record>>) {
         match &msg.value {
+            Record::State(s) => {
+                self.restore([s.clone()]);
+                msg.ack.delivered();
+            }
             Record::Position(p) => {
                 let key = p.meta.key();
                 let dev = self.devices.entry(key.clone()).or_default();
@@ -202,7 +226,7 @@ impl Tracker {
                 let state = fresh.then(|| serde_json::to_string(&*dev).unwrap_or_default());
                 let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
                 let ack = msg.ack.clone();
-                out.push(msg);
+                self.pass(msg, out);
                 for r in derived {
                     out.push(Message::new(key.clone(), r, ack.clone()));
                 }
@@ -220,10 +244,10 @@ impl Tracker {
                 let (user, device) = (w.meta.user.clone(), w.meta.device.clone());
                 let s = self.snapshot(&user, &device, KIND_REGIONS, regions);
                 let ack = msg.ack.clone();
-                out.push(msg);
+                self.pass(msg, out);
                 out.push(Message::new(key, s, ack));
             }
-            _ => out.push(msg),
+            _ => self.pass(msg, out),
         }
     }
 }
@@ -450,15 +474,68 @@ mod tests {
         assert_eq!(types(&out), ["position"]);
         out.clear();
         // Anything else passes through untouched.
-        let dead = Record::State(StateSnapshot {
-            user: "x".into(),
-            device: "y".into(),
-            kind: "other".into(),
-            state: "{}".into(),
-            updated_at: 0,
-        });
-        t.process(Message::new("x/y", dead.clone(), Ack::none()), &mut out);
-        assert_eq!(out.pop().unwrap().value, dead);
+        let lwt: Record = serde_json::from_str(
+            r#"{"type":"device_event","user":"x","device":"y","received_at":1,"transport":"mqtt","event":"lwt"}"#,
+        )
+        .unwrap();
+        t.process(Message::new("x/y", lwt.clone(), Ack::none()), &mut out);
+        assert_eq!(out.pop().unwrap().value, lwt);
+    }
+
+    #[tokio::test]
+    async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() {
+        let config = StageConfig {
+            derived_only: true,
+            ..StageConfig::default()
+        };
+        // A member that had jane inside home hands over its state.
+        let mut a = Tracker::new(&StageConfig::default(), home());
+        let mut out = Vec::new();
+        a.process(
+            Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+            &mut out,
+        );
+        let Some(Record::State(state)) = out.pop().map(|m| m.value) else {
+            panic!("no state")
+        };
+
+        let mut b = Tracker::new(&config, home());
+        let (ack, waiter) = Ack::new();
+        b.process(
+            Message::new("jane/phone", Record::State(state), ack),
+            &mut out,
+        );
+        out.clear();
+        assert_eq!(waiter.await, AckStatus::Delivered);
+        assert!(b.device("jane/phone").is_some());
+
+        // Leaving: the transition and state go out, not the position, and
+        // the ack waits for them alone.
+        let (ack, mut waiter) = Ack::new();
+        b.process(
+            Message::new("jane/phone", pos(200, 52.51, 13.4), ack),
+            &mut out,
+        );
+        assert_eq!(types(&out), ["transition", "state"]);
+        let Record::Transition(t) = &out[0].value else {
+            panic!()
+        };
+        assert_eq!(t.event.as_str(), "leave");
+        let mut parts = out.drain(..);
+        parts.next().unwrap().ack.delivered();
+        assert!(futures_poll(&mut waiter).is_none());
+        parts.next().unwrap().ack.delivered();
+        drop(parts);
+        assert_eq!(futures_poll(&mut waiter), Some(AckStatus::Delivered));
+
+        // Nothing derived: nothing sent, the input's ack done at once.
+        let (ack, waiter) = Ack::new();
+        b.process(
+            Message::new("jane/phone", pos(150, 52.51, 13.4), ack),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(waiter.await, AckStatus::Delivered);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct KafkaConfig {
     /// In front of every topic name.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// In front of each stage's consumer group name (`otstream-decode`, ...).
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
     /// Partitions of each topic `otstream topics create` makes: the most
     /// consumers of one group that can share a topic.
     #[serde(default = "default_partitions")]
@@ -87,6 +90,10 @@ pub struct KafkaConfig {
     /// it are this many messages behind; 0: no bound.
     #[serde(default = "default_max_lag")]
     pub max_lag: u64,
+    /// The stages whose lag the ingress watches (their groups must exist:
+    /// a stage not deployed counts as never having read anything).
+    #[serde(default = "default_lag_stages")]
+    pub lag_stages: Vec<String>,
     /// Further librdkafka properties, passed as they are.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -94,6 +101,12 @@ pub struct KafkaConfig {
 
 fn default_prefix() -> String {
     otstream_model::topics::DEFAULT_PREFIX.to_owned()
+}
+fn default_group_prefix() -> String {
+    "otstream-".to_owned()
+}
+fn default_lag_stages() -> Vec<String> {
+    ["decode", "geofence", "sink"].map(String::from).to_vec()
 }
 fn default_partitions() -> i32 {
     6
@@ -129,6 +142,7 @@ impl KafkaConfig {
         Self {
             brokers: brokers.into(),
             topic_prefix: default_prefix(),
+            group_prefix: default_group_prefix(),
             partitions: default_partitions(),
             replication: default_replication(),
             retention_ms: default_retention_ms(),
@@ -138,6 +152,7 @@ impl KafkaConfig {
             prefetch_kib: default_prefetch_kib(),
             drain_timeout_ms: default_drain_timeout_ms(),
             max_lag: default_max_lag(),
+            lag_stages: default_lag_stages(),
             properties: BTreeMap::new(),
         }
     }
@@ -160,6 +175,11 @@ impl KafkaConfig {
             c.set(k, v);
         }
         c
+    }
+
+    /// The consumer group of `stage`.
+    pub fn group(&self, stage: &str) -> String {
+        format!("{}{stage}", self.group_prefix)
     }
 
     /// The full name of topic `name`.
@@ -272,8 +292,8 @@ impl<T> KafkaSender<T> {
         self
     }
 
-    /// Refuses sends with [`BusError::Overloaded`] while `lag` is over its
-    /// bound: the end-to-end backpressure of the ingress.
+    /// Treats `lag` over its bound like a full queue (sends wait, or fail
+    /// past the deadline): the end-to-end backpressure of the ingress.
     pub fn with_lag_limit(mut self, lag: LagWatch) -> Self {
         self.lag = Some(lag);
         self
@@ -290,9 +310,6 @@ impl<T> KafkaSender<T> {
 
 impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
     async fn send(&self, msg: Message<T>) -> Result<(), BusError> {
-        if self.lag.as_ref().is_some_and(LagWatch::over) {
-            return Err(BusError::Overloaded);
-        }
         let (payload, headers) = msg.value.encode();
         let topic = otstream_model::topics::topic_name(&self.prefix, msg.value.topic());
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
@@ -303,6 +320,14 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
             });
         }
         let deadline = self.send_timeout.map(|t| tokio::time::Instant::now() + t);
+        // Over the lag bound is "full" too: wait for the stages after this
+        // one to catch up, or give up at the deadline.
+        while self.lag.as_ref().is_some_and(LagWatch::over) {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Err(BusError::Overloaded);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut record = FutureRecord::to(&topic)
             .key(msg.key.as_bytes())
             .payload(payload.as_ref())
@@ -340,4 +365,70 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
     fn depth(&self) -> usize {
         usize::try_from(self.producer.in_flight_count()).unwrap_or(0)
     }
+}
+
+/// Reads `partitions` of `topic` (name without prefix) from their start to
+/// their end as of now: for a compacted topic, the latest value of every
+/// key in them, in order. Blocking; fails past `timeout`.
+pub fn read_to_end<T: KafkaCodec>(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<Message<T>>, KafkaBusError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message as _};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let deadline = std::time::Instant::now() + timeout;
+    let name = config.topic(topic);
+    let consumer: BaseConsumer = config
+        .client()
+        .set("group.id", "otstream-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&name, p, timeout)?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(&name, p, Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    while !ends.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut).into());
+        }
+        let Some(m) = consumer.poll(left.min(Duration::from_millis(200))) else {
+            continue;
+        };
+        let m = m?;
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
+        let headers = m.headers();
+        let lookup = |h: &str| -> Option<&[u8]> {
+            headers.and_then(|hs| hs.iter().find(|x| x.key == h).and_then(|x| x.value))
+        };
+        match T::decode(m.payload().unwrap_or_default(), &lookup) {
+            Ok(v) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                out.push(Message::new(key, v, crate::Ack::none()));
+            }
+            Err(why) => {
+                tracing::warn!(topic = %name, partition = m.partition(), offset = m.offset(), why, "unreadable message skipped");
+            }
+        }
+    }
+    Ok(out)
 }

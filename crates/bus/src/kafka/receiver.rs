@@ -232,7 +232,15 @@ impl<T: KafkaCodec> KafkaReceiver<T> {
         Ok(Self { rx, stop, closed })
     }
 
-    /// Resolves once this receiver, dropped, has committed and left.
+    /// Setting this flag stops the receiver taking messages: it lets those
+    /// handed out settle, commits, leaves its group and then reports the
+    /// end of input (`recv_many` returns 0), so the stage drains and ends.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Resolves once this receiver, stopped or dropped, has committed and
+    /// left.
     pub fn closed(&self) -> ReceiverClosed {
         ReceiverClosed(self.closed.clone())
     }

@@ -1,0 +1,362 @@
+//! The stages over Kafka: `otstream run STAGE` runs one per process,
+//! `otstream serve --bus kafka` runs them all in one process, each stage a
+//! member of its own consumer group, exactly as separate processes would.
+//!
+//! ingress --[raw]--> decode --[positions, records, events, dead-letters]-->
+//!     geofence (reads positions, records) --[events, state]-->
+//!     sink (reads positions, events, records, dead-letters, state)
+//!
+//! Over Kafka the geofence stage sends only what it derives: the records it
+//! reads are in their topics already, and the sink reads them there. Its
+//! device state lives in the compacted `state` topic, keyed by device like
+//! everything else, so a member assigned partition N of `positions` reads
+//! partition N of `state` before any position (topics need the same
+//! partition count, which `otstream topics create` gives them).
+//!
+//! Shutdown (SIGINT or SIGTERM): the ingress stops accepting and finishes
+//! its requests (each waits for its broker ack), then each consuming stage
+//! in pipeline order stops taking messages, finishes what it holds,
+//! commits and leaves its group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use otstream_bus::Message;
+use otstream_bus::kafka::{
+    AssignHook, KafkaConfig, KafkaReceiver, KafkaSender, ReceiverClosed, read_to_end, watch_lag,
+};
+use otstream_decode::KeyRing;
+use otstream_model::{RawMessage, Record, topics};
+use otstream_sink::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::metrics_server;
+use crate::serve::{Ending, shutdown_signal};
+
+/// A stage that runs as its own process over Kafka.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// OwnTracks HTTP (and MQTT, when configured) into `raw`.
+    Ingress,
+    /// `raw` into `positions`, `records`, `events`, `dead-letters`.
+    Decode,
+    /// `positions` and `records` into server transitions, trips and stops
+    /// (`events`) and device state (`state`).
+    Geofence,
+    /// Every topic into ClickHouse or the embedded store.
+    Sink,
+}
+
+impl Stage {
+    /// In pipeline order, the order they stop in.
+    pub const ALL: [Stage; 4] = [Stage::Ingress, Stage::Decode, Stage::Geofence, Stage::Sink];
+
+    /// The stage's name: its consumer group is `{group_prefix}{name}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingress => "ingress",
+            Stage::Decode => "decode",
+            Stage::Geofence => "geofence",
+            Stage::Sink => "sink",
+        }
+    }
+
+    /// The topics its group reads.
+    pub fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Stage::Ingress => &[],
+            Stage::Decode => &[topics::RAW],
+            Stage::Geofence => &[topics::POSITIONS, topics::RECORDS],
+            Stage::Sink => &[
+                topics::POSITIONS,
+                topics::EVENTS,
+                topics::RECORDS,
+                topics::DEAD_LETTERS,
+                topics::STATE,
+            ],
+        }
+    }
+
+    fn named(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// One running stage: its task, and how to stop and wait for its consumer.
+struct Running {
+    name: &'static str,
+    task: JoinHandle<Result<()>>,
+    receiver: Option<(Arc<AtomicBool>, ReceiverClosed)>,
+    flush: Option<Box<dyn Fn() + Send>>,
+}
+
+/// Runs `stages` over Kafka until SIGINT/SIGTERM or until one fails.
+pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
+    let kafka = config.kafka()?.clone();
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
+    let keys = Arc::new(match &config.keys_file {
+        Some(path) => KeyRing::from_file(path)?,
+        None => KeyRing::new(),
+    });
+    let stop_ingress = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let lag_stop = Arc::new(AtomicBool::new(false));
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let mut running: Vec<Running> = Vec::new();
+    for &stage in stages {
+        let started = match stage {
+            Stage::Ingress => {
+                start_ingress(&config, &kafka, keys.clone(), &stop_ingress, &lag_stop).await?
+            }
+            Stage::Decode => {
+                let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
+                let tx = KafkaSender::<Record>::new(&kafka)?;
+                let out = tx.clone();
+                let task = tokio::spawn(otstream_decode::stage::run(
+                    config.decode.clone(),
+                    keys.clone(),
+                    rx,
+                    out,
+                    hard_stop.clone(),
+                ));
+                let task = tokio::spawn(async move {
+                    task.await.context("decode panicked")?;
+                    Ok(())
+                });
+                vec![Running {
+                    name: "decode",
+                    task,
+                    receiver: Some((stop, closed)),
+                    flush: Some(flusher(tx)),
+                }]
+            }
+            Stage::Geofence => {
+                let mut geo = config.geo_stage();
+                geo.derived_only = true;
+                let path = geo.geofence.fences.clone();
+                tokio::task::spawn_blocking(move || {
+                    otstream_geofence::stage::load_fences(path.as_deref())
+                })
+                .await
+                .context("fences loader failed")??;
+                let hook = state_restorer(kafka.clone());
+                let (rx, stop, closed) = receiver::<Record>(&kafka, stage, Some(hook))?;
+                let tx = KafkaSender::<Record>::new(&kafka)?;
+                let out = tx.clone();
+                let stop_hard = hard_stop.clone();
+                let task = tokio::spawn(async move {
+                    otstream_geofence::stage::run(geo, Vec::new(), rx, out, stop_hard)
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
+                vec![Running {
+                    name: "geofence",
+                    task,
+                    receiver: Some((stop, closed)),
+                    flush: Some(flusher(tx)),
+                }]
+            }
+            Stage::Sink => {
+                let (rx, stop, closed) = receiver::<Record>(&kafka, stage, None)?;
+                let stop_hard = hard_stop.clone();
+                let task = match config.clickhouse.clone() {
+                    Some(ch) => {
+                        tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
+                        tokio::spawn(async move {
+                            otstream_sink::clickhouse::run(ch, rx, stop_hard)
+                                .await
+                                .map_err(anyhow::Error::from)
+                        })
+                    }
+                    None => {
+                        let data_dir = config.data_dir.clone();
+                        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+                            .await
+                            .context("store opener failed")?
+                            .with_context(|| {
+                                format!("cannot open the store in {}", config.data_dir.display())
+                            })?;
+                        let sink_config = config.sink.clone();
+                        tokio::spawn(async move {
+                            otstream_sink::run(sink_config, rx, store, stop_hard)
+                                .await
+                                .map_err(anyhow::Error::from)
+                        })
+                    }
+                };
+                vec![Running {
+                    name: "sink",
+                    task,
+                    receiver: Some((stop, closed)),
+                    flush: None,
+                }]
+            }
+        };
+        for mut r in started {
+            // Report the end of every stage, so that one failing stops
+            // the process instead of leaving it half alive.
+            let (name, tx) = (r.name, ended_tx.clone());
+            let task = r.task;
+            r.task = tokio::spawn(async move {
+                let result = task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+                let _ = tx.send(name);
+                result
+            });
+            running.push(r);
+        }
+    }
+    ready.store(true, Ordering::Release);
+    let names: Vec<&str> = running.iter().map(|r| r.name).collect();
+    tracing::info!(stages = ?names, brokers = %kafka.brokers, metrics_addr = %metrics, "otstream ready (kafka)");
+
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        Some(name) = ended.recv() => tracing::error!(stage = name, "a stage ended on its own; stopping the others"),
+    }
+    ready.store(false, Ordering::Release);
+    stop_ingress.cancel();
+    lag_stop.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    let mut ending = Ending::default();
+    for r in running {
+        if let Some((stop, _)) = &r.receiver {
+            stop.store(true, Ordering::Release);
+        }
+        let joined = tokio::time::timeout_at(deadline, r.task).await;
+        ending.record(r.name, joined);
+        if let Some(flush) = r.flush {
+            tokio::task::block_in_place(flush);
+        }
+        if let Some((_, closed)) = r.receiver {
+            let _ = tokio::time::timeout_at(deadline, closed.wait()).await;
+        }
+    }
+    ending.conclude(&hard_stop)?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn flusher<T: Send + 'static>(tx: KafkaSender<T>) -> Box<dyn Fn() + Send>
+where
+    KafkaSender<T>: Send,
+{
+    Box::new(move || tx.flush(Duration::from_secs(10)))
+}
+
+/// The stage's consumer, with its stop flag and the signal it has left.
+fn receiver<T: otstream_bus::kafka::KafkaCodec>(
+    kafka: &KafkaConfig,
+    stage: Stage,
+    hook: Option<AssignHook<T>>,
+) -> Result<(KafkaReceiver<T>, Arc<AtomicBool>, ReceiverClosed)> {
+    let group = kafka.group(stage.name());
+    let rx = KafkaReceiver::with_assign_hook(kafka, &group, stage.inputs(), hook)
+        .with_context(|| format!("cannot join consumer group {group}"))?;
+    let (stop, closed) = (rx.stop_handle(), rx.closed());
+    Ok((rx, stop, closed))
+}
+
+async fn start_ingress(
+    config: &ServeConfig,
+    kafka: &KafkaConfig,
+    keys: Arc<KeyRing>,
+    stop: &CancellationToken,
+    lag_stop: &Arc<AtomicBool>,
+) -> Result<Vec<Running>> {
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    tracing::info!(http_addr = %listener.local_addr()?, "http ingress listening");
+    let mut tx = KafkaSender::<RawMessage>::new(kafka)?;
+    if kafka.max_lag > 0 {
+        let mut groups = Vec::new();
+        for name in &kafka.lag_stages {
+            let stage = Stage::named(name)
+                .filter(|s| !s.inputs().is_empty())
+                .with_context(|| format!("kafka.lag_stages: {name:?} is not a consuming stage (decode, geofence, sink)"))?;
+            groups.push((kafka.group(name), stage.inputs().to_vec()));
+        }
+        let lag = watch_lag(
+            kafka,
+            &groups,
+            kafka.max_lag,
+            Duration::from_millis(500),
+            lag_stop.clone(),
+        )?;
+        tx = tx.with_lag_limit(lag);
+    }
+    let mut out = Vec::new();
+    if let Some(m) = config.mqtt.clone() {
+        let (sender, stop) = (tx.clone(), stop.clone());
+        out.push(Running {
+            name: "mqtt ingress",
+            task: tokio::spawn(async move {
+                otstream_ingress::run_mqtt(m, sender, stop)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }),
+            receiver: None,
+            flush: None,
+        });
+    }
+    let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
+    let http = otstream_ingress::run_http(
+        listener,
+        config.http.clone(),
+        config.decode.clone(),
+        keys,
+        tx.clone().with_send_timeout(send_timeout),
+        stop.clone(),
+    );
+    out.push(Running {
+        name: "http ingress",
+        task: tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
+        receiver: None,
+        flush: Some(flusher(tx)),
+    });
+    Ok(out)
+}
+
+/// Reads the device state of newly assigned partitions from the `state`
+/// topic, the latest snapshot per device and kind, so the geofence stage
+/// carries on where the previous owner stopped.
+fn state_restorer(kafka: KafkaConfig) -> AssignHook<Record> {
+    Box::new(move |parts| {
+        let mut partitions: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut attempt = 0;
+        let read = loop {
+            match read_to_end::<Record>(&kafka, topics::STATE, &partitions, Duration::from_secs(60))
+            {
+                Ok(m) => break m,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot read device state; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    // Going on without it beats stopping the stage: the
+                    // devices of these partitions start afresh (reported).
+                    tracing::error!(error = %e, "cannot read device state; these devices start afresh");
+                    metrics::counter!("otstream_errors_total", "stage" => "geofence", "error_code" => "state_unreadable").increment(1);
+                    break Vec::new();
+                }
+            }
+        };
+        let mut latest: HashMap<(String, String), Message<Record>> = HashMap::new();
+        for m in read {
+            if let Record::State(s) = &m.value {
+                latest.insert((m.key.clone(), s.kind.to_string()), m);
+            }
+        }
+        tracing::info!(partitions = ?partitions, snapshots = latest.len(), "device state restored");
+        latest.into_values().collect()
+    })
+}
