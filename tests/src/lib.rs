@@ -101,11 +101,24 @@ impl Serve {
     /// Starts `otstream serve` with `args` and `env` on fresh ports in
     /// `data_dir`, and waits until /readyz says ready.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Serve> {
-        let (http, metrics) = (free_port(), free_port());
-        let log = data_dir.with_extension(format!("{http}.log"));
+        Self::start_cmd(&["serve"], data_dir, free_port(), args, env)
+    }
+
+    /// Starts `otstream SUBCOMMAND...` (`serve`, `run decode`, ...) as
+    /// [`Serve::start`] does, with HTTP on `http` (so that a restarted
+    /// ingress comes back where its clients are).
+    pub fn start_cmd(
+        subcommand: &[&str],
+        data_dir: &Path,
+        http: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Serve> {
+        let metrics = free_port();
+        let log = data_dir.with_extension(format!("{metrics}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(otstream_bin());
-        cmd.arg("serve")
+        cmd.args(subcommand)
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .args(["--data-dir", &data_dir.display().to_string()])
@@ -132,13 +145,36 @@ impl Serve {
                 }
             }
             if let Some(status) = serve.child.try_wait()? {
-                bail!("otstream serve exited with {status}:\n{}", serve.log());
+                bail!(
+                    "otstream {subcommand:?} exited with {status}:\n{}",
+                    serve.log()
+                );
             }
             if std::time::Instant::now() > deadline {
-                bail!("otstream serve not ready after 20 s:\n{}", serve.log());
+                bail!(
+                    "otstream {subcommand:?} not ready after 20 s:\n{}",
+                    serve.log()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, KiB (Linux: VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("cannot read the status of {}: {e}", self.pid()));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
     /// What the process logged so far.
@@ -271,6 +307,49 @@ pub fn ch(url: &str, db: Option<&str>, sql: &str) -> std::result::Result<String,
     }
 }
 
+/// Runs `scripts/SCRIPT CMD DIR` (start or stop a private service); its
+/// standard output, trimmed (the address, for `start`).
+fn service_script(script: &str, cmd: &str, dir: &Path) -> Result<String> {
+    let out = Command::new(root().join("scripts").join(script))
+        .arg(cmd)
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{script} {cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A Tansu broker of the test's own (the one scripts/test.sh installed),
+/// via scripts/tansu.sh, with fresh storage; stopped when dropped. Tests
+/// that run whole pipelines each get one, so that groups, producers and
+/// topics of one test never weigh on another's broker.
+pub struct PrivateTansu {
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`
+    pub brokers: String,
+}
+
+impl PrivateTansu {
+    /// Starts a new broker. Fails when Tansu is not installed.
+    pub fn start() -> Result<Self> {
+        // The test command's broker being set says Tansu is installed.
+        kafka_brokers();
+        let dir = tempfile::tempdir()?;
+        let brokers = service_script("tansu.sh", "start", dir.path())?;
+        Ok(Self { dir, brokers })
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        let _ = service_script("tansu.sh", "stop", self.dir.path());
+    }
+}
+
 /// A ClickHouse server of the test's own (so that it can be stopped), via
 /// scripts/clickhouse.sh; stopped when dropped.
 pub struct PrivateClickHouse {
@@ -288,17 +367,7 @@ impl PrivateClickHouse {
     }
 
     fn script(cmd: &str, dir: &Path) -> Result<String> {
-        let out = Command::new(root().join("scripts/clickhouse.sh"))
-            .arg(cmd)
-            .arg(dir)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "clickhouse.sh {cmd} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        service_script("clickhouse.sh", cmd, dir)
     }
 
     /// Stops it (its data stays).
@@ -394,4 +463,23 @@ pub fn publish_qos1(url: &str, client_id: &str, messages: &[(String, Vec<u8>)]) 
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), eventloop.poll()).await;
         acked
     })
+}
+
+/// The Kafka-protocol broker (Tansu) started by scripts/test.sh. Panics
+/// (the test fails, it never skips) when it is not there.
+pub fn kafka_brokers() -> String {
+    std::env::var("OTSTREAM_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("OTSTREAM_TEST_KAFKA_BROKERS is not set: this test needs a real Kafka-protocol broker; run scripts/test.sh, which installs and starts Tansu")
+    })
+}
+
+/// Tests that load the broker take turns. Tansu 0.6 has two known faults
+/// under load: its SQLite storage task panics when an idempotent producer
+/// asks to bump its epoch (`InitProducerId` with an existing id is a
+/// `todo!()`), which librdkafka does after a request times out; from then
+/// on every request fails. One pipeline at a time keeps it responsive.
+pub fn broker_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -11,5 +11,7 @@ mod geofence;
 mod kafka;
 // MQTT ingress with a real broker and client: types, sessions, crashes, sharing.
 mod mqtt;
+// Stages as separate processes over Kafka: kills, rebalances, backpressure.
+mod pipeline;
 // `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.
 mod serve;

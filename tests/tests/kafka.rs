@@ -9,12 +9,7 @@ use std::time::Duration;
 use otstream_bus::kafka::{KafkaConfig, KafkaReceiver, KafkaSender, create_topics};
 use otstream_bus::{Ack, AckStatus, Message, Receiver, Sender};
 use otstream_model::Record;
-
-fn brokers() -> String {
-    std::env::var("OTSTREAM_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
-        panic!("OTSTREAM_TEST_KAFKA_BROKERS is not set: this test needs a real Kafka-protocol broker; run scripts/test.sh, which installs and starts Tansu")
-    })
-}
+use otstream_tests::{broker_turn, kafka_brokers as brokers};
 
 fn position(device: usize, tst: i64) -> Record {
     serde_json::from_str(&format!(
@@ -48,7 +43,10 @@ async fn receive(rx: &mut KafkaReceiver<Record>, n: usize) -> Vec<Message<Record
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard is a turn at the broker for the whole test, not shared data.
+#[allow(clippy::await_holding_lock)]
 async fn at_least_once_with_offsets_committed_after_delivery() {
+    let _turn = broker_turn();
     let mut config = KafkaConfig::new(brokers());
     config.topic_prefix = format!("t{}_{}.", std::process::id(), line!());
     config.partitions = 3;

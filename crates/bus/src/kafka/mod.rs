@@ -60,6 +60,14 @@ pub struct KafkaConfig {
     /// In front of each stage's consumer group name (`otstream-decode`, ...).
     #[serde(default = "default_group_prefix")]
     pub group_prefix: String,
+    /// Static group membership (`group.instance.id`): a member restarted
+    /// with the same id takes its partitions straight back instead of
+    /// waiting for the broker to notice the old one is gone. Give each
+    /// replica a stable, unique id (a StatefulSet pod name); a member with
+    /// one does not leave its group when it stops, so scaling down waits
+    /// for the session timeout.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Partitions of each topic `otstream topics create` makes: the most
     /// consumers of one group that can share a topic.
     #[serde(default = "default_partitions")]
@@ -143,6 +151,7 @@ impl KafkaConfig {
             brokers: brokers.into(),
             topic_prefix: default_prefix(),
             group_prefix: default_group_prefix(),
+            instance_id: None,
             partitions: default_partitions(),
             replication: default_replication(),
             retention_ms: default_retention_ms(),

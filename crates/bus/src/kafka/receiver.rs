@@ -196,8 +196,11 @@ impl<T: KafkaCodec> KafkaReceiver<T> {
             on_assign,
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         };
-        let consumer: BaseConsumer<Ctx<T>> = config
-            .client()
+        let mut client = config.client();
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<Ctx<T>> = client
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

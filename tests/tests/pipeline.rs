@@ -1,0 +1,483 @@
+//! The stages as separate processes over Kafka with ClickHouse behind
+//! (each test its own Tansu, from the installation scripts/test.sh makes,
+//! and the ClickHouse it started): every message acknowledged to
+//! an HTTP client is in ClickHouse exactly once (FINAL) though each stage
+//! is SIGKILLed mid-stream; a decode member joining and another leaving
+//! keep each device's positions in order; a stopped sink turns into 503s
+//! at the ingress while every process's memory stays flat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use otstream_bus::kafka::{KafkaConfig, read_to_end};
+use otstream_model::Record;
+use otstream_tests::{
+    PrivateTansu, Serve, broker_turn, ch, clickhouse_url, free_port, run, unique_db,
+};
+
+const BASE_TST: i64 = 1_700_000_000;
+
+/// One pipeline's topics, groups, database and configuration file.
+struct Pipeline {
+    dir: tempfile::TempDir,
+    _broker: PrivateTansu,
+    config: String,
+    brokers: String,
+    prefix: String,
+    ch_url: String,
+    db: String,
+    http_port: u16,
+    partitions: i32,
+}
+
+impl Drop for Pipeline {
+    // A failed test keeps the stages' logs to read.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("stage logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+impl Pipeline {
+    fn new(name: &str, partitions: i32, max_lag: u64) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let db = unique_db(name);
+        let broker = PrivateTansu::start().unwrap();
+        let (brokers, ch_url) = (broker.brokers.clone(), clickhouse_url());
+        let prefix = format!("{db}.");
+        let config = dir.path().join("otstream.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[kafka]
+topic_prefix = "{prefix}"
+group_prefix = "{db}-"
+partitions = {partitions}
+max_lag = {max_lag}
+[clickhouse]
+url = "{ch_url}"
+database = "{db}"
+period_ms = 100
+"#
+            ),
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let out = run(
+            &[
+                "topics",
+                "create",
+                "--config",
+                &config,
+                "--brokers",
+                &brokers,
+            ],
+            b"",
+        )
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.lines().filter(|l| l.ends_with("\tcreated")).count(),
+            6,
+            "{stdout}"
+        );
+        Pipeline {
+            dir,
+            _broker: broker,
+            config,
+            brokers,
+            prefix,
+            ch_url,
+            db,
+            http_port: free_port(),
+            partitions,
+        }
+    }
+
+    /// `otstream run STAGE` (the ingress always on the same port), a
+    /// dynamic member of its group.
+    fn start(&self, stage: &str) -> Serve {
+        self.start_as(stage, None)
+    }
+
+    /// `otstream run STAGE`, a static member `instance` of its group when
+    /// given: restarted, it takes its partitions straight back (as a
+    /// StatefulSet pod does), instead of waiting out the session timeout
+    /// of the member that was killed.
+    fn start_as(&self, stage: &str, instance: Option<&str>) -> Serve {
+        let env: Vec<(&str, &str)> = instance
+            .map(|id| ("OTSTREAM_KAFKA__INSTANCE_ID", id))
+            .into_iter()
+            .collect();
+        Serve::start_cmd(
+            &["run", stage],
+            &self.dir.path().join(stage),
+            self.http_port,
+            &["--config", &self.config, "--brokers", &self.brokers],
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{stage}: {e:#}"))
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/pub", self.http_port)
+    }
+
+    fn select(&self, sql: &str) -> Vec<String> {
+        let out = ch(&self.ch_url, Some(&self.db), &format!("{sql} FORMAT TSV"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// Waits (up to `secs`) until `sql` returns `want`.
+    fn eventually(&self, sql: &str, want: &[String], secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = ch(&self.ch_url, Some(&self.db), &format!("{sql} FORMAT TSV"))
+                .map(|o| o.lines().map(str::to_owned).collect::<Vec<_>>());
+            if got.as_deref() == Ok(want) {
+                return;
+            }
+            let shown = got.map(|g| g.into_iter().take(5).collect::<Vec<_>>());
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: got {shown:?}, want {} rows starting {:?}",
+                want.len(),
+                want.iter().take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every position in the `positions` topic, in topic order, per device.
+    fn positions_by_device(&self) -> BTreeMap<String, Vec<i64>> {
+        let mut kafka = KafkaConfig::new(self.brokers.clone());
+        kafka.topic_prefix = self.prefix.clone();
+        let parts: Vec<i32> = (0..self.partitions).collect();
+        let msgs =
+            read_to_end::<Record>(&kafka, "positions", &parts, Duration::from_secs(60)).unwrap();
+        let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for m in msgs {
+            match m.value {
+                Record::Position(p) => out.entry(m.key).or_default().push(p.tst),
+                other => panic!("not a position in positions: {other:?}"),
+            }
+        }
+        out
+    }
+}
+
+/// HTTP clients posting fixes the way the apps do: one device's fixes in
+/// order, each retried (after a pause) until it gets a 200.
+struct Load {
+    acked: Mutex<BTreeSet<(usize, i64)>>,
+    count: AtomicUsize,
+    statuses: Mutex<BTreeMap<u16, usize>>,
+    retry_after_seen: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Load {
+    fn new() -> Arc<Load> {
+        Arc::new(Load {
+            acked: Mutex::new(BTreeSet::new()),
+            count: AtomicUsize::new(0),
+            statuses: Mutex::new(BTreeMap::new()),
+            retry_after_seen: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn acked(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn status_count(&self, status: u16) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Posts `fixes` fixes of each of `devices` (`d{n}` of user `fleet`),
+    /// round-robin, from `threads` threads; returns their handles.
+    fn spawn(
+        self: &Arc<Load>,
+        url: String,
+        devices: usize,
+        fixes: i64,
+        threads: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..threads)
+            .map(|t| {
+                let (load, url) = (self.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(30))
+                        .build();
+                    let mine: Vec<usize> = (0..devices).filter(|d| d % threads == t).collect();
+                    for i in 0..fixes {
+                        for &d in &mine {
+                            let tst = BASE_TST + i * 10;
+                            if !load.post_until_acked(&agent, &url, d, tst) {
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Returns false when told to stop first.
+    fn post_until_acked(&self, agent: &ureq::Agent, url: &str, d: usize, tst: i64) -> bool {
+        let body = format!(
+            r#"{{"_type":"location","lat":52.5,"lon":13.4,"tst":{tst},"tid":"t{d}","acc":10}}"#
+        );
+        let device = format!("d{d}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let status = match agent
+                .post(url)
+                .set("X-Limit-U", "fleet")
+                .set("X-Limit-D", &device)
+                .send_string(&body)
+            {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(s, r)) => {
+                    if r.header("retry-after").is_some() {
+                        self.retry_after_seen.store(true, Ordering::Relaxed);
+                    }
+                    s
+                }
+                Err(_) => 0,
+            };
+            *self.statuses.lock().unwrap().entry(status).or_default() += 1;
+            if status == 200 {
+                self.acked.lock().unwrap().insert((d, tst));
+                self.count.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "d{d} tst {tst} not acknowledged in 300 s (last status {status})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The acknowledged fixes as ClickHouse prints `device, tst`, sorted.
+    fn expected_rows(&self) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(d, tst)| format!("d{d}\t{tst}"))
+            .collect();
+        rows.sort();
+        rows
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const POSITIONS_SQL: &str =
+    "SELECT device, toInt64(toUnixTimestamp(tst)) AS t FROM positions FINAL ORDER BY device, t";
+
+#[test]
+fn each_stage_killed_mid_stream_loses_nothing_acknowledged_and_stores_it_once() {
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_kill", 4, 1_000_000);
+    let mut stages: BTreeMap<&str, Serve> = ["sink", "geofence", "decode", "ingress"]
+        .into_iter()
+        .map(|s| (s, p.start_as(s, Some(s))))
+        .collect();
+
+    // 50 devices, 200 fixes each: 10,000 messages from 8 clients.
+    let load = Load::new();
+    let clients = load.spawn(p.url(), 50, 200, 8);
+    for (at, stage) in [
+        (1500, "decode"),
+        (3500, "geofence"),
+        (5500, "sink"),
+        (7500, "ingress"),
+    ] {
+        wait_until(&format!("{at} acknowledged"), 240, || load.acked() >= at);
+        stages.remove(stage).unwrap().kill();
+        std::thread::sleep(Duration::from_millis(500));
+        stages.insert(stage, p.start_as(stage, Some(stage)));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(load.acked(), 10_000);
+    let want = load.expected_rows();
+    assert_eq!(want.len(), 10_000);
+    p.eventually(POSITIONS_SQL, &want, 120);
+    assert_eq!(p.select("SELECT count() FROM positions FINAL"), ["10000"]);
+    // Every device's geofence state is there, at its last fix.
+    let last = BASE_TST + 199 * 10;
+    p.eventually(
+        "SELECT count(), min(visitParamExtractInt(state, 'last_tst')) FROM device_state FINAL WHERE kind = 'geo'",
+        &[format!("50\t{last}")],
+        60,
+    );
+    for (name, s) in stages {
+        assert!(s.interrupt().unwrap(), "{name} did not stop cleanly");
+    }
+}
+
+#[test]
+fn a_decode_member_joining_and_one_leaving_keep_each_device_in_order() {
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_rebalance", 4, 1_000_000);
+    let _ingress = p.start("ingress");
+    let first = p.start("decode");
+    let load = Load::new();
+    let clients = load.spawn(p.url(), 20, 150, 4);
+    wait_until("800 acknowledged", 120, || load.acked() >= 800);
+    let second = p.start("decode");
+    wait_until("second member assigned", 60, || {
+        second.log().contains("kafka partitions assigned")
+    });
+    wait_until("2000 acknowledged", 120, || load.acked() >= 2000);
+    assert!(
+        first.interrupt().unwrap(),
+        "the first member did not leave cleanly"
+    );
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(load.acked(), 3000);
+    // Everything acknowledged reaches positions; per device, the first
+    // time each fix appears, it is in the order it was sent (a fix may
+    // appear again after a rewind, never ahead of an earlier one).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let by_device = loop {
+        let got = p.positions_by_device();
+        let n: usize = got
+            .values()
+            .map(|v| v.iter().collect::<BTreeSet<_>>().len())
+            .sum();
+        if n == 3000 || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(by_device.len(), 20);
+    let want: Vec<i64> = (0..150).map(|i| BASE_TST + i * 10).collect();
+    for (device, tsts) in &by_device {
+        let mut seen = BTreeSet::new();
+        let first_seen: Vec<i64> = tsts.iter().copied().filter(|t| seen.insert(*t)).collect();
+        assert_eq!(
+            first_seen, want,
+            "{device}: positions out of order or missing"
+        );
+    }
+    // The second member really took part.
+    assert!(
+        second.log().contains("kafka partitions revoked"),
+        "the second member was never part of a rebalance:\n{}",
+        second.log()
+    );
+}
+
+#[test]
+fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
+    let max_lag = 500;
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_backpressure", 4, max_lag);
+    let mut sink = p.start_as("sink", Some("sink"));
+    let stages: Vec<(&str, Serve)> = ["geofence", "decode", "ingress"]
+        .into_iter()
+        .map(|s| (s, p.start(s)))
+        .collect();
+    let warmup = Load::new();
+    for c in warmup.spawn(p.url(), 10, 10, 2) {
+        c.join().unwrap();
+    }
+    p.eventually(POSITIONS_SQL, &warmup.expected_rows(), 60);
+
+    sink.kill();
+    let load = Load::new();
+    let clients = load.spawn(p.url(), 40, 1_000_000, 8);
+    wait_until("a 503", 120, || load.status_count(503) > 0);
+    let rss_at_first_503: Vec<u64> = stages.iter().map(|(_, s)| s.rss_kib()).collect();
+    let acked_at_first_503 = load.acked();
+    let refused_at_first_503 = load.status_count(503);
+    // Ten seconds of clients hammering a pipeline that cannot store.
+    std::thread::sleep(Duration::from_secs(10));
+    let rss_after: Vec<u64> = stages.iter().map(|(_, s)| s.rss_kib()).collect();
+    let acked_after = load.acked();
+    let refused_after = load.status_count(503);
+    for (((name, _), before), after) in stages.iter().zip(&rss_at_first_503).zip(&rss_after) {
+        assert!(
+            *after < 256 * 1024,
+            "{name}: {after} KiB resident with the sink stopped"
+        );
+        assert!(
+            after.saturating_sub(*before) < 16 * 1024,
+            "{name}: resident memory grew from {before} to {after} KiB in 10 s of refusals"
+        );
+    }
+    // Refused, with Retry-After, within the bound (the lag is measured
+    // every 500 ms and each position adds to it at least once).
+    assert!(load.retry_after_seen.load(Ordering::Relaxed));
+    assert!(
+        acked_at_first_503 <= 2 * max_lag as usize,
+        "{acked_at_first_503} acknowledged before the first 503 with a bound of {max_lag}"
+    );
+    assert!(
+        acked_after - acked_at_first_503 <= 50,
+        "{} more acknowledged while refusing",
+        acked_after - acked_at_first_503
+    );
+    // Each of the 8 clients is refused about once a second (the ingress
+    // waits `send_timeout_ms`, 1 s, for the lag to drop, then answers).
+    let refused = refused_after - refused_at_first_503;
+    assert!(refused >= 8 * 5, "{refused} refusals in 10 s");
+
+    // The sink comes back: the lag drains, the clients get through, and
+    // everything acknowledged is stored once.
+    load.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    sink = p.start_as("sink", Some("sink"));
+    // The warm-up's fixes were sent again by the load: stored once.
+    let want: Vec<String> = warmup
+        .expected_rows()
+        .into_iter()
+        .chain(load.expected_rows())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    p.eventually(POSITIONS_SQL, &want, 120);
+    let after = Load::new();
+    for c in after.spawn(p.url(), 1, 1, 1) {
+        c.join().unwrap();
+    }
+    assert_eq!(after.acked(), 1);
+    drop(sink);
+}
