@@ -6,6 +6,9 @@
 #   scripts/tansu.sh install         # cargo install tansu when missing (~15 min on 2 cores)
 #   scripts/tansu.sh start DIR       # prints 127.0.0.1:PORT once it listens
 #   scripts/tansu.sh stop DIR
+#
+# TANSU_STORAGE overrides the storage engine (e.g. memory://tansu/ for
+# benchmarks that should not measure SQLite).
 set -euo pipefail
 cmd="${1:?install|start|stop}"
 
@@ -31,7 +34,7 @@ start)
   # Tansu takes the sqlite path relative to its working directory.
   cd "$dir"
   nohup "$bin" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
-    --storage-engine "sqlite://tansu.db" >"$dir/tansu.log" 2>&1 </dev/null &
+    --storage-engine "${TANSU_STORAGE:-sqlite://tansu.db}" >"$dir/tansu.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   cd - >/dev/null
   for _ in $(seq 100); do

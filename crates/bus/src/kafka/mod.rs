@@ -14,7 +14,7 @@
 //! message's offset is committed only once that ack is delivered and every
 //! earlier offset of its partition is too. At most `max_in_flight`
 //! messages are received and not yet settled: past that the receiver
-//! pauses its partitions, and the lag grows on the broker, not in memory.
+//! stops taking messages, and the lag grows on the broker, not in memory.
 //! A message that fails downstream is read again: its partition is rewound
 //! to it (at-least-once; duplicates collapse on the tables' keys). A member
 //! losing partitions in a rebalance first lets their messages in flight

@@ -4,8 +4,10 @@
 //! polling for `max.poll.interval.ms` is thrown out of its group. So one
 //! thread per receiver polls all the time, whatever the stage is doing:
 //! - it hands each message to the stage with a fresh [`Ack`] and counts it
-//!   in flight; at `max_in_flight` it pauses its partitions (and keeps
-//!   polling), so the lag grows on the broker, not in memory;
+//!   in flight; at `max_in_flight` it stops taking messages until some
+//!   settle, so the lag grows on the broker, not in memory (librdkafka
+//!   heartbeats on its own thread; a stall longer than
+//!   `max.poll.interval.ms` costs a rejoin, never a message);
 //! - every 100 ms it commits each partition's settled run (see
 //!   [`super::offsets`]) and rewinds partitions whose messages failed;
 //! - when partitions are taken away it first waits (up to
@@ -38,7 +40,6 @@ struct Shared {
     offsets: Mutex<Offsets>,
     settled: Condvar,
     seeks: Mutex<Vec<(Tp, i64)>>,
-    rebalanced: AtomicBool,
 }
 
 impl Shared {
@@ -138,7 +139,6 @@ impl<T: Send + 'static> ConsumerContext for Ctx<T> {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        self.shared.rebalanced.store(true, Ordering::Release);
         let parts = partitions(tpl);
         tracing::info!(partitions = parts.len(), "kafka partitions assigned");
         if let Some(hook) = &self.on_assign {
@@ -187,7 +187,6 @@ impl<T: KafkaCodec> KafkaReceiver<T> {
             offsets: Mutex::new(Offsets::default()),
             settled: Condvar::new(),
             seeks: Mutex::new(Vec::new()),
-            rebalanced: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Ctx {
@@ -273,14 +272,17 @@ struct Poller<T: Send + 'static> {
 
 impl<T: KafkaCodec> Poller<T> {
     fn run(self) {
-        let mut paused = false;
         let mut last_commit = Instant::now();
         while !self.stop.load(Ordering::Acquire) && !self.tx.is_closed() {
-            let full = self.shared.offsets().in_flight() >= self.max_in_flight;
-            let rebalanced = self.shared.rebalanced.swap(false, Ordering::AcqRel);
-            if full != paused || (full && rebalanced) {
-                self.set_paused(full);
-                paused = full;
+            if self.shared.offsets().in_flight() >= self.max_in_flight {
+                // Not polling leaves the messages on the broker; the
+                // group heartbeat goes on in librdkafka's own thread.
+                // (Pausing the partitions instead lost messages at the
+                // resume in librdkafka 2.12: measured.)
+                self.wait_for_room();
+                self.seek_failed();
+                self.commit_every(&mut last_commit);
+                continue;
             }
             match self.consumer.poll(Duration::from_millis(50)) {
                 None => {}
@@ -291,10 +293,7 @@ impl<T: KafkaCodec> Poller<T> {
                 }
             }
             self.seek_failed();
-            if last_commit.elapsed() >= Duration::from_millis(100) {
-                self.commit(CommitMode::Async);
-                last_commit = Instant::now();
-            }
+            self.commit_every(&mut last_commit);
         }
         // Closing: what the stage still holds settles (delivered or,
         // dropped, failed), then the run is committed and the group left.
@@ -310,18 +309,20 @@ impl<T: KafkaCodec> Poller<T> {
         self.consumer.unsubscribe();
     }
 
-    fn set_paused(&self, pause: bool) {
-        let Ok(assigned) = self.consumer.assignment() else {
-            return;
-        };
-        let r = if pause {
-            tracing::debug!("in-flight limit reached: pausing partitions");
-            self.consumer.pause(&assigned)
-        } else {
-            self.consumer.resume(&assigned)
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, pause, "kafka pause/resume failed");
+    fn wait_for_room(&self) {
+        let offsets = self.shared.offsets();
+        if offsets.in_flight() >= self.max_in_flight {
+            let _ = self
+                .shared
+                .settled
+                .wait_timeout(offsets, Duration::from_millis(50));
+        }
+    }
+
+    fn commit_every(&self, last: &mut Instant) {
+        if last.elapsed() >= Duration::from_millis(100) {
+            self.commit(CommitMode::Async);
+            *last = Instant::now();
         }
     }
 
