@@ -75,6 +75,7 @@ brokers = "$brokers"
 [clickhouse]
 url = "$ch_url"
 database = "bench_kafka"
+period_ms = ${OTSTREAM_CLICKHOUSE__PERIOD_MS:-1000}
 TOML
     $bin topics create --config "$dir/kafka.toml" --log warn >/dev/null
     for stage in sink geofence decode ingress; do
