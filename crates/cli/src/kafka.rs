@@ -30,13 +30,12 @@ use otstream_bus::kafka::{
 };
 use otstream_decode::KeyRing;
 use otstream_model::{RawMessage, Record, topics};
-use otstream_sink::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::metrics_server;
-use crate::serve::{Ending, shutdown_signal};
+use crate::serve::{Ending, check_fences, load_keys, open_store, shutdown_signal};
 
 /// A stage that runs as its own process over Kafka.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,10 +99,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let kafka = config.kafka()?.clone();
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
-    let keys = Arc::new(match &config.keys_file {
-        Some(path) => KeyRing::from_file(path)?,
-        None => KeyRing::new(),
-    });
+    let keys = load_keys(&config)?;
     let stop_ingress = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let lag_stop = Arc::new(AtomicBool::new(false));
@@ -139,12 +135,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
             Stage::Geofence => {
                 let mut geo = config.geo_stage();
                 geo.derived_only = true;
-                let path = geo.geofence.fences.clone();
-                tokio::task::spawn_blocking(move || {
-                    otstream_geofence::stage::load_fences(path.as_deref())
-                })
-                .await
-                .context("fences loader failed")??;
+                check_fences(&geo).await?;
                 let hook = state_restorer(kafka.clone());
                 let (rx, stop, closed) = receiver::<Record>(&kafka, stage, Some(hook))?;
                 let tx = KafkaSender::<Record>::new(&kafka)?;
@@ -175,13 +166,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                         })
                     }
                     None => {
-                        let data_dir = config.data_dir.clone();
-                        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-                            .await
-                            .context("store opener failed")?
-                            .with_context(|| {
-                                format!("cannot open the store in {}", config.data_dir.display())
-                            })?;
+                        let store = open_store(&config).await?;
                         let sink_config = config.sink.clone();
                         tokio::spawn(async move {
                             otstream_sink::run(sink_config, rx, store, stop_hard)

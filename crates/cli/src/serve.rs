@@ -200,39 +200,21 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
 
-    let keys = Arc::new(match &config.keys_file {
-        Some(path) => KeyRing::from_file(path)?,
-        None => KeyRing::new(),
-    });
+    let keys = load_keys(&config)?;
     // The sink: ClickHouse when configured, else the embedded store.
     let store = match &config.clickhouse {
         Some(ch) => {
             tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
             None
         }
-        None => {
-            let data_dir = config.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-                .await
-                .context("store opener failed")?
-                .with_context(|| {
-                    format!("cannot open the store in {}", config.data_dir.display())
-                })?;
-            tracing::info!(path = %store.path().display(), "embedded store open");
-            Some(store)
-        }
+        None => Some(open_store(&config).await?),
     };
 
     // The geofence stage resumes from the state stored with its last
     // output; the fences file is checked now so that a bad one stops the
     // start instead of the stage.
     let geo_config = config.geo_stage();
-    let fences_path = geo_config.geofence.fences.clone();
-    tokio::task::spawn_blocking(move || {
-        otstream_geofence::stage::load_fences(fences_path.as_deref())
-    })
-    .await
-    .context("fences loader failed")??;
+    check_fences(&geo_config).await?;
     let geo_state = stored_state(store.as_ref(), config.clickhouse.as_ref()).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
@@ -332,6 +314,35 @@ async fn serve(config: ServeConfig) -> Result<()> {
     ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
     ending.conclude(&hard_stop)?;
     tracing::info!("shutdown complete: every acknowledged message is stored");
+    Ok(())
+}
+
+/// The secrets for encrypted payloads, from `keys_file`.
+pub(crate) fn load_keys(config: &ServeConfig) -> Result<Arc<KeyRing>> {
+    Ok(Arc::new(match &config.keys_file {
+        Some(path) => KeyRing::from_file(path)?,
+        None => KeyRing::new(),
+    }))
+}
+
+/// Opens the embedded store in `data_dir`.
+pub(crate) async fn open_store(config: &ServeConfig) -> Result<Store> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .context("store opener failed")?
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+    Ok(store)
+}
+
+/// Reads the fences file now, so that a bad one stops the start instead
+/// of the stage.
+pub(crate) async fn check_fences(geo: &otstream_geofence::stage::StageConfig) -> Result<()> {
+    let path = geo.geofence.fences.clone();
+    tokio::task::spawn_blocking(move || otstream_geofence::stage::load_fences(path.as_deref()))
+        .await
+        .context("fences loader failed")??;
     Ok(())
 }
 
