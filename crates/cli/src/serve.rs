@@ -1,5 +1,6 @@
 //! `otstream serve`: every stage in one process over bounded in-process
-//! channels, OwnTracks HTTP in front, the embedded store behind.
+//! channels, OwnTracks HTTP in front, the embedded store behind. (With
+//! `--bus kafka` the stages run over Kafka instead: see [`crate::kafka`].)
 //!
 //! ingress (HTTP, MQTT) --[raw]--> decode --[records]--> geofence --[records]--> sink
 //!
