@@ -10,7 +10,9 @@
 #
 #   benches/pipeline_load.sh [CONNECTIONS] [SECONDS] [embedded|kafka|both]
 #
-# TANSU_STORAGE picks Tansu's storage (default sqlite, as the tests use).
+# TANSU_STORAGE picks Tansu's storage (default sqlite, as the tests use);
+# KAFKA_PROPERTIES adds librdkafka properties to every Kafka client, as
+# TOML lines (e.g. '"compression.type" = "none"').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections="${1:-64}"
@@ -72,6 +74,8 @@ for mode in $modes; do
     cat >"$dir/kafka.toml" <<TOML
 [kafka]
 brokers = "$brokers"
+[kafka.properties]
+${KAFKA_PROPERTIES:-}
 [clickhouse]
 url = "$ch_url"
 database = "bench_kafka"

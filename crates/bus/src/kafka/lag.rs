@@ -49,11 +49,11 @@ pub fn watch_lag(
 ) -> Result<LagWatch, KafkaBusError> {
     let mut members = Vec::new();
     for (group, topics) in groups {
-        let consumer: BaseConsumer = config
-            .client()
+        let mut client = config.client();
+        client
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()?;
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config.finish(&mut client).create()?;
         let names: Vec<String> = topics.iter().map(|t| config.topic(t)).collect();
         let gauge = metrics::gauge!("otstream_kafka_lag", "group" => group.clone());
         members.push((consumer, names, gauge));

@@ -180,6 +180,12 @@ impl KafkaConfig {
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    /// `properties` on top of what a client sets for itself: the user's
+    /// word is the last (e.g. `compression.type = "none"` on loopback).
+    fn finish<'c>(&self, c: &'c mut ClientConfig) -> &'c mut ClientConfig {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -215,7 +221,7 @@ pub const TOPICS: [(&str, bool); 6] = [
 /// Creates the topics that do not exist yet; returns each topic with
 /// whether it was created now (false: it existed).
 pub async fn create_topics(config: &KafkaConfig) -> Result<Vec<(String, bool)>, KafkaBusError> {
-    let admin: AdminClient<DefaultClientContext> = config.client().create()?;
+    let admin: AdminClient<DefaultClientContext> = config.finish(&mut config.client()).create()?;
     let names: Vec<String> = TOPICS.iter().map(|(n, _)| config.topic(n)).collect();
     let retention = config.retention_ms.to_string();
     let new: Vec<NewTopic<'_>> = TOPICS
@@ -271,8 +277,8 @@ impl<T> Clone for KafkaSender<T> {
 impl<T> KafkaSender<T> {
     /// An idempotent `acks=all` producer.
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaBusError> {
-        let producer: FutureProducer = config
-            .client()
+        let mut client = config.client();
+        client
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", config.linger_ms.to_string())
@@ -283,8 +289,8 @@ impl<T> KafkaSender<T> {
             )
             // A delivery that cannot complete in this time fails its ack
             // (the client retries) instead of hanging it.
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "30000");
+        let producer: FutureProducer = config.finish(&mut client).create()?;
         Ok(Self {
             producer,
             prefix: config.topic_prefix.as_str().into(),
@@ -391,11 +397,11 @@ pub fn read_to_end<T: KafkaCodec>(
 
     let deadline = std::time::Instant::now() + timeout;
     let name = config.topic(topic);
-    let consumer: BaseConsumer = config
-        .client()
+    let mut client = config.client();
+    client
         .set("group.id", "otstream-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.finish(&mut client).create()?;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {

@@ -199,15 +199,15 @@ impl<T: KafkaCodec> KafkaReceiver<T> {
         if let Some(id) = &config.instance_id {
             client.set("group.instance.id", id);
         }
-        let consumer: BaseConsumer<Ctx<T>> = client
+        client
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set(
                 "queued.max.messages.kbytes",
                 config.prefetch_kib.to_string(),
-            )
-            .create_with_context(ctx)?;
+            );
+        let consumer: BaseConsumer<Ctx<T>> = config.finish(&mut client).create_with_context(ctx)?;
         let names: Vec<String> = topics.iter().map(|t| config.topic(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
