@@ -4,7 +4,8 @@
 //! an HTTP client is in ClickHouse exactly once (FINAL) though each stage
 //! is SIGKILLed mid-stream; a decode member joining and another leaving
 //! keep each device's positions in order; a stopped sink turns into 503s
-//! at the ingress while every process's memory stays flat.
+//! at the ingress while every process's memory stays flat; `serve --bus
+//! kafka` runs the same stages in one process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -480,4 +481,46 @@ fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
     }
     assert_eq!(after.acked(), 1);
     drop(sink);
+}
+
+#[test]
+fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_serve", 2, 1_000_000);
+    let serve = Serve::start_cmd(
+        &["serve"],
+        &p.dir.path().join("serve"),
+        p.http_port,
+        &[
+            "--config",
+            &p.config,
+            "--brokers",
+            &p.brokers,
+            "--bus",
+            "kafka",
+        ],
+        &[],
+    )
+    .unwrap();
+    let load = Load::new();
+    for c in load.spawn(p.url(), 5, 20, 2) {
+        c.join().unwrap();
+    }
+    assert_eq!(load.acked(), 100);
+    p.eventually(POSITIONS_SQL, &load.expected_rows(), 60);
+    let last = BASE_TST + 19 * 10;
+    p.eventually(
+        "SELECT count(), min(visitParamExtractInt(state, 'last_tst')) FROM device_state FINAL WHERE kind = 'geo'",
+        &[format!("5\t{last}")],
+        60,
+    );
+    let log = serve.log();
+    assert!(
+        log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),
+        "{log}"
+    );
+    assert!(
+        serve.interrupt().unwrap(),
+        "serve --bus kafka did not stop cleanly"
+    );
 }
