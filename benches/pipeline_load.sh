@@ -10,7 +10,7 @@
 #
 #   benches/pipeline_load.sh [CONNECTIONS] [SECONDS] [embedded|kafka|both]
 #
-# TANSU_STORAGE picks Tansu's storage (default sqlite, as the tests use);
+# OTSTREAM_BIN runs another build of otstream (A/B runs). TANSU_STORAGE picks Tansu's storage (default sqlite, as the tests use);
 # KAFKA_PROPERTIES adds librdkafka properties to every Kafka client, as
 # TOML lines (e.g. '"compression.type" = "none"').
 set -euo pipefail
@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ch_url=$(scripts/clickhouse.sh start "$dir/ch")
-bin=./target/release/otstream
+bin=${OTSTREAM_BIN:-./target/release/otstream}
 count() { curl -s "$ch_url/" --data-binary "SELECT count() FROM $1.positions FINAL"; }
 wait_ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready" >&2; exit 1; }
 
