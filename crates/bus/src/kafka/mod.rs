@@ -382,6 +382,20 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
     }
 }
 
+/// A consumed message's key and value, its headers looked up by name.
+fn decode_message<T: KafkaCodec>(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Result<(String, T), String> {
+    use rdkafka::message::{Headers, Message as _};
+    let headers = m.headers();
+    let lookup = |name: &str| -> Option<&[u8]> {
+        headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+    };
+    let value = T::decode(m.payload().unwrap_or_default(), &lookup)?;
+    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+    Ok((key, value))
+}
+
 /// Reads `partitions` of `topic` (name without prefix) from their start to
 /// their end as of now: for a compacted topic, the latest value of every
 /// key in them, in order. Blocking; fails past `timeout`.
@@ -392,7 +406,7 @@ pub fn read_to_end<T: KafkaCodec>(
     timeout: Duration,
 ) -> Result<Vec<Message<T>>, KafkaBusError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message as _};
+    use rdkafka::message::Message as _;
     use rdkafka::{Offset, TopicPartitionList};
 
     let deadline = std::time::Instant::now() + timeout;
@@ -431,15 +445,8 @@ pub fn read_to_end<T: KafkaCodec>(
         {
             ends.remove(&m.partition());
         }
-        let headers = m.headers();
-        let lookup = |h: &str| -> Option<&[u8]> {
-            headers.and_then(|hs| hs.iter().find(|x| x.key == h).and_then(|x| x.value))
-        };
-        match T::decode(m.payload().unwrap_or_default(), &lookup) {
-            Ok(v) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                out.push(Message::new(key, v, crate::Ack::none()));
-            }
+        match decode_message::<T>(&m) {
+            Ok((key, v)) => out.push(Message::new(key, v, crate::Ack::none())),
             Err(why) => {
                 tracing::warn!(topic = %name, partition = m.partition(), offset = m.offset(), why, "unreadable message skipped");
             }

@@ -27,6 +27,10 @@ struct Part {
 }
 
 impl Part {
+    fn pending(&self) -> usize {
+        self.outstanding.values().map(|&n| n as usize).sum()
+    }
+
     fn point(&self) -> i64 {
         let mut p = self.next;
         if let Some((&o, _)) = self.outstanding.first_key_value() {
@@ -57,12 +61,7 @@ impl Offsets {
         self.parts
             .iter()
             .filter(|((t, p), _)| **t == *topic && *p == partition)
-            .map(|(_, part)| {
-                part.outstanding
-                    .values()
-                    .map(|&n| n as usize)
-                    .sum::<usize>()
-            })
+            .map(|(_, part)| part.pending())
             .sum()
     }
 
@@ -125,8 +124,7 @@ impl Offsets {
             if !tps.iter().any(|(t, p)| **t == *tp.0 && *p == tp.1) {
                 return true;
             }
-            let left: usize = part.outstanding.values().map(|&n| n as usize).sum();
-            self.in_flight = self.in_flight.saturating_sub(left);
+            self.in_flight = self.in_flight.saturating_sub(part.pending());
             let point = part.point();
             if point > part.committed {
                 out.push((tp.clone(), point));

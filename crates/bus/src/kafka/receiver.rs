@@ -23,12 +23,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::Message as _;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use super::offsets::{Offsets, Tp};
-use super::{KafkaBusError, KafkaCodec, KafkaConfig};
+use super::{KafkaBusError, KafkaCodec, KafkaConfig, decode_message};
 use crate::{Ack, AckStatus, Message, Receiver};
 
 /// Called with the partitions just assigned (full topic names); what it
@@ -86,15 +86,15 @@ fn commit_list(points: &[(Tp, i64)]) -> TopicPartitionList {
 }
 
 impl<T: Send + 'static> Ctx<T> {
-    /// Waits for the messages in flight of `parts` to settle (or the
-    /// timeout); returns whether they all did.
-    fn drain(&self, parts: &[(String, i32)], timeout: Duration) -> bool {
+    /// Waits for the messages in flight of `parts` to settle, or the
+    /// timeout (then they are read again by whoever gets the partitions).
+    fn drain(&self, parts: &[(String, i32)], timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut offsets = self.shared.offsets();
         loop {
             let left: usize = parts.iter().map(|(t, p)| offsets.pending(t, *p)).sum();
             if left == 0 {
-                return true;
+                return;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -102,7 +102,7 @@ impl<T: Send + 'static> Ctx<T> {
                     left,
                     "partitions given up with messages still in flight: they will be read again"
                 );
-                return false;
+                return;
             }
             offsets = self
                 .shared
@@ -280,16 +280,14 @@ impl<T: KafkaCodec> Poller<T> {
                 // (Pausing the partitions instead lost messages at the
                 // resume in librdkafka 2.12: measured.)
                 self.wait_for_room();
-                self.seek_failed();
-                self.commit_every(&mut last_commit);
-                continue;
-            }
-            match self.consumer.poll(Duration::from_millis(50)) {
-                None => {}
-                Some(Ok(m)) => self.hand_over(&m),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consume error");
-                    std::thread::sleep(Duration::from_millis(100));
+            } else {
+                match self.consumer.poll(Duration::from_millis(50)) {
+                    None => {}
+                    Some(Ok(m)) => self.hand_over(&m),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
             self.seek_failed();
@@ -359,12 +357,8 @@ impl<T: KafkaCodec> Poller<T> {
         let (partition, offset) = (m.partition(), m.offset());
         let tp: Tp = (topic, partition);
         self.shared.offsets().received(tp.clone(), offset);
-        let headers = m.headers();
-        let lookup = |name: &str| -> Option<&[u8]> {
-            headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-        };
-        let value = match T::decode(m.payload().unwrap_or_default(), &lookup) {
-            Ok(v) => v,
+        let (key, value) = match decode_message::<T>(m) {
+            Ok(kv) => kv,
             Err(why) => {
                 // Not something a stage of this build wrote: skipping it
                 // loudly beats stopping every message behind it.
@@ -380,7 +374,6 @@ impl<T: KafkaCodec> Poller<T> {
                 return;
             }
         };
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         let (ack, waiter) = Ack::new();
         let shared = self.shared.clone();
         self.runtime.spawn(async move {
