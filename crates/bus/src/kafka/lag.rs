@@ -7,6 +7,7 @@
 //! messages while the total is over `max_lag`. That is how "the sink is
 //! down" reaches the phone as a 503 with Kafka in between.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -68,9 +69,12 @@ pub fn watch_lag(
         .name("kafka-lag".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
+                // Groups share topics (the sink and the geofence stage
+                // both read positions): each end is asked for once a round.
+                let mut marks = Watermarks::default();
                 let mut total = Some(0u64);
                 for (consumer, names, gauge) in &members {
-                    match group_lag(consumer, names) {
+                    match group_lag(consumer, names, &mut marks) {
                         Ok(lag) => {
                             gauge.set(lag as f64);
                             total = total.map(|t| t + lag);
@@ -94,21 +98,47 @@ pub fn watch_lag(
     Ok(watch)
 }
 
-fn group_lag(consumer: &BaseConsumer, topics: &[String]) -> Result<u64, KafkaBusError> {
+/// Each topic's partitions and each partition's (low, high) watermarks,
+/// as asked for in one round.
+#[derive(Default)]
+struct Watermarks {
+    partitions: HashMap<String, Vec<i32>>,
+    ends: HashMap<(String, i32), (i64, i64)>,
+}
+
+fn group_lag(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    marks: &mut Watermarks,
+) -> Result<u64, KafkaBusError> {
     let timeout = Duration::from_secs(5);
     let mut tpl = TopicPartitionList::new();
     for t in topics {
-        let meta = consumer.fetch_metadata(Some(t), timeout)?;
-        for mt in meta.topics() {
-            for p in mt.partitions() {
-                tpl.add_partition(t, p.id());
-            }
+        if !marks.partitions.contains_key(t) {
+            let meta = consumer.fetch_metadata(Some(t), timeout)?;
+            let ids = meta
+                .topics()
+                .iter()
+                .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
+                .collect();
+            marks.partitions.insert(t.clone(), ids);
+        }
+        for &p in &marks.partitions[t] {
+            tpl.add_partition(t, p);
         }
     }
     let committed = consumer.committed_offsets(tpl, timeout)?;
     let mut lag = 0u64;
     for e in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let key = (e.topic().to_owned(), e.partition());
+        let (low, high) = match marks.ends.get(&key) {
+            Some(&m) => m,
+            None => {
+                let m = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                marks.ends.insert(key, m);
+                m
+            }
+        };
         let from = match e.offset() {
             Offset::Offset(o) => o.max(low),
             _ => low,
