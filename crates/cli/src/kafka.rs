@@ -114,15 +114,10 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
                 let tx = KafkaSender::<Record>::new(&kafka)?;
                 let out = tx.clone();
-                let task = tokio::spawn(otstream_decode::stage::run(
-                    config.decode.clone(),
-                    keys.clone(),
-                    rx,
-                    out,
-                    hard_stop.clone(),
-                ));
+                let (decode, keys, stop_hard) =
+                    (config.decode.clone(), keys.clone(), hard_stop.clone());
                 let task = tokio::spawn(async move {
-                    task.await.context("decode panicked")?;
+                    otstream_decode::stage::run(decode, keys, rx, out, stop_hard).await;
                     Ok(())
                 });
                 vec![Running {
@@ -227,10 +222,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     Ok(())
 }
 
-fn flusher<T: Send + 'static>(tx: KafkaSender<T>) -> Box<dyn Fn() + Send>
-where
-    KafkaSender<T>: Send,
-{
+fn flusher<T: 'static>(tx: KafkaSender<T>) -> Box<dyn Fn() + Send> {
     Box::new(move || tx.flush(Duration::from_secs(10)))
 }
 
