@@ -7,6 +7,7 @@
 #   benches/mqtt_load.sh [MESSAGES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/service.sh
 n="${1:-100000}"
 cargo build -q --release -p otstream-cli -p otstream-benches --bin otstream --bin mqtt_load
 dir=$(mktemp -d)
@@ -15,8 +16,8 @@ trap 'kill $pid 2>/dev/null || true; scripts/mosquitto.sh stop "$dir/mq" >/dev/n
 url=$(scripts/mosquitto.sh start "$dir/mq")
 echo "baseline (nobody subscribed):"
 ./target/release/mqtt_load --url "$url" --prefix nobody --messages "$n"
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-hport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(free_port)
+hport=$(free_port)
 ./target/release/otstream serve --http-addr "127.0.0.1:$hport" --metrics-addr "127.0.0.1:$mport" \
   --data-dir "$dir/data" --mqtt-url "$url" --log warn &
 pid=$!

@@ -15,6 +15,7 @@
 # TOML lines (e.g. '"compression.type" = "none"').
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/service.sh
 connections="${1:-64}"
 seconds="${2:-20}"
 modes="${3:-both}"
@@ -29,7 +30,6 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ch_url=$(scripts/clickhouse.sh start "$dir/ch")
 bin=${OTSTREAM_BIN:-./target/release/otstream}
 count() { curl -s "$ch_url/" --data-binary "SELECT count() FROM $1.positions FINAL"; }

@@ -12,6 +12,7 @@
 # OTSTREAM_CLICKHOUSE__PERIOD_MS) pass through to serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/service.sh
 connections="${1:-64}"
 seconds="${2:-10}"
 SERVE_ARGS=()
@@ -24,8 +25,8 @@ if [ "$sink" = clickhouse ]; then
   ch_url=$(scripts/clickhouse.sh start "$dir/ch")
   SERVE_ARGS+=(--clickhouse-url "$ch_url")
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
+mport=$(free_port)
 ./target/release/otstream serve --http-addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$mport" \
   --data-dir "$dir/data" --log warn "${SERVE_ARGS[@]}" &
 pid=$!

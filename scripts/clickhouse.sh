@@ -8,12 +8,11 @@
 # Starting a DIR that was started before reuses its ports and data, so a
 # test can stop the server and bring the same one back.
 set -euo pipefail
+. "$(dirname "$0")/service.sh"
 cmd="${1:?start|stop}"
 dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+pings() { [ "$(curl -s "$1/ping" 2>/dev/null)" = "Ok." ]; }
 
 case "$cmd" in
 start)
@@ -40,26 +39,16 @@ PY
   url=$(cat "$dir/url")
   nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/stdout.log" 2>&1 &
   echo $! >"$dir/pid"
-  for _ in $(seq 300); do
-    if [ "$(curl -s "$url/ping" 2>/dev/null)" = "Ok." ]; then
-      echo "$url"
-      exit 0
-    fi
-    kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
-    sleep 0.1
-  done
+  if started "$dir/pid" 300 pings "$url"; then
+    echo "$url"
+    exit 0
+  fi
   echo "clickhouse-server did not start; see $dir/log and $dir/stdout.log" >&2
   tail -20 "$dir/log/clickhouse-server.err.log" >&2 2>/dev/null || true
   exit 1
   ;;
 stop)
-  if [ -f "$dir/pid" ]; then
-    pid=$(cat "$dir/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/pid"
-  fi
+  stop_pidfile "$dir/pid" 300 hard
   ;;
 *)
   echo "usage: $0 start|stop DIR" >&2

@@ -5,6 +5,7 @@
 #   scripts/mosquitto.sh start DIR   # prints mqtt://127.0.0.1:PORT once it listens
 #   scripts/mosquitto.sh stop DIR
 set -euo pipefail
+. "$(dirname "$0")/service.sh"
 cmd="${1:?start|stop}"
 dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
 
@@ -12,7 +13,7 @@ case "$cmd" in
 start)
   command -v mosquitto >/dev/null || { echo "mosquitto is not installed (apt-get install mosquitto)" >&2; exit 1; }
   if [ ! -f "$dir/mosquitto.conf" ]; then
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     # max_queued_messages: Mosquitto's default (1000) silently drops QoS 1
     # messages beyond it for a persistent session that is offline; an
     # OwnTracks fleet needs far more. max_inflight_messages: the window of
@@ -32,24 +33,16 @@ CONF
   port=${url##*:}
   nohup mosquitto -c "$dir/mosquitto.conf" >"$dir/stdout.log" 2>&1 &
   echo $! >"$dir/pid"
-  for _ in $(seq 100); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-      echo "$url"
-      exit 0
-    fi
-    kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
-    sleep 0.1
-  done
+  if started "$dir/pid" 100 port_open "$port"; then
+    echo "$url"
+    exit 0
+  fi
   echo "mosquitto did not start; see $dir" >&2
   cat "$dir/stdout.log" "$dir/mosquitto.log" >&2 2>/dev/null || true
   exit 1
   ;;
 stop)
-  if [ -f "$dir/pid" ]; then
-    pid=$(cat "$dir/pid"); kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$dir/pid"
-  fi
+  stop_pidfile "$dir/pid" 100
   ;;
 *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@
 # TANSU_STORAGE overrides the storage engine (e.g. memory://tansu/ for
 # benchmarks that should not measure SQLite).
 set -euo pipefail
+. "$(dirname "$0")/service.sh"
 cmd="${1:?install|start|stop}"
 
 tansu_bin() { command -v tansu || { [ -x "$HOME/.cargo/bin/tansu" ] && echo "$HOME/.cargo/bin/tansu"; } || true; }
@@ -26,7 +27,7 @@ start)
   bin=$(tansu_bin)
   [ -n "$bin" ] || { echo "tansu is not installed (scripts/tansu.sh install)" >&2; exit 1; }
   if [ ! -f "$dir/addr" ]; then
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     echo "127.0.0.1:$port" >"$dir/addr"
   fi
   addr=$(cat "$dir/addr")
@@ -37,25 +38,17 @@ start)
     --storage-engine "${TANSU_STORAGE:-sqlite://tansu.db}" >"$dir/tansu.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   cd - >/dev/null
-  for _ in $(seq 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-      echo "$addr"
-      exit 0
-    fi
-    kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
-    sleep 0.1
-  done
+  if started "$dir/pid" 100 port_open "$port"; then
+    echo "$addr"
+    exit 0
+  fi
   echo "tansu did not start; see $dir/tansu.log" >&2
   cat "$dir/tansu.log" >&2 || true
   exit 1
   ;;
 stop)
   dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
-  if [ -f "$dir/pid" ]; then
-    pid=$(cat "$dir/pid"); kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$dir/pid"
-  fi
+  stop_pidfile "$dir/pid" 100
   ;;
 *) echo "usage: $0 install|start|stop DIR" >&2; exit 2 ;;
 esac
