@@ -307,6 +307,42 @@ pub fn ch(url: &str, db: Option<&str>, sql: &str) -> std::result::Result<String,
     }
 }
 
+/// A `SELECT` on ClickHouse at `url` in `db`, as tab-separated lines.
+pub fn ch_lines(url: &str, db: &str, sql: &str) -> std::result::Result<Vec<String>, String> {
+    ch(url, Some(db), &format!("{sql} FORMAT TSV"))
+        .map(|out| out.lines().map(str::to_owned).collect())
+}
+
+/// Waits (up to `secs`) until `sql` returns exactly `want`: ClickHouse
+/// sinks batch asynchronously to the test. Panics with what it got.
+pub fn ch_eventually<S: AsRef<str> + std::fmt::Debug>(
+    url: &str,
+    db: &str,
+    sql: &str,
+    want: &[S],
+    secs: u64,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let got = ch_lines(url, db, sql);
+        if got.as_ref().is_ok_and(|g| {
+            g.iter()
+                .map(String::as_str)
+                .eq(want.iter().map(AsRef::as_ref))
+        }) {
+            return;
+        }
+        let shown = got.map(|g| g.into_iter().take(5).collect::<Vec<_>>());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: got {shown:?}, want {} rows starting {:?}",
+            want.len(),
+            want.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Runs `scripts/SCRIPT CMD DIR` (start or stop a private service); its
 /// standard output, trimmed (the address, for `start`).
 fn service_script(script: &str, cmd: &str, dir: &Path) -> Result<String> {

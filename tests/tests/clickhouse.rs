@@ -3,7 +3,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use otstream_tests::{PrivateClickHouse, Serve, ch, clickhouse_url, run, testdata, unique_db};
+use otstream_tests::{
+    PrivateClickHouse, Serve, ch, ch_eventually, ch_lines, clickhouse_url, run, testdata, unique_db,
+};
 use serde_json::Value;
 
 fn tempdir() -> tempfile::TempDir {
@@ -12,9 +14,7 @@ fn tempdir() -> tempfile::TempDir {
 
 /// `SELECT` as tab-separated lines.
 fn select(url: &str, db: &str, sql: &str) -> Vec<String> {
-    let out =
-        ch(url, Some(db), &format!("{sql} FORMAT TSV")).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    out.lines().map(str::to_owned).collect()
+    ch_lines(url, db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn serve_on(url: &str, db: &str, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Serve {
@@ -39,18 +39,7 @@ fn location(tst: u64, lat: f64, lon: f64) -> Vec<u8> {
 /// Waits until `sql` returns `want`, ClickHouse batching being asynchronous
 /// to the test (the 200 came after the insert; FINAL settles the count).
 fn eventually(url: &str, db: &str, sql: &str, want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = select(url, db, sql);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sql}: got {got:?}, want {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ch_eventually(url, db, sql, want, 30);
 }
 
 #[test]

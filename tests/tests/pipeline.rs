@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use otstream_bus::kafka::{KafkaConfig, read_to_end};
 use otstream_model::Record;
 use otstream_tests::{
-    PrivateTansu, Serve, broker_turn, ch, clickhouse_url, free_port, run, unique_db,
+    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, free_port, run,
+    unique_db,
 };
 
 const BASE_TST: i64 = 1_700_000_000;
@@ -134,29 +135,12 @@ period_ms = 100
     }
 
     fn select(&self, sql: &str) -> Vec<String> {
-        let out = ch(&self.ch_url, Some(&self.db), &format!("{sql} FORMAT TSV"))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        out.lines().map(str::to_owned).collect()
+        ch_lines(&self.ch_url, &self.db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Waits (up to `secs`) until `sql` returns `want`.
     fn eventually(&self, sql: &str, want: &[String], secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let got = ch(&self.ch_url, Some(&self.db), &format!("{sql} FORMAT TSV"))
-                .map(|o| o.lines().map(str::to_owned).collect::<Vec<_>>());
-            if got.as_deref() == Ok(want) {
-                return;
-            }
-            let shown = got.map(|g| g.into_iter().take(5).collect::<Vec<_>>());
-            assert!(
-                Instant::now() < deadline,
-                "{sql}: got {shown:?}, want {} rows starting {:?}",
-                want.len(),
-                want.iter().take(5).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        ch_eventually(&self.ch_url, &self.db, sql, want, secs);
     }
 
     /// Every position in the `positions` topic, in topic order, per device.
