@@ -3,7 +3,8 @@
 //! regions each device defined itself.
 //!
 //! In: records (positions in per-device order, waypoints, anything else
-//! passes through). Out: the same records, followed by transitions with
+//! passes through; a state snapshot is restored). Out: the same records
+//! (unless only derived records are asked for), followed by transitions with
 //! `source = "server"` (written beside the ones the devices report), trips,
 //! stops, and the device's state to persist with them. Phones
 //! report transitions only for regions configured on that phone, and region

@@ -11,6 +11,11 @@
 //! keys; a restart in the middle of a trip gives the trips an
 //! uninterrupted run gives.
 //!
+//! Over Kafka (`StageConfig::derived_only`) the records given are not
+//! sent on: they are in their topics already. A state snapshot given as
+//! input is restored, not sent on: that is how a member assigned a
+//! partition picks up its devices from the compacted `state` topic.
+//!
 //! The fences file is checked every `reload_ms` and reloaded when it
 //! changes; a file that does not parse is reported and the fences in use
 //! are kept.
