@@ -16,12 +16,15 @@
 //! - [`identity`]: canonical device identity from MQTT topics and HTTP hints.
 //! - [`raw`]: a message as received, and the NDJSON recording format.
 //! - [`topics`]: bus topic names and their configurable prefix.
+//! - [`broker`]: MQTT broker URLs.
 
+pub mod broker;
 pub mod identity;
 pub mod raw;
 pub mod record;
 pub mod topics;
 
+pub use broker::BrokerUrl;
 pub use identity::{DeviceId, IdentityError, IdentityHints};
 pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
 pub use record::{
