@@ -6,6 +6,7 @@
 mod config;
 mod decode;
 mod kafka;
+mod load;
 mod metrics_server;
 mod migrate;
 mod serve;
@@ -33,6 +34,14 @@ enum Command {
     Migrate(migrate::Args),
     /// Decode payloads or a recording and print the normalized records.
     Decode(decode::Args),
+    /// Capture traffic into a recording: an HTTP endpoint, an MQTT
+    /// subscription, or a time range of the Kafka raw topic.
+    Record(load::RecordArgs),
+    /// Send a recording over HTTP or MQTT at a target rate, the recorded
+    /// pacing, or as fast as possible, and report throughput and latency.
+    Replay(load::ReplayArgs),
+    /// A synthetic fleet (driving, walking, parked) to a recording, HTTP or MQTT.
+    Fleet(load::FleetArgs),
 }
 
 /// Flags of `otstream run`: the stage, then the flags `serve` takes
@@ -57,6 +66,9 @@ fn main() -> std::process::ExitCode {
         Command::Topics(args) => topics::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Record(args) => load::record(args),
+        Command::Replay(args) => load::replay(args),
+        Command::Fleet(args) => load::fleet(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

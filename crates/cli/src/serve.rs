@@ -84,14 +84,14 @@ pub struct Args {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines with key=value fields.
     Text,
     /// One JSON object per line.
     Json,
 }
 
-fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
+pub(crate) fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

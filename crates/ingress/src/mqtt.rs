@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use metrics::Counter;
 use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
+pub use otstream_model::BrokerUrl;
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
 use otstream_model::raw::now_ms;
-pub use otstream_model::BrokerUrl;
 use otstream_model::{IdentityHints, RawMessage, Transport};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, v5,
@@ -196,7 +196,6 @@ impl MqttConfig {
         Ok(())
     }
 }
-
 
 /// Connects (lazily: the event loop dials) with the configured protocol.
 fn connect(config: &MqttConfig) -> Result<(Client, Loop), String> {

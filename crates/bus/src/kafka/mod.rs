@@ -405,6 +405,35 @@ pub fn read_to_end<T: KafkaCodec>(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<Vec<Message<T>>, KafkaBusError> {
+    let mut out = Vec::new();
+    read_partitions(config, topic, Some(partitions), None, timeout, |m| {
+        out.push(m)
+    })?;
+    Ok(out)
+}
+
+/// Reads every partition of `topic` (name without prefix) from the first
+/// message stamped at or after `from_ms` (milliseconds since the UNIX
+/// epoch; `None` for the start) to its end as of now, handing each message
+/// to `each` in partition order. Blocking; fails past `timeout`.
+pub fn read_since<T: KafkaCodec>(
+    config: &KafkaConfig,
+    topic: &str,
+    from_ms: Option<i64>,
+    timeout: Duration,
+    each: impl FnMut(Message<T>),
+) -> Result<(), KafkaBusError> {
+    read_partitions(config, topic, None, from_ms, timeout, each)
+}
+
+fn read_partitions<T: KafkaCodec>(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: Option<&[i32]>,
+    from_ms: Option<i64>,
+    timeout: Duration,
+    mut each: impl FnMut(Message<T>),
+) -> Result<(), KafkaBusError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message as _;
     use rdkafka::{Offset, TopicPartitionList};
@@ -416,18 +445,41 @@ pub fn read_to_end<T: KafkaCodec>(
         .set("group.id", "otstream-reader")
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.finish(&mut client).create()?;
+    let partitions: Vec<i32> = match partitions {
+        Some(p) => p.to_vec(),
+        None => consumer
+            .fetch_metadata(Some(&name), timeout)?
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect(),
+    };
+    let mut starts = TopicPartitionList::new();
+    for &p in &partitions {
+        let start = from_ms.map_or(Offset::Beginning, Offset::Offset);
+        starts.add_partition_offset(&name, p, start)?;
+    }
+    if from_ms.is_some() {
+        // Timestamps to offsets; a partition with nothing that late maps
+        // to its end.
+        starts = consumer.offsets_for_times(starts, timeout)?;
+    }
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
+    for &p in &partitions {
         let (low, high) = consumer.fetch_watermarks(&name, p, timeout)?;
-        if high > low {
+        let start = match starts.find_partition(&name, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            Some(Offset::End) => high,
+            _ => low,
+        };
+        if high > start {
             ends.insert(p, high);
-            tpl.add_partition_offset(&name, p, Offset::Offset(low))?;
+            tpl.add_partition_offset(&name, p, Offset::Offset(start))?;
         }
     }
-    let mut out = Vec::new();
     if ends.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer.assign(&tpl)?;
     while !ends.is_empty() {
@@ -446,11 +498,11 @@ pub fn read_to_end<T: KafkaCodec>(
             ends.remove(&m.partition());
         }
         match decode_message::<T>(&m) {
-            Ok((key, v)) => out.push(Message::new(key, v, crate::Ack::none())),
+            Ok((key, v)) => each(Message::new(key, v, crate::Ack::none())),
             Err(why) => {
                 tracing::warn!(topic = %name, partition = m.partition(), offset = m.offset(), why, "unreadable message skipped");
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
