@@ -7,6 +7,8 @@ mod clickhouse;
 mod decode_cli;
 // Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.
 mod geofence;
+// `otstream fleet`, `replay` and `record` against serve, Mosquitto and Tansu.
+mod loadgen;
 // The Kafka bus against Tansu: topics, delivery reports, groups, commits.
 mod kafka;
 // MQTT ingress with a real broker and client: types, sessions, crashes, sharing.

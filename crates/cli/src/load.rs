@@ -150,8 +150,8 @@ pub fn record(args: RecordArgs) -> Result<()> {
             })
         };
         tokio::spawn(async move {
-            if let Ok(addr) = ready_rx.await {
-                eprintln!("recording POSTs to http://{addr}/");
+            if let Ok(what) = ready_rx.await {
+                eprintln!("recording {what}");
             }
         });
         let n = otstream_loadgen::record(source, writer, out.limit, Some(ready_tx), stop)

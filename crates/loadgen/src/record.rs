@@ -70,13 +70,13 @@ pub enum RecordError {
 
 /// Records from `source` into `out` until `shutdown` is cancelled, `limit`
 /// messages are written, or (Kafka) the range is exported. Returns how many
-/// messages were written. For HTTP, `ready` gets the bound address once the
-/// endpoint listens.
+/// messages were written. `ready` is told what is being recorded once it
+/// is: the endpoint's URL once it listens, the filters once subscribed.
 pub async fn record(
     source: Source,
     out: Box<dyn Write + Send>,
     limit: Option<u64>,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
     shutdown: CancellationToken,
 ) -> Result<u64, RecordError> {
     let (tx, rx) = mpsc::channel::<RawMessage>(4096);
@@ -91,7 +91,7 @@ pub async fn record(
             url,
             filters,
             client_id,
-        } => mqtt(&url, &filters, client_id, tx, stop).await,
+        } => mqtt(&url, &filters, client_id, tx, ready, stop).await,
         Source::Kafka {
             config,
             from_ms,
@@ -156,7 +156,7 @@ fn basic_user(value: &str) -> Option<String> {
 async fn http(
     listen: SocketAddr,
     tx: mpsc::Sender<RawMessage>,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
     stop: CancellationToken,
 ) -> Result<(), RecordError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -166,7 +166,7 @@ async fn http(
         .local_addr()
         .map_err(|e| RecordError::Listen(listen, e))?;
     if let Some(r) = ready {
-        let _ = r.send(bound);
+        let _ = r.send(format!("POSTs to http://{bound}/"));
     }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -245,6 +245,7 @@ async fn mqtt(
     filters: &[String],
     client_id: String,
     tx: mpsc::Sender<RawMessage>,
+    mut ready: Option<tokio::sync::oneshot::Sender<String>>,
     stop: CancellationToken,
 ) -> Result<(), RecordError> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -274,6 +275,11 @@ async fn mqtt(
                         .subscribe(f.as_str(), QoS::AtLeastOnce)
                         .await
                         .map_err(|e| RecordError::Broker(e.to_string()))?;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(format!("{} on {url}", filters.join(", ")));
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
