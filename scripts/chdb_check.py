@@ -5,8 +5,12 @@ runs, in chDB (an embedded current ClickHouse engine).
         | python3 scripts/chdb_check.py
 
 Applies every statement in a fresh session, inserts one position, and checks
-that the last_positions materialized view and FINAL dedup work.
+that the last_positions materialized view and FINAL dedup work. Given a
+Grafana dashboard as its argument, also runs every ClickHouse query of it
+(Grafana's $__timeFilter macro spelled out) against those tables.
 """
+import json
+import re
 import sys
 import tempfile
 
@@ -32,4 +36,18 @@ with tempfile.TemporaryDirectory() as path:
     assert count == "1", f"FINAL count {count!r}"
     assert last == '"jane","phone","2023-11-14 22:13:20"', f"last_positions {last!r}"
     assert types == ['"DateTime64(3)"', '"LowCardinality(String)"'], types
-    print(f"chDB {version}: {len(statements)} statements applied; FINAL and last_positions check out")
+    queries = 0
+    for path in sys.argv[1:]:
+        for panel in json.load(open(path))["panels"]:
+            for target in panel.get("targets", []):
+                sql = target.get("rawSql")
+                if not sql:
+                    continue
+                sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now() - INTERVAL 1 HOUR", sql)
+                try:
+                    sess.query(sql, "CSV")
+                except Exception as e:
+                    sys.exit(f"{path}: panel {panel['title']!r}: {e}")
+                queries += 1
+    print(f"chDB {version}: {len(statements)} statements applied; FINAL and last_positions check out"
+          + (f"; {queries} dashboard queries run" if queries else ""))

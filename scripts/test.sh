@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, and every test of the workspace
 # against real services. CI runs exactly this (through .ci/run). It installs
-# what is missing (Debian's clickhouse-server and mosquitto, PyPI's chdb,
+# what is missing (Debian's clickhouse-server, mosquitto and docker-compose
+# (only to validate docker-compose.yml: no engine runs here), PyPI's chdb,
 # crates.io's Tansu: about 15 minutes to build the first time), starts a
 # private ClickHouse, Mosquitto and Tansu on free loopback ports,
 # and stops them at the end. Tests that need
@@ -25,6 +26,7 @@ step "services: install what is missing"
 missing=()
 command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -53,9 +55,12 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "ClickHouse DDL for a current release, in chDB"
+step "ClickHouse DDL for a current release, and the dashboard's queries, in chDB"
 cargo run -q --locked -p otstream-cli -- migrate --print-ddl --server-version 26.9 --database otstream \
-  | python3 scripts/chdb_check.py
+  | python3 scripts/chdb_check.py deploy/grafana/dashboards/otstream.json
+
+step "deployment: docker-compose.yml, Prometheus, Grafana, Kubernetes"
+python3 scripts/deploy_check.py "${CARGO_TARGET_DIR:-target}/debug/otstream"
 
 step "cargo test --workspace"
 cargo test --workspace --locked

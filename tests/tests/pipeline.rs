@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use otstream_bus::kafka::{KafkaConfig, read_to_end};
 use otstream_model::Record;
 use otstream_tests::{
-    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, free_port, run,
-    unique_db,
+    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, free_port, root,
+    run, unique_db,
 };
 
 const BASE_TST: i64 = 1_700_000_000;
@@ -503,8 +503,64 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
         log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),
         "{log}"
     );
+    dashboard_queries_only_metrics_the_stages_serve(&serve);
     assert!(
         serve.interrupt().unwrap(),
         "serve --bus kafka did not stop cleanly"
+    );
+}
+
+/// Every metric the Grafana dashboard (deploy/grafana) queries is one the
+/// stages serve: those of this Kafka process with ClickHouse, plus those
+/// only the in-process bus and the embedded store have (from a plain
+/// `serve` started for the purpose).
+fn dashboard_queries_only_metrics_the_stages_serve(kafka: &Serve) {
+    let path = root().join("deploy/grafana/dashboards/otstream.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            for (i, _) in expr.match_indices("otstream_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Serve::start(&dir.path().join("data"), &[], &[]).unwrap();
+    assert_eq!(
+        embedded
+            .post(
+                "/pub",
+                &[("X-Limit-U", "m"), ("X-Limit-D", "d")],
+                br#"{"_type":"location","lat":1,"lon":2,"tst":1700000000}"#
+            )
+            .status,
+        200
+    );
+    let mut served = BTreeSet::new();
+    for s in [kafka, &embedded] {
+        let text = ureq::get(&format!("{}/metrics", s.metrics_url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            served.insert(name.to_owned());
+        }
+    }
+    let missing: Vec<_> = queried.difference(&served).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics no stage serves: {missing:?}"
     );
 }

@@ -30,6 +30,8 @@ enum Command {
     Run(RunArgs),
     /// Manage the Kafka topics.
     Topics(topics::Args),
+    /// Check a configuration (file, environment, flags) without starting anything.
+    CheckConfig(serve::Args),
     /// Create or upgrade the ClickHouse schema (idempotent).
     Migrate(migrate::Args),
     /// Decode payloads or a recording and print the normalized records.
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
             .config()
             .and_then(|config| serve::block_on(kafka::run_stages(config, &[args.stage]))),
         Command::Topics(args) => topics::run(args),
+        Command::CheckConfig(args) => serve::check(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Record(args) => load::record(args),

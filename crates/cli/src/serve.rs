@@ -167,6 +167,34 @@ pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(main: F) -> Resul
         .block_on(main)
 }
 
+/// Runs `otstream check-config`: loads the configuration as `serve` and
+/// `run` would (file, environment, flags), checks every section, and says
+/// what it would run, without starting anything. Deployments run it to
+/// catch a misspelt key before a pod crash-loops on it.
+pub fn check(args: Args) -> Result<()> {
+    let config = args.config()?;
+    let bus = match config.bus.kind {
+        BusKind::Inprocess => "in-process".to_owned(),
+        BusKind::Kafka => format!("kafka at {}", config.kafka()?.brokers),
+    };
+    if let Some(k) = &config.kafka {
+        k.validate().map_err(anyhow::Error::msg)?;
+    }
+    let sink = match &config.clickhouse {
+        Some(ch) => format!("ClickHouse {} database {}", ch.url, ch.database),
+        None => format!("embedded store in {}", config.data_dir.display()),
+    };
+    let mqtt = config
+        .mqtt
+        .as_ref()
+        .map_or("off".to_owned(), |m| m.url.clone());
+    println!(
+        "configuration ok: http {}, mqtt {mqtt}, bus {bus}, sink {sink}, metrics {}",
+        config.http.addr, config.metrics.addr
+    );
+    Ok(())
+}
+
 /// Runs `otstream serve` to completion.
 pub fn run(args: Args) -> Result<()> {
     let config = args.config()?;
