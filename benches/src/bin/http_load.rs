@@ -4,8 +4,9 @@
 //! message collapses into another. Reports acknowledged messages per second
 //! and latency percentiles from an HDR histogram.
 //!
-//! Used by benches/serve_load.sh; the full replay tool comes with the load
-//! testing issue.
+//! Used by benches/serve_load.sh and benches/pipeline_load.sh, whose
+//! figures it produced; `otstream replay` (crates/loadgen) is the general
+//! tool: recordings, open-loop pacing, MQTT, device copies.
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! Latency runs from the message's due time (open loop) or its send time
 //! (closed loop) to its answer: a 2xx status or a PUBACK.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::pacing::{Pacing, Schedule};
 use crate::report::{Latencies, Report};
 use crate::rewrite::Rewrite;
+
+/// Messages waiting per connection.
+const QUEUE_PER_CONNECTION: usize = 4096;
 
 /// Where a replay sends.
 #[derive(Debug, Clone)]
@@ -155,9 +158,10 @@ where
     let mut senders = Vec::with_capacity(connections);
     let mut workers = Vec::with_capacity(connections);
     for i in 0..connections {
-        // Deep enough to ride out a slow answer, shallow enough that closed
-        // loop stays closed.
-        let (tx, rx) = mpsc::channel::<Job>(256);
+        // Deep enough that one connection waiting on a slow answer does
+        // not hold the pacer (and so every other connection) back for long;
+        // bounded so that memory stays flat whatever the input's size.
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_PER_CONNECTION);
         senders.push(tx);
         let worker = Worker {
             rx,
@@ -238,7 +242,10 @@ where
     I: Iterator<Item = Result<RawMessage, String>>,
 {
     let mut schedule = Schedule::new(pacing);
-    let n = senders.len() as u64;
+    // Each device goes to the next connection in turn when first seen and
+    // stays there, so its messages keep their order and every connection
+    // carries as many devices as the others.
+    let mut connection_of: HashMap<u64, usize> = HashMap::new();
     for msg in input {
         if stop.is_cancelled() {
             break;
@@ -262,7 +269,8 @@ where
                     std::thread::sleep(due - now);
                 }
             }
-            let conn = (rewrite.route(&copy) % n) as usize;
+            let next = connection_of.len() % senders.len();
+            let conn = *connection_of.entry(rewrite.route(&copy)).or_insert(next);
             if senders[conn].blocking_send(Job { msg: copy, due }).is_err() {
                 return Err("a connection ended early".into());
             }
