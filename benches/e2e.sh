@@ -33,20 +33,7 @@ export TANSU_STORAGE="${TANSU_STORAGE:-memory://tansu/}"
 cargo build -q --release -p otstream-cli --bin otstream
 bin=./target/release/otstream
 dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/clickhouse.sh stop "$dir/ch" >/dev/null 2>&1 || true
-  scripts/tansu.sh stop "$dir/tansu" >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-wait_ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready" >&2; exit 1; }
-stop_all() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
+trap 'bench_cleanup "$dir"' EXIT
 
 devices=$(( messages / 100 > 0 ? messages / 100 : 1 ))
 start=$(date +%s.%N)
@@ -143,7 +130,7 @@ TOML
     ;;
   *) echo "unknown mode $mode (sqlite, clickhouse, kafka)" >&2; exit 2 ;;
   esac
-  stop_all
+  stop_pids
 done
 
 echo

@@ -22,18 +22,10 @@ modes="${3:-both}"
 [ "$modes" = both ] && modes="embedded kafka"
 cargo build -q --release -p otstream-cli -p otstream-benches --bin otstream --bin http_load
 dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/clickhouse.sh stop "$dir/ch" >/dev/null 2>&1 || true
-  scripts/tansu.sh stop "$dir/tansu" >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+trap 'bench_cleanup "$dir"' EXIT
 ch_url=$(scripts/clickhouse.sh start "$dir/ch")
 bin=${OTSTREAM_BIN:-./target/release/otstream}
 count() { curl -s "$ch_url/" --data-binary "SELECT count() FROM $1.positions FINAL"; }
-wait_ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready" >&2; exit 1; }
 
 measure() { # mode db http_port
   local mode=$1 db=$2 port=$3
@@ -95,7 +87,5 @@ TOML
     measure kafka bench_kafka "$port"
     ;;
   esac
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
+  stop_pids
 done

@@ -36,3 +36,28 @@ stop_pidfile() {
   [ -z "$hard" ] || kill -9 "$pid" 2>/dev/null || true
   rm -f "$pidfile"
 }
+
+# For the benchmark scripts: the otstream processes they start go in
+# `pids`; `bench_cleanup DIR` (their EXIT trap) kills them, stops the
+# private ClickHouse and Tansu they started under DIR, and removes DIR.
+pids=()
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/clickhouse.sh stop "$1/ch" >/dev/null 2>&1 || true
+  scripts/tansu.sh stop "$1/tansu" >/dev/null 2>&1 || true
+  rm -rf "$1"
+}
+
+# Interrupts every process in `pids` (a clean stop) and waits for them.
+stop_pids() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+# Waits (20 s at most) until the otstream metrics port $1 says ready.
+wait_ready() {
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done
+  echo "not ready on :$1" >&2
+  exit 1
+}

@@ -63,6 +63,23 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// `otstream topics create --config CONFIG --brokers BROKERS`, which must
+/// succeed; what it printed (one `topic\tcreated|exists` line per topic).
+pub fn create_topics(config: &str, brokers: &str) -> String {
+    let out = run(
+        &["topics", "create", "--config", config, "--brokers", brokers],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("topics create: {e:#}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "topics create: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -452,19 +452,7 @@ fn record_kafka_exports_a_time_range_of_the_raw_topic() {
     )
     .unwrap();
     let config = config.display().to_string();
-    let o = run(
-        &[
-            "topics",
-            "create",
-            "--config",
-            &config,
-            "--brokers",
-            &brokers,
-        ],
-        b"",
-    )
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    create_topics(&config, &brokers);
     let ingress = Serve::start_cmd(
         &["run", "ingress"],
         &dir.path().join("ingress"),

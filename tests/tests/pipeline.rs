@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use otstream_bus::kafka::{KafkaConfig, read_to_end};
 use otstream_model::Record;
 use otstream_tests::{
-    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, free_port, root,
-    run, unique_db,
+    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, create_topics,
+    free_port, root, unique_db,
 };
 
 const BASE_TST: i64 = 1_700_000_000;
@@ -69,24 +69,7 @@ period_ms = 100
         )
         .unwrap();
         let config = config.display().to_string();
-        let out = run(
-            &[
-                "topics",
-                "create",
-                "--config",
-                &config,
-                "--brokers",
-                &brokers,
-            ],
-            b"",
-        )
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = create_topics(&config, &brokers);
         assert_eq!(
             stdout.lines().filter(|l| l.ends_with("\tcreated")).count(),
             6,
