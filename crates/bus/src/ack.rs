@@ -20,13 +20,23 @@ pub enum AckStatus {
 struct Shared {
     failed: AtomicBool,
     tx: Option<oneshot::Sender<AckStatus>>,
+    /// The acks this one settles (see [`Ack::join`]).
+    parts: Vec<Ack>,
 }
 
 impl Drop for Shared {
     // The last clone is gone: every holder has settled.
     fn drop(&mut self) {
+        let failed = *self.failed.get_mut();
+        for part in self.parts.drain(..) {
+            if failed {
+                part.fail();
+            } else {
+                part.delivered();
+            }
+        }
         if let Some(tx) = self.tx.take() {
-            let status = if *self.failed.get_mut() {
+            let status = if failed {
                 AckStatus::Failed
             } else {
                 AckStatus::Delivered
@@ -52,6 +62,7 @@ impl Ack {
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             tx: Some(tx),
+            parts: Vec::new(),
         });
         (
             Ack {
@@ -60,6 +71,21 @@ impl Ack {
             },
             AckWaiter(rx),
         )
+    }
+
+    /// One ack standing for several: settling it settles every part the
+    /// same way (delivered, or failed). A record that accounts for several
+    /// inputs (one state snapshot after a device's many fixes) carries it,
+    /// so that none of them is acknowledged before the record is durable.
+    pub fn join(parts: Vec<Ack>) -> Ack {
+        Ack {
+            shared: Some(Arc::new(Shared {
+                failed: AtomicBool::new(false),
+                tx: None,
+                parts,
+            })),
+            settled: false,
+        }
     }
 
     /// An ack nobody waits for (replays, tools).
@@ -144,6 +170,31 @@ mod tests {
         ack.delivered();
         drop(part);
         assert_eq!(waiter.await, AckStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_joined_ack_settles_every_part_its_way() {
+        let (a, wa) = Ack::new();
+        let (b, wb) = Ack::new();
+        let joined = Ack::join(vec![a, b.clone()]);
+        let held = joined.clone();
+        joined.delivered();
+        let mut wb = wb;
+        assert!(
+            futures_poll_once(&mut wb).is_none(),
+            "a clone of the join is unsettled"
+        );
+        held.delivered();
+        b.delivered();
+        assert_eq!(
+            (wa.await, wb.await),
+            (AckStatus::Delivered, AckStatus::Delivered)
+        );
+
+        let (a, wa) = Ack::new();
+        let (b, wb) = Ack::new();
+        Ack::join(vec![a, b]).fail();
+        assert_eq!((wa.await, wb.await), (AckStatus::Failed, AckStatus::Failed));
     }
 
     #[tokio::test]

@@ -30,6 +30,17 @@ pub struct GeofenceConfig {
     /// How often the fences file is checked for a change, ms.
     #[serde(default = "default_reload_ms")]
     pub reload_ms: u64,
+    /// Over Kafka, a device's state is snapshotted to the `state` topic at
+    /// most this often, ms: one snapshot stands for every fix since the
+    /// last, and those fixes are committed only once it is durable. In one
+    /// process (`serve`) every fix's state is stored with it, because the
+    /// phone's 200 waits for it. 0: a snapshot per fix everywhere.
+    #[serde(default = "default_state_interval_ms")]
+    pub state_interval_ms: u64,
+}
+
+fn default_state_interval_ms() -> u64 {
+    250
 }
 
 fn default_reload_ms() -> u64 {
@@ -50,6 +61,7 @@ impl Default for GeofenceConfig {
             max_acc_ratio: default_max_acc_ratio(),
             fences: None,
             reload_ms: default_reload_ms(),
+            state_interval_ms: default_state_interval_ms(),
         }
     }
 }

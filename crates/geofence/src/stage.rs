@@ -14,19 +14,24 @@
 //! Over Kafka (`StageConfig::derived_only`) the records given are not
 //! sent on: they are in their topics already. A state snapshot given as
 //! input is restored, not sent on: that is how a member assigned a
-//! partition picks up its devices from the compacted `state` topic.
+//! partition picks up its devices from the compacted `state` topic. And a
+//! device's state is snapshotted at most every `state_interval_ms`: the
+//! snapshot carries the acks of every fix since the last one (joined), so
+//! none of those fixes is committed before the state that accounts for
+//! them is durable, and a crash replays them against the last snapshot as
+//! before; at a fix a second per device, this halves what the stage sends.
 //!
 //! The fences file is checked every `reload_ms` and reloaded when it
 //! changes; a file that does not parse is reported and the fences in use
 //! are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use metrics::Counter;
-use otstream_bus::{Message, Receiver, Sender};
+use otstream_bus::{Ack, Message, Receiver, Sender};
 use otstream_model::raw::now_ms;
 use otstream_model::{Record, StateSnapshot, Stop, Text, Trip};
 use otstream_trips::{Detector, Finished, TripConfig, TripState};
@@ -126,6 +131,22 @@ pub struct Tracker {
     /// Last `updated_at` written: state versions never go back, even if
     /// the wall clock does.
     clock: i64,
+    /// Coalescing snapshots (over Kafka): the interval, ms; 0 for a
+    /// snapshot per fix.
+    state_interval_ms: i64,
+    /// Devices whose state changed since their last snapshot, with the
+    /// acks of the fixes that changed it.
+    pending: HashMap<String, Pending>,
+    /// When each pending device is due, in the order they became pending.
+    due: VecDeque<(i64, String)>,
+}
+
+/// A device's snapshot to come.
+#[derive(Debug)]
+struct Pending {
+    user: Text,
+    device: Text,
+    acks: Vec<Ack>,
 }
 
 impl Tracker {
@@ -137,6 +158,41 @@ impl Tracker {
             devices: HashMap::new(),
             derived_only: config.derived_only,
             clock: 0,
+            state_interval_ms: if config.derived_only {
+                i64::try_from(config.geofence.state_interval_ms).unwrap_or(i64::MAX)
+            } else {
+                0
+            },
+            pending: HashMap::new(),
+            due: VecDeque::new(),
+        }
+    }
+
+    /// Whether snapshots wait for [`Tracker::flush_due`].
+    pub fn coalescing(&self) -> bool {
+        self.state_interval_ms > 0
+    }
+
+    /// Sends the snapshots due at `now` (ms; every pending one with
+    /// `all`), each with the joined acks of the fixes it accounts for.
+    pub fn flush_due(&mut self, now: i64, all: bool, out: &mut Vec<Message<Record>>) {
+        while let Some((at, _)) = self.due.front() {
+            if !all && *at > now {
+                break;
+            }
+            let Some((_, key)) = self.due.pop_front() else {
+                break;
+            };
+            let Some(p) = self.pending.remove(&key) else {
+                continue;
+            };
+            let state = self
+                .devices
+                .get(&key)
+                .map(|d| serde_json::to_string(d).unwrap_or_default())
+                .unwrap_or_default();
+            let s = self.snapshot(&p.user, &p.device, KIND_GEO, state);
+            out.push(Message::new(key, s, Ack::join(p.acks)));
         }
     }
 
@@ -228,14 +284,27 @@ impl Tracker {
                 };
                 self.detector.on_fix(&mut dev.trip, fix, &mut finished);
                 derived.extend(finished.into_iter().map(|f| finished_record(&p.meta, f)));
-                let state = fresh.then(|| serde_json::to_string(&*dev).unwrap_or_default());
+                let coalesce = fresh && self.state_interval_ms > 0;
+                let state =
+                    (fresh && !coalesce).then(|| serde_json::to_string(&*dev).unwrap_or_default());
                 let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
                 let ack = msg.ack.clone();
                 self.pass(msg, out);
                 for r in derived {
                     out.push(Message::new(key.clone(), r, ack.clone()));
                 }
-                if let Some(state) = state {
+                if coalesce {
+                    let due = now_ms().saturating_add(self.state_interval_ms);
+                    let pending = self.pending.entry(key.clone()).or_insert_with(|| {
+                        self.due.push_back((due, key.clone()));
+                        Pending {
+                            user,
+                            device,
+                            acks: Vec::new(),
+                        }
+                    });
+                    pending.acks.push(ack);
+                } else if let Some(state) = state {
                     let s = self.snapshot(&user, &device, KIND_GEO, state);
                     out.push(Message::new(key, s, ack));
                 } else {
@@ -335,11 +404,31 @@ pub async fn run(
     let mut reload =
         tokio::time::interval(Duration::from_millis(config.geofence.reload_ms.max(100)));
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let coalescing = tracker.as_ref().is_some_and(Tracker::coalescing);
+    // Snapshots of devices that went quiet are sent when due, whether or
+    // not more input comes.
+    let mut flush = tokio::time::interval(Duration::from_millis(
+        (config.geofence.state_interval_ms / 4).max(10),
+    ));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Message<Record>> = Vec::with_capacity(BATCH);
     loop {
         let n = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
+            _ = flush.tick(), if coalescing => {
+                let mut out = Vec::new();
+                if let Some(t) = tracker.as_mut() {
+                    t.flush_due(now_ms(), false, &mut out);
+                }
+                for m in out {
+                    if output.send(m).await.is_err() {
+                        return Ok(());
+                    }
+                    meters.sent.increment(1);
+                }
+                continue;
+            }
             _ = reload.tick(), if path.is_some() => {
                 let Some(p) = path.clone() else { continue };
                 let now = file_stamp(&p);
@@ -365,6 +454,16 @@ pub async fn run(
             n = input.recv_many(&mut batch, BATCH) => n,
         };
         if n == 0 {
+            // Input over: what is pending is durable before the end.
+            let mut out = Vec::new();
+            if let Some(t) = tracker.as_mut() {
+                t.flush_due(now_ms(), true, &mut out);
+            }
+            for m in out {
+                if output.send(m).await.is_err() {
+                    break;
+                }
+            }
             return Ok(());
         }
         meters.received.increment(n as u64);
@@ -377,6 +476,7 @@ pub async fn run(
             for m in inputs {
                 t.process(m, &mut out);
             }
+            t.flush_due(now_ms(), false, &mut out);
             (t, out)
         };
         // A few microseconds a record: a small batch costs less here than
@@ -488,9 +588,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() {
+    async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
         let config = StageConfig {
             derived_only: true,
+            geofence: GeofenceConfig {
+                state_interval_ms: 1000,
+                ..GeofenceConfig::default()
+            },
+            ..StageConfig::default()
+        };
+        let mut t = Tracker::new(&config, home());
+        assert!(t.coalescing());
+        let mut out = Vec::new();
+        let mut waiters = Vec::new();
+        // Into home, staying, then 1.1 km away.
+        for (tst, lat) in [(100, 52.5), (110, 52.5), (120, 52.51)] {
+            let (ack, w) = Ack::new();
+            waiters.push(w);
+            t.process(
+                Message::new("jane/phone", pos(tst, lat, 13.4), ack),
+                &mut out,
+            );
+        }
+        // What the fixes caused goes out at once; their state waits.
+        assert_eq!(types(&out), ["transition", "transition"]);
+        for m in out.drain(..) {
+            m.ack.delivered();
+        }
+        assert!(
+            waiters.iter_mut().all(|w| futures_poll(w).is_none()),
+            "no fix is acknowledged before the state that accounts for it"
+        );
+        t.flush_due(now_ms(), false, &mut out);
+        assert!(out.is_empty(), "not due yet");
+        t.flush_due(now_ms() + 1000, false, &mut out);
+        assert_eq!(types(&out), ["state"]);
+        let Record::State(s) = &out[0].value else {
+            panic!()
+        };
+        let state: DeviceGeo = serde_json::from_str(&s.state).unwrap();
+        assert_eq!(&state, t.device("jane/phone").unwrap());
+        assert_eq!(state.fences.last_tst, 120);
+        out.pop().unwrap().ack.delivered();
+        for w in &mut waiters {
+            assert_eq!(futures_poll(w), Some(AckStatus::Delivered));
+        }
+
+        // A snapshot that is not delivered fails every fix it stood for:
+        // they are read again and evaluated against the previous one.
+        let (a, wa) = Ack::new();
+        let (b, wb) = Ack::new();
+        t.process(
+            Message::new("jane/phone", pos(130, 52.51, 13.4), a),
+            &mut out,
+        );
+        t.process(
+            Message::new("jane/phone", pos(140, 52.51, 13.4), b),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        t.flush_due(now_ms(), true, &mut out);
+        assert_eq!(types(&out), ["state"]);
+        out.pop().unwrap().ack.fail();
+        assert_eq!((wa.await, wb.await), (AckStatus::Failed, AckStatus::Failed));
+    }
+
+    #[tokio::test]
+    async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() {
+        // A snapshot per fix (state_interval_ms 0), as before coalescing.
+        let config = StageConfig {
+            derived_only: true,
+            geofence: GeofenceConfig {
+                state_interval_ms: 0,
+                ..GeofenceConfig::default()
+            },
             ..StageConfig::default()
         };
         // A member that had jane inside home hands over its state.
