@@ -178,12 +178,7 @@ fn messages_published_while_down_are_stored_when_back() {
 }
 
 /// The same with MQTT 5 (clean start off and a session expiry interval).
-/// Intermittent (seen 2 of ~6 full runs on 2026-11-21, never alone): the
-/// broker reports the session present on reconnect but delivers none of
-/// the 300 queued messages. Same family as the SIGKILL gap below; issue 6
-/// stays open on it and MQTT 5 is documented as experimental.
 #[test]
-#[ignore = "intermittent MQTT 5 queued-message delivery gap on session resume; see the comment and issue 6"]
 fn messages_published_while_down_are_stored_when_back_mqtt5() {
     published_while_down("5");
 }
@@ -213,15 +208,8 @@ fn sigkill_mid_stream_loses_nothing_the_broker_acknowledged() {
     sigkill_mid_stream("3.1.1");
 }
 
-/// The same with MQTT 5. Known to fail intermittently (about 1 run in 10
-/// with six MQTT tests sharing the broker; never alone in 24 runs): after a
-/// SIGKILL under load, the resumed MQTT 5 session (session_present=true)
-/// does not redeliver some in-flight messages (33 to ~500 of 3,000). Not
-/// Receive Maximum (same at 65,535). Root cause not found yet: Mosquitto
-/// 2.0.11's v5 session resumption or rumqttc 0.25's v5 client. Issue 6
-/// stays open on this; MQTT 5 is documented as experimental until it passes.
+/// The same with MQTT 5.
 #[test]
-#[ignore = "intermittent MQTT 5 redelivery gap after SIGKILL; see the comment and issue 6"]
 fn sigkill_mid_stream_loses_nothing_the_broker_acknowledged_mqtt5() {
     sigkill_mid_stream("5");
 }

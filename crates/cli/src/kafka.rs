@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::metrics_server;
-use crate::serve::{Ending, check_fences, load_keys, open_store, shutdown_signal};
+use crate::serve::{
+    Ending, await_subscribed, check_fences, load_keys, open_store, shutdown_signal,
+};
 
 /// A stage that runs as its own process over Kafka.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,10 +107,19 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let lag_stop = Arc::new(AtomicBool::new(false));
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let mut running: Vec<Running> = Vec::new();
+    let mut subscriptions = Vec::new();
     for &stage in stages {
         let started = match stage {
             Stage::Ingress => {
-                start_ingress(&config, &kafka, keys.clone(), &stop_ingress, &lag_stop).await?
+                start_ingress(
+                    &config,
+                    &kafka,
+                    keys.clone(),
+                    &stop_ingress,
+                    &lag_stop,
+                    &mut subscriptions,
+                )
+                .await?
             }
             Stage::Decode => {
                 let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
@@ -201,6 +212,9 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
             running.push(r);
         }
     }
+    for s in subscriptions {
+        await_subscribed(s).await;
+    }
     ready.store(true, Ordering::Release);
     let names: Vec<&str> = running.iter().map(|r| r.name).collect();
     tracing::info!(stages = ?names, brokers = %kafka.brokers, metrics_addr = %metrics, "otstream ready (kafka)");
@@ -255,6 +269,7 @@ async fn start_ingress(
     keys: Arc<KeyRing>,
     stop: &CancellationToken,
     lag_stop: &Arc<AtomicBool>,
+    subscriptions: &mut Vec<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Vec<Running>> {
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -281,10 +296,12 @@ async fn start_ingress(
     let mut out = Vec::new();
     if let Some(m) = config.mqtt.clone() {
         let (sender, stop) = (tx.clone(), stop.clone());
+        let (subscribed, watch) = tokio::sync::watch::channel(false);
+        subscriptions.push(watch);
         out.push(Running {
             name: "mqtt ingress",
             task: tokio::spawn(async move {
-                otstream_ingress::run_mqtt(m, sender, stop)
+                otstream_ingress::run_mqtt(m, sender, subscribed, stop)
                     .await
                     .map_err(anyhow::Error::from)
             }),

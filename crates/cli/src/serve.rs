@@ -167,6 +167,23 @@ pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(main: F) -> Resul
         .block_on(main)
 }
 
+/// Waits until the MQTT ingress holds its subscriptions, for at most 10 s:
+/// until then the broker keeps nothing for it, so a process that said it
+/// was ready would lose what phones publish meanwhile. Past 10 s (the
+/// broker is down or refuses) it goes on, so that HTTP is served anyway,
+/// and says so.
+pub(crate) async fn await_subscribed(mut watch: tokio::sync::watch::Receiver<bool>) {
+    let wait = watch.wait_for(|subscribed| *subscribed);
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "not subscribed to the MQTT broker after 10 s; ready for HTTP, MQTT keeps retrying"
+        );
+    }
+}
+
 /// Runs `otstream check-config`: loads the configuration as `serve` and
 /// `run` would (file, environment, flags), checks every section, and says
 /// what it would run, without starting anything. Deployments run it to
@@ -297,7 +314,14 @@ async fn serve(config: ServeConfig) -> Result<()> {
         if m.topic_prefix != config.decode.topic_prefix {
             tracing::warn!(mqtt = %m.topic_prefix, decode = %config.decode.topic_prefix, "mqtt.topic_prefix differs from decode.topic_prefix");
         }
-        tokio::spawn(otstream_ingress::run_mqtt(m, raw_tx.clone(), stop_ingress.clone()))
+        let (subscribed, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(otstream_ingress::run_mqtt(
+            m,
+            raw_tx.clone(),
+            subscribed,
+            stop_ingress.clone(),
+        ));
+        (task, watch)
     });
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
     let mut ingress = tokio::spawn(otstream_ingress::run_http(
@@ -308,6 +332,13 @@ async fn serve(config: ServeConfig) -> Result<()> {
         raw_tx.with_send_timeout(send_timeout),
         stop_ingress.clone(),
     ));
+    let mqtt = match mqtt {
+        Some((task, watch)) => {
+            await_subscribed(watch).await;
+            Some(task)
+        }
+        None => None,
+    };
     ready.store(true, Ordering::Release);
     tracing::info!(%http_addr, metrics_addr = %metrics, data_dir = %config.data_dir.display(), "otstream serve ready");
 

@@ -275,7 +275,13 @@ enum Delivery {
 /// What the session loop cares about.
 #[allow(clippy::large_enum_variant)] // one at a time, moved straight on: boxing would allocate per message
 enum Incoming {
-    ConnAck { session_present: bool },
+    ConnAck {
+        session_present: bool,
+    },
+    /// The broker's answer to one SUBSCRIBE: whether every filter was granted.
+    SubAck {
+        granted: bool,
+    },
     Publish(Delivery),
     Other,
 }
@@ -322,6 +328,12 @@ impl Loop {
                     session_present: a.session_present,
                 }),
                 Event::Incoming(Packet::Publish(p)) => Ok(Incoming::Publish(Delivery::V4(p))),
+                Event::Incoming(Packet::SubAck(a)) => Ok(Incoming::SubAck {
+                    granted: a
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                }),
                 _ => Ok(Incoming::Other),
             },
             Loop::V5(l) => match l.poll().await.map_err(|e| e.to_string())? {
@@ -333,6 +345,12 @@ impl Loop {
                 v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p)) => {
                     Ok(Incoming::Publish(Delivery::V5(p)))
                 }
+                v5::Event::Incoming(v5::mqttbytes::v5::Packet::SubAck(a)) => Ok(Incoming::SubAck {
+                    granted: a
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))),
+                }),
                 _ => Ok(Incoming::Other),
             },
         }
@@ -410,9 +428,16 @@ struct Meters {
 /// each once its ack is delivered, in order. On shutdown it stops taking new
 /// messages, waits for the ones in flight to be stored and acknowledged, and
 /// disconnects; what it did not acknowledge the broker delivers next time.
+///
+/// `subscribed` says whether the broker has granted every subscription on
+/// the current connection: false until the SUBACKs of the first connection
+/// arrive, and while reconnecting. A process reports itself ready only
+/// once it is true, since the broker keeps nothing for a session that has
+/// not subscribed yet.
 pub async fn run_mqtt<S: Sender<RawMessage>>(
     config: MqttConfig,
     output: S,
+    subscribed: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), MqttError> {
     config.validate().map_err(MqttError::Config)?;
@@ -435,6 +460,8 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
     let mut session = Session {
         client,
         eventloop,
+        subscribed,
+        awaiting_subacks: 0,
         filters,
         prefix,
         output,
@@ -455,6 +482,9 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
 struct Session<S> {
     client: Client,
     eventloop: Loop,
+    subscribed: tokio::sync::watch::Sender<bool>,
+    /// SUBACKs still to come on this connection.
+    awaiting_subacks: usize,
     filters: Vec<String>,
     prefix: String,
     output: S,
@@ -488,15 +518,28 @@ impl<S: Sender<RawMessage>> Session<S> {
                     tracing::info!(session_present, protocol = ?self.config.protocol, filters = ?self.filters, "connected to the MQTT broker");
                     // Subscribing again is harmless with a kept session and
                     // necessary when the broker lost it.
+                    self.subscribed.send_replace(false);
+                    self.awaiting_subacks = self.filters.len();
                     for f in &self.filters {
                         if let Err(e) = self.client.subscribe(f).await {
                             tracing::warn!(error = %e, filter = %f, "subscribe failed");
                         }
                     }
                 }
+                Ok(Incoming::SubAck { granted }) => {
+                    if !granted {
+                        tracing::error!(filters = ?self.filters, "the broker refused a subscription (check its ACLs); those messages will not arrive");
+                    }
+                    self.awaiting_subacks = self.awaiting_subacks.saturating_sub(1);
+                    if self.awaiting_subacks == 0 && !*self.subscribed.borrow() {
+                        tracing::info!("subscribed");
+                        self.subscribed.send_replace(true);
+                    }
+                }
                 Ok(Incoming::Publish(p)) => self.forward(p).await,
                 Ok(Incoming::Other) => {}
                 Err(e) => {
+                    self.subscribed.send_replace(false);
                     self.meters.reconnects.increment(1);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                     tokio::select! {
