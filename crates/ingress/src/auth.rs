@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use base64::Engine as _;
-
 /// Verified headers kept; past this the cache starts over (a bound, so a
 /// flood of distinct valid credentials cannot grow memory).
 const CACHE_LIMIT: usize = 100_000;
@@ -84,16 +82,9 @@ impl Htpasswd {
         if let Some(user) = self.cached(header) {
             return Some(user);
         }
-        let encoded = header
-            .strip_prefix("Basic ")
-            .or_else(|| header.strip_prefix("basic "))?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (user, password) = decoded.split_once(':')?;
-        let hash = self.users.get(user)?;
-        if !bcrypt::verify(password, hash).unwrap_or(false) {
+        let (user, password) = otstream_model::identity::basic_credentials(header)?;
+        let hash = self.users.get(&user)?;
+        if !bcrypt::verify(&password, hash).unwrap_or(false) {
             return None;
         }
         if let Ok(mut cache) = self.verified.lock() {
@@ -114,6 +105,7 @@ impl Htpasswd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn verifies_bcrypt_and_caches() {

@@ -135,24 +135,6 @@ fn write_lines(
     Ok(n)
 }
 
-/// The user of a Basic `Authorization` header. The recorder keeps who the
-/// sender claims to be; it checks no password.
-fn basic_user(value: &str) -> Option<String> {
-    use base64::Engine as _;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    Some(
-        text.split_once(':')
-            .map_or(text.as_str(), |(u, _)| u)
-            .to_owned(),
-    )
-}
-
 async fn http(
     listen: SocketAddr,
     tx: mpsc::Sender<RawMessage>,
@@ -221,7 +203,11 @@ async fn keep(
         mqtt_topic: None,
         x_limit_u: get(header::X_LIMIT_U),
         x_limit_d: get(header::X_LIMIT_D),
-        auth_user: get("authorization").as_deref().and_then(basic_user),
+        // Who the sender claims to be; the recorder checks no password.
+        auth_user: get("authorization")
+            .as_deref()
+            .and_then(otstream_model::identity::basic_credentials)
+            .map(|(user, _)| user),
     };
     let payload = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -338,20 +324,4 @@ fn kafka(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_user_is_the_part_before_the_colon() {
-        // "jane:s3cret:x" in base64: passwords may hold colons.
-        assert_eq!(
-            basic_user("Basic amFuZTpzM2NyZXQ6eA==").as_deref(),
-            Some("jane")
-        );
-        assert_eq!(basic_user("Bearer abc"), None);
-        assert_eq!(basic_user("Basic !!!"), None);
-    }
 }

@@ -122,6 +122,22 @@ pub fn parse_topic<'a>(topic: &'a str, prefix: &str) -> Option<TopicParts<'a>> {
     })
 }
 
+/// The user and password of an HTTP `Authorization: Basic ...` value, as
+/// sent (nothing is verified here). The password may hold colons; the user
+/// cannot.
+pub fn basic_credentials(value: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
 fn non_empty(s: Option<&str>) -> Option<&str> {
     s.map(str::trim).filter(|s| !s.is_empty())
 }
@@ -171,6 +187,19 @@ mod tests {
             mqtt_topic: Some(topic.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn basic_credentials_split_at_the_first_colon() {
+        // "jane:s3cret:x"
+        assert_eq!(
+            basic_credentials("Basic amFuZTpzM2NyZXQ6eA=="),
+            Some(("jane".into(), "s3cret:x".into()))
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+        // "jane" with no colon is no credentials.
+        assert_eq!(basic_credentials("Basic amFuZQ=="), None);
     }
 
     #[test]
