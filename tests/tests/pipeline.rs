@@ -395,7 +395,9 @@ fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
     let acked_at_first_503 = load.acked();
     let refused_at_first_503 = load.status_count(503);
     // Ten seconds of clients hammering a pipeline that cannot store.
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5));
+    let acked_midway = load.acked();
+    std::thread::sleep(Duration::from_secs(5));
     let rss_after: Vec<u64> = stages.iter().map(|(_, s)| s.rss_kib()).collect();
     let acked_after = load.acked();
     let refused_after = load.status_count(503);
@@ -416,10 +418,24 @@ fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
         acked_at_first_503 <= 2 * max_lag as usize,
         "{acked_at_first_503} acknowledged before the first 503 with a bound of {max_lag}"
     );
+    eprintln!(
+        "sink stopped: {acked_at_first_503} acknowledged at the first 503, {acked_midway} 5 s later, {acked_after} 10 s later"
+    );
+    // The lag summed over the stages can dip once after the first 503 (the
+    // geofence stage commits a position only with the state snapshot that
+    // accounts for it, up to geofence.state_interval_ms later), but not
+    // below what the stopped sink alone has not read, which grows by one
+    // for every message acknowledged: the total stays within the bound
+    // plus what 8 clients get through between two measurements of the
+    // lag (500 ms), and then the refusals are steady.
     assert!(
-        acked_after - acked_at_first_503 <= 50,
-        "{} more acknowledged while refusing",
-        acked_after - acked_at_first_503
+        acked_after <= 3 * max_lag as usize,
+        "{acked_after} acknowledged with the sink stopped and a bound of {max_lag}"
+    );
+    assert!(
+        acked_after - acked_midway <= 50,
+        "{} more acknowledged in the last 5 s of refusals",
+        acked_after - acked_midway
     );
     // Each of the 8 clients is refused about once a second (the ingress
     // waits `send_timeout_ms`, 1 s, for the lag to drop, then answers).
