@@ -101,6 +101,18 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
     Ok(now_ms - n * ms)
 }
 
+/// A token cancelled by SIGINT or SIGTERM (Ctrl-C stops a recorder or a
+/// replay cleanly), and the task that watches for them, to abort when done.
+fn cancel_on_signal() -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    let task = tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    (stop, task)
+}
+
 /// Runs `otstream record ...`.
 pub fn record(args: RecordArgs) -> Result<()> {
     let now = otstream_model::raw::now_ms();
@@ -140,15 +152,8 @@ pub fn record(args: RecordArgs) -> Result<()> {
     let _ = init_logging("warn", LogFormat::Text);
     let writer = create(&out.out)?;
     let written = block_on(async move {
-        let stop = CancellationToken::new();
+        let (stop, signal) = cancel_on_signal();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let signal = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stop.cancel();
-            })
-        };
         tokio::spawn(async move {
             if let Ok(what) = ready_rx.await {
                 eprintln!("recording {what}");
@@ -241,14 +246,7 @@ impl SendArgs {
     {
         let _ = init_logging("warn", LogFormat::Text);
         let Outcome { report, samples } = block_on(async move {
-            let stop = CancellationToken::new();
-            let signal = {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    stop.cancel();
-                })
-            };
+            let (stop, signal) = cancel_on_signal();
             let outcome = otstream_loadgen::replay(config, input, stop).await;
             signal.abort();
             outcome.context("replay failed")
