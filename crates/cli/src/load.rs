@@ -405,9 +405,7 @@ pub fn fleet(args: FleetArgs) -> Result<()> {
         let mut out = std::io::BufWriter::new(create(path)?);
         let mut n = 0u64;
         for m in fleet {
-            let line = otstream_model::RecordingLine::from_message(&m).to_line();
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
+            otstream_loadgen::write_recording_line(&mut out, &m)?;
             n += 1;
         }
         out.flush()?;

@@ -105,6 +105,10 @@ struct Device {
 #[derive(Debug)]
 pub struct Fleet {
     config: FleetConfig,
+    /// The city's centre.
+    center: Point,
+    /// `<prefix>/<user>`: every device's topic starts so.
+    topic_base: String,
     devices: Vec<Device>,
     /// Each device's next event time (seconds), earliest first.
     due: BinaryHeap<Reverse<(i64, u32)>>,
@@ -155,6 +159,8 @@ impl Fleet {
             })
             .collect();
         Self {
+            topic_base: format!("{}/{}", config.prefix, config.user),
+            center,
             config,
             devices,
             due,
@@ -167,8 +173,8 @@ impl Fleet {
         let hints = match self.config.transport {
             Transport::Mqtt => IdentityHints {
                 mqtt_topic: Some(match subtopic {
-                    "" => format!("{}/{}/{}", self.config.prefix, self.config.user, d.name),
-                    s => format!("{}/{}/{}/{s}", self.config.prefix, self.config.user, d.name),
+                    "" => format!("{}/{}", self.topic_base, d.name),
+                    s => format!("{}/{}/{s}", self.topic_base, d.name),
                 }),
                 ..Default::default()
             },
@@ -191,9 +197,8 @@ impl Fleet {
     /// event time.
     fn step(&mut self, index: u32, now: i64) -> (Vec<RawMessage>, i64) {
         let interval = i64::from(self.config.interval_s.max(1));
-        let center = Point::new(self.config.center.1, self.config.center.0);
-        let radius = self.config.radius_m;
-        let topic_base = format!("{}/{}", self.config.prefix, self.config.user);
+        let (center, radius) = (self.center, self.config.radius_m);
+        let topic_base = self.topic_base.as_str();
         let Some(d) = self.devices.get_mut(index as usize) else {
             return (Vec::new(), i64::MAX);
         };
@@ -209,7 +214,7 @@ impl Fleet {
         }
         let next = match d.mode {
             Mode::Parked { until } if now < until => {
-                bodies.push(("", location(d, now, "p", &topic_base)));
+                bodies.push(("", location(d, now, "p", topic_base)));
                 now + PING_S.min(until - now).max(1)
             }
             Mode::Parked { .. } => {
@@ -227,7 +232,7 @@ impl Fleet {
                     d.rng.random_range(1.1..1.7)
                 };
                 d.heading = Haversine.bearing(d.at, d.target);
-                bodies.push(("", location(d, now, "t", &topic_base)));
+                bodies.push(("", location(d, now, "t", topic_base)));
                 now + interval
             }
             Mode::Walking | Mode::Driving => {
@@ -249,7 +254,7 @@ impl Fleet {
                 let moving = !matches!(d.mode, Mode::Parked { .. });
                 bodies.push((
                     "",
-                    location(d, now, if moving { "t" } else { "v" }, &topic_base),
+                    location(d, now, if moving { "t" } else { "v" }, topic_base),
                 ));
                 match d.mode {
                     Mode::Parked { until } => now + PING_S.min(until - now).max(1),

@@ -27,7 +27,7 @@ pub mod rewrite;
 
 pub use fleet::{Fleet, FleetConfig};
 pub use pacing::Pacing;
-pub use record::{RecordError, Source, record};
+pub use record::{RecordError, Source, record, write_recording_line};
 pub use replay::{Outcome, ReplayConfig, ReplayError, Target, replay};
 pub use report::{Latencies, Report};
 pub use rewrite::Rewrite;

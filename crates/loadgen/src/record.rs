@@ -108,6 +108,12 @@ pub async fn record(
     written
 }
 
+/// Writes `m` as one line of the recording format.
+pub fn write_recording_line(out: &mut impl Write, m: &RawMessage) -> std::io::Result<()> {
+    out.write_all(RecordingLine::from_message(m).to_line().as_bytes())?;
+    out.write_all(b"\n")
+}
+
 /// The writer: one line per message, flushed at the end. Cancels `stop`
 /// at the limit so the source ends too.
 fn write_lines(
@@ -122,10 +128,7 @@ fn write_lines(
         if limit.is_some_and(|l| n >= l) {
             break;
         }
-        let line = RecordingLine::from_message(&m).to_line();
-        out.write_all(line.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(RecordError::Write)?;
+        write_recording_line(&mut out, &m).map_err(RecordError::Write)?;
         n += 1;
         if limit.is_some_and(|l| n >= l) {
             stop.cancel();

@@ -154,6 +154,21 @@ where
         }
         None => ProgressBar::hidden(),
     };
+    // Parsed once for every connection; a bad URL stops here.
+    let target = match &config.target {
+        Target::Http { url, basic_auth } => {
+            Parsed::Http(HttpTarget::new(url, basic_auth.as_deref())?)
+        }
+        Target::Mqtt { url, client_id } => {
+            let broker = BrokerUrl::parse(url).map_err(ReplayError::Target)?;
+            if broker.tls {
+                return Err(ReplayError::Target(
+                    "replay speaks plain mqtt:// only; put a TLS terminator in front".into(),
+                ));
+            }
+            Parsed::Mqtt(broker, client_id)
+        }
+    };
     let skipped = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::with_capacity(connections);
     let mut workers = Vec::with_capacity(connections);
@@ -172,19 +187,10 @@ where
             skipped: skipped.clone(),
             stop: shutdown.clone(),
         };
-        workers.push(match &config.target {
-            Target::Http { url, basic_auth } => {
-                let http = HttpTarget::new(url, basic_auth.as_deref())?;
-                tokio::spawn(worker.http(http))
-            }
-            Target::Mqtt { url, client_id } => {
-                let broker = BrokerUrl::parse(url).map_err(ReplayError::Target)?;
-                if broker.tls {
-                    return Err(ReplayError::Target(
-                        "replay speaks plain mqtt:// only; put a TLS terminator in front".into(),
-                    ));
-                }
-                tokio::spawn(worker.mqtt(broker, format!("{client_id}-{i}")))
+        workers.push(match &target {
+            Parsed::Http(http) => tokio::spawn(worker.http(http.clone())),
+            Parsed::Mqtt(broker, client_id) => {
+                tokio::spawn(worker.mqtt(broker.clone(), format!("{client_id}-{i}")))
             }
         });
     }
@@ -277,6 +283,13 @@ where
         }
     }
     Ok(())
+}
+
+/// The target, parsed.
+enum Parsed<'a> {
+    Http(HttpTarget),
+    /// The broker and the client id prefix.
+    Mqtt(BrokerUrl, &'a str),
 }
 
 /// A parsed HTTP target.

@@ -10,6 +10,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use otstream_model::identity::{self, parse_topic};
+use otstream_model::raw::header;
 use otstream_model::{IdentityHints, RawMessage};
 use serde_json::{Map, Value};
 
@@ -58,11 +59,13 @@ fn device_name(device: &str, copy: u32, rewrite: &Rewrite) -> String {
     }
 }
 
-/// Renames the device in an OwnTracks topic (keeping prefix and subtopic).
-fn rename_in_topic(topic: &str, prefix: &str, device: &str) -> Option<String> {
+/// Renames the device in an OwnTracks topic (keeping prefix and
+/// subtopic); `None` for a topic that names no device.
+fn rename_in_topic(topic: &str, prefix: &str, rename: impl Fn(&str) -> String) -> Option<String> {
     let parts = parse_topic(topic, prefix)?;
     let head = topic.strip_suffix(parts.subtopic)?.trim_end_matches('/');
     let head = head.strip_suffix(parts.device)?;
+    let device = rename(parts.device);
     Some(match parts.subtopic {
         "" => format!("{head}{device}"),
         sub => format!("{head}{device}/{sub}"),
@@ -90,8 +93,8 @@ impl Rewrite {
         let mut out = msg.clone();
         let rename = |d: &str| device_name(d, copy, self);
         if let Some(topic) = &msg.hints.mqtt_topic {
-            if let Some(parts) = parse_topic(topic, &self.prefix) {
-                out.hints.mqtt_topic = rename_in_topic(topic, &self.prefix, &rename(parts.device));
+            if let Some(renamed) = rename_in_topic(topic, &self.prefix, rename) {
+                out.hints.mqtt_topic = Some(renamed);
             }
         }
         let tid = body.and_then(|b| b.get("tid")).and_then(Value::as_str);
@@ -106,11 +109,9 @@ impl Rewrite {
         if let Some(mut body) = body.cloned() {
             let mut changed = false;
             if let Some(Value::String(t)) = body.get("topic") {
-                if let Some(parts) = parse_topic(t, &self.prefix) {
-                    if let Some(renamed) = rename_in_topic(t, &self.prefix, &rename(parts.device)) {
-                        body.insert("topic".into(), Value::String(renamed));
-                        changed = true;
-                    }
+                if let Some(renamed) = rename_in_topic(t, &self.prefix, rename) {
+                    body.insert("topic".into(), Value::String(renamed));
+                    changed = true;
                 }
             }
             if self.tst_offset != 0 {
@@ -175,10 +176,10 @@ impl Rewrite {
         };
         let mut out = Vec::with_capacity(2);
         if let Some(u) = user {
-            out.push(("x-limit-u", u));
+            out.push((header::X_LIMIT_U, u));
         }
         if let Some(d) = device {
-            out.push(("x-limit-d", d));
+            out.push((header::X_LIMIT_D, d));
         }
         out
     }
@@ -313,8 +314,8 @@ mod tests {
         assert_eq!(
             r.http_headers(&m),
             [
-                ("x-limit-u", "bob".to_owned()),
-                ("x-limit-d", "car".to_owned())
+                (header::X_LIMIT_U, "bob".to_owned()),
+                (header::X_LIMIT_D, "car".to_owned())
             ]
         );
         assert_eq!(r.route(&m), r.route(&mqtt("owntracks/bob/car", "{}")));
