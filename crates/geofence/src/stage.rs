@@ -374,6 +374,26 @@ impl Meters {
     }
 }
 
+impl Meters {
+    /// Sends `out` in order, counting what is derived and what is sent;
+    /// false once the output is closed.
+    async fn send(&self, out: Vec<Message<Record>>, output: &impl Sender<Record>) -> bool {
+        for m in out {
+            match &m.value {
+                Record::Transition(_) => self.derived[0].increment(1),
+                Record::Trip(_) => self.derived[1].increment(1),
+                Record::Stop(_) => self.derived[2].increment(1),
+                _ => {}
+            }
+            if output.send(m).await.is_err() {
+                return false;
+            }
+            self.sent.increment(1);
+        }
+        true
+    }
+}
+
 /// The fences file's identity on disk, to notice a change.
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
@@ -421,11 +441,8 @@ pub async fn run(
                 if let Some(t) = tracker.as_mut() {
                     t.flush_due(now_ms(), false, &mut out);
                 }
-                for m in out {
-                    if output.send(m).await.is_err() {
-                        return Ok(());
-                    }
-                    meters.sent.increment(1);
+                if !meters.send(out, &output).await {
+                    return Ok(());
                 }
                 continue;
             }
@@ -459,11 +476,7 @@ pub async fn run(
             if let Some(t) = tracker.as_mut() {
                 t.flush_due(now_ms(), true, &mut out);
             }
-            for m in out {
-                if output.send(m).await.is_err() {
-                    break;
-                }
-            }
+            meters.send(out, &output).await;
             return Ok(());
         }
         meters.received.increment(n as u64);
@@ -491,17 +504,8 @@ pub async fn run(
         };
         device_gauge.set(t.devices() as f64);
         tracker = Some(t);
-        for m in out {
-            match &m.value {
-                Record::Transition(_) => meters.derived[0].increment(1),
-                Record::Trip(_) => meters.derived[1].increment(1),
-                Record::Stop(_) => meters.derived[2].increment(1),
-                _ => {}
-            }
-            if output.send(m).await.is_err() {
-                return Ok(());
-            }
-            meters.sent.increment(1);
+        if !meters.send(out, &output).await {
+            return Ok(());
         }
     }
 }
