@@ -59,8 +59,6 @@ def check_command(where, args, env, config_file=None):
         r = otstream(["check-config", *flags], env)
         if r.returncode != 0 or not r.stdout.startswith("configuration ok"):
             fail(f"{where}: configuration refused: {r.stderr.strip()}")
-        return r.stdout.strip()
-    return None
 
 
 def compose():
@@ -72,11 +70,12 @@ def compose():
     services = resolved["services"]
     stages = set()
     for name, svc in services.items():
+        # `docker-compose config` writes volumes as SOURCE:TARGET[:MODE],
+        # bind mounts with absolute paths.
         for vol in svc.get("volumes", []):
-            src = vol.get("source") if isinstance(vol, dict) else vol.split(":")[0]
-            if vol.get("type") == "bind" if isinstance(vol, dict) else src.startswith((".", "/")):
-                if not pathlib.Path(src).exists():
-                    fail(f"compose service {name} mounts {src}, which does not exist")
+            src = vol.split(":")[0]
+            if src.startswith("/") and not pathlib.Path(src).exists():
+                fail(f"compose service {name} mounts {src}, which does not exist")
         build = svc.get("build")
         if build and not (pathlib.Path(build["context"]) / build.get("dockerfile", "Dockerfile")).exists():
             fail(f"compose service {name}: no Dockerfile at {build}")
@@ -152,7 +151,7 @@ def k8s():
     with tempfile.TemporaryDirectory() as tmp:
         for f, d in docs:
             spec = d.get("spec", {})
-            pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+            pod = spec.get("template", {}).get("spec")
             if not pod:
                 continue
             mounts = {}
