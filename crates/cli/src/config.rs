@@ -62,6 +62,9 @@ pub struct ServeConfig {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The read API, the live feed and the map page.
+    #[serde(default)]
+    pub api: otstream_api::ApiConfig,
     /// Longest a graceful shutdown may take before stages are stopped hard,
     /// ms. Covers the in-flight requests' wait for their acks (10 s at most
     /// by default) plus the final commit.

@@ -51,6 +51,8 @@ pub enum Stage {
     Geofence,
     /// Every topic into ClickHouse or the embedded store.
     Sink,
+    /// The read API and the map, reading ClickHouse (no Kafka needed).
+    Api,
 }
 
 impl Stage {
@@ -64,13 +66,14 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Geofence => "geofence",
             Stage::Sink => "sink",
+            Stage::Api => "api",
         }
     }
 
     /// The topics its group reads.
     pub fn inputs(self) -> &'static [&'static str] {
         match self {
-            Stage::Ingress => &[],
+            Stage::Ingress | Stage::Api => &[],
             Stage::Decode => &[topics::RAW],
             Stage::Geofence => &[topics::POSITIONS, topics::RECORDS],
             Stage::Sink => &[
@@ -108,6 +111,10 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let mut running: Vec<Running> = Vec::new();
     let mut subscriptions = Vec::new();
+    // With the sink in this process, the read API's live feed hears it.
+    let live = stages
+        .contains(&Stage::Sink)
+        .then(otstream_api::live::channel);
     for &stage in stages {
         let started = match stage {
             Stage::Ingress => {
@@ -115,11 +122,15 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                     &config,
                     &kafka,
                     keys.clone(),
+                    live.clone(),
                     &stop_ingress,
                     &lag_stop,
                     &mut subscriptions,
                 )
                 .await?
+            }
+            Stage::Api => {
+                anyhow::bail!("the api runs alone (otstream run api), not among Kafka stages")
             }
             Stage::Decode => {
                 let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
@@ -172,11 +183,12 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 }
                 let (rx, stop, closed) = receiver::<Record>(&sink_kafka, stage, None)?;
                 let stop_hard = hard_stop.clone();
+                let committed = live.clone();
                 let task = match config.clickhouse.clone() {
                     Some(ch) => {
                         tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
                         tokio::spawn(async move {
-                            otstream_sink::clickhouse::run(ch, rx, stop_hard)
+                            otstream_sink::clickhouse::run(ch, rx, committed, stop_hard)
                                 .await
                                 .map_err(anyhow::Error::from)
                         })
@@ -185,7 +197,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                         let store = open_store(&config).await?;
                         let sink_config = config.sink.clone();
                         tokio::spawn(async move {
-                            otstream_sink::run(sink_config, rx, store, stop_hard)
+                            otstream_sink::run(sink_config, rx, store, committed, stop_hard)
                                 .await
                                 .map_err(anyhow::Error::from)
                         })
@@ -267,6 +279,7 @@ async fn start_ingress(
     config: &ServeConfig,
     kafka: &KafkaConfig,
     keys: Arc<KeyRing>,
+    live: Option<otstream_sink::Committed>,
     stop: &CancellationToken,
     lag_stop: &Arc<AtomicBool>,
     subscriptions: &mut Vec<tokio::sync::watch::Receiver<bool>>,
@@ -309,13 +322,29 @@ async fn start_ingress(
             flush: None,
         });
     }
+    // The read API, on this listener or its own; its live streams end
+    // with the ingress.
+    let api = crate::api::build(config, live, stop.clone())?;
+    let mut fallback = None;
+    if let Some(api) = api {
+        match crate::api::spawn_own_listener(config, &api, stop.clone()).await? {
+            Some(task) => out.push(Running {
+                name: "api",
+                task: tokio::spawn(async move { task.await?.map_err(anyhow::Error::from) }),
+                receiver: None,
+                flush: None,
+            }),
+            None => fallback = Some(Arc::new(api) as Arc<dyn otstream_ingress::Fallback>),
+        }
+    }
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
-    let http = otstream_ingress::run_http(
+    let http = otstream_ingress::run_http_with(
         listener,
         config.http.clone(),
         config.decode.clone(),
         keys,
         tx.clone().with_send_timeout(send_timeout),
+        fallback,
         stop.clone(),
     );
     out.push(Running {

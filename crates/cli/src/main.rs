@@ -3,6 +3,7 @@
 //! The binary only parses flags and configuration and calls into the stage
 //! crates; every behaviour lives in a library where it can be tested.
 
+mod api;
 mod config;
 mod decode;
 mod kafka;
@@ -26,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline in one process: OwnTracks HTTP in, embedded store out.
     Serve(serve::Args),
-    /// Run one stage over Kafka: ingress, decode, geofence or sink.
+    /// Run one stage over Kafka (ingress, decode, geofence or sink), or the read API alone (api).
     Run(RunArgs),
     /// Manage the Kafka topics.
     Topics(topics::Args),
@@ -61,10 +62,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Run(args) => args
-            .common
-            .config()
-            .and_then(|config| serve::block_on(kafka::run_stages(config, &[args.stage]))),
+        Command::Run(args) => args.common.config().and_then(|config| match args.stage {
+            kafka::Stage::Api => serve::block_on(api::run_alone(config)),
+            stage => serve::block_on(kafka::run_stages(config, &[stage])),
+        }),
         Command::Topics(args) => topics::run(args),
         Command::CheckConfig(args) => serve::check(args),
         Command::Migrate(args) => migrate::run(args),

@@ -48,6 +48,9 @@ pub struct Args {
     /// Directory of the embedded store [default: ./data].
     #[arg(long, env = "OTSTREAM_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// A listener of its own for the read API and the map [default: the --http-addr listener].
+    #[arg(long, env = "OTSTREAM_API_ADDR", value_name = "ADDR:PORT")]
+    api_addr: Option<std::net::SocketAddr>,
     /// Prometheus /metrics, /healthz and /readyz address [default: 0.0.0.0:9145].
     #[arg(long, env = "OTSTREAM_METRICS_ADDR", value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -112,6 +115,9 @@ impl Args {
         let mut config = ServeConfig::load(self.config.as_deref(), std::env::vars())?;
         if let Some(a) = self.http_addr {
             config.http.addr = a;
+        }
+        if let Some(a) = self.api_addr {
+            config.api.addr = Some(a);
         }
         if let Some(d) = self.data_dir {
             config.data_dir = d;
@@ -272,15 +278,27 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let hard_stop = CancellationToken::new();
     let stop_ingress = CancellationToken::new();
     let (config_sink, stop) = (config.sink.clone(), hard_stop.clone());
+    // The read API: the live feed hears what the sink commits.
+    let live = otstream_api::live::channel();
+    let stop_api = CancellationToken::new();
+    let api = crate::api::build(&config, Some(live.clone()), stop_api.clone())?;
+    let api_task = match &api {
+        Some(a) => crate::api::spawn_own_listener(&config, a, stop_api.clone()).await?,
+        None => None,
+    };
+    let fallback = match (api, &api_task) {
+        (Some(a), None) => Some(Arc::new(a) as Arc<dyn otstream_ingress::Fallback>),
+        _ => None,
+    };
 
     let sink = match (store, config.clickhouse.clone()) {
         (Some(store), _) => tokio::spawn(async move {
-            otstream_sink::run(config_sink, geo_rx, store, stop)
+            otstream_sink::run(config_sink, geo_rx, store, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         (None, Some(ch)) => tokio::spawn(async move {
-            otstream_sink::clickhouse::run(ch, geo_rx, stop)
+            otstream_sink::clickhouse::run(ch, geo_rx, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
@@ -322,12 +340,13 @@ async fn serve(config: ServeConfig) -> Result<()> {
         (task, watch)
     });
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
-    let mut ingress = tokio::spawn(otstream_ingress::run_http(
+    let mut ingress = tokio::spawn(otstream_ingress::run_http_with(
         listener,
         config.http.clone(),
         config.decode.clone(),
         keys,
         raw_tx.with_send_timeout(send_timeout),
+        fallback,
         stop_ingress.clone(),
     ));
     let mqtt = match mqtt {
@@ -349,6 +368,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     };
     ready.store(false, Ordering::Release);
     stop_ingress.cancel();
+    // Live streams never end by themselves; reads in progress finish.
+    stop_api.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
     let mut ending = Ending::default();
     let ingress_result = match ingress_done {
@@ -370,6 +391,9 @@ async fn serve(config: ServeConfig) -> Result<()> {
         tokio::time::timeout_at(deadline, geofence).await,
     );
     ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
+    if let Some(task) = api_task {
+        ending.record("api", tokio::time::timeout_at(deadline, task).await);
+    }
     ending.conclude(&hard_stop)?;
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())

@@ -47,8 +47,13 @@ pub struct HttpConfig {
     #[serde(default)]
     pub htpasswd: Option<PathBuf>,
     /// Friends: the last location and card of group members in each 200.
+    /// The same groups decide who reads whose devices in the read API.
     #[serde(default)]
     pub friends: FriendsConfig,
+    /// Users (of the htpasswd file) who read every device through the
+    /// read API; everyone else reads their own and their groups'.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// The friends feature, as OwnTracks Recorder offers it.
@@ -106,6 +111,7 @@ impl Default for HttpConfig {
             retry_after_s: default_retry_after_s(),
             htpasswd: None,
             friends: FriendsConfig::default(),
+            admins: Vec::new(),
         }
     }
 }

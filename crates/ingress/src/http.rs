@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -85,8 +86,33 @@ impl Meters {
     }
 }
 
+/// The body of an answer another service gives on the ingest listener:
+/// streamed, and ended with an error (the connection is cut) when the
+/// stream fails half-way.
+pub type FallbackBody = BoxBody<Bytes, std::io::Error>;
+
+/// What answers the requests on the ingest listener that are not
+/// OwnTracks POSTs (the read API and the map page share the phones'
+/// port): every request to a path that is not one of `http.paths`, and
+/// those of its requests to them that [`Fallback::serves`] claims (a GET
+/// of `/` is the map; a GET of `/pub` stays the ingress's 405).
+pub trait Fallback: Send + Sync + 'static {
+    /// Whether a request other than a POST to an ingest path is its own.
+    fn serves(&self, method: &Method, path: &str) -> bool;
+
+    /// The answer to `req` from `remote`.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<FallbackBody>> + Send>>;
+}
+
+type Answer = Response<Either<Full<Bytes>, FallbackBody>>;
+
 struct State<S> {
     config: HttpConfig,
+    fallback: Option<Arc<dyn Fallback>>,
     output: S,
     decode_config: DecodeConfig,
     keys: Arc<KeyRing>,
@@ -111,6 +137,29 @@ pub async fn run_http<S: Sender<RawMessage>>(
     output: S,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
+    run_http_with(
+        listener,
+        config,
+        decode_config,
+        keys,
+        output,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_http`], with every request that is not an OwnTracks POST handed
+/// to `fallback` (the read API), when there is one.
+pub async fn run_http_with<S: Sender<RawMessage>>(
+    listener: TcpListener,
+    config: HttpConfig,
+    decode_config: DecodeConfig,
+    keys: Arc<KeyRing>,
+    output: S,
+    fallback: Option<Arc<dyn Fallback>>,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
     config.validate().map_err(IngressError::Config)?;
     let auth = match &config.htpasswd {
         Some(path) => Some(Arc::new(Htpasswd::from_file(path)?)),
@@ -121,6 +170,7 @@ pub async fn run_http<S: Sender<RawMessage>>(
     let header_timeout = Duration::from_millis(config.header_timeout_ms);
     let state = Arc::new(State {
         config,
+        fallback,
         output,
         decode_config,
         keys,
@@ -177,7 +227,12 @@ async fn handle<S: Sender<RawMessage>>(
     state: Arc<State<S>>,
     remote: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Answer, Infallible> {
+    let ingest =
+        req.method() == Method::POST && state.config.paths.iter().any(|p| p == req.uri().path());
+    if let (false, Some(fallback)) = (ingest, &state.fallback) {
+        return Ok(fallback.call(req, remote).await.map(Either::Right));
+    }
     let started = Instant::now();
     let response = respond(&state, remote, req).await;
     state.meters.status(response.status());
@@ -185,7 +240,7 @@ async fn handle<S: Sender<RawMessage>>(
         .meters
         .duration
         .record(started.elapsed().as_secs_f64());
-    Ok(response)
+    Ok(response.map(Either::Left))
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

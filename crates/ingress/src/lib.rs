@@ -26,6 +26,10 @@
 //! (one small payload costs about a microsecond, less than its HTTP
 //! parsing), so the status code and the dead letter always agree.
 //!
+//! Every other request on the same listener (a GET, another path) goes
+//! to a [`Fallback`] when one is given: the read API and the map page
+//! share the phones' port.
+//!
 //! Layout:
 //! - [`config`]: [`HttpConfig`] and its parts.
 //! - [`auth`]: htpasswd (bcrypt) Basic authentication.
@@ -40,5 +44,5 @@ pub mod http;
 pub mod mqtt;
 
 pub use config::{FriendsConfig, HttpConfig};
-pub use http::{IngressError, run_http};
+pub use http::{Fallback, FallbackBody, IngressError, run_http, run_http_with};
 pub use mqtt::{MqttConfig, MqttError, run_mqtt};

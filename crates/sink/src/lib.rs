@@ -18,6 +18,10 @@
 //! answers 503: backpressure, not loss. Duplicates (a retried POST, a
 //! redelivered MQTT message) collapse on each table's natural key.
 //!
+//! What was committed is announced on an optional broadcast channel
+//! ([`Committed`]): positions and transitions, after their commit and only
+//! while someone listens, for the read API's live feed.
+//!
 //! Layout:
 //! - [`store`]: the SQLite schema and batch writer.
 //! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
@@ -89,8 +93,30 @@ impl SinkConfig {
 
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
+/// Where a sink announces the positions and transitions it committed (the
+/// live feed). A broadcast: a slow listener skips ahead, the sink never
+/// waits for it.
+pub type Committed = tokio::sync::broadcast::Sender<Record>;
+
+/// Announces committed positions and transitions, if anyone listens.
+pub(crate) fn announce<'a>(
+    committed: Option<&Committed>,
+    records: impl Iterator<Item = &'a Record>,
+) {
+    let Some(tx) = committed else { return };
+    if tx.receiver_count() == 0 {
+        return;
+    }
+    for r in records {
+        if matches!(r, Record::Position(_) | Record::Transition(_)) {
+            let _ = tx.send(r.clone());
+        }
+    }
+}
+
 /// Runs the sink stage: reads records, writes them in group commits to
-/// `store`, settles their acks once committed. Returns when the input is
+/// `store`, settles their acks once committed and announces them on
+/// `committed`. Returns when the input is
 /// closed and drained (graceful), or when `shutdown` is cancelled (hard
 /// stop: whatever is not committed stays unacknowledged, so its senders
 /// retry).
@@ -98,6 +124,7 @@ pub async fn run(
     config: SinkConfig,
     mut input: impl Receiver<Record>,
     store: Store,
+    committed: Option<Committed>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut store = Some(store);
@@ -147,6 +174,7 @@ pub async fn run(
                 }
             }
         }
+        announce(committed.as_ref(), batch.iter().map(|m| &m.value));
         for m in batch.drain(..) {
             m.ack.delivered();
         }

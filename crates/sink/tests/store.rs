@@ -204,7 +204,15 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
         retry_initial_ms: 20,
         ..Default::default()
     };
-    let sink = tokio::spawn(otstream_sink::run(config, rx, store, shutdown.clone()));
+    let committed = tokio::sync::broadcast::channel::<Record>(16).0;
+    let mut announced = committed.subscribe();
+    let sink = tokio::spawn(otstream_sink::run(
+        config,
+        rx,
+        store,
+        Some(committed),
+        shutdown.clone(),
+    ));
 
     let first = send_all(
         &tx,
@@ -217,6 +225,10 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
         assert_eq!(w.await, AckStatus::Delivered);
     }
     assert_eq!(query(&db, "SELECT count(*) FROM positions"), ["1"]);
+    match announced.try_recv() {
+        Ok(Record::Position(p)) => assert_eq!(p.tst, 1700000001),
+        other => panic!("the committed position was not announced: {other:?}"),
+    }
 
     // Another process takes the write lock: the sink cannot commit.
     let blocker = Connection::open(&db).unwrap();
@@ -233,8 +245,16 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
         s = &mut w => panic!("acknowledged while the store is locked: {s:?}"),
         () = tokio::time::sleep(Duration::from_millis(700)) => {}
     }
+    assert!(
+        announced.try_recv().is_err(),
+        "announced before it was committed"
+    );
     blocker.execute_batch("COMMIT").unwrap();
     assert_eq!(w.await, AckStatus::Delivered);
+    match announced.try_recv() {
+        Ok(Record::Position(p)) => assert_eq!(p.tst, 1700000002),
+        other => panic!("the committed position was not announced: {other:?}"),
+    }
     assert_eq!(query(&db, "SELECT count(*) FROM positions"), ["2"]);
 
     drop(tx);
@@ -254,6 +274,7 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
         SinkConfig::default(),
         rx,
         store,
+        None,
         shutdown.clone(),
     ));
     let mut waiters = send_all(&tx, records("owntracks/a/b", r#"{"_type":"lwt"}"#));

@@ -331,6 +331,7 @@ struct Writer {
     config: ClickHouseConfig,
     shutdown: CancellationToken,
     meters: Meters,
+    committed: Option<crate::Committed>,
 }
 
 /// Runs the ClickHouse sink until the input is closed and drained (the last
@@ -339,6 +340,7 @@ struct Writer {
 pub async fn run(
     config: ClickHouseConfig,
     mut input: impl Receiver<Record>,
+    committed: Option<crate::Committed>,
     shutdown: CancellationToken,
 ) -> Result<(), ClickHouseError> {
     config.validate().map_err(ClickHouseError::Config)?;
@@ -352,6 +354,7 @@ pub async fn run(
         config,
         shutdown: shutdown.clone(),
         meters: Meters::new(),
+        committed,
     };
     let mut batch: Vec<Message<Record>> = Vec::new();
     let mut bytes = 0usize;
@@ -428,6 +431,15 @@ impl Writer {
             self.retry(Table::DeadLetters, &dead_refs, false).await?;
             self.meters.rejected.increment(dead.len() as u64);
         }
+        let refused: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| *i).collect();
+        crate::announce(
+            self.committed.as_ref(),
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !refused.contains(i))
+                .map(|(_, m)| &m.value),
+        );
         for m in batch.drain(..) {
             m.ack.delivered();
         }

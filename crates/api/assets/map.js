@@ -1,0 +1,209 @@
+// otstream fleet map: every visible device at its last position, moved by
+// the live feed; a click shows the device's track and trips of the day.
+// Plain JavaScript over Leaflet; everything it loads comes from this server.
+(function () {
+  'use strict';
+
+  var settings = JSON.parse(document.getElementById('settings').textContent);
+  var map = L.map('map', { worldCopyJump: true }).setView([20, 0], 2);
+  if (settings.tileUrl) {
+    L.tileLayer(settings.tileUrl, { maxZoom: 19, attribution: settings.tileAttribution }).addTo(map);
+  }
+  var fenceLayer = L.layerGroup().addTo(map);
+  var trackLayer = L.layerGroup().addTo(map);
+  var list = document.getElementById('devices');
+  var statusEl = document.getElementById('status');
+  var filterEl = document.getElementById('filter');
+  var devices = new Map();
+  var selected = null;
+  var palette = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#4d7c0f'];
+
+  function keyOf(d) { return d.user + '/' + d.device; }
+
+  function colorOf(key) {
+    var h = 0;
+    for (var i = 0; i < key.length; i++) { h = (h * 31 + key.charCodeAt(i)) | 0; }
+    return palette[Math.abs(h) % palette.length];
+  }
+
+  function ago(seconds) {
+    if (seconds < 60) { return Math.max(0, Math.round(seconds)) + ' s ago'; }
+    if (seconds < 3600) { return Math.round(seconds / 60) + ' min ago'; }
+    if (seconds < 86400) { return Math.round(seconds / 3600) + ' h ago'; }
+    return Math.round(seconds / 86400) + ' d ago';
+  }
+
+  function label(d) { return d.name || d.tid || keyOf(d); }
+
+  function query(params) {
+    return Object.keys(params).map(function (k) {
+      return encodeURIComponent(k) + '=' + encodeURIComponent(params[k]);
+    }).join('&');
+  }
+
+  function getJSON(url) {
+    return fetch(url, { credentials: 'same-origin' }).then(function (r) {
+      if (!r.ok) { throw new Error(url + ': HTTP ' + r.status); }
+      return r.json();
+    });
+  }
+
+  function renderItem(entry) {
+    var d = entry.data;
+    var li = entry.li;
+    var fixAge = Date.now() / 1000 - d.tst;
+    li.dataset.key = keyOf(d);
+    li.dataset.lat = d.lat;
+    li.dataset.lon = d.lon;
+    li.dataset.tst = d.tst;
+    li.className = (selected === keyOf(d) ? 'selected' : '') + (fixAge > 3600 ? ' stale' : '');
+    li.querySelector('.name').textContent = label(d);
+    li.querySelector('.batt').textContent = d.batt != null ? d.batt + ' %' : '';
+    li.querySelector('.age').textContent = ago(fixAge);
+    li.querySelector('.where').textContent = d.inregions && d.inregions.length ? ' · in ' + d.inregions.join(', ') : '';
+    entry.marker.setLatLng([d.lat, d.lon]);
+    entry.marker.setTooltipContent(label(d) + ' · ' + ago(fixAge));
+  }
+
+  function upsert(d) {
+    var key = keyOf(d);
+    var entry = devices.get(key);
+    if (entry && entry.data.tst > d.tst) { return entry; }
+    if (!entry) {
+      var li = document.createElement('li');
+      li.innerHTML = '<span class="dot"></span><span class="name"></span><span class="batt"></span>' +
+        '<span class="meta"><span class="key"></span> · <span class="age"></span><span class="where"></span></span>';
+      li.querySelector('.dot').style.background = colorOf(key);
+      li.querySelector('.key').textContent = key;
+      li.addEventListener('click', function () { select(key); });
+      var marker = L.circleMarker([d.lat, d.lon], {
+        radius: 8, weight: 2, color: '#fff', fillColor: colorOf(key), fillOpacity: 0.95
+      }).bindTooltip('', { direction: 'top' }).addTo(map);
+      marker.on('click', function () { select(key); });
+      entry = { data: {}, li: li, marker: marker };
+      devices.set(key, entry);
+      var after = Array.from(list.children).find(function (x) { return x.dataset.key > key; });
+      list.insertBefore(li, after || null);
+    }
+    entry.data = Object.assign({}, entry.data, d);
+    renderItem(entry);
+    applyFilter();
+    return entry;
+  }
+
+  function applyFilter() {
+    var f = filterEl.value.trim().toLowerCase();
+    devices.forEach(function (e, key) {
+      e.li.hidden = f !== '' && (key + ' ' + label(e.data)).toLowerCase().indexOf(f) < 0;
+    });
+  }
+
+  function fit() {
+    var points = Array.from(devices.values()).map(function (e) { return [e.data.lat, e.data.lon]; });
+    if (points.length === 1) { map.setView(points[0], 14); }
+    if (points.length > 1) { map.fitBounds(points, { padding: [40, 40], maxZoom: 15 }); }
+  }
+
+  function minutes(s) { return Math.round(s / 60) + ' min'; }
+  function clock(t) { return new Date(t * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }); }
+
+  function select(key) {
+    selected = key;
+    devices.forEach(function (e) { renderItem(e); });
+    var entry = devices.get(key);
+    if (!entry) { return; }
+    var d = entry.data;
+    var midnight = new Date();
+    midnight.setHours(0, 0, 0, 0);
+    var from = Math.floor(midnight.getTime() / 1000);
+    var scope = { user: d.user, device: d.device, from: from };
+    document.getElementById('detail').hidden = false;
+    document.getElementById('detail-title').textContent = label(d) + ' — today';
+    document.getElementById('detail-summary').textContent = 'loading…';
+    trackLayer.clearLayers();
+    var trips = document.getElementById('trips');
+    trips.textContent = '';
+    getJSON('/api/v1/positions?' + query(Object.assign({ format: 'linestring' }, scope))).then(function (geo) {
+      if (selected !== key) { return; }
+      var line = L.geoJSON(geo, { style: { color: colorOf(key), weight: 4, opacity: 0.8 } });
+      trackLayer.addLayer(line);
+      entry.track = line;
+      var bounds = line.getBounds();
+      if (bounds.isValid()) { map.fitBounds(bounds.extend(entry.marker.getLatLng()), { padding: [40, 40], maxZoom: 16 }); }
+    }).catch(showError);
+    getJSON('/api/v1/trips?' + query(scope)).then(function (rows) {
+      if (selected !== key) { return; }
+      var km = 0;
+      rows.forEach(function (t) {
+        km += t.distance / 1000;
+        var li = document.createElement('li');
+        li.textContent = clock(t.start) + '–' + clock(t.end) + ' · ' + (t.distance / 1000).toFixed(1) + ' km · ' + minutes(t.duration);
+        trips.appendChild(li);
+      });
+      document.getElementById('detail-summary').textContent =
+        rows.length + (rows.length === 1 ? ' trip' : ' trips') + ', ' + km.toFixed(1) + ' km';
+    }).catch(showError);
+  }
+
+  function extendTrack(p) {
+    var entry = devices.get(keyOf(p));
+    if (selected !== keyOf(p) || !entry || !entry.track) { return; }
+    entry.track.eachLayer(function (layer) {
+      if (layer.addLatLng) { layer.addLatLng([p.lat, p.lon]); }
+    });
+  }
+
+  function drawFences(geo) {
+    L.geoJSON(geo, {
+      style: { color: '#6b7280', weight: 2, dashArray: '4 4', fillOpacity: 0.08 },
+      pointToLayer: function (feature, latlng) {
+        var r = feature.properties && Number(feature.properties.radius);
+        return r > 0 ? L.circle(latlng, { radius: r }) : L.circleMarker(latlng, { radius: 4 });
+      },
+      onEachFeature: function (feature, layer) {
+        var p = feature.properties || {};
+        if (p.name || p.id || feature.id) { layer.bindTooltip(String(p.name || p.id || feature.id)); }
+      }
+    }).addTo(fenceLayer);
+  }
+
+  function setStatus(text, cls) {
+    statusEl.textContent = text;
+    statusEl.className = 'status ' + cls;
+  }
+
+  function showError(e) { setStatus(String(e.message || e), 'down'); }
+
+  function connect() {
+    var es = new EventSource('/api/v1/live');
+    es.onopen = function () { setStatus('live', 'live'); };
+    es.onerror = function () { setStatus('reconnecting…', 'down'); };
+    es.addEventListener('position', function (ev) {
+      var p = JSON.parse(ev.data);
+      p.seen = p.received_at;
+      upsert(p);
+      extendTrack(p);
+    });
+    es.addEventListener('transition', function (ev) {
+      var t = JSON.parse(ev.data);
+      var entry = devices.get(keyOf(t));
+      if (entry) {
+        entry.marker.setTooltipContent(label(entry.data) + ' · ' + t.event + ' ' + (t.desc || t.rid || ''));
+        entry.marker.openTooltip();
+      }
+    });
+  }
+
+  filterEl.addEventListener('input', applyFilter);
+  setInterval(function () { devices.forEach(renderItem); }, 10000);
+
+  // The feed first, so that nothing stored while the list loads is missed
+  // (a fix older than the one shown is ignored).
+  connect();
+  getJSON('/api/v1/devices').then(function (rows) {
+    rows.forEach(upsert);
+    fit();
+    document.body.dataset.loaded = String(rows.length);
+  }).catch(showError);
+  getJSON('/api/v1/fences').then(drawFences).catch(showError);
+})();

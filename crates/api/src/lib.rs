@@ -1,0 +1,623 @@
+//! The read side over HTTP: the query API, OwnTracks Recorder's API, the
+//! live feed and the fleet map page.
+//!
+//! In: HTTP requests, on the phones' listener (every request that is not
+//! an OwnTracks POST, through [`otstream_ingress::Fallback`]) or on a
+//! listener of its own ([`serve`]); the tables, through an
+//! [`otstream_query::Reader`]; committed positions and transitions, on a
+//! broadcast channel from the sink ([`live`]). Out: JSON, NDJSON,
+//! GeoJSON, GPX and CSV answers, streamed as they are read; server-sent
+//! events; the map page and its scripts, bundled in the binary.
+//!
+//! Guarantees: a read never sees another user's devices unless the rules
+//! of [`access`] allow it; an unauthenticated install answers reads only
+//! on loopback; a bad parameter is a 400 naming it; an answer's memory is
+//! bounded whatever its size ([`body`]); reads never block ingest.
+//!
+//! Endpoints (see the README for each with curl):
+//! - `/api/v1/devices`, `/positions`, `/trips`, `/stops`,
+//!   `/transitions`, `/summary`, `/live`, `/fences`;
+//! - Recorder's `/api/0/last`, `/locations`, `/list`, `/version`;
+//! - the map: `/` and `/map`, its assets under `/assets/`.
+//!
+//! Layout:
+//! - [`params`]: parameters, times, windows.
+//! - [`access`]: who reads what.
+//! - [`body`]: streamed bodies.
+//! - [`live`]: the live feed.
+//! - [`page`]: the map page and its bundled assets.
+
+pub mod access;
+pub mod body;
+pub mod live;
+pub mod page;
+pub mod params;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use otstream_ingress::{Fallback, FallbackBody};
+use otstream_model::Record;
+use otstream_query::format::{
+    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_location,
+    summary_json,
+};
+use otstream_query::{Query, QueryError, Reader, Visible};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use access::Access;
+pub use params::{BadParam, Params};
+
+/// How the read API and the map are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the read API and the map at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// With authentication off, answer reads from any address, not only
+    /// from loopback. Off by default: `serve` listens on every interface
+    /// for the phones, and locations are not for the whole network.
+    #[serde(default)]
+    pub public: bool,
+    /// A listener of its own for the API and the map; by default they
+    /// share the ingest listener (their paths do not collide with the
+    /// apps' POSTs to `/` and `/pub`).
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+    /// The map's raster tiles, a `{z}/{x}/{y}` URL template; empty for no
+    /// tiles (markers, tracks and the panel work without them).
+    /// OpenStreetMap's by default; heavy use needs a tile server of your own
+    /// (see OSM's tile usage policy).
+    #[serde(default = "default_tile_url")]
+    pub tile_url: String,
+    /// The tiles' attribution, shown on the map.
+    #[serde(default = "default_tile_attribution")]
+    pub tile_attribution: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_tile_url() -> String {
+    "https://tile.openstreetmap.org/{z}/{x}/{y}.png".to_owned()
+}
+fn default_tile_attribution() -> String {
+    "&copy; OpenStreetMap contributors".to_owned()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public: false,
+            addr: None,
+            tile_url: default_tile_url(),
+            tile_attribution: default_tile_attribution(),
+        }
+    }
+}
+
+/// Default window of `/api/v1` reads: the last day.
+const V1_SPAN_S: i64 = 86_400;
+/// Default window of Recorder's reads: its `DEFAULT_HISTORY_HOURS`, 6.
+const RECORDER_SPAN_S: i64 = 6 * 3600;
+/// Default window of the summary: a week of days.
+const SUMMARY_SPAN_S: i64 = 7 * 86_400;
+
+struct Inner {
+    config: ApiConfig,
+    reader: Reader,
+    access: Access,
+    live: Option<broadcast::Sender<Record>>,
+    fences: Option<PathBuf>,
+    shutdown: CancellationToken,
+}
+
+/// The read API: cheap to clone, one per process.
+#[derive(Clone)]
+pub struct Api(Arc<Inner>);
+
+impl Api {
+    /// An API reading through `reader`, checking reads with `access`,
+    /// feeding `/api/v1/live` from `live` (committed records; none: the
+    /// feed answers 503) and serving the operator's `fences` file to the
+    /// map. Live streams end when `shutdown` is cancelled.
+    pub fn new(
+        config: ApiConfig,
+        reader: Reader,
+        access: Access,
+        live: Option<broadcast::Sender<Record>>,
+        fences: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            config,
+            reader,
+            access,
+            live,
+            fences,
+            shutdown,
+        }))
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<FallbackBody> {
+        let started = Instant::now();
+        let path = req.uri().path().to_owned();
+        let endpoint = endpoint_label(&path);
+        let response = match self.route(req, remote, &path).await {
+            Ok(r) => r,
+            Err(e) => e.response(),
+        };
+        metrics::counter!("otstream_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_str().to_owned()).increment(1);
+        metrics::histogram!("otstream_api_request_duration_seconds", "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        path: &str,
+    ) -> Result<Response<FallbackBody>, ApiError> {
+        let method = req.method().clone();
+        let get = method == Method::GET || method == Method::HEAD;
+        let recorder = path.starts_with("/api/0/");
+        if !(get || (recorder && method == Method::POST)) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        if let Some(asset) = page::asset(path) {
+            return Ok(asset);
+        }
+        let known = matches!(
+            path,
+            "/" | "/map"
+                | "/api/v1/devices"
+                | "/api/v1/positions"
+                | "/api/v1/trips"
+                | "/api/v1/stops"
+                | "/api/v1/transitions"
+                | "/api/v1/summary"
+                | "/api/v1/live"
+                | "/api/v1/fences"
+                | "/api/0/last"
+                | "/api/0/locations"
+                | "/api/0/list"
+                | "/api/0/version"
+        );
+        if !known {
+            return Err(ApiError::NotFound);
+        }
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let visible = self
+            .0
+            .access
+            .check(remote, authorization)
+            .await
+            .map_err(ApiError::Refused)?;
+        let mut params = Params::parse(req.uri().query().unwrap_or(""));
+        if recorder {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let limits = [
+                ("user", header("x-limit-user")),
+                ("device", header("x-limit-device")),
+                ("from", header("x-limit-from")),
+                ("to", header("x-limit-to")),
+            ];
+            if method == Method::POST {
+                params.extend(&read_form(req).await?);
+            }
+            for (name, value) in limits {
+                params.default_from(name, value.as_deref());
+            }
+        }
+        let now = now_s();
+        match path {
+            "/" | "/map" => Ok(page::index(&self.0.config)),
+            "/api/v1/devices" => {
+                let (user, device) = scope(&params, &visible)?;
+                let devices = self.0.reader.devices(user, device, &visible).await?;
+                Ok(ok_json(devices_json(&devices)))
+            }
+            "/api/v1/positions" => {
+                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let format = match params.get("format") {
+                    None => Format::Json,
+                    Some(f) => Format::parse(f).ok_or_else(|| {
+                        BadParam::new("format", format!("{f:?} is not one of {}", Format::NAMES))
+                    })?,
+                };
+                let rows = self.0.reader.positions(&q).await?;
+                streamed(rows, PositionEncoder::new(format, Shape::Otstream, None)).await
+            }
+            "/api/v1/trips" | "/api/v1/stops" | "/api/v1/transitions" => {
+                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let format = match params.get("format") {
+                    None => EventFormat::Json,
+                    Some(f) => EventFormat::parse(f).ok_or_else(|| {
+                        BadParam::new("format", format!("{f:?} is not one of json, geojson"))
+                    })?,
+                };
+                let encoder = FeatureEncoder::new(format);
+                match path {
+                    "/api/v1/trips" => streamed(self.0.reader.trips(&q).await?, encoder).await,
+                    "/api/v1/stops" => streamed(self.0.reader.stops(&q).await?, encoder).await,
+                    _ => streamed(self.0.reader.transitions(&q).await?, encoder).await,
+                }
+            }
+            "/api/v1/summary" => {
+                let q = query(&params, visible, now, SUMMARY_SPAN_S)?;
+                Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))
+            }
+            "/api/v1/live" => {
+                let Some(live) = &self.0.live else {
+                    return Err(ApiError::Unavailable(
+                        "this process has no live feed (it stores nothing itself)".into(),
+                    ));
+                };
+                let body = live::stream(live, visible, self.0.shutdown.clone());
+                let mut r = Response::new(body);
+                set(&mut r, header::CONTENT_TYPE, "text/event-stream");
+                set(&mut r, header::CACHE_CONTROL, "no-store");
+                Ok(r)
+            }
+            "/api/v1/fences" => self.fences().await,
+            "/api/0/version" => Ok(ok_json(
+                json!({"version": env!("CARGO_PKG_VERSION"), "git": "otstream"})
+                    .to_string()
+                    .into_bytes(),
+            )),
+            "/api/0/list" => {
+                let (user, device) = scope(&params, &visible)?;
+                let devices = self.0.reader.devices(user, None, &visible).await?;
+                let mut results: Vec<&str> = match (user, device) {
+                    (None, _) => devices.iter().map(|d| d.last.user.as_str()).collect(),
+                    // Recorder lists a device's .rec files; there are none here.
+                    (Some(_), Some(_)) => Vec::new(),
+                    (Some(_), None) => devices.iter().map(|d| d.last.device.as_str()).collect(),
+                };
+                results.dedup();
+                Ok(ok_json(
+                    json!({ "results": results }).to_string().into_bytes(),
+                ))
+            }
+            "/api/0/last" => {
+                let (user, device) = scope(&params, &visible)?;
+                let fields = fields(&params);
+                let devices = self.0.reader.devices(user, device, &visible).await?;
+                let mut out = vec![b'['];
+                for (i, d) in devices.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    recorder_location(&mut out, &d.last, fields.as_deref());
+                    if let (Some(name), true) = (&d.name, fields.is_none()) {
+                        // Recorder copies the device's card into its last position.
+                        out.pop();
+                        out.extend_from_slice(b",\"name\":");
+                        out.extend_from_slice(json!(name).to_string().as_bytes());
+                        out.push(b'}');
+                    }
+                }
+                out.push(b']');
+                Ok(ok_json(out))
+            }
+            "/api/0/locations" => {
+                for name in ["user", "device"] {
+                    if params.get(name).is_none() {
+                        return Err(BadParam::new(
+                            if name == "user" { "user" } else { "device" },
+                            "user and device are required",
+                        )
+                        .into());
+                    }
+                }
+                let q = query(&params, visible, now, RECORDER_SPAN_S)?;
+                let format = match params.get("format") {
+                    None => Format::Json,
+                    Some(f @ ("json" | "csv" | "geojson" | "linestring" | "gpx")) => {
+                        Format::parse(f).unwrap_or(Format::Json)
+                    }
+                    Some(f) => {
+                        return Err(BadParam::new(
+                            "format",
+                            format!("{f:?} is not one of json, csv, geojson, linestring, gpx"),
+                        )
+                        .into());
+                    }
+                };
+                let rows = self.0.reader.positions(&q).await?;
+                streamed(
+                    rows,
+                    PositionEncoder::new(format, Shape::Recorder, fields(&params)),
+                )
+                .await
+            }
+            _ => Err(ApiError::NotFound),
+        }
+    }
+
+    /// The operator's fences file as it is (the map draws it), or an
+    /// empty collection.
+    async fn fences(&self) -> Result<Response<FallbackBody>, ApiError> {
+        let Some(path) = self.0.fences.clone() else {
+            return Ok(ok_json(
+                br#"{"type":"FeatureCollection","features":[]}"#.to_vec(),
+            ));
+        };
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(ok_json(bytes)),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "cannot read the fences file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+impl Fallback for Api {
+    fn serves(&self, method: &Method, path: &str) -> bool {
+        (*method == Method::GET || *method == Method::HEAD)
+            && (matches!(path, "/" | "/map")
+                || path.starts_with("/api/")
+                || path.starts_with("/assets/"))
+    }
+
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<FallbackBody>> + Send>> {
+        let this = self.clone();
+        Box::pin(async move { this.handle(req, remote).await })
+    }
+}
+
+/// Serves the API alone on `listener` until `shutdown` (its own
+/// `--api-addr`, or `otstream run api`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let api = api.clone();
+        let service = service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, std::convert::Infallible>(api.handle(req, remote).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "api connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Live streams end with the shutdown token; the rest finish.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}
+
+/// Why a request gets no data.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    BadParam(#[from] BadParam),
+    #[error("refused")]
+    Refused(access::Refusal),
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+impl ApiError {
+    fn response(&self) -> Response<FallbackBody> {
+        let (status, kind, field, message) = match self {
+            ApiError::BadParam(b) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                Some(b.field),
+                b.message.clone(),
+            ),
+            ApiError::Refused(access::Refusal::Unauthorized) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                None,
+                "valid HTTP Basic credentials are required".into(),
+            ),
+            ApiError::Refused(access::Refusal::Forbidden(why)) => {
+                (StatusCode::FORBIDDEN, "forbidden", None, (*why).to_owned())
+            }
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                "no such endpoint; see /api/v1/devices, /api/v1/positions, /api/0/locations".into(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                None,
+                "reads are GET (Recorder's /api/0 also takes POST); OwnTracks payloads are POSTed to the ingest paths".into(),
+            ),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, m.clone()),
+            ApiError::Query(e) => {
+                tracing::warn!(error = %e, "read failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    None,
+                    format!("the store could not answer: {e}"),
+                )
+            }
+        };
+        let body = json!({"error": {"kind": kind, "field": field, "message": message}});
+        let mut r = Response::new(body::full(body.to_string()));
+        *r.status_mut() = status;
+        set(&mut r, header::CONTENT_TYPE, "application/json");
+        match self {
+            ApiError::Refused(access::Refusal::Unauthorized) => {
+                set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"otstream\"");
+            }
+            ApiError::MethodNotAllowed => set(&mut r, header::ALLOW, "GET, HEAD"),
+            ApiError::Unavailable(_) | ApiError::Query(_) => {
+                set(&mut r, header::RETRY_AFTER, "1");
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+fn set(r: &mut Response<FallbackBody>, name: header::HeaderName, value: &'static str) {
+    r.headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+}
+
+fn ok_json(bytes: Vec<u8>) -> Response<FallbackBody> {
+    let mut r = Response::new(body::full(bytes));
+    set(&mut r, header::CONTENT_TYPE, "application/json");
+    set(&mut r, header::CACHE_CONTROL, "no-store");
+    r
+}
+
+async fn streamed<T, E>(
+    rows: otstream_query::RowStream<T>,
+    encoder: E,
+) -> Result<Response<FallbackBody>, ApiError>
+where
+    T: Send + Sync + 'static,
+    E: otstream_query::format::Encoder<T> + Send + 'static,
+{
+    let content_type = encoder.content_type();
+    let mut r = Response::new(body::stream(rows, encoder).await?);
+    set(&mut r, header::CONTENT_TYPE, content_type);
+    set(&mut r, header::CACHE_CONTROL, "no-store");
+    Ok(r)
+}
+
+/// Recorder's `fields=a,b,c`.
+fn fields(params: &Params) -> Option<Vec<String>> {
+    params
+        .get("fields")
+        .map(|f| f.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// `user` and `device` as asked, checked against what the client may read.
+fn scope<'a>(
+    params: &'a Params,
+    visible: &Visible,
+) -> Result<(Option<&'a str>, Option<&'a str>), ApiError> {
+    let user = params.get("user");
+    let device = params.get("device");
+    match (user, device) {
+        (None, Some(_)) => Err(BadParam::new("user", "device is given without its user").into()),
+        (Some(u), Some(d)) if !visible.allows(u, d) => Err(ApiError::Refused(
+            access::Refusal::Forbidden("that device is not yours to read"),
+        )),
+        (Some(u), None) if !visible.allows_user(u) => Err(ApiError::Refused(
+            access::Refusal::Forbidden("that user's devices are not yours to read"),
+        )),
+        _ => Ok((user, device)),
+    }
+}
+
+/// The read a request asks for.
+fn query(params: &Params, visible: Visible, now: i64, span_s: i64) -> Result<Query, ApiError> {
+    let (user, device) = scope(params, &visible)?;
+    let (from, to) = params.window(now, span_s)?;
+    Ok(Query {
+        user: user.map(str::to_owned),
+        device: device.map(str::to_owned),
+        from,
+        to,
+        limit: params.count("limit")?,
+        visible,
+    })
+}
+
+/// A form-encoded body (Recorder's API takes its parameters as POST too),
+/// at most 64 KiB.
+async fn read_form(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    match tokio::time::timeout(Duration::from_secs(30), limited.collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        _ => Err(BadParam::new("body", "the form body is too large, malformed or too slow").into()),
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A bounded label for metrics: the endpoint, never the raw path.
+fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/api/v1/devices" => "devices",
+        "/api/v1/positions" => "positions",
+        "/api/v1/trips" => "trips",
+        "/api/v1/stops" => "stops",
+        "/api/v1/transitions" => "transitions",
+        "/api/v1/summary" => "summary",
+        "/api/v1/live" => "live",
+        "/api/v1/fences" => "fences",
+        "/api/0/last" => "recorder_last",
+        "/api/0/locations" => "recorder_locations",
+        "/api/0/list" => "recorder_list",
+        "/api/0/version" => "recorder_version",
+        "/" | "/map" => "page",
+        p if p.starts_with("/assets/") => "assets",
+        _ => "other",
+    }
+}

@@ -1,0 +1,141 @@
+//! `GET /api/v1/live`: server-sent events of positions and transitions as
+//! they are stored, never before. The sink publishes each committed
+//! position and transition on a broadcast channel (only while someone
+//! listens); every client gets its own receiver, filtered by what it may
+//! read. A client too slow for the channel's capacity skips what it
+//! missed and is told so (`event: lagged`), so one slow browser never
+//! holds back the sink or the others.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use otstream_ingress::FallbackBody;
+use otstream_model::Record;
+use otstream_query::format::{Feature, position_json};
+use otstream_query::{Position, Transition, Visible};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::body;
+
+/// Records a slow client may fall behind by before it skips ahead.
+pub const LIVE_CAPACITY: usize = 4096;
+
+/// A comment line every so often keeps proxies from closing an idle
+/// stream and lets the browser notice a dead server.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The channel the sink publishes committed records on.
+pub fn channel() -> broadcast::Sender<Record> {
+    broadcast::channel(LIVE_CAPACITY).0
+}
+
+/// A stored position as the read API writes it.
+pub fn position_row(p: &otstream_model::Position) -> Position {
+    let m = &p.meta;
+    let text = |t: &Option<otstream_model::Text>| t.as_ref().map(|s| s.as_str().to_owned());
+    Position {
+        user: m.user.as_str().to_owned(),
+        device: m.device.as_str().to_owned(),
+        tid: text(&m.tid),
+        tst: p.tst,
+        lat: p.lat,
+        lon: p.lon,
+        acc: p.acc,
+        alt: p.alt,
+        vac: p.vac,
+        vel: p.vel,
+        cog: p.cog,
+        batt: p.batt,
+        bs: p.bs,
+        t: text(&p.t),
+        conn: text(&p.conn),
+        p: p.p,
+        m: p.m,
+        ssid: text(&p.ssid),
+        bssid: text(&p.bssid),
+        created_at: p.created_at,
+        inregions: p.inregions.iter().map(|s| s.as_str().to_owned()).collect(),
+        inrids: p.inrids.iter().map(|s| s.as_str().to_owned()).collect(),
+        topic: text(&m.topic),
+        received_at: m.received_at,
+    }
+}
+
+/// A stored transition as the read API writes it.
+pub fn transition_row(t: &otstream_model::Transition) -> Transition {
+    let m = &t.meta;
+    let text = |t: &Option<otstream_model::Text>| t.as_ref().map(|s| s.as_str().to_owned());
+    Transition {
+        user: m.user.as_str().to_owned(),
+        device: m.device.as_str().to_owned(),
+        tid: text(&m.tid),
+        tst: t.tst,
+        wtst: t.wtst,
+        lat: t.lat,
+        lon: t.lon,
+        acc: t.acc,
+        event: t.event.as_str().to_owned(),
+        desc: text(&t.desc),
+        rid: text(&t.rid),
+        t: text(&t.t),
+        source: t.source.as_str().to_owned(),
+        received_at: m.received_at,
+    }
+}
+
+/// One record as an event, if it is one the client may see.
+fn event(r: &Record, visible: &Visible) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    match r {
+        Record::Position(p) if visible.allows(&p.meta.user, &p.meta.device) => {
+            out.extend_from_slice(b"event: position\ndata: ");
+            position_json(&mut out, &position_row(p));
+        }
+        Record::Transition(t) if visible.allows(&t.meta.user, &t.meta.device) => {
+            out.extend_from_slice(b"event: transition\ndata: ");
+            transition_row(t).members(&mut out);
+        }
+        _ => return None,
+    }
+    out.extend_from_slice(b"\n\n");
+    Some(out)
+}
+
+/// The event stream for one client.
+pub fn stream(
+    live: &broadcast::Sender<Record>,
+    visible: Visible,
+    shutdown: CancellationToken,
+) -> FallbackBody {
+    let mut rx = live.subscribe();
+    let (tx, body) = body::channel();
+    tokio::spawn(async move {
+        let hello = Bytes::from_static(b"retry: 2000\n: connected\n\n");
+        if tx.send(Ok(hello)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(KEEP_ALIVE);
+        tick.tick().await;
+        loop {
+            let out = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                r = rx.recv() => match r {
+                    Ok(record) => match event(&record, &visible) {
+                        Some(e) => Bytes::from(e),
+                        None => continue,
+                    },
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Bytes::from(format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+        }
+    });
+    body
+}

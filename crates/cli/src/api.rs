@@ -1,0 +1,104 @@
+//! The read API in the binary: built from the configuration, served on the
+//! ingest listener or on `api.addr`, and `otstream run api` (the API
+//! alone, in front of ClickHouse).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use otstream_api::{Access, Api};
+use otstream_ingress::auth::Htpasswd;
+use otstream_query::Reader;
+use otstream_query::clickhouse::ClickHouseReader;
+use otstream_query::sqlite::SqliteReader;
+use otstream_sink::Committed;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::metrics_server;
+
+/// The API over whatever this configuration writes to (ClickHouse, else
+/// the embedded store), with the live feed from `live` when the sink runs
+/// in this process; `None` when `api.enabled` is off.
+pub(crate) fn build(
+    config: &ServeConfig,
+    live: Option<Committed>,
+    shutdown: CancellationToken,
+) -> Result<Option<Api>> {
+    if !config.api.enabled {
+        return Ok(None);
+    }
+    let reader = match &config.clickhouse {
+        Some(ch) => Reader::ClickHouse(ClickHouseReader::new(ch)),
+        None => Reader::Sqlite(SqliteReader::in_data_dir(&config.data_dir)),
+    };
+    let auth = match &config.http.htpasswd {
+        Some(path) => Some(Arc::new(Htpasswd::from_file(path)?)),
+        None => None,
+    };
+    if auth.is_none() && !config.api.public {
+        tracing::info!(
+            "read API and map answer loopback clients only (no htpasswd, api.public = false)"
+        );
+    }
+    let access = Access::new(
+        auth,
+        config.http.admins.clone(),
+        &config.http.friends,
+        config.api.public,
+    );
+    Ok(Some(Api::new(
+        config.api.clone(),
+        reader,
+        access,
+        live,
+        config.geofence.fences.clone(),
+        shutdown,
+    )))
+}
+
+/// Serves `api` on `api.addr` when it has a listener of its own; `None`
+/// when it shares the ingest listener.
+pub(crate) async fn spawn_own_listener(
+    config: &ServeConfig,
+    api: &Api,
+    shutdown: CancellationToken,
+) -> Result<Option<JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = config.api.addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (api.addr)"))?;
+    tracing::info!(%addr, "read API and map listening");
+    Ok(Some(tokio::spawn(otstream_api::serve(
+        listener,
+        api.clone(),
+        shutdown,
+    ))))
+}
+
+/// `otstream run api`: the read API and the map alone, reading ClickHouse
+/// (or the embedded store), on `api.addr`, else `http.addr`. It stores
+/// nothing itself, so it has no live feed.
+pub(crate) async fn run_alone(mut config: ServeConfig) -> Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
+    config.api.enabled = true;
+    if config.api.addr.is_none() {
+        config.api.addr = Some(config.http.addr);
+    }
+    let shutdown = CancellationToken::new();
+    let api = build(&config, None, shutdown.clone())?.context("the API is disabled")?;
+    let task = spawn_own_listener(&config, &api, shutdown.clone())
+        .await?
+        .context("no API address")?;
+    ready.store(true, Ordering::Release);
+    tracing::info!(metrics_addr = %metrics, "otstream run api ready");
+    crate::serve::shutdown_signal().await;
+    ready.store(false, Ordering::Release);
+    shutdown.cancel();
+    task.await.context("api task failed")??;
+    Ok(())
+}

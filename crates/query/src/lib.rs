@@ -1,0 +1,385 @@
+//! The read side: what the tables hold, asked for by device and time, and
+//! written out in the formats people's tools read.
+//!
+//! In: a [`Query`] (whose devices, which time window, how many) against
+//! the tables the sink writes, in the embedded SQLite store or in
+//! ClickHouse. Out: rows ([`rows`]) as a [`RowStream`] of chunks, and the
+//! encoders of [`format`] that turn them into JSON, NDJSON, GeoJSON,
+//! GPX, CSV or OwnTracks Recorder's shapes.
+//!
+//! Guarantees: both backends give the same answer for the same data (the
+//! same rows, order and values: ClickHouse's `0`/`''` for a key column the
+//! device did not send reads back as absent, as SQLite's NULL does, and
+//! duplicates collapse with `FINAL`); answers stream, so memory does not
+//! grow with their size: a reader fills a channel of at most
+//! [`CHUNKS_IN_FLIGHT`] chunks of [`CHUNK_ROWS`] rows and waits while the
+//! consumer (an HTTP response) is slow; reads never block ingest (SQLite:
+//! separate read-only connections on the WAL; ClickHouse: its own client).
+//!
+//! Layout:
+//! - [`rows`]: the row types, with units.
+//! - [`sqlite`] and [`clickhouse`]: the two backends behind [`Reader`].
+//! - [`summary`]: per device per day figures from trips and stops (pure).
+//! - [`format`]: encoders, one per output format, and ISO-8601 times.
+
+pub mod clickhouse;
+pub mod format;
+pub mod rows;
+pub mod sqlite;
+pub mod summary;
+
+use std::collections::BTreeMap;
+
+pub use rows::{DaySummary, Device, Position, Stop, Transition, Trip};
+use tokio::sync::mpsc;
+
+/// Rows in one chunk of a stream: large enough that the per-chunk cost
+/// (a channel hand-over, one HTTP frame) vanishes, small enough that a
+/// chunk of positions stays well under a megabyte.
+pub const CHUNK_ROWS: usize = 1024;
+/// Chunks a reader may be ahead of its consumer: the bound on memory per
+/// answer (a few hundred kilobytes), whatever the answer's size.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// SQLite refused or the store could not be opened.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// ClickHouse refused or could not be reached.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+    /// The reading thread or task died.
+    #[error("reader failed: {0}")]
+    Thread(String),
+}
+
+impl QueryError {
+    /// A bounded code for metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::Sqlite(_) => "sqlite",
+            QueryError::ClickHouse(_) => "clickhouse",
+            QueryError::Thread(_) => "thread",
+        }
+    }
+}
+
+/// The devices a reader may see: everything, or the devices of some users
+/// plus some single devices (a friends group's members).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Visible {
+    /// Every device (an admin, or no authentication).
+    #[default]
+    All,
+    /// Only these.
+    Some {
+        /// Every device of these users.
+        users: Vec<String>,
+        /// These `(user, device)` pairs.
+        devices: Vec<(String, String)>,
+    },
+}
+
+impl Visible {
+    /// Whether `user`'s `device` may be read.
+    pub fn allows(&self, user: &str, device: &str) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::Some { users, devices } => {
+                users.iter().any(|u| u == user)
+                    || devices.iter().any(|(u, d)| u == user && d == device)
+            }
+        }
+    }
+
+    /// Whether any device of `user` may be read.
+    pub fn allows_user(&self, user: &str) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::Some { users, devices } => {
+                users.iter().any(|u| u == user) || devices.iter().any(|(u, _)| u == user)
+            }
+        }
+    }
+}
+
+/// What to read: whose rows, over which window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Only this user's devices, if set.
+    pub user: Option<String>,
+    /// Only this device (of `user`), if set.
+    pub device: Option<String>,
+    /// Start of the window, UNIX seconds, inclusive.
+    pub from: i64,
+    /// End of the window, UNIX seconds, inclusive.
+    pub to: i64,
+    /// Only the last `limit` rows of the window (still in time order), as
+    /// Recorder's `limit` does.
+    pub limit: Option<u64>,
+    /// Who is asking: rows of other devices are never read.
+    pub visible: Visible,
+}
+
+impl Query {
+    /// Every visible device over `[from, to]`.
+    pub fn window(from: i64, to: i64) -> Self {
+        Self {
+            user: None,
+            device: None,
+            from,
+            to,
+            limit: None,
+            visible: Visible::All,
+        }
+    }
+
+    /// The `WHERE` clause both backends run (their SQL agrees on `?`
+    /// parameters, `AND`, `OR` and `IN`), over `time_column`, and its
+    /// parameters in order.
+    pub(crate) fn predicate(&self, time_column: &str) -> (String, Vec<Param>) {
+        let mut sql = format!("{time_column} >= ? AND {time_column} <= ?");
+        let mut params = vec![Param::Int(self.from), Param::Int(self.to)];
+        if let Some(u) = &self.user {
+            sql.push_str(" AND user = ?");
+            params.push(Param::Text(u.clone()));
+        }
+        if let Some(d) = &self.device {
+            sql.push_str(" AND device = ?");
+            params.push(Param::Text(d.clone()));
+        }
+        visible_predicate(&self.visible, &mut sql, &mut params);
+        (sql, params)
+    }
+}
+
+/// Appends ` AND (...)` restricting rows to `visible`.
+pub(crate) fn visible_predicate(visible: &Visible, sql: &mut String, params: &mut Vec<Param>) {
+    let Visible::Some { users, devices } = visible else {
+        return;
+    };
+    let mut alternatives = Vec::new();
+    for u in users {
+        alternatives.push("user = ?".to_owned());
+        params.push(Param::Text(u.clone()));
+    }
+    for (u, d) in devices {
+        alternatives.push("(user = ? AND device = ?)".to_owned());
+        params.push(Param::Text(u.clone()));
+        params.push(Param::Text(d.clone()));
+    }
+    if alternatives.is_empty() {
+        // Nothing is visible: a predicate that is false on both backends.
+        sql.push_str(" AND 1 = 0");
+    } else {
+        sql.push_str(" AND (");
+        sql.push_str(&alternatives.join(" OR "));
+        sql.push(')');
+    }
+}
+
+/// A bound parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// An answer being read: chunks of rows in order, then the end of the
+/// channel. An error ends the stream.
+pub type RowStream<T> = mpsc::Receiver<Result<Vec<T>, QueryError>>;
+
+/// Where the rows are read from.
+#[derive(Clone)]
+pub enum Reader {
+    /// The embedded store.
+    Sqlite(sqlite::SqliteReader),
+    /// ClickHouse.
+    ClickHouse(clickhouse::ClickHouseReader),
+}
+
+impl Reader {
+    /// Positions in the window, by device then time.
+    pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
+        match self {
+            Reader::Sqlite(r) => r.positions(q),
+            Reader::ClickHouse(r) => r.positions(q).await,
+        }
+    }
+
+    /// Trips starting in the window, by device then start.
+    pub async fn trips(&self, q: &Query) -> Result<RowStream<Trip>, QueryError> {
+        match self {
+            Reader::Sqlite(r) => r.trips(q),
+            Reader::ClickHouse(r) => r.trips(q).await,
+        }
+    }
+
+    /// Stops starting in the window, by device then start.
+    pub async fn stops(&self, q: &Query) -> Result<RowStream<Stop>, QueryError> {
+        match self {
+            Reader::Sqlite(r) => r.stops(q),
+            Reader::ClickHouse(r) => r.stops(q).await,
+        }
+    }
+
+    /// Transitions (device-reported and server-evaluated) in the window,
+    /// by device then time.
+    pub async fn transitions(&self, q: &Query) -> Result<RowStream<Transition>, QueryError> {
+        match self {
+            Reader::Sqlite(r) => r.transitions(q),
+            Reader::ClickHouse(r) => r.transitions(q).await,
+        }
+    }
+
+    /// Every visible device (of `user`, and that `device`, when set) with
+    /// its last position and card name, by user then device.
+    pub async fn devices(
+        &self,
+        user: Option<&str>,
+        device: Option<&str>,
+        visible: &Visible,
+    ) -> Result<Vec<Device>, QueryError> {
+        let mut all = match self {
+            Reader::Sqlite(r) => r.devices().await?,
+            Reader::ClickHouse(r) => r.devices().await?,
+        };
+        all.retain(|d| {
+            visible.allows(&d.last.user, &d.last.device)
+                && user.is_none_or(|u| u == d.last.user)
+                && device.is_none_or(|x| x == d.last.device)
+        });
+        Ok(all)
+    }
+
+    /// Per device per UTC day: distance, driving time, trips, stops and
+    /// top speed, from the trips and stops starting in the window.
+    pub async fn summary(&self, q: &Query) -> Result<Vec<DaySummary>, QueryError> {
+        let mut days = BTreeMap::new();
+        let mut trips = self.trips(q).await?;
+        while let Some(chunk) = trips.recv().await {
+            for t in chunk? {
+                summary::add_trip(&mut days, &t);
+            }
+        }
+        let mut stops = self.stops(q).await?;
+        while let Some(chunk) = stops.recv().await {
+            for s in chunk? {
+                summary::add_stop(&mut days, &s);
+            }
+        }
+        Ok(days.into_values().collect())
+    }
+}
+
+/// Sends rows in chunks of [`CHUNK_ROWS`] into a stream; what the
+/// backends' reading loops share. `push` returns false once the consumer
+/// is gone, so a reader stops reading an answer nobody waits for.
+pub(crate) struct Chunker<T> {
+    tx: mpsc::Sender<Result<Vec<T>, QueryError>>,
+    chunk: Vec<T>,
+}
+
+impl<T: Send + 'static> Chunker<T> {
+    pub(crate) fn channel() -> (Self, RowStream<T>) {
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        (
+            Self {
+                tx,
+                chunk: Vec::with_capacity(CHUNK_ROWS),
+            },
+            rx,
+        )
+    }
+
+    /// For a blocking reader (SQLite's thread).
+    pub(crate) fn push_blocking(&mut self, row: T) -> bool {
+        self.chunk.push(row);
+        if self.chunk.len() < CHUNK_ROWS {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ROWS));
+        self.tx.blocking_send(Ok(full)).is_ok()
+    }
+
+    /// For an async reader (ClickHouse's cursor).
+    pub(crate) async fn push(&mut self, row: T) -> bool {
+        self.chunk.push(row);
+        if self.chunk.len() < CHUNK_ROWS {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ROWS));
+        self.tx.send(Ok(full)).await.is_ok()
+    }
+
+    /// Sends what is left, or the error that ended the read.
+    pub(crate) fn finish_blocking(self, result: Result<(), QueryError>) {
+        let _ = match result {
+            Ok(()) if self.chunk.is_empty() => Ok(()),
+            Ok(()) => self.tx.blocking_send(Ok(self.chunk)),
+            Err(e) => self.tx.blocking_send(Err(e)),
+        };
+    }
+
+    /// Sends what is left, or the error that ended the read.
+    pub(crate) async fn finish(self, result: Result<(), QueryError>) {
+        let _ = match result {
+            Ok(()) if self.chunk.is_empty() => Ok(()),
+            Ok(()) => self.tx.send(Ok(self.chunk)).await,
+            Err(e) => self.tx.send(Err(e)).await,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicate_binds_in_order_and_limits_to_what_is_visible() {
+        let mut q = Query::window(10, 20);
+        q.user = Some("jane".into());
+        q.visible = Visible::Some {
+            users: vec!["jane".into()],
+            devices: vec![("bob".into(), "phone".into())],
+        };
+        let (sql, params) = q.predicate("tst");
+        assert_eq!(
+            sql,
+            "tst >= ? AND tst <= ? AND user = ? AND (user = ? OR (user = ? AND device = ?))"
+        );
+        assert_eq!(
+            params,
+            vec![
+                Param::Int(10),
+                Param::Int(20),
+                Param::Text("jane".into()),
+                Param::Text("jane".into()),
+                Param::Text("bob".into()),
+                Param::Text("phone".into()),
+            ]
+        );
+        q.visible = Visible::Some {
+            users: vec![],
+            devices: vec![],
+        };
+        assert!(q.predicate("start").0.ends_with(" AND 1 = 0"));
+    }
+
+    #[test]
+    fn visibility_of_users_and_single_devices() {
+        let v = Visible::Some {
+            users: vec!["jane".into()],
+            devices: vec![("bob".into(), "phone".into())],
+        };
+        assert!(v.allows("jane", "anything"));
+        assert!(v.allows("bob", "phone"));
+        assert!(!v.allows("bob", "car"));
+        assert!(v.allows_user("bob"));
+        assert!(!v.allows_user("eve"));
+        assert!(Visible::All.allows("eve", "x"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The rows a read returns, with the tables' column names and units.
+
+/// A stored location fix (`positions`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Position {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// Tracker id.
+    pub tid: Option<String>,
+    /// Time of the fix, UNIX s.
+    pub tst: i64,
+    /// Latitude, degrees WGS84.
+    pub lat: f64,
+    /// Longitude, degrees WGS84.
+    pub lon: f64,
+    /// Accuracy radius, m.
+    pub acc: Option<i32>,
+    /// Altitude, m.
+    pub alt: Option<i32>,
+    /// Vertical accuracy, m.
+    pub vac: Option<i32>,
+    /// Speed, km/h.
+    pub vel: Option<i32>,
+    /// Course over ground, degrees.
+    pub cog: Option<i32>,
+    /// Battery, percent.
+    pub batt: Option<i32>,
+    /// Battery status (0 unknown, 1 unplugged, 2 charging, 3 full).
+    pub bs: Option<i32>,
+    /// Trigger.
+    pub t: Option<String>,
+    /// Connectivity (w, m, o).
+    pub conn: Option<String>,
+    /// Barometric pressure, kPa.
+    pub p: Option<f64>,
+    /// Monitoring mode.
+    pub m: Option<i32>,
+    /// Wi-Fi network name.
+    pub ssid: Option<String>,
+    /// Wi-Fi access point.
+    pub bssid: Option<String>,
+    /// When the app created the message, UNIX s.
+    pub created_at: Option<i64>,
+    /// Names of the regions the device was in.
+    pub inregions: Vec<String>,
+    /// Ids of the regions the device was in.
+    pub inrids: Vec<String>,
+    /// MQTT topic, or the payload's `topic`.
+    pub topic: Option<String>,
+    /// When otstream received it, UNIX ms.
+    pub received_at: i64,
+}
+
+/// A device and its last position (`/api/v1/devices`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Device {
+    /// Its latest fix; `last.received_at` is when it was last seen.
+    pub last: Position,
+    /// The name on its card, if it sent one.
+    pub name: Option<String>,
+}
+
+/// A transition (`transitions`), reported by the device or evaluated by
+/// the server.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transition {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// Tracker id.
+    pub tid: Option<String>,
+    /// When it fired, UNIX s.
+    pub tst: i64,
+    /// The region's creation time (its identity for a device region), UNIX s.
+    pub wtst: Option<i64>,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// Accuracy, m.
+    pub acc: Option<i32>,
+    /// `enter` or `leave`.
+    pub event: String,
+    /// The region's name.
+    pub desc: Option<String>,
+    /// The region's id.
+    pub rid: Option<String>,
+    /// Trigger.
+    pub t: Option<String>,
+    /// `device` or `server`.
+    pub source: String,
+    /// When otstream received or computed it, UNIX ms.
+    pub received_at: i64,
+}
+
+/// A trip (`trips`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Trip {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// Start, UNIX s.
+    pub start: i64,
+    /// End, UNIX s.
+    pub end: i64,
+    /// Start latitude, degrees.
+    pub start_lat: f64,
+    /// Start longitude, degrees.
+    pub start_lon: f64,
+    /// End latitude, degrees.
+    pub end_lat: f64,
+    /// End longitude, degrees.
+    pub end_lon: f64,
+    /// Geodesic length, m.
+    pub distance: f64,
+    /// End − start, s.
+    pub duration: i64,
+    /// Average speed, km/h.
+    pub avg_vel: f64,
+    /// Top speed, km/h.
+    pub max_vel: f64,
+    /// Positions in the trip.
+    pub points: i64,
+}
+
+/// A stop (`stops`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stop {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// Arrival, UNIX s.
+    pub start: i64,
+    /// Departure, UNIX s.
+    pub end: i64,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// End − start, s.
+    pub duration: i64,
+    /// Positions during the stop.
+    pub points: i64,
+}
+
+/// One device's day (UTC), as Traccar's summary report gives it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DaySummary {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Distance of the day's trips, m.
+    pub distance: f64,
+    /// Time spent in trips, s.
+    pub driving_s: i64,
+    /// Trips starting that day.
+    pub trips: u32,
+    /// Stops starting that day.
+    pub stops: u32,
+    /// Top speed of the day's trips, km/h.
+    pub max_vel: f64,
+}

@@ -1,0 +1,235 @@
+//! Reading the embedded store. Every read opens its own read-only
+//! connection on a blocking thread: with WAL, readers see the last commit
+//! and never wait for the sink, nor it for them.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, Row, ToSql};
+
+use crate::rows::{Device, Position, Stop, Transition, Trip};
+use crate::{Chunker, Param, Query, QueryError, RowStream};
+
+/// The positions columns, in the order [`position`] reads them.
+pub(crate) const POSITION_COLUMNS: &str = "user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, received_at";
+pub(crate) const TRANSITION_COLUMNS: &str =
+    "user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, received_at";
+pub(crate) const TRIP_COLUMNS: &str = "user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points";
+pub(crate) const STOP_COLUMNS: &str = "user, device, start, \"end\", lat, lon, duration, points";
+
+/// Reads the store at a path.
+#[derive(Debug, Clone)]
+pub struct SqliteReader {
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    /// A reader of the store file `path` (`DATA_DIR/otstream.db`). Nothing
+    /// is opened until a read.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// A reader of the store in `data_dir`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self::new(data_dir.join(otstream_sink::store::DB_FILE))
+    }
+
+    fn open(&self) -> Result<Connection, QueryError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // A reader never waits long for a lock: WAL readers only wait
+        // while a checkpoint restarts the log.
+        conn.busy_timeout(std::time::Duration::from_millis(2000))?;
+        Ok(conn)
+    }
+
+    /// Streams `SELECT {columns} FROM {table} WHERE predicate ORDER BY
+    /// user, device, {time}`, each row read by `read`.
+    fn stream<T: Send + 'static>(
+        &self,
+        table: &'static str,
+        columns: &'static str,
+        time: &'static str,
+        q: &Query,
+        read: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<RowStream<T>, QueryError> {
+        let (predicate, params) = q.predicate(time);
+        let select = format!("SELECT {columns} FROM {table} WHERE {predicate}");
+        let sql = match q.limit {
+            // The last `limit` of the window, still handed out in order.
+            Some(n) => format!(
+                "SELECT * FROM ({select} ORDER BY user DESC, device DESC, {time} DESC LIMIT {n}) ORDER BY user, device, {time}"
+            ),
+            None => format!("{select} ORDER BY user, device, {time}"),
+        };
+        let this = self.clone();
+        let (mut out, rx) = Chunker::channel();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let conn = this.open()?;
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+                while let Some(row) = rows.next()? {
+                    if !out.push_blocking(read(row)?) {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })();
+            out.finish_blocking(result);
+        });
+        Ok(rx)
+    }
+
+    /// See [`Reader::positions`](crate::Reader::positions).
+    pub fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
+        self.stream("positions", POSITION_COLUMNS, "tst", q, position)
+    }
+
+    /// See [`Reader::trips`](crate::Reader::trips).
+    pub fn trips(&self, q: &Query) -> Result<RowStream<Trip>, QueryError> {
+        self.stream("trips", TRIP_COLUMNS, "start", q, |r| {
+            Ok(Trip {
+                user: r.get(0)?,
+                device: r.get(1)?,
+                start: r.get(2)?,
+                end: r.get(3)?,
+                start_lat: r.get(4)?,
+                start_lon: r.get(5)?,
+                end_lat: r.get(6)?,
+                end_lon: r.get(7)?,
+                distance: r.get(8)?,
+                duration: r.get(9)?,
+                avg_vel: r.get(10)?,
+                max_vel: r.get(11)?,
+                points: r.get(12)?,
+            })
+        })
+    }
+
+    /// See [`Reader::stops`](crate::Reader::stops).
+    pub fn stops(&self, q: &Query) -> Result<RowStream<Stop>, QueryError> {
+        self.stream("stops", STOP_COLUMNS, "start", q, |r| {
+            Ok(Stop {
+                user: r.get(0)?,
+                device: r.get(1)?,
+                start: r.get(2)?,
+                end: r.get(3)?,
+                lat: r.get(4)?,
+                lon: r.get(5)?,
+                duration: r.get(6)?,
+                points: r.get(7)?,
+            })
+        })
+    }
+
+    /// See [`Reader::transitions`](crate::Reader::transitions).
+    pub fn transitions(&self, q: &Query) -> Result<RowStream<Transition>, QueryError> {
+        self.stream("transitions", TRANSITION_COLUMNS, "tst", q, |r| {
+            Ok(Transition {
+                user: r.get(0)?,
+                device: r.get(1)?,
+                tid: r.get(2)?,
+                tst: r.get(3)?,
+                wtst: r.get(4)?,
+                lat: r.get(5)?,
+                lon: r.get(6)?,
+                acc: r.get(7)?,
+                event: r.get(8)?,
+                desc: r.get(9)?,
+                rid: r.get(10)?,
+                t: r.get(11)?,
+                source: r.get(12)?,
+                received_at: r.get(13)?,
+            })
+        })
+    }
+
+    /// Every device with its last position and card name. The devices are
+    /// found by hopping along the `(user, device, tst)` key from one device
+    /// to the next (two index seeks per device), so the cost grows with
+    /// the number of devices, not of positions.
+    pub async fn devices(&self) -> Result<Vec<Device>, QueryError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Device>, QueryError> {
+            let conn = this.open()?;
+            let mut first = conn.prepare_cached(
+                "SELECT user, device FROM positions ORDER BY user, device LIMIT 1",
+            )?;
+            let mut next = conn.prepare_cached(
+                "SELECT user, device FROM positions WHERE (user, device) > (?1, ?2) ORDER BY user, device LIMIT 1",
+            )?;
+            let mut last = conn.prepare_cached(&format!(
+                "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 ORDER BY tst DESC LIMIT 1"
+            ))?;
+            let mut card = conn.prepare_cached("SELECT name FROM cards WHERE user = ?1 AND device = ?2")?;
+            let pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+            let mut out = Vec::new();
+            let mut at = first.query_row([], pair).optional()?;
+            while let Some((user, device)) = at {
+                if let Some(p) = last.query_row([&user, &device], position).optional()? {
+                    let name = card
+                        .query_row([&user, &device], |r| r.get::<_, Option<String>>(0))
+                        .optional()?
+                        .flatten();
+                    out.push(Device { last: p, name });
+                }
+                at = next.query_row([&user, &device], pair).optional()?;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| QueryError::Thread(e.to_string()))?
+    }
+}
+
+use rusqlite::OptionalExtension as _;
+
+impl ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Int(i) => i.to_sql(),
+            Param::Text(s) => s.to_sql(),
+        }
+    }
+}
+
+/// A JSON array of strings as the store keeps `inregions`; absent is empty.
+fn list(v: ValueRef<'_>) -> Vec<String> {
+    match v {
+        ValueRef::Text(t) => serde_json::from_slice(t).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn position(r: &Row<'_>) -> rusqlite::Result<Position> {
+    Ok(Position {
+        user: r.get(0)?,
+        device: r.get(1)?,
+        tid: r.get(2)?,
+        tst: r.get(3)?,
+        lat: r.get(4)?,
+        lon: r.get(5)?,
+        acc: r.get(6)?,
+        alt: r.get(7)?,
+        vac: r.get(8)?,
+        vel: r.get(9)?,
+        cog: r.get(10)?,
+        batt: r.get(11)?,
+        bs: r.get(12)?,
+        t: r.get(13)?,
+        conn: r.get(14)?,
+        p: r.get(15)?,
+        m: r.get(16)?,
+        ssid: r.get(17)?,
+        bssid: r.get(18)?,
+        created_at: r.get(19)?,
+        inregions: list(r.get_ref(20)?),
+        inrids: list(r.get_ref(21)?),
+        topic: r.get(22)?,
+        received_at: r.get(23)?,
+    })
+}
