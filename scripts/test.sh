@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, and every test of the workspace
 # against real services. CI runs exactly this (through .ci/run). It installs
-# what is missing (Debian's clickhouse-server, mosquitto and docker-compose
+# what is missing (Debian's clickhouse-server, mosquitto, chromium (the map
+# page's tests drive it headless) and docker-compose
 # (only to validate docker-compose.yml: no engine runs here), PyPI's chdb,
 # crates.io's Tansu: about 15 minutes to build the first time), starts a
 # private ClickHouse, Mosquitto and Tansu on free loopback ports,
@@ -27,6 +28,7 @@ missing=()
 command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -2,6 +2,8 @@
 //! binary, run it, and locate test data. The tests themselves are in
 //! tests/e2e.rs, one module per area.
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -228,10 +228,14 @@ async fn handle<S: Sender<RawMessage>>(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
-    let ingest =
-        req.method() == Method::POST && state.config.paths.iter().any(|p| p == req.uri().path());
-    if let (false, Some(fallback)) = (ingest, &state.fallback) {
-        return Ok(fallback.call(req, remote).await.map(Either::Right));
+    if let Some(fallback) = &state.fallback {
+        let path = req.uri().path();
+        let ingest_path = state.config.paths.iter().any(|p| p == path);
+        let theirs =
+            !ingest_path || (req.method() != Method::POST && fallback.serves(req.method(), path));
+        if theirs {
+            return Ok(fallback.call(req, remote).await.map(Either::Right));
+        }
     }
     let started = Instant::now();
     let response = respond(&state, remote, req).await;
