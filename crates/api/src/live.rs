@@ -12,6 +12,7 @@ use bytes::Bytes;
 use otstream_ingress::FallbackBody;
 use otstream_model::Record;
 use otstream_query::format::{Feature, position_json};
+use otstream_query::rows::Str;
 use otstream_query::{Position, Transition, Visible};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +34,10 @@ pub fn channel() -> broadcast::Sender<Record> {
 /// A stored position as the read API writes it.
 pub fn position_row(p: &otstream_model::Position) -> Position {
     let m = &p.meta;
-    let text = |t: &Option<otstream_model::Text>| t.as_ref().map(|s| s.as_str().to_owned());
+    let text = |t: &Option<otstream_model::Text>| t.as_ref().map(|s| Str::from(s.as_str()));
     Position {
-        user: m.user.as_str().to_owned(),
-        device: m.device.as_str().to_owned(),
+        user: Str::from(m.user.as_str()),
+        device: Str::from(m.device.as_str()),
         tid: text(&m.tid),
         tst: p.tst,
         lat: p.lat,
@@ -55,8 +56,8 @@ pub fn position_row(p: &otstream_model::Position) -> Position {
         ssid: text(&p.ssid),
         bssid: text(&p.bssid),
         created_at: p.created_at,
-        inregions: p.inregions.iter().map(|s| s.as_str().to_owned()).collect(),
-        inrids: p.inrids.iter().map(|s| s.as_str().to_owned()).collect(),
+        inregions: p.inregions.iter().map(|s| Str::from(s.as_str())).collect(),
+        inrids: p.inrids.iter().map(|s| Str::from(s.as_str())).collect(),
         topic: text(&m.topic),
         received_at: m.received_at,
     }

@@ -8,9 +8,14 @@ use clickhouse::{Client, Row};
 use otstream_sink::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
-use crate::rows::{Device, Position, Stop, Transition, Trip};
+use crate::rows::{Device, Position, Stop, Str, Transition, Trip};
 use crate::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
 use crate::{Chunker, Param, Query, QueryError, RowStream};
+
+/// Rows a slice of one device's export aims at.
+pub const SLICE_ROWS: u64 = 200_000;
+/// Slices ClickHouse works on at once: this machine's cores.
+pub const SLICES_IN_FLIGHT: usize = 2;
 
 /// Reads the tables of one ClickHouse database.
 #[derive(Clone)]
@@ -28,19 +33,21 @@ impl ClickHouseReader {
         }
     }
 
-    /// Streams the rows of `table` matching `q`, each converted by `into`.
-    async fn stream<R, T>(
-        &self,
-        table: &'static str,
-        columns: &'static str,
-        time: &'static str,
-        q: &Query,
-        into: fn(R) -> T,
-    ) -> Result<RowStream<T>, QueryError>
-    where
-        R: Row + for<'b> Row<Value<'b> = R> + for<'de> Deserialize<'de> + Send + 'static,
-        T: Send + 'static,
-    {
+    /// `sql` with `params` bound to its `?`s, in order.
+    fn bound(&self, sql: &str, params: Vec<Param>) -> clickhouse::query::Query {
+        let mut query = self.client.query(sql);
+        for p in params {
+            query = match p {
+                Param::Int(i) => query.bind(i),
+                Param::Text(s) => query.bind(s),
+            };
+        }
+        query
+    }
+
+    /// `q`'s `WHERE` clause over the DateTime column `time`, and its
+    /// parameters.
+    fn predicate(q: &Query, time: &str) -> (String, Vec<Param>) {
         let (predicate, params) = q.predicate(time);
         // ClickHouse compares DateTime columns with numbers once told to.
         let predicate = predicate.replacen(
@@ -48,28 +55,72 @@ impl ClickHouseReader {
             &format!("{time} >= toDateTime(?) AND {time} <= toDateTime(?)"),
             1,
         );
-        let select = format!("SELECT {columns} FROM {table} FINAL WHERE {predicate}");
-        let sql = match q.limit {
-            Some(n) => format!(
-                "SELECT * FROM ({select} ORDER BY user DESC, device DESC, {time} DESC LIMIT {n}) ORDER BY user, device, {time}"
+        (predicate, params)
+    }
+
+    /// Streams the rows of `table` matching `q`, each converted by `into`.
+    /// With `dedupe`, rows are read without `FINAL`, in key order and then
+    /// by `received_at`, and of rows with the same key (`dedupe` says
+    /// whether two are) only the last, the newest, is kept: what
+    /// ReplacingMergeTree's merges keep, without the cost of `FINAL`
+    /// (on 18.16, a third of an export's time).
+    async fn stream<R, T>(
+        &self,
+        table: &'static str,
+        columns: &'static str,
+        time: &'static str,
+        q: &Query,
+        into: fn(R) -> T,
+        dedupe: Option<fn(&T, &T) -> bool>,
+    ) -> Result<RowStream<T>, QueryError>
+    where
+        R: Row + for<'b> Row<Value<'b> = R> + for<'de> Deserialize<'de> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (predicate, params) = Self::predicate(q, time);
+        let (dedupe, sql) = match (q.limit, dedupe) {
+            // The last N: duplicates must not count, so FINAL.
+            (Some(n), _) => (
+                None,
+                format!(
+                    "SELECT * FROM (SELECT {columns} FROM {table} FINAL WHERE {predicate} ORDER BY user DESC, device DESC, {time} DESC LIMIT {n}) ORDER BY user, device, {time}"
+                ),
             ),
-            None => format!("{select} ORDER BY user, device, {time}"),
+            (None, Some(same)) => (
+                Some(same),
+                format!(
+                    "SELECT {columns} FROM {table} WHERE {predicate} ORDER BY user, device, {time}, received_at"
+                ),
+            ),
+            (None, None) => (
+                None,
+                format!(
+                    "SELECT {columns} FROM {table} FINAL WHERE {predicate} ORDER BY user, device, {time}"
+                ),
+            ),
         };
-        let mut query = self.client.query(&sql);
-        for p in params {
-            query = match p {
-                Param::Int(i) => query.bind(i),
-                Param::Text(s) => query.bind(s),
-            };
-        }
-        let mut cursor = query.fetch::<R>()?;
+        let mut cursor = self.bound(&sql, params).fetch::<R>()?;
         let (mut out, rx) = Chunker::channel();
         tokio::spawn(async move {
             let result = async {
+                let mut held: Option<T> = None;
                 while let Some(row) = cursor.next().await? {
-                    if !out.push(into(row)).await {
-                        return Ok(());
+                    let row = into(row);
+                    let Some(same) = dedupe else {
+                        if !out.push(row).await {
+                            return Ok(());
+                        }
+                        continue;
+                    };
+                    if let Some(prev) = held.take() {
+                        if !same(&prev, &row) && !out.push(prev).await {
+                            return Ok(());
+                        }
                     }
+                    held = Some(row);
+                }
+                if let Some(last) = held {
+                    out.push(last).await;
                 }
                 Ok(())
             }
@@ -80,13 +131,81 @@ impl ClickHouseReader {
     }
 
     /// See [`Reader::positions`](crate::Reader::positions).
+    ///
+    /// One device's long window is read in time slices of about
+    /// [`SLICE_ROWS`] rows, [`SLICES_IN_FLIGHT`] at a time, handed out in
+    /// order: ClickHouse sorts a slice while the one before it is being
+    /// sent. (18.16 sorts a whole answer before it sends the first row,
+    /// and a million wide rows take it a second; two slices at once
+    /// use both cores.)
     pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
+        let (Some(_), Some(_), None) = (&q.user, &q.device, q.limit) else {
+            return self.positions_at_once(q).await;
+        };
+        #[derive(Row, Deserialize)]
+        struct Span {
+            rows: u64,
+            first: u32,
+            last: u32,
+        }
+        let (predicate, params) = Self::predicate(q, "tst");
+        let span: Span = self
+            .bound(
+                &format!("SELECT count() AS rows, toUInt32(min(tst)) AS first, toUInt32(max(tst)) AS last FROM positions WHERE {predicate}"),
+                params,
+            )
+            .fetch_one()
+            .await?;
+        let slices = span.rows.div_ceil(SLICE_ROWS);
+        if slices <= 1 {
+            return self.positions_at_once(q).await;
+        }
+        let (first, last) = (i64::from(span.first), i64::from(span.last));
+        let width = ((last - first + 1) as u64).div_ceil(slices) as i64;
+        let windows: Vec<(i64, i64)> = (0..slices as i64)
+            .map(|k| (first + k * width, (first + (k + 1) * width - 1).min(last)))
+            .filter(|(a, b)| a <= b)
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::CHUNKS_IN_FLIGHT);
+        let (this, q) = (self.clone(), q.clone());
+        tokio::spawn(async move {
+            let mut next = windows.into_iter();
+            let mut open = std::collections::VecDeque::new();
+            loop {
+                while open.len() < SLICES_IN_FLIGHT {
+                    let Some((from, to)) = next.next() else { break };
+                    let slice = Query { from, to, ..q.clone() };
+                    open.push_back(this.positions_at_once(&slice).await);
+                }
+                let Some(current) = open.pop_front() else { return };
+                let mut current = match current {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                while let Some(chunk) = current.recv().await {
+                    let failed = chunk.is_err();
+                    if tx.send(chunk).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn positions_at_once(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
         self.stream(
             "positions",
             POSITION_COLUMNS,
             "tst",
             q,
             ChPosition::into_row,
+            Some(|a: &Position, b: &Position| {
+                a.tst == b.tst && a.device == b.device && a.user == b.user
+            }),
         )
         .await
     }
@@ -107,7 +226,7 @@ impl ClickHouseReader {
             avg_vel: r.avg_vel,
             max_vel: r.max_vel,
             points: r.points.into(),
-        })
+        }, None)
         .await
     }
 
@@ -122,7 +241,7 @@ impl ClickHouseReader {
             lon: r.lon,
             duration: r.duration.into(),
             points: r.points.into(),
-        })
+        }, None)
         .await
     }
 
@@ -149,6 +268,7 @@ impl ClickHouseReader {
                 source: r.source,
                 received_at: r.received_at,
             },
+            None,
         )
         .await
     }
@@ -172,9 +292,9 @@ impl ClickHouseReader {
             .query("SELECT user, device, name FROM cards FINAL")
             .fetch_all()
             .await?;
-        let names: std::collections::HashMap<(String, String), Option<String>> = cards
+        let names: std::collections::HashMap<(Str, Str), Option<String>> = cards
             .into_iter()
-            .map(|c| ((c.user, c.device), c.name))
+            .map(|c| ((c.user.into(), c.device.into()), c.name))
             .collect();
         Ok(rows
             .into_iter()
@@ -192,9 +312,9 @@ impl ClickHouseReader {
 
 #[derive(Row, Deserialize)]
 struct ChPosition {
-    user: String,
-    device: String,
-    tid: Option<String>,
+    user: Str,
+    device: Str,
+    tid: Option<Str>,
     tst: u32,
     lat: f64,
     lon: f64,
@@ -205,16 +325,16 @@ struct ChPosition {
     cog: Option<i32>,
     batt: Option<i32>,
     bs: Option<i32>,
-    t: Option<String>,
-    conn: Option<String>,
+    t: Option<Str>,
+    conn: Option<Str>,
     p: Option<f64>,
     m: Option<i32>,
-    ssid: Option<String>,
-    bssid: Option<String>,
+    ssid: Option<Str>,
+    bssid: Option<Str>,
     created_at: Option<u32>,
-    inregions: Vec<String>,
-    inrids: Vec<String>,
-    topic: Option<String>,
+    inregions: Vec<Str>,
+    inrids: Vec<Str>,
+    topic: Option<Str>,
     // UInt64 ms on old servers, DateTime64(3) (Int64 ms) on current ones:
     // eight bytes either way.
     received_at: i64,

@@ -18,7 +18,7 @@
 
 use std::io::Write as _;
 
-use crate::rows::{DaySummary, Device, Position, Stop, Transition, Trip};
+use crate::rows::{DaySummary, Device, Position, Stop, Str, Transition, Trip};
 
 /// Writes rows of `T` as one document.
 pub trait Encoder<T> {
@@ -189,14 +189,14 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn list(&mut self, k: &str, v: &[String]) {
+    fn list<S: AsRef<str>>(&mut self, k: &str, v: &[S]) {
         if !v.is_empty() && self.key(k) {
             self.out.push(b'[');
             for (i, s) in v.iter().enumerate() {
                 if i > 0 {
                     self.out.push(b',');
                 }
-                json_str(self.out, s);
+                json_str(self.out, s.as_ref());
             }
             self.out.push(b']');
         }
@@ -323,7 +323,7 @@ pub struct PositionEncoder {
     fields: Option<Vec<String>>,
     rows: u64,
     /// The device of the open LineString or GPX track.
-    open: Option<(String, String)>,
+    open: Option<(Str, Str)>,
 }
 
 impl PositionEncoder {
@@ -358,7 +358,7 @@ fn csv_field(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn csv_list(out: &mut Vec<u8>, v: &[String]) {
+fn csv_list<S: AsRef<str>>(out: &mut Vec<u8>, v: &[S]) {
     if !v.is_empty() {
         let mut s = Vec::new();
         s.push(b'[');
@@ -366,7 +366,7 @@ fn csv_list(out: &mut Vec<u8>, v: &[String]) {
             if i > 0 {
                 s.push(b',');
             }
-            json_str(&mut s, x);
+            json_str(&mut s, x.as_ref());
         }
         s.push(b']');
         csv_field(out, &String::from_utf8_lossy(&s));

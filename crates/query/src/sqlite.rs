@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
 
-use crate::rows::{Device, Position, Stop, Transition, Trip};
+use crate::rows::{Device, Position, Stop, Str, Transition, Trip};
 use crate::{Chunker, Param, Query, QueryError, RowStream};
 
 /// The positions columns, in the order [`position`] reads them.
@@ -198,18 +198,26 @@ impl ToSql for Param {
 }
 
 /// A JSON array of strings as the store keeps `inregions`; absent is empty.
-fn list(v: ValueRef<'_>) -> Vec<String> {
+fn list(v: ValueRef<'_>) -> Vec<Str> {
     match v {
         ValueRef::Text(t) => serde_json::from_slice(t).unwrap_or_default(),
         _ => Vec::new(),
     }
 }
 
+/// A text column, read without an intermediate `String`.
+fn text(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Str>> {
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => None,
+        v => Some(Str::from(v.as_str()?)),
+    })
+}
+
 fn position(r: &Row<'_>) -> rusqlite::Result<Position> {
     Ok(Position {
-        user: r.get(0)?,
-        device: r.get(1)?,
-        tid: r.get(2)?,
+        user: text(r, 0)?.unwrap_or_default(),
+        device: text(r, 1)?.unwrap_or_default(),
+        tid: text(r, 2)?,
         tst: r.get(3)?,
         lat: r.get(4)?,
         lon: r.get(5)?,
@@ -220,16 +228,16 @@ fn position(r: &Row<'_>) -> rusqlite::Result<Position> {
         cog: r.get(10)?,
         batt: r.get(11)?,
         bs: r.get(12)?,
-        t: r.get(13)?,
-        conn: r.get(14)?,
+        t: text(r, 13)?,
+        conn: text(r, 14)?,
         p: r.get(15)?,
         m: r.get(16)?,
-        ssid: r.get(17)?,
-        bssid: r.get(18)?,
+        ssid: text(r, 17)?,
+        bssid: text(r, 18)?,
         created_at: r.get(19)?,
         inregions: list(r.get_ref(20)?),
         inrids: list(r.get_ref(21)?),
-        topic: r.get(22)?,
+        topic: text(r, 22)?,
         received_at: r.get(23)?,
     })
 }
