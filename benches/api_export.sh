@@ -36,7 +36,7 @@ TO=$(( T0 + rows * 10 ))
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # measure PID URL OUT: curl the URL to OUT while sampling the PID's RSS;
-# prints "seconds bytes peak_rss_kib".
+# prints "seconds 0 peak_rss_kib".
 measure() {
   local pid=$1 url=$2 out=$3 peak=0
   ( while kill -0 "$pid" 2>/dev/null; do rss_kib "$pid"; sleep 0.01; done ) >"$dir/rss" &
@@ -46,7 +46,7 @@ measure() {
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   peak=$(sort -n "$dir/rss" | tail -1)
-  echo "$t $(stat -c %s "$out") $peak"
+  echo "$t 0 $peak"
 }
 
 start_serve() { # data_dir args... ; sets http, metrics, pid
@@ -86,16 +86,21 @@ PY
       recorder) path="/api/0/locations?user=bench&device=phone&from=$FROM&to=$TO" ;;
       *) path="/api/v1/positions?user=bench&device=phone&from=$FROM&to=$TO&format=$fmt" ;;
     esac
+    # Once into a file, to check the row count; then timed into /dev/null.
+    curl -s -o "$dir/out" "$url$path"
+    local n
+    n=$(count_rows "$fmt" "$dir/out")
+    [ "$n" = "$rows" ] || { echo "$1 $fmt: $n rows, want $rows" >&2; exit 1; }
+    local bytes
+    bytes=$(stat -c %s "$dir/out")
+    rm -f "$dir/out"
     for _ in $(seq "$repeat"); do
       local before
       before=$(rss_kib "$pid")
-      read -r t bytes peak < <(measure "$pid" "$url$path" "$dir/out")
-      local n
-      n=$(count_rows "$fmt" "$dir/out")
-      [ "$n" = "$rows" ] || { echo "$1 $fmt: $n rows, want $rows" >&2; exit 1; }
+      read -r t _ peak < <(measure "$pid" "$url$path" /dev/null)
       python3 -c "
 t,b,n,before,peak=$t,$bytes,$n,$before,$peak
-print(f'| $1 | $fmt export | {t:.2f} s | {n/t:,.0f} rows/s, {b/t/1e6:.0f} MB/s ({b/1e6:.0f} MB) | RSS {before/1024:.0f} MB, peak +{(peak-before)/1024:.1f} MB |')"
+print(f'| $1 | $fmt export | {t:.2f} s | {n/t:,.0f} rows/s, {b/t/1e6:.0f} MB/s ({b/1e6:.0f} MB) | RSS {before/1024:.0f} MB, peak +{max(peak-before,0)/1024:.1f} MB |')"
     done
   done
   python3 - "$url/api/v1/devices" "$devices" <<PY
@@ -119,7 +124,7 @@ for mode in $modes; do
     data="$dir/sqlite"
     start_serve "$data"
     stop_pids
-    sqlite3 "$data/otstream.db" <<SQL
+    sqlite3 "$data/otstream.db" >/dev/null <<SQL
 PRAGMA journal_mode=WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $rows - 1)

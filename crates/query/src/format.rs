@@ -84,22 +84,51 @@ pub fn day(t: i64) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of a UNIX time, UTC (Recorder's `isotst`).
 pub fn iso8601(t: i64) -> String {
-    let mut s = String::with_capacity(20);
-    write_iso8601(&mut s, t, 'T', "Z");
-    s
+    let mut out = Vec::with_capacity(20);
+    push_iso8601(&mut out, t, b'T', true);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_iso8601(s: &mut String, t: i64, sep: char, zone: &str) {
-    use std::fmt::Write as _;
+/// Appends `YYYY-MM-DD{sep}HH:MM:SS` and, with `zulu`, `Z`: digits
+/// written in place, since an export writes one to three of these a row.
+fn push_iso8601(out: &mut Vec<u8>, t: i64, sep: u8, zulu: bool) {
     let (y, m, d) = civil(t.div_euclid(86_400));
     let secs = t.rem_euclid(86_400);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}{zone}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    if !(0..=9999).contains(&y) {
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}{}{:02}:{:02}:{:02}{}",
+            sep as char,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            if zulu { "Z" } else { "" }
+        );
+        return;
+    }
+    let (y, secs) = (y as u32, secs as u32);
+    let mut b = *b"0000-00-00T00:00:00Z";
+    let digits = [
+        (0, y / 1000),
+        (1, y / 100 % 10),
+        (2, y / 10 % 10),
+        (3, y % 10),
+        (5, m / 10),
+        (6, m % 10),
+        (8, d / 10),
+        (9, d % 10),
+        (11, secs / 36_000),
+        (12, secs / 3600 % 10),
+        (14, secs / 600 % 6),
+        (15, secs / 60 % 10),
+        (17, secs % 60 / 10),
+        (18, secs % 10),
+    ];
+    for (i, v) in digits {
+        b[i] = b'0' + v as u8;
+    }
+    b[10] = sep;
+    out.extend_from_slice(&b[..if zulu { 20 } else { 19 }]);
 }
 
 /// Year, month, day of a count of days since 1970-01-01 (Howard
@@ -302,15 +331,17 @@ pub fn recorder_location(out: &mut Vec<u8>, p: &Position, fields: Option<&[Strin
     o.list("inregions", &p.inregions);
     o.list("inrids", &p.inrids);
     o.opt_str("topic", p.topic.as_deref());
-    let mut t = String::with_capacity(20);
-    write_iso8601(&mut t, p.received_at.div_euclid(1000), 'T', "Z");
-    o.str("isorcv", &t);
-    t.clear();
-    write_iso8601(&mut t, p.tst, 'T', "Z");
-    o.str("isotst", &t);
-    t.clear();
-    write_iso8601(&mut t, p.tst, ' ', "");
-    o.str("disptst", &t);
+    for (key, t, sep, zulu) in [
+        ("isorcv", p.received_at.div_euclid(1000), b'T', true),
+        ("isotst", p.tst, b'T', true),
+        ("disptst", p.tst, b' ', false),
+    ] {
+        if o.key(key) {
+            o.out.push(b'"');
+            push_iso8601(o.out, t, sep, zulu);
+            o.out.push(b'"');
+        }
+    }
     o.str("username", &p.user);
     o.str("device", &p.device);
     o.close();
@@ -388,7 +419,7 @@ fn csv_row(out: &mut Vec<u8>, p: &Position) {
     out.push(b',');
     int(out, p.tst);
     out.push(b',');
-    out.extend_from_slice(iso8601(p.tst).as_bytes());
+    push_iso8601(out, p.tst, b'T', true);
     out.push(b',');
     float(out, p.lat);
     out.push(b',');
@@ -532,7 +563,9 @@ impl Encoder<Position> for PositionEncoder {
                 if let Some(alt) = p.alt {
                     let _ = write!(out, "<ele>{alt}</ele>");
                 }
-                let _ = writeln!(out, "<time>{}</time></trkpt>", iso8601(p.tst));
+                out.extend_from_slice(b"<time>");
+                push_iso8601(out, p.tst, b'T', true);
+                out.extend_from_slice(b"</time></trkpt>\n");
             }
             (Format::Csv, _) => csv_row(out, p),
         }
@@ -856,6 +889,10 @@ mod tests {
     #[test]
     fn calendar_round_trips() {
         assert_eq!(iso8601(1_497_508_651), "2017-06-15T06:37:31Z");
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(iso8601(253_402_300_800), "10000-01-01T00:00:00Z");
+        assert_eq!(iso8601(-1), "1969-12-31T23:59:59Z");
         assert_eq!(day(-1), "1969-12-31");
         assert_eq!(civil(days_from_civil(2024, 2, 29)), (2024, 2, 29));
         for d in [-800_000, -1, 0, 59, 60, 11_016, 20_000, 2_932_896] {

@@ -19,12 +19,14 @@
 //! Layout:
 //! - [`rows`]: the row types, with units.
 //! - [`sqlite`] and [`clickhouse`]: the two backends behind [`Reader`].
+//! - [`slices`]: one device's long export read in parallel slices.
 //! - [`summary`]: per device per day figures from trips and stops (pure).
 //! - [`format`]: encoders, one per output format, and ISO-8601 times.
 
 pub mod clickhouse;
 pub mod format;
 pub mod rows;
+pub mod slices;
 pub mod sqlite;
 pub mod summary;
 
@@ -205,7 +207,7 @@ impl Reader {
     /// Positions in the window, by device then time.
     pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
         match self {
-            Reader::Sqlite(r) => r.positions(q),
+            Reader::Sqlite(r) => r.positions(q).await,
             Reader::ClickHouse(r) => r.positions(q).await,
         }
     }
