@@ -328,11 +328,7 @@ impl Api {
             "/api/0/locations" => {
                 for name in ["user", "device"] {
                     if params.get(name).is_none() {
-                        return Err(BadParam::new(
-                            if name == "user" { "user" } else { "device" },
-                            "user and device are required",
-                        )
-                        .into());
+                        return Err(BadParam::new(name, "user and device are required").into());
                     }
                 }
                 let q = query(&params, visible, now, RECORDER_SPAN_S)?;

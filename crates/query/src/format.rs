@@ -265,17 +265,9 @@ fn float(out: &mut Vec<u8>, v: f64) {
     }
 }
 
-/// The columns of a position, as JSON members (all but `lat`/`lon` when
-/// `coordinates` is false: GeoJSON carries them in the geometry).
-fn position_members(o: &mut Obj<'_>, p: &Position, coordinates: bool) {
-    o.str("user", &p.user);
-    o.str("device", &p.device);
-    o.opt_str("tid", p.tid.as_deref());
-    o.int("tst", p.tst);
-    if coordinates {
-        o.float("lat", p.lat);
-        o.float("lon", p.lon);
-    }
+/// What the fix itself says, from `acc` to `inrids`, as JSON members;
+/// `wifi` names the Wi-Fi members (Recorder keeps the apps' `SSID`).
+fn fix_members(o: &mut Obj<'_>, p: &Position, wifi: [&str; 2]) {
     o.opt_int("acc", p.acc);
     o.opt_int("alt", p.alt);
     o.opt_int("vac", p.vac);
@@ -289,13 +281,27 @@ fn position_members(o: &mut Obj<'_>, p: &Position, coordinates: bool) {
         o.float("p", v);
     }
     o.opt_int("m", p.m);
-    o.opt_str("ssid", p.ssid.as_deref());
-    o.opt_str("bssid", p.bssid.as_deref());
+    o.opt_str(wifi[0], p.ssid.as_deref());
+    o.opt_str(wifi[1], p.bssid.as_deref());
     if let Some(v) = p.created_at {
         o.int("created_at", v);
     }
     o.list("inregions", &p.inregions);
     o.list("inrids", &p.inrids);
+}
+
+/// The columns of a position, as JSON members (all but `lat`/`lon` when
+/// `coordinates` is false: GeoJSON carries them in the geometry).
+fn position_members(o: &mut Obj<'_>, p: &Position, coordinates: bool) {
+    o.str("user", &p.user);
+    o.str("device", &p.device);
+    o.opt_str("tid", p.tid.as_deref());
+    o.int("tst", p.tst);
+    if coordinates {
+        o.float("lat", p.lat);
+        o.float("lon", p.lon);
+    }
+    fix_members(o, p, ["ssid", "bssid"]);
     o.opt_str("topic", p.topic.as_deref());
     o.int("received_at", p.received_at);
 }
@@ -310,26 +316,7 @@ pub fn recorder_location(out: &mut Vec<u8>, p: &Position, fields: Option<&[Strin
     o.int("tst", p.tst);
     o.float("lat", p.lat);
     o.float("lon", p.lon);
-    o.opt_int("acc", p.acc);
-    o.opt_int("alt", p.alt);
-    o.opt_int("vac", p.vac);
-    o.opt_int("vel", p.vel);
-    o.opt_int("cog", p.cog);
-    o.opt_int("batt", p.batt);
-    o.opt_int("bs", p.bs);
-    o.opt_str("t", p.t.as_deref());
-    o.opt_str("conn", p.conn.as_deref());
-    if let Some(v) = p.p {
-        o.float("p", v);
-    }
-    o.opt_int("m", p.m);
-    o.opt_str("SSID", p.ssid.as_deref());
-    o.opt_str("BSSID", p.bssid.as_deref());
-    if let Some(v) = p.created_at {
-        o.int("created_at", v);
-    }
-    o.list("inregions", &p.inregions);
-    o.list("inrids", &p.inrids);
+    fix_members(&mut o, p, ["SSID", "BSSID"]);
     o.opt_str("topic", p.topic.as_deref());
     for (key, t, sep, zulu) in [
         ("isorcv", p.received_at.div_euclid(1000), b'T', true),
