@@ -824,8 +824,11 @@ fn read_api_access_by_user_group_and_admin() {
         ]
     );
     assert_eq!(get(&u("/map"), Some(("eve", "eve-pw"))).0, 200);
-    // The ingest paths keep answering as the apps expect.
+    // The ingest paths keep answering as the apps expect; a known read
+    // path with another method is 405, an unknown path 404.
     assert_eq!(get(&u("/pub"), Some(("eve", "eve-pw"))).0, 405);
+    assert_eq!(serve.post("/api/v1/devices", &[], b"{}").status, 405);
+    assert_eq!(serve.post("/nope", &[], b"{}").status, 404);
 }
 
 /// Reads server-sent events from `url` until `want` of them arrived.

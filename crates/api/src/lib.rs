@@ -178,12 +178,6 @@ impl Api {
         let method = req.method().clone();
         let get = method == Method::GET || method == Method::HEAD;
         let recorder = path.starts_with("/api/0/");
-        if !(get || (recorder && method == Method::POST)) {
-            return Err(ApiError::MethodNotAllowed);
-        }
-        if let Some(asset) = page::asset(path) {
-            return Ok(asset);
-        }
         let known = matches!(
             path,
             "/" | "/map"
@@ -200,8 +194,17 @@ impl Api {
                 | "/api/0/list"
                 | "/api/0/version"
         );
-        if !known {
+        // Another path is a 404 whatever the method (as the ingress
+        // answers it), a known one with another method a 405.
+        let asset = page::asset(path);
+        if !known && asset.is_none() {
             return Err(ApiError::NotFound);
+        }
+        if !(get || (recorder && method == Method::POST)) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        if let Some(asset) = asset {
+            return Ok(asset);
         }
         let authorization = req
             .headers()
