@@ -1080,3 +1080,67 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
         "screenshot too small"
     );
 }
+
+#[test]
+fn a_long_clickhouse_export_comes_in_order_once_per_fix_with_the_newest_duplicate() {
+    // 60,000 fixes: more than two of the slices a long export is read in.
+    let dir = tempfile::tempdir().unwrap();
+    let url = clickhouse_url();
+    let db = unique_db("api_slices");
+    let serve = Serve::start(
+        &dir.path().join("data"),
+        &["--clickhouse-url", &url],
+        &[("OTSTREAM_CLICKHOUSE__DATABASE", &db)],
+    )
+    .unwrap();
+    let n = 60_000;
+    // Every 7th fix is stored twice, the second copy received later with
+    // another battery level: only that one may come back.
+    for (filter, batt, received) in [
+        ("1", "number % 100", "1000"),
+        ("number % 7 = 0", "200", "2000"),
+    ] {
+        otstream_tests::ch(
+            &url,
+            Some(&db),
+            &format!(
+                "INSERT INTO positions (user, device, tst, lat, lon, batt, transport, received_at, inregions, inrids, extra) \
+                 SELECT 'bench', 'phone', toDateTime({T0} + number * 10), 48 + number / 1e6, 2, {batt}, 'http', {received}, [], [], '' \
+                 FROM numbers({n}) WHERE {filter}"
+            ),
+        )
+        .unwrap();
+    }
+    let (status, body, _) = get(
+        &format!(
+            "{}/api/v1/positions?user=bench&device=phone&from={T0}&to={}&format=ndjson",
+            serve.url,
+            T0 + 10 * n
+        ),
+        None,
+    );
+    assert_eq!(status, 200);
+    let got: Vec<(i64, i64, i64)> = body
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["tst"].as_i64().unwrap(),
+                v["batt"].as_i64().unwrap(),
+                v["received_at"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, i64, i64)> = (0..n)
+        .map(|i| {
+            let dup = i % 7 == 0;
+            (
+                T0 + 10 * i,
+                if dup { 200 } else { i % 100 },
+                if dup { 2000 } else { 1000 },
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}

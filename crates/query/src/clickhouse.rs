@@ -201,10 +201,11 @@ impl ClickHouseReader {
                 &format!("SELECT {POSITION_COLUMNS} FROM positions WHERE {predicate}"),
                 params,
             )
-            .fetch::<ChPosition>()?;
-        let mut rows = Vec::new();
+            .fetch::<Position>()?;
+        // A slice holds about SLICE_ROWS rows: no regrowing as it fills.
+        let mut rows = Vec::with_capacity(SLICE_ROWS as usize);
         while let Some(row) = cursor.next().await? {
-            rows.push(row.into_row());
+            rows.push(row);
         }
         slices::order(&mut rows);
         Ok(rows)
@@ -216,7 +217,7 @@ impl ClickHouseReader {
             POSITION_COLUMNS,
             "tst",
             q,
-            ChPosition::into_row,
+            |p: Position| p,
             Some(|a: &Position, b: &Position| {
                 a.tst == b.tst && a.device == b.device && a.user == b.user
             }),
@@ -308,7 +309,7 @@ impl ClickHouseReader {
         let sql = format!(
             "SELECT {POSITION_COLUMNS} FROM positions FINAL WHERE (user, device, tst) IN (SELECT user, device, max(tst) FROM last_positions GROUP BY user, device) ORDER BY user, device"
         );
-        let rows: Vec<ChPosition> = self.client.query(&sql).fetch_all().await?;
+        let rows: Vec<Position> = self.client.query(&sql).fetch_all().await?;
         #[derive(Row, Deserialize)]
         struct Card {
             user: String,
@@ -326,8 +327,7 @@ impl ClickHouseReader {
             .collect();
         Ok(rows
             .into_iter()
-            .map(|r| {
-                let last = r.into_row();
+            .map(|last| {
                 let name = names
                     .get(&(last.user.clone(), last.device.clone()))
                     .cloned()
@@ -338,65 +338,16 @@ impl ClickHouseReader {
     }
 }
 
-#[derive(Row, Deserialize)]
-struct ChPosition {
-    user: Str,
-    device: Str,
-    tid: Option<Str>,
-    tst: u32,
-    lat: f64,
-    lon: f64,
-    acc: Option<i32>,
-    alt: Option<i32>,
-    vac: Option<i32>,
-    vel: Option<i32>,
-    cog: Option<i32>,
-    batt: Option<i32>,
-    bs: Option<i32>,
-    t: Option<Str>,
-    conn: Option<Str>,
-    p: Option<f64>,
-    m: Option<i32>,
-    ssid: Option<Str>,
-    bssid: Option<Str>,
-    created_at: Option<u32>,
-    inregions: Vec<Str>,
-    inrids: Vec<Str>,
-    topic: Option<Str>,
-    // UInt64 ms on old servers, DateTime64(3) (Int64 ms) on current ones:
-    // eight bytes either way.
-    received_at: i64,
+/// A ClickHouse `DateTime` (RowBinary: four bytes, seconds) as UNIX s.
+pub(crate) fn datetime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    u32::deserialize(d).map(i64::from)
 }
 
-impl ChPosition {
-    fn into_row(self) -> Position {
-        Position {
-            user: self.user,
-            device: self.device,
-            tid: self.tid,
-            tst: self.tst.into(),
-            lat: self.lat,
-            lon: self.lon,
-            acc: self.acc,
-            alt: self.alt,
-            vac: self.vac,
-            vel: self.vel,
-            cog: self.cog,
-            batt: self.batt,
-            bs: self.bs,
-            t: self.t,
-            conn: self.conn,
-            p: self.p,
-            m: self.m,
-            ssid: self.ssid,
-            bssid: self.bssid,
-            created_at: self.created_at.map(i64::from),
-            inregions: self.inregions,
-            inrids: self.inrids,
-            topic: self.topic,
-            received_at: self.received_at,
-        }
-    }
+/// A `Nullable(DateTime)` as UNIX s.
+pub(crate) fn opt_datetime<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    Option::<u32>::deserialize(d).map(|o| o.map(i64::from))
 }
 
 #[derive(Row, Deserialize)]

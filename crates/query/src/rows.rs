@@ -6,8 +6,11 @@
 /// fifth of an export's time.
 pub type Str = compact_str::CompactString;
 
-/// A stored location fix (`positions`).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A stored location fix (`positions`). It is also the row ClickHouse's
+/// RowBinary is decoded into, straight, in column order (see
+/// [`crate::sqlite::POSITION_COLUMNS`]): converting from a row type of
+/// its own was a copy of every row of an export.
+#[derive(Debug, Clone, PartialEq, Default, clickhouse::Row, serde::Deserialize)]
 pub struct Position {
     /// User part of the identity.
     pub user: Str,
@@ -16,6 +19,7 @@ pub struct Position {
     /// Tracker id.
     pub tid: Option<Str>,
     /// Time of the fix, UNIX s.
+    #[serde(deserialize_with = "crate::clickhouse::datetime")]
     pub tst: i64,
     /// Latitude, degrees WGS84.
     pub lat: f64,
@@ -48,6 +52,7 @@ pub struct Position {
     /// Wi-Fi access point.
     pub bssid: Option<Str>,
     /// When the app created the message, UNIX s.
+    #[serde(deserialize_with = "crate::clickhouse::opt_datetime")]
     pub created_at: Option<i64>,
     /// Names of the regions the device was in.
     pub inregions: Vec<Str>,
