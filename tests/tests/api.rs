@@ -599,6 +599,27 @@ fn otstream_tests_time(s: &str) -> i64 {
     days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]
 }
 
+/// Each object of `rows` as its `keys`' values joined by `|`, as the
+/// test library's `rows` prints a table's (text bare, numbers as Rust
+/// prints them).
+fn joined(rows: &Value, keys: &[&str]) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            keys.iter()
+                .map(|k| match &row[*k] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) if n.is_i64() => n.to_string(),
+                    Value::Number(n) => n.as_f64().unwrap().to_string(),
+                    other => panic!("{k}: {other}"),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
 #[test]
 fn read_api_gives_the_same_exact_answers_from_sqlite_and_clickhouse() {
     let dir = tempfile::tempdir().unwrap();
@@ -615,42 +636,19 @@ fn read_api_gives_the_same_exact_answers_from_sqlite_and_clickhouse() {
         &db,
         "SELECT user, device, start, \"end\", distance, points FROM trips ORDER BY user, device, start",
     );
-    let api_trips: Vec<String> = from_sqlite["trips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            format!(
-                "{}|{}|{}|{}|{}|{}",
-                t["user"].as_str().unwrap(),
-                t["device"].as_str().unwrap(),
-                t["start"],
-                t["end"],
-                t["distance"].as_f64().unwrap(),
-                t["points"]
-            )
-        })
-        .collect();
+    let api_trips = joined(
+        &from_sqlite["trips"],
+        &["user", "device", "start", "end", "distance", "points"],
+    );
     assert_eq!(api_trips, table_trips);
     let table_stops = rows(
         &db,
         "SELECT user, device, start, \"end\", points FROM stops ORDER BY user, device, start",
     );
-    let api_stops: Vec<String> = from_sqlite["stops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            format!(
-                "{}|{}|{}|{}|{}",
-                t["user"].as_str().unwrap(),
-                t["device"].as_str().unwrap(),
-                t["start"],
-                t["end"],
-                t["points"]
-            )
-        })
-        .collect();
+    let api_stops = joined(
+        &from_sqlite["stops"],
+        &["user", "device", "start", "end", "points"],
+    );
     assert_eq!(api_stops, table_stops);
     drop(sqlite);
 

@@ -61,11 +61,6 @@ impl Access {
         }
     }
 
-    /// Whether reads need credentials.
-    pub fn authenticates(&self) -> bool {
-        self.auth.is_some()
-    }
-
     /// What `user` may read.
     pub fn visible_to(&self, user: &str) -> Visible {
         if self.admins.iter().any(|a| a == user) {

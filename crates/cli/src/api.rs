@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use otstream_api::{Access, Api};
+use otstream_ingress::Fallback;
 use otstream_ingress::auth::Htpasswd;
 use otstream_query::Reader;
 use otstream_query::clickhouse::ClickHouseReader;
@@ -58,25 +59,39 @@ pub(crate) fn build(
     )))
 }
 
-/// Serves `api` on `api.addr` when it has a listener of its own; `None`
-/// when it shares the ingest listener.
-pub(crate) async fn spawn_own_listener(
+/// Where the API answers: the ingest listener's fallback, or its own
+/// listener's task when `api.addr` is set (neither when it is off).
+pub(crate) struct Started {
+    pub(crate) fallback: Option<Arc<dyn Fallback>>,
+    pub(crate) task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Builds the API ([`build`]) and starts it where the configuration says.
+pub(crate) async fn start(
     config: &ServeConfig,
-    api: &Api,
+    live: Option<Committed>,
     shutdown: CancellationToken,
-) -> Result<Option<JoinHandle<std::io::Result<()>>>> {
+) -> Result<Started> {
+    let Some(api) = build(config, live, shutdown.clone())? else {
+        return Ok(Started {
+            fallback: None,
+            task: None,
+        });
+    };
     let Some(addr) = config.api.addr else {
-        return Ok(None);
+        return Ok(Started {
+            fallback: Some(Arc::new(api)),
+            task: None,
+        });
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (api.addr)"))?;
     tracing::info!(%addr, "read API and map listening");
-    Ok(Some(tokio::spawn(otstream_api::serve(
-        listener,
-        api.clone(),
-        shutdown,
-    ))))
+    Ok(Started {
+        fallback: None,
+        task: Some(tokio::spawn(otstream_api::serve(listener, api, shutdown))),
+    })
 }
 
 /// `otstream run api`: the read API and the map alone, reading ClickHouse
@@ -90,10 +105,10 @@ pub(crate) async fn run_alone(mut config: ServeConfig) -> Result<()> {
         config.api.addr = Some(config.http.addr);
     }
     let shutdown = CancellationToken::new();
-    let api = build(&config, None, shutdown.clone())?.context("the API is disabled")?;
-    let task = spawn_own_listener(&config, &api, shutdown.clone())
+    let task = start(&config, None, shutdown.clone())
         .await?
-        .context("no API address")?;
+        .task
+        .context("the API has no listener")?;
     ready.store(true, Ordering::Release);
     tracing::info!(metrics_addr = %metrics, "otstream run api ready");
     crate::serve::shutdown_signal().await;

@@ -324,27 +324,23 @@ async fn start_ingress(
     }
     // The read API, on this listener or its own; its live streams end
     // with the ingress.
-    let api = crate::api::build(config, live, stop.clone())?;
-    let mut fallback = None;
-    if let Some(api) = api {
-        match crate::api::spawn_own_listener(config, &api, stop.clone()).await? {
-            Some(task) => out.push(Running {
-                name: "api",
-                task: tokio::spawn(async move { task.await?.map_err(anyhow::Error::from) }),
-                receiver: None,
-                flush: None,
-            }),
-            None => fallback = Some(Arc::new(api) as Arc<dyn otstream_ingress::Fallback>),
-        }
+    let api = crate::api::start(config, live, stop.clone()).await?;
+    if let Some(task) = api.task {
+        out.push(Running {
+            name: "api",
+            task: tokio::spawn(async move { task.await?.map_err(anyhow::Error::from) }),
+            receiver: None,
+            flush: None,
+        });
     }
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
-    let http = otstream_ingress::run_http_with(
+    let http = otstream_ingress::run_http(
         listener,
         config.http.clone(),
         config.decode.clone(),
         keys,
         tx.clone().with_send_timeout(send_timeout),
-        fallback,
+        api.fallback,
         stop.clone(),
     );
     out.push(Running {

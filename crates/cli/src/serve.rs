@@ -281,15 +281,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     // The read API: the live feed hears what the sink commits.
     let live = otstream_api::live::channel();
     let stop_api = CancellationToken::new();
-    let api = crate::api::build(&config, Some(live.clone()), stop_api.clone())?;
-    let api_task = match &api {
-        Some(a) => crate::api::spawn_own_listener(&config, a, stop_api.clone()).await?,
-        None => None,
-    };
-    let fallback = match (api, &api_task) {
-        (Some(a), None) => Some(Arc::new(a) as Arc<dyn otstream_ingress::Fallback>),
-        _ => None,
-    };
+    let api = crate::api::start(&config, Some(live.clone()), stop_api.clone()).await?;
 
     let sink = match (store, config.clickhouse.clone()) {
         (Some(store), _) => tokio::spawn(async move {
@@ -340,13 +332,13 @@ async fn serve(config: ServeConfig) -> Result<()> {
         (task, watch)
     });
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
-    let mut ingress = tokio::spawn(otstream_ingress::run_http_with(
+    let mut ingress = tokio::spawn(otstream_ingress::run_http(
         listener,
         config.http.clone(),
         config.decode.clone(),
         keys,
         raw_tx.with_send_timeout(send_timeout),
-        fallback,
+        api.fallback,
         stop_ingress.clone(),
     ));
     let mqtt = match mqtt {
@@ -391,7 +383,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         tokio::time::timeout_at(deadline, geofence).await,
     );
     ending.record("sink", tokio::time::timeout_at(deadline, sink).await);
-    if let Some(task) = api_task {
+    if let Some(task) = api.task {
         ending.record("api", tokio::time::timeout_at(deadline, task).await);
     }
     ending.conclude(&hard_stop)?;

@@ -128,30 +128,9 @@ struct State<S> {
 /// stops accepting, lets in-flight requests finish (each still waits for
 /// its message to be durable) and returns once every connection is closed.
 /// Messages go to `output`, which should have a send deadline: a full bus
-/// turns into 503, not into waiting forever.
+/// turns into 503, not into waiting forever. Every request that is not an
+/// OwnTracks POST goes to `fallback` (the read API), when there is one.
 pub async fn run_http<S: Sender<RawMessage>>(
-    listener: TcpListener,
-    config: HttpConfig,
-    decode_config: DecodeConfig,
-    keys: Arc<KeyRing>,
-    output: S,
-    shutdown: CancellationToken,
-) -> Result<(), IngressError> {
-    run_http_with(
-        listener,
-        config,
-        decode_config,
-        keys,
-        output,
-        None,
-        shutdown,
-    )
-    .await
-}
-
-/// [`run_http`], with every request that is not an OwnTracks POST handed
-/// to `fallback` (the read API), when there is one.
-pub async fn run_http_with<S: Sender<RawMessage>>(
     listener: TcpListener,
     config: HttpConfig,
     decode_config: DecodeConfig,

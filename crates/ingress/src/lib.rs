@@ -44,5 +44,5 @@ pub mod http;
 pub mod mqtt;
 
 pub use config::{FriendsConfig, HttpConfig};
-pub use http::{Fallback, FallbackBody, IngressError, run_http, run_http_with};
+pub use http::{Fallback, FallbackBody, IngressError, run_http};
 pub use mqtt::{MqttConfig, MqttError, run_mqtt};
