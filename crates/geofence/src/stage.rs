@@ -280,6 +280,7 @@ impl Tracker {
                 let mut finished = Vec::new();
                 let fix = otstream_trips::Fix {
                     vel: p.vel.map(f64::from),
+                    acc: p.acc.map(f64::from),
                     ..otstream_trips::Fix::new(p.tst, p.lat, p.lon)
                 };
                 self.detector.on_fix(&mut dev.trip, fix, &mut finished);

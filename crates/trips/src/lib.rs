@@ -1,31 +1,50 @@
 //! Trips and stops, per device, from its positions in order.
 //!
-//! In: one device's fixes (time, place, optional reported speed), in
-//! order, through [`Detector::on_fix`] with that device's [`TripState`].
-//! Out: finished [`TripSummary`]s and [`StopSummary`]s. Pure: no I/O, no
-//! clock; the geofence stage runs it beside the fence evaluation and
-//! persists the state with what it derived.
+//! In: one device's fixes (time, place, and what the fix says about
+//! itself: accuracy and reported speed), in order, through
+//! [`Detector::on_fix`] with that device's [`TripState`]. Out: finished
+//! [`TripSummary`]s and [`StopSummary`]s. Pure: no I/O, no clock; the
+//! geofence stage runs it beside the fence evaluation and persists the
+//! state with what it derived, so a restart anywhere gives what an
+//! uninterrupted run gives.
 //!
-//! The rules (Traccar's, with its current defaults of 200 m and 180 s):
+//! Phones are noisy: a parked phone reports a Wi-Fi fix 400 m away with
+//! `acc` 600, a cell fix kilometres off, GPS jitter of tens of metres; a
+//! walk starts slowly inside the radius that a stay is measured by. So:
 //! - A device *stays* while its fixes are within `min_distance_m` of the
-//!   first fix of the stay (the anchor). A stay that lasts
-//!   `min_stop_s` is a stop.
-//! - A fix beyond that distance starts a trip. After a stop, the trip
-//!   starts at the stop's last fix (the departure); after a stay too short
-//!   to be a stop (the first fixes ever, a red light), the stay is part of
-//!   the trip and it starts at the stay's anchor.
-//! - A trip ends at the anchor of the first stay that becomes a stop: the
-//!   trip's end is the stop's start, so trips and stops tile the timeline.
-//! - A gap in the data longer than `max_gap_s` ends an open trip at the
-//!   last fix before the gap; a stop survives a gap if the device is still
-//!   there afterwards (a parked phone sends little), and otherwise ends at
-//!   the last fix before it.
+//!   stay's centre, or their accuracy circle still reaches that distance.
+//!   The centre is the mean of the stay's settled fixes weighted by
+//!   `1/acc²`: a fix far worse than the others weighs little, and a fix
+//!   on the move does not pull it.
+//! - A fix is *moving* when its reported `vel` is at least `moving_kmh`
+//!   (or, without `vel`, the segment to it is, less the accuracies);
+//!   otherwise it is *settled*. A stay whose settled fixes span
+//!   `min_stop_s` is a stop: from the first settled fix (the arrival) to
+//!   the last (the departure).
+//! - Leaving takes a fix out of the stay that is clearly moving (`vel` at
+//!   least `moving_kmh`, at a plausible speed from the last fix), or two
+//!   fixes out in a row that agree with each other. A lone fix out and
+//!   back, or one implying more than `max_kmh`, is an outlier: it is
+//!   dropped and counts nowhere.
+//! - A trip runs from the departure to the arrival. The departure time is
+//!   estimated from the first moving fix and its speed (between the last
+//!   settled fix and it), the arrival from the last moving fix and its
+//!   speed (between it and the first settled fix), so a trip starts and
+//!   ends when the device left and arrived even when the parked phone
+//!   pinged every quarter of an hour. Its ends lie at the stays' centres
+//!   and its distance runs along every fix from the last settled fix of
+//!   the stop it left to the first of the stop it reached: the first and
+//!   last hundred metres included.
+//! - A stay too short to be a stop (a red light, a jam shorter than
+//!   `min_stop_s`) is part of the trip; so is a tunnel or a data gap up to
+//!   `max_gap_s`. A longer gap ends an open trip at the last fix before it;
+//!   a stop survives a gap if the device is still there afterwards.
 //! - A fix no newer than the last one is ignored (late or redelivered), so
 //!   evaluation is idempotent under at-least-once delivery.
 //!
-//! A trip's distance is the sum of geodesic (WGS84, Karney) distances
-//! between consecutive fixes; its maximum speed is the reported `vel` of
-//! its fixes where they have one, else the speed over the segment.
+//! Distances are geodesic (WGS84, Karney); a trip's maximum speed is the
+//! reported `vel` of its fixes where they have one, else the speed over
+//! the segment.
 
 use geo::{Distance, Geodesic, Point};
 use serde::{Deserialize, Serialize};
@@ -34,18 +53,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TripConfig {
-    /// A device moving farther than this from where it stays is on a trip,
-    /// metres (Traccar: 200).
+    /// A device farther than this from where it stays (beyond its fix's
+    /// accuracy) has left, metres.
     #[serde(default = "default_min_distance_m")]
     pub min_distance_m: f64,
-    /// Staying within `min_distance_m` this long is a stop, seconds
-    /// (Traccar: 180).
+    /// Settled this long in one place is a stop, seconds.
     #[serde(default = "default_min_stop_s")]
     pub min_stop_s: i64,
     /// No data for longer than this ends a trip, seconds (Traccar's
     /// `minimalNoDataDuration`: 3600).
     #[serde(default = "default_max_gap_s")]
     pub max_gap_s: i64,
+    /// A fix reporting at least this speed is moving, km/h.
+    #[serde(default = "default_moving_kmh")]
+    pub moving_kmh: f64,
+    /// A fix implying more than this speed from the last is an outlier
+    /// unless the next one agrees with it, km/h.
+    #[serde(default = "default_max_kmh")]
+    pub max_kmh: f64,
 }
 
 fn default_min_distance_m() -> f64 {
@@ -57,6 +82,12 @@ fn default_min_stop_s() -> i64 {
 fn default_max_gap_s() -> i64 {
     3600
 }
+fn default_moving_kmh() -> f64 {
+    3.0
+}
+fn default_max_kmh() -> f64 {
+    300.0
+}
 
 impl Default for TripConfig {
     fn default() -> Self {
@@ -64,6 +95,8 @@ impl Default for TripConfig {
             min_distance_m: default_min_distance_m(),
             min_stop_s: default_min_stop_s(),
             max_gap_s: default_max_gap_s(),
+            moving_kmh: default_moving_kmh(),
+            max_kmh: default_max_kmh(),
         }
     }
 }
@@ -76,6 +109,13 @@ impl TripConfig {
         }
         if self.min_stop_s <= 0 || self.max_gap_s <= 0 {
             return Err("trips.min_stop_s and trips.max_gap_s must be positive seconds".into());
+        }
+        if !(self.moving_kmh > 0.0 && self.moving_kmh < self.max_kmh && self.max_kmh.is_finite())
+        {
+            return Err(
+                "trips.moving_kmh and trips.max_kmh must be positive km/h, moving_kmh below max_kmh"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -94,58 +134,118 @@ pub struct Fix {
     /// Reported speed, km/h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vel: Option<f64>,
+    /// Reported accuracy (radius), metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<f64>,
 }
 
 impl Fix {
-    /// A fix without a reported speed.
+    /// A fix without a reported speed or accuracy.
     pub fn new(tst: i64, lat: f64, lon: f64) -> Self {
         Self {
             tst,
             lat,
             lon,
             vel: None,
+            acc: None,
         }
     }
 
     fn distance_m(&self, other: &Fix) -> f64 {
-        Geodesic.distance(
-            Point::new(self.lon, self.lat),
-            Point::new(other.lon, other.lat),
-        )
+        distance(self.lat, self.lon, other.lat, other.lon)
+    }
+
+    /// The reported speed, if it is one (iOS sends -1 for unknown).
+    fn vel(&self) -> Option<f64> {
+        self.vel.filter(|v| *v >= 0.0)
+    }
+
+    /// The reported accuracy, 0 when unknown.
+    fn acc(&self) -> f64 {
+        self.acc.filter(|a| *a > 0.0).unwrap_or(0.0)
     }
 }
 
-/// An open trip, up to (not including) the current stay.
+fn distance(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    Geodesic.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
+}
+
+/// A fix as remembered: where and when, with the path counters at it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Mark {
+    t: i64,
+    lat: f64,
+    lon: f64,
+    /// The device's odometer at this fix, metres.
+    odo: f64,
+    /// Fixes counted up to and including this one.
+    n: u32,
+}
+
+/// Where the device is, or was last seen settling.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Stay {
+    /// Its first fix.
+    first: Mark,
+    /// The weighted centre of its settled fixes (the first fix while
+    /// `w` is 0).
+    lat: f64,
+    lon: f64,
+    w: f64,
+    /// The first settled fix, and the estimated arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    arrival: Option<(Mark, i64)>,
+    /// The last settled fix (the first fix until one settles).
+    settled: Mark,
+    /// The estimated departure time, once a moving fix followed `settled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    departed: Option<i64>,
+    /// Highest speed in the stay, before its arrival, after `settled`.
+    max: f64,
+    head_max: f64,
+    tail_max: f64,
+}
+
+impl Stay {
+    fn is_stop(&self, min_stop_s: i64) -> bool {
+        self.arrival
+            .is_some_and(|(_, arrived)| self.settled.t - arrived >= min_stop_s)
+    }
+
+    fn centre(&self, t: i64) -> Fix {
+        Fix::new(t, self.lat, self.lon)
+    }
+}
+
+/// A trip in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct OpenTrip {
     start: Fix,
-    /// Metres, up to and including the segment into the stay's anchor.
-    distance: f64,
-    /// Fixes before the stay's anchor.
-    points: u32,
+    /// The odometer and fix count at its first fix.
+    odo: f64,
+    n: u32,
     /// km/h.
-    max_vel: f64,
+    max: f64,
 }
 
-/// What is remembered per device between fixes: about 150 bytes.
+/// What is remembered per device between fixes: a few hundred bytes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TripState {
-    /// The last fix evaluated.
+    /// The last fix accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<Fix>,
-    /// The first fix of the current stay.
+    /// Metres along every accepted fix.
+    #[serde(default)]
+    odo: f64,
+    /// Accepted fixes.
+    #[serde(default)]
+    n: u32,
+    /// A fix out of the stay waiting for the next to say whether the
+    /// device left or it was an outlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    anchor: Option<Fix>,
-    /// Fixes in the stay, its anchor included.
-    #[serde(default)]
-    stay_points: u32,
-    /// Path length within the stay, metres.
-    #[serde(default)]
-    stay_distance: f64,
-    /// Highest speed within the stay (after its anchor), km/h.
-    #[serde(default)]
-    stay_max_vel: f64,
-    /// The trip in progress.
+    pending: Option<Fix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stay: Option<Stay>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     trip: Option<OpenTrip>,
 }
@@ -158,16 +258,17 @@ impl TripState {
 
     /// Time of the last fix evaluated (0 before any).
     pub fn last_tst(&self) -> i64 {
-        self.last.map_or(0, |f| f.tst)
+        self.pending.or(self.last).map_or(0, |f| f.tst)
     }
 }
 
 /// A finished trip.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TripSummary {
-    /// The departure fix.
+    /// The departure: its estimated time, at the centre of the stay left.
     pub start: Fix,
-    /// The arrival fix (or the last fix before a gap).
+    /// The arrival: its estimated time, at the centre of the stop reached
+    /// (or the last fix before a gap).
     pub end: Fix,
     /// Sum of geodesic segments, metres.
     pub distance_m: f64,
@@ -177,20 +278,21 @@ pub struct TripSummary {
     pub avg_kmh: f64,
     /// Highest speed, km/h.
     pub max_kmh: f64,
-    /// Fixes, both ends included.
+    /// Fixes, from the last at the stay left to the first at the stop
+    /// reached.
     pub points: u32,
 }
 
 /// A finished stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StopSummary {
-    /// The arrival fix (the stop's place).
+    /// The arrival: its estimated time, at the stop's centre.
     pub start: Fix,
-    /// Time of the last fix of the stop, UNIX seconds.
+    /// The departure, UNIX seconds.
     pub end_tst: i64,
     /// `end - start`, seconds.
     pub duration_s: i64,
-    /// Fixes during the stop.
+    /// Settled fixes and those between them.
     pub points: u32,
 }
 
@@ -218,113 +320,257 @@ impl Detector {
     /// Evaluates the next fix of a device, appending what it finished to
     /// `out` (in time order). A fix no newer than the last changes nothing.
     pub fn on_fix(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(anchor)) = (state.last, state.anchor) else {
-            *state = TripState::default();
-            self.start_stay(state, fix);
+        let (Some(last), Some(stay)) = (state.last, state.stay) else {
+            *state = TripState {
+                n: 1,
+                ..TripState::default()
+            };
+            state.stay = Some(self.new_stay(None, fix, 0.0, 1));
+            state.last = Some(fix);
             return;
         };
-        if fix.tst <= last.tst {
+        if fix.tst <= state.last_tst() {
             return;
         }
         let c = &self.config;
         if fix.tst - last.tst > c.max_gap_s {
+            // Whatever waited for confirmation is too old to tell.
+            state.pending = None;
             if let Some(trip) = state.trip.take() {
-                out.push(Finished::Trip(self.close_trip(state, trip, last)));
-                self.start_stay(state, fix);
+                out.push(Finished::Trip(summary(
+                    trip.start,
+                    last,
+                    state.odo - trip.odo,
+                    state.n - trip.n + 1,
+                    trip.max.max(stay.max),
+                )));
+                self.restart_at(state, fix);
                 return;
             }
-            if anchor.distance_m(&fix) > c.min_distance_m {
-                if let Some(stop) = self.confirmed_stop(state, last) {
-                    out.push(Finished::Stop(stop));
+            if !self.reaches(&stay, &fix) {
+                if stay.is_stop(c.min_stop_s) {
+                    out.push(Finished::Stop(stop(&stay, stay.settled.t)));
                 }
-                self.start_stay(state, fix);
+                self.restart_at(state, fix);
                 return;
             }
             // Still where it stopped: the stop goes on through the gap.
         }
-        let segment = last.distance_m(&fix);
-        let speed = fix.vel.unwrap_or_else(|| {
-            let dt = (fix.tst - last.tst) as f64;
-            if dt > 0.0 { segment / dt * 3.6 } else { 0.0 }
-        });
-        if anchor.distance_m(&fix) <= c.min_distance_m {
-            state.stay_points += 1;
-            state.stay_distance += segment;
-            state.stay_max_vel = state.stay_max_vel.max(speed);
-            state.last = Some(fix);
-            if fix.tst - anchor.tst >= c.min_stop_s {
-                if let Some(trip) = state.trip.take() {
-                    out.push(Finished::Trip(summary(
-                        trip.start,
-                        anchor,
-                        trip.distance,
-                        trip.points + 1,
-                        trip.max_vel,
-                    )));
-                }
-            }
+        if self.reaches(&stay, &fix) {
+            // A lone fix out and back in: an outlier, forgotten.
+            state.pending = None;
+            self.settle(state, fix, out);
             return;
         }
-        // Left the stay.
-        let trip = match state.trip {
+        let plausible = |a: &Fix| implied_kmh(a, &fix) <= c.max_kmh;
+        let clearly_moving = fix.vel().is_some_and(|v| v >= c.moving_kmh) && plausible(&last);
+        match state.pending.take() {
+            Some(p) if plausible(&p) => {
+                self.leave(state, p, out);
+                // `fix` against the stay that `p` began.
+                self.on_fix(state, fix, out);
+            }
+            _ if clearly_moving => self.leave(state, fix, out),
+            _ => state.pending = Some(fix),
+        }
+    }
+
+    /// Whether `fix`, or its accuracy circle, is within the stay.
+    fn reaches(&self, stay: &Stay, fix: &Fix) -> bool {
+        distance(stay.lat, stay.lon, fix.lat, fix.lon) <= self.config.min_distance_m + fix.acc()
+    }
+
+    /// Whether `fix` is on the move, coming from `last`.
+    fn moving(&self, last: Option<&Fix>, fix: &Fix, segment: f64) -> bool {
+        let kmh = match (fix.vel(), last) {
+            (Some(v), _) => v,
+            (None, Some(l)) => {
+                let dt = (fix.tst - l.tst) as f64;
+                (segment - fix.acc().max(l.acc())).max(0.0) / dt * 3.6
+            }
+            (None, None) => 0.0,
+        };
+        kmh >= self.config.moving_kmh
+    }
+
+    /// A stay beginning at `fix` (reached from `last`, if known).
+    fn new_stay(&self, last: Option<&Fix>, fix: Fix, odo: f64, n: u32) -> Stay {
+        let mark = Mark {
+            t: fix.tst,
+            lat: fix.lat,
+            lon: fix.lon,
+            odo,
+            n,
+        };
+        let segment = last.map_or(0.0, |l| l.distance_m(&fix));
+        let mut stay = Stay {
+            first: mark,
+            lat: fix.lat,
+            lon: fix.lon,
+            w: 0.0,
+            arrival: None,
+            settled: mark,
+            departed: None,
+            max: 0.0,
+            head_max: 0.0,
+            tail_max: 0.0,
+        };
+        if !self.moving(last, &fix, segment) {
+            self.add_settled(&mut stay, last, &fix, mark);
+        }
+        stay
+    }
+
+    /// Counts a settled fix into the stay: its centre, its arrival, its
+    /// last settled fix.
+    fn add_settled(&self, stay: &mut Stay, last: Option<&Fix>, fix: &Fix, mark: Mark) {
+        if stay.arrival.is_none() {
+            let arrived = last.map_or(fix.tst, |l| self.arrival_time(l, fix));
+            stay.arrival = Some((mark, arrived));
+        }
+        stay.settled = mark;
+        stay.departed = None;
+        stay.tail_max = 0.0;
+        let w = 1.0 / fix.acc().max(5.0).powi(2);
+        let total = stay.w + w;
+        stay.lat += (fix.lat - stay.lat) * w / total;
+        stay.lon += (fix.lon - stay.lon) * w / total;
+        stay.w = total;
+    }
+
+    /// When the device got to `fix`, coming from `last` at its speed.
+    fn arrival_time(&self, last: &Fix, fix: &Fix) -> i64 {
+        match last.vel().filter(|v| *v >= self.config.moving_kmh) {
+            Some(v) => (last.tst + (last.distance_m(fix) / (v / 3.6)).round() as i64).min(fix.tst),
+            None => fix.tst,
+        }
+    }
+
+    /// When the device left `settled` to be at `fix`, at its speed.
+    fn departure_time(&self, settled: &Mark, fix: &Fix) -> i64 {
+        match fix.vel().filter(|v| *v >= self.config.moving_kmh) {
+            Some(v) => {
+                let d = distance(settled.lat, settled.lon, fix.lat, fix.lon);
+                (fix.tst - (d / (v / 3.6)).ceil() as i64).max(settled.t)
+            }
+            None => settled.t,
+        }
+    }
+
+    /// A fix within the stay.
+    fn settle(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
+        let (Some(last), Some(mut stay)) = (state.last, state.stay) else {
+            return;
+        };
+        let segment = last.distance_m(&fix);
+        state.odo += segment;
+        state.n += 1;
+        let speed = speed(&last, &fix, segment);
+        stay.max = stay.max.max(speed);
+        let mark = Mark {
+            t: fix.tst,
+            lat: fix.lat,
+            lon: fix.lon,
+            odo: state.odo,
+            n: state.n,
+        };
+        if self.moving(Some(&last), &fix, segment) {
+            if stay.arrival.is_none() {
+                stay.head_max = stay.head_max.max(speed);
+            }
+            stay.tail_max = stay.tail_max.max(speed);
+            if stay.departed.is_none() {
+                stay.departed = Some(self.departure_time(&stay.settled, &fix));
+            }
+        } else {
+            self.add_settled(&mut stay, Some(&last), &fix, mark);
+        }
+        state.last = Some(fix);
+        if stay.is_stop(self.config.min_stop_s) {
+            if let (Some(trip), Some((arrival, arrived))) = (state.trip.take(), stay.arrival) {
+                out.push(Finished::Trip(summary(
+                    trip.start,
+                    stay.centre(arrived),
+                    arrival.odo - trip.odo,
+                    arrival.n - trip.n + 1,
+                    trip.max.max(stay.head_max),
+                )));
+            }
+        }
+        state.stay = Some(stay);
+    }
+
+    /// A fix out of the stay, accepted: the device left it.
+    fn leave(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
+        let (Some(last), Some(stay)) = (state.last, state.stay) else {
+            return;
+        };
+        let segment = last.distance_m(&fix);
+        state.odo += segment;
+        state.n += 1;
+        let speed = speed(&last, &fix, segment);
+        state.trip = Some(match state.trip {
             Some(mut t) => {
-                t.distance += state.stay_distance + segment;
-                t.points += state.stay_points;
-                t.max_vel = t.max_vel.max(state.stay_max_vel).max(speed);
+                t.max = t.max.max(stay.max).max(speed);
                 t
             }
-            None => match self.confirmed_stop(state, last) {
-                Some(stop) => {
-                    out.push(Finished::Stop(stop));
-                    OpenTrip {
-                        start: last,
-                        distance: segment,
-                        points: 1,
-                        max_vel: speed,
-                    }
+            None if stay.is_stop(self.config.min_stop_s) => {
+                let departed = stay
+                    .departed
+                    .unwrap_or_else(|| self.departure_time(&stay.settled, &fix));
+                out.push(Finished::Stop(stop(&stay, departed)));
+                OpenTrip {
+                    start: stay.centre(departed),
+                    odo: stay.settled.odo,
+                    n: stay.settled.n,
+                    max: stay.tail_max.max(speed),
                 }
-                // Too short to be a stop: it was part of the trip.
-                None => OpenTrip {
-                    start: anchor,
-                    distance: state.stay_distance + segment,
-                    points: state.stay_points,
-                    max_vel: state.stay_max_vel.max(speed),
-                },
+            }
+            // Too short to be a stop (the first fixes ever): it was part
+            // of the trip.
+            None => OpenTrip {
+                start: Fix::new(stay.first.t, stay.first.lat, stay.first.lon),
+                odo: stay.first.odo,
+                n: stay.first.n,
+                max: stay.max.max(speed),
             },
-        };
-        self.start_stay(state, fix);
-        state.trip = Some(trip);
-    }
-
-    fn start_stay(&self, state: &mut TripState, fix: Fix) {
+        });
+        state.stay = Some(self.new_stay(Some(&last), fix, state.odo, state.n));
         state.last = Some(fix);
-        state.anchor = Some(fix);
-        state.stay_points = 1;
-        state.stay_distance = 0.0;
-        state.stay_max_vel = 0.0;
     }
 
-    /// The current stay as a stop ending at `last`, if it lasted long enough.
-    fn confirmed_stop(&self, state: &TripState, last: Fix) -> Option<StopSummary> {
-        let anchor = state.anchor?;
-        (last.tst - anchor.tst >= self.config.min_stop_s).then(|| StopSummary {
-            start: anchor,
-            end_tst: last.tst,
-            duration_s: last.tst - anchor.tst,
-            points: state.stay_points,
-        })
+    /// After a long gap: a new stay at `fix`, the path across the gap not
+    /// counted.
+    fn restart_at(&self, state: &mut TripState, fix: Fix) {
+        state.n += 1;
+        state.stay = Some(self.new_stay(None, fix, state.odo, state.n));
+        state.last = Some(fix);
     }
+}
 
-    /// The open trip, with the current stay, ending at `last`.
-    fn close_trip(&self, state: &TripState, trip: OpenTrip, last: Fix) -> TripSummary {
-        summary(
-            trip.start,
-            last,
-            trip.distance + state.stay_distance,
-            trip.points + state.stay_points,
-            trip.max_vel.max(state.stay_max_vel),
-        )
+/// The stay as a stop that ended at `departed`.
+fn stop(stay: &Stay, departed: i64) -> StopSummary {
+    let (arrival, arrived) = stay.arrival.unwrap_or((stay.first, stay.first.t));
+    StopSummary {
+        start: stay.centre(arrived),
+        end_tst: departed,
+        duration_s: departed - arrived,
+        points: stay.settled.n - arrival.n + 1,
     }
+}
+
+/// The fix's reported speed, else the speed over the segment to it, km/h.
+fn speed(last: &Fix, fix: &Fix, segment: f64) -> f64 {
+    fix.vel().unwrap_or_else(|| {
+        let dt = (fix.tst - last.tst) as f64;
+        if dt > 0.0 { segment / dt * 3.6 } else { 0.0 }
+    })
+}
+
+/// The speed it takes to get from `a` to `b`, km/h.
+fn implied_kmh(a: &Fix, b: &Fix) -> f64 {
+    let dt = (b.tst - a.tst).max(1) as f64;
+    a.distance_m(b) / dt * 3.6
 }
 
 fn summary(start: Fix, end: Fix, distance_m: f64, points: u32, max_kmh: f64) -> TripSummary {
