@@ -368,6 +368,19 @@ pub struct FleetArgs {
     /// Start the simulated clock now instead of at 2026-01-01T00:00:00Z.
     #[arg(long)]
     now: bool,
+    /// Send what real phones send: GPS noise, Wi-Fi and cell outliers while
+    /// parked, traffic lights, bus stops, tunnels, errands; walking,
+    /// cycling, driving and transit.
+    #[arg(long)]
+    phones: bool,
+    /// Stop after this many simulated hours (or --messages, if sooner).
+    #[arg(long)]
+    hours: Option<f64>,
+    /// With --phones and --out: write the trips as they really happened
+    /// here, one JSON object a line (user, device, kind, start, end,
+    /// distance_m), to measure trip detection against.
+    #[arg(long, requires_all = ["phones", "out"])]
+    truth: Option<PathBuf>,
     /// Write a recording here instead of sending (`-` for stdout).
     #[arg(long, short, conflicts_with_all = ["http", "mqtt"])]
     out: Option<PathBuf>,
@@ -395,20 +408,35 @@ pub fn fleet(args: FleetArgs) -> Result<()> {
         transport,
         prefix: args.send.prefix.clone(),
         user: args.user.clone(),
+        phones: args.phones,
+        duration_s: args.hours.map(|h| (h * 3600.0).round() as i64),
         ..Default::default()
     };
     if args.now {
         config.start_ms = otstream_model::raw::now_ms();
     }
-    let fleet = Fleet::new(config);
+    let mut fleet = Fleet::new(config);
     if let Some(path) = &args.out {
         let mut out = std::io::BufWriter::new(create(path)?);
         let mut n = 0u64;
-        for m in fleet {
+        for m in fleet.by_ref() {
             otstream_loadgen::write_recording_line(&mut out, &m)?;
             n += 1;
         }
         out.flush()?;
+        if let Some(truth) = &args.truth {
+            let mut w = std::io::BufWriter::new(create(truth)?);
+            for t in fleet.truth() {
+                serde_json::to_writer(&mut w, t)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            eprintln!(
+                "wrote {} true trips to {}",
+                fleet.truth().len(),
+                truth.display()
+            );
+        }
         eprintln!(
             "wrote {n} messages of {} devices to {}",
             args.devices,

@@ -11,9 +11,31 @@
 //! `lwt`. Even-numbered devices send Android's field set, odd ones iOS's
 //! (with `topic` and pressure `p`).
 //!
+//! With [`FleetConfig::phones`] the devices send what real phones send
+//! (see [`phones`](self#phones)), and the fleet keeps the ground truth of
+//! their trips ([`Fleet::truth`]), so that trip detection is measured
+//! against what really happened.
+//!
 //! The fleet is an iterator of [`RawMessage`] in time order, the same shape
 //! a recording holds, so it is written to a file or sent by the replay
 //! engine. It is deterministic: the same config gives the same messages.
+//!
+//! # Phones
+//! - Four ways of moving: walking (short hops), cycling, driving, and
+//!   transit (a bus halting every few hundred metres); destinations are at
+//!   least 300 m away.
+//! - GPS error as phones have it: Gaussian, scaled by the accuracy the fix
+//!   reports, and correlated from one fix to the next (a first-order
+//!   autoregression), so a track wanders rather than zigzags; the reported
+//!   `vel` is the true speed with a km/h of noise.
+//! - Parked: a Wi-Fi fix every 5 to 20 minutes, and among them outliers:
+//!   Wi-Fi fixes 250 to 500 m off (some honest with `acc` 400 to 800, some
+//!   claiming 50 to 80), cell fixes 1 to 3 km off with `acc` over 1000.
+//! - Traffic lights (20 to 90 s halted, `vel` 0), bus stops, tunnels
+//!   (1 to 5 minutes without a fix while driving on), and errands (a walk
+//!   of 60 to 120 m from where it is parked and back: no trip).
+//! - The first fix after leaving comes one interval later, as a phone
+//!   notices movement; the trip's truth starts when the device left.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -47,6 +69,43 @@ pub struct FleetConfig {
     pub prefix: String,
     /// The user every device belongs to.
     pub user: String,
+    /// Send what real phones send: noise, outliers, lights, tunnels,
+    /// errands, four ways of moving; and keep the trips' ground truth.
+    pub phones: bool,
+    /// Stop at this many simulated seconds from the start, if sooner than
+    /// `messages`.
+    pub duration_s: Option<i64>,
+}
+
+/// A trip as it really happened, to measure detection against.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TruthTrip {
+    /// The device's user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// How it moved.
+    pub kind: Kind,
+    /// When it left, UNIX seconds.
+    pub start: i64,
+    /// When it arrived, UNIX seconds.
+    pub end: i64,
+    /// The path's length, metres.
+    pub distance_m: f64,
+}
+
+/// How a device moves on a trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// 4 to 6 km/h.
+    Walk,
+    /// 14 to 25 km/h.
+    Cycle,
+    /// 30 to 90 km/h, with traffic lights and tunnels.
+    Drive,
+    /// A bus: 20 to 45 km/h between stops every few hundred metres.
+    Transit,
 }
 
 impl Default for FleetConfig {
@@ -62,6 +121,8 @@ impl Default for FleetConfig {
             transport: Transport::Http,
             prefix: "owntracks".into(),
             user: "fleet".into(),
+            phones: false,
+            duration_s: None,
         }
     }
 }
@@ -99,6 +160,28 @@ struct Device {
     subtopics: Vec<&'static str>,
     at_home: bool,
     lwt_at: Option<i64>,
+    /// What phones do (with `FleetConfig::phones`).
+    phone: Phone,
+}
+
+/// A phone's moving parts: its GPS error, halts, tunnels, errands, and
+/// the truth of the trip it is on.
+#[derive(Debug, Default)]
+struct Phone {
+    kind: Option<Kind>,
+    /// The GPS error, metres north and east, carried from fix to fix.
+    err: (f64, f64),
+    /// Wakes left halted (a light, a bus stop) or silent (a tunnel).
+    halted: u32,
+    silent: u32,
+    /// Metres since the last halt.
+    since_halt: f64,
+    /// Where an errand started (it walks back there), and until when it
+    /// stays parked after.
+    errand_from: Option<Point>,
+    errand_until: i64,
+    /// The trip in progress: when it left, metres so far.
+    trip: Option<(i64, f64)>,
 }
 
 /// The synthetic fleet, as an iterator of messages in time order.
@@ -114,6 +197,7 @@ pub struct Fleet {
     due: BinaryHeap<Reverse<(i64, u32)>>,
     emitted: u64,
     pending: std::collections::VecDeque<RawMessage>,
+    truth: Vec<TruthTrip>,
 }
 
 fn random_point(rng: &mut StdRng, center: Point, radius: f64) -> Point {
@@ -155,6 +239,7 @@ impl Fleet {
                     lwt_at: (rng.random::<f64>() < 0.05)
                         .then(|| start + rng.random_range(600..7200)),
                     rng,
+                    phone: Phone::default(),
                 }
             })
             .collect();
@@ -166,7 +251,14 @@ impl Fleet {
             due,
             emitted: 0,
             pending: Default::default(),
+            truth: Vec::new(),
         }
+    }
+
+    /// The trips finished so far, as they really happened, in the order
+    /// they ended (with [`FleetConfig::phones`]; empty otherwise).
+    pub fn truth(&self) -> &[TruthTrip] {
+        &self.truth
     }
 
     fn message(&self, d: &Device, now: i64, subtopic: &str, body: &Value) -> RawMessage {
@@ -212,53 +304,69 @@ impl Fleet {
             d.lwt_at = None;
             bodies.push(("", json!({"_type": "lwt", "tst": now - 60})));
         }
-        let next = match d.mode {
-            Mode::Parked { until } if now < until => {
-                bodies.push(("", location(d, now, "p", topic_base)));
-                now + PING_S.min(until - now).max(1)
+        let next = if self.config.phones {
+            let (next, finished) =
+                phone_step(d, now, interval, (center, radius), topic_base, &mut bodies);
+            if let Some((kind, start, end, distance_m)) = finished {
+                self.truth.push(TruthTrip {
+                    user: self.config.user.clone(),
+                    device: d.name.clone(),
+                    kind,
+                    start,
+                    end,
+                    distance_m,
+                });
             }
-            Mode::Parked { .. } => {
-                // Off somewhere: home if away, else a new destination.
-                d.target = if d.at_home {
-                    random_point(&mut d.rng, center, radius)
-                } else {
-                    d.home
-                };
-                let far = Haversine.distance(d.at, d.target) > 1_500.0;
-                d.mode = if far { Mode::Driving } else { Mode::Walking };
-                d.speed_mps = if far {
-                    d.rng.random_range(8.0..25.0)
-                } else {
-                    d.rng.random_range(1.1..1.7)
-                };
-                d.heading = Haversine.bearing(d.at, d.target);
-                bodies.push(("", location(d, now, "t", topic_base)));
-                now + interval
-            }
-            Mode::Walking | Mode::Driving => {
-                let step = d.speed_mps * interval as f64;
-                let left = Haversine.distance(d.at, d.target);
-                if left <= step {
-                    d.at = d.target;
-                    d.speed_mps = 0.0;
-                    d.mode = Mode::Parked {
-                        until: now + d.rng.random_range(600..3600),
-                    };
-                } else {
-                    // Streets bend: the heading wanders around the bearing
-                    // to the target and comes back to it.
-                    let aim = Haversine.bearing(d.at, d.target);
-                    d.heading = aim + d.rng.random_range(-25.0..25.0);
-                    d.at = Haversine.destination(d.at, d.heading, step);
+            next
+        } else {
+            match d.mode {
+                Mode::Parked { until } if now < until => {
+                    bodies.push(("", location(d, now, "p", topic_base)));
+                    now + PING_S.min(until - now).max(1)
                 }
-                let moving = !matches!(d.mode, Mode::Parked { .. });
-                bodies.push((
-                    "",
-                    location(d, now, if moving { "t" } else { "v" }, topic_base),
-                ));
-                match d.mode {
-                    Mode::Parked { until } => now + PING_S.min(until - now).max(1),
-                    _ => now + interval,
+                Mode::Parked { .. } => {
+                    // Off somewhere: home if away, else a new destination.
+                    d.target = if d.at_home {
+                        random_point(&mut d.rng, center, radius)
+                    } else {
+                        d.home
+                    };
+                    let far = Haversine.distance(d.at, d.target) > 1_500.0;
+                    d.mode = if far { Mode::Driving } else { Mode::Walking };
+                    d.speed_mps = if far {
+                        d.rng.random_range(8.0..25.0)
+                    } else {
+                        d.rng.random_range(1.1..1.7)
+                    };
+                    d.heading = Haversine.bearing(d.at, d.target);
+                    bodies.push(("", location(d, now, "t", topic_base)));
+                    now + interval
+                }
+                Mode::Walking | Mode::Driving => {
+                    let step = d.speed_mps * interval as f64;
+                    let left = Haversine.distance(d.at, d.target);
+                    if left <= step {
+                        d.at = d.target;
+                        d.speed_mps = 0.0;
+                        d.mode = Mode::Parked {
+                            until: now + d.rng.random_range(600..3600),
+                        };
+                    } else {
+                        // Streets bend: the heading wanders around the bearing
+                        // to the target and comes back to it.
+                        let aim = Haversine.bearing(d.at, d.target);
+                        d.heading = aim + d.rng.random_range(-25.0..25.0);
+                        d.at = Haversine.destination(d.at, d.heading, step);
+                    }
+                    let moving = !matches!(d.mode, Mode::Parked { .. });
+                    bodies.push((
+                        "",
+                        location(d, now, if moving { "t" } else { "v" }, topic_base),
+                    ));
+                    match d.mode {
+                        Mode::Parked { until } => now + PING_S.min(until - now).max(1),
+                        _ => now + interval,
+                    }
                 }
             }
         };
@@ -335,6 +443,231 @@ fn location(d: &mut Device, now: i64, trigger: &str, topic_base: &str) -> Value 
     v
 }
 
+/// A standard normal deviate (Box-Muller): the one distribution phones
+/// need, not worth a dependency.
+fn gauss(rng: &mut StdRng) -> f64 {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// `p` moved `north` and `east` metres.
+fn offset(p: Point, north: f64, east: f64) -> Point {
+    let d = north.hypot(east);
+    if d == 0.0 {
+        return p;
+    }
+    Haversine.destination(p, east.atan2(north).to_degrees(), d)
+}
+
+/// A trip's ending: its kind, when it left and arrived, and its length.
+type Arrived = (Kind, i64, i64, f64);
+
+/// One wake of a phone: what it sends, when it wakes next, and the trip
+/// it finished, if any.
+fn phone_step(
+    d: &mut Device,
+    now: i64,
+    interval: i64,
+    (center, radius): (Point, f64),
+    topic_base: &str,
+    bodies: &mut Vec<(&'static str, Value)>,
+) -> (i64, Option<Arrived>) {
+    let mut finished = None;
+    let next = match d.mode {
+        Mode::Parked { until } if now < until => {
+            if d.phone.errand_from.is_none() && until - now > 900 && d.rng.random::<f64>() < 0.08 {
+                // An errand: a short walk away and back, no trip.
+                d.phone.errand_from = Some(d.at);
+                d.target = Haversine.destination(
+                    d.at,
+                    d.rng.random_range(0.0..360.0),
+                    d.rng.random_range(60.0..120.0),
+                );
+                d.phone.kind = Some(Kind::Walk);
+                d.speed_mps = d.rng.random_range(1.1..1.7);
+                d.mode = Mode::Walking;
+                d.phone.errand_until = until;
+                bodies.push(("", parked_fix(d, now, topic_base)));
+                now + interval
+            } else {
+                bodies.push(("", parked_fix(d, now, topic_base)));
+                now + d.rng.random_range(300..1200).min(until - now).max(1)
+            }
+        }
+        Mode::Parked { .. } => {
+            // Off somewhere at least 300 m away: home if away, else a new
+            // destination. The phone notices one interval later.
+            let mut target = if d.at_home {
+                random_point(&mut d.rng, center, radius)
+            } else {
+                d.home
+            };
+            while Haversine.distance(d.at, target) < 300.0 {
+                target = random_point(&mut d.rng, center, radius);
+            }
+            d.target = target;
+            let far = Haversine.distance(d.at, d.target);
+            let kind = if far < 1_200.0 {
+                Kind::Walk
+            } else if far < 3_000.0 {
+                if d.rng.random::<bool>() {
+                    Kind::Cycle
+                } else {
+                    Kind::Walk
+                }
+            } else if d.rng.random::<f64>() < 0.7 {
+                Kind::Drive
+            } else {
+                Kind::Transit
+            };
+            d.speed_mps = match kind {
+                Kind::Walk => d.rng.random_range(1.1..1.7),
+                Kind::Cycle => d.rng.random_range(4.0..7.0),
+                Kind::Drive => d.rng.random_range(8.0..25.0),
+                Kind::Transit => d.rng.random_range(5.5..12.5),
+            };
+            d.phone.kind = Some(kind);
+            d.phone.trip = Some((now, 0.0));
+            d.phone.err = (0.0, 0.0);
+            d.mode = if kind == Kind::Walk {
+                Mode::Walking
+            } else {
+                Mode::Driving
+            };
+            now + interval
+        }
+        Mode::Walking | Mode::Driving => {
+            let kind = d.phone.kind.unwrap_or(Kind::Walk);
+            if d.phone.halted > 0 {
+                d.phone.halted -= 1;
+                bodies.push(("", moving_fix(d, now, 0.0, topic_base)));
+                return (now + interval, None);
+            }
+            let step = d.speed_mps * interval as f64;
+            let left = Haversine.distance(d.at, d.target);
+            if left <= step {
+                let arrived = now - interval + (left / d.speed_mps).round() as i64;
+                d.at = d.target;
+                match d.phone.errand_from.take() {
+                    // Back from an errand, or at its turning point.
+                    Some(from) if Haversine.distance(from, d.at) > 1.0 => {
+                        d.target = from;
+                        d.phone.errand_from = Some(from);
+                    }
+                    Some(_) => {
+                        d.mode = Mode::Parked {
+                            until: d.phone.errand_until,
+                        };
+                    }
+                    None => {
+                        if let Some((start, metres)) = d.phone.trip.take() {
+                            finished = Some((kind, start, arrived, metres + left));
+                        }
+                        d.mode = Mode::Parked {
+                            until: now + d.rng.random_range(600..3600),
+                        };
+                    }
+                }
+                d.phone.silent = 0;
+                bodies.push(("", moving_fix(d, now, 0.0, topic_base)));
+                return (now + interval, finished);
+            }
+            let aim = Haversine.bearing(d.at, d.target);
+            d.heading = aim + d.rng.random_range(-25.0..25.0);
+            d.at = Haversine.destination(d.at, d.heading, step);
+            if let Some((_, metres)) = &mut d.phone.trip {
+                *metres += step;
+            }
+            // Lights hold it now and then, bus stops every few hundred
+            // metres; a tunnel hides it.
+            d.phone.since_halt += step;
+            let (halt_p, every_m, halt_wakes) = match kind {
+                Kind::Drive | Kind::Cycle => (0.1, 300.0, 2..=9),
+                Kind::Transit => (0.5, 400.0, 2..=4),
+                Kind::Walk => (0.0, 0.0, 0..=0),
+            };
+            if d.phone.since_halt >= every_m
+                && d.phone.errand_from.is_none()
+                && d.rng.random::<f64>() < halt_p
+            {
+                d.phone.halted = d.rng.random_range(halt_wakes);
+                d.phone.since_halt = 0.0;
+            }
+            if kind == Kind::Drive && d.phone.silent == 0 && d.rng.random::<f64>() < 0.01 {
+                d.phone.silent = d.rng.random_range(6..=30);
+            }
+            if d.phone.silent > 0 {
+                d.phone.silent -= 1;
+            } else {
+                let kmh = d.speed_mps * 3.6;
+                bodies.push(("", moving_fix(d, now, kmh, topic_base)));
+            }
+            now + interval
+        }
+    };
+    (next, finished)
+}
+
+/// A parked phone's fix: Wi-Fi, now and then far off.
+fn parked_fix(d: &mut Device, now: i64, topic_base: &str) -> Value {
+    let roll: f64 = d.rng.random();
+    let (acc, at) = if roll < 0.02 {
+        let far = d.rng.random_range(1_000.0..3_000.0);
+        (
+            d.rng.random_range(1_000..2_500),
+            Haversine.destination(d.at, d.rng.random_range(0.0..360.0), far),
+        )
+    } else if roll < 0.06 {
+        let far = d.rng.random_range(250.0..500.0);
+        let acc = if d.rng.random::<bool>() {
+            d.rng.random_range(50..80)
+        } else {
+            d.rng.random_range(400..800)
+        };
+        (
+            acc,
+            Haversine.destination(d.at, d.rng.random_range(0.0..360.0), far),
+        )
+    } else {
+        let acc = d.rng.random_range(10..40);
+        let sigma = f64::from(acc) / 2.0;
+        let (n, e) = (gauss(&mut d.rng) * sigma, gauss(&mut d.rng) * sigma);
+        (acc, offset(d.at, n, e))
+    };
+    let mut v = location(d, now, "p", topic_base);
+    v["acc"] = Value::from(acc);
+    v["lat"] = Value::from(round6(at.y()));
+    v["lon"] = Value::from(round6(at.x()));
+    v["vel"] = Value::from(0);
+    v["conn"] = Value::from("w");
+    v
+}
+
+/// A moving phone's GPS fix at the true speed `kmh`.
+fn moving_fix(d: &mut Device, now: i64, kmh: f64, topic_base: &str) -> Value {
+    let acc = d.rng.random_range(4..16);
+    let sigma = f64::from(acc) / 2.0;
+    // Correlated: most of the error carries over from the last fix.
+    let (a, b) = (0.85, (1.0f64 - 0.85 * 0.85).sqrt());
+    d.phone.err = (
+        a * d.phone.err.0 + b * gauss(&mut d.rng) * sigma,
+        a * d.phone.err.1 + b * gauss(&mut d.rng) * sigma,
+    );
+    let at = offset(d.at, d.phone.err.0, d.phone.err.1);
+    let vel = if kmh > 0.0 {
+        (kmh + gauss(&mut d.rng)).max(0.0).round()
+    } else {
+        0.0
+    };
+    let mut v = location(d, now, "t", topic_base);
+    v["acc"] = Value::from(acc);
+    v["lat"] = Value::from(round6(at.y()));
+    v["lon"] = Value::from(round6(at.x()));
+    v["vel"] = Value::from(vel as i64);
+    v
+}
+
 impl Iterator for Fleet {
     type Item = RawMessage;
 
@@ -348,6 +681,11 @@ impl Iterator for Fleet {
                 return Some(m);
             }
             let Reverse((now, index)) = self.due.pop()?;
+            if let Some(d) = self.config.duration_s {
+                if now >= self.config.start_ms / 1000 + d {
+                    return None;
+                }
+            }
             let (messages, next) = self.step(index, now);
             self.pending.extend(messages);
             self.due.push(Reverse((next, index)));
@@ -423,6 +761,46 @@ mod tests {
             .map(|m| body(m)["vel"].as_i64().unwrap())
             .collect();
         assert!(speeds.iter().any(|&v| v > 25) && speeds.iter().any(|&v| (1..7).contains(&v)));
+    }
+
+    #[test]
+    fn phones_send_noise_and_outliers_and_the_truth_is_kept() {
+        let config = FleetConfig {
+            devices: 10,
+            messages: u64::MAX,
+            duration_s: Some(6 * 3600),
+            phones: true,
+            ..Default::default()
+        };
+        let mut fleet = Fleet::new(config.clone());
+        let all: Vec<_> = fleet.by_ref().collect();
+        let again: Vec<_> = Fleet::new(config).collect();
+        assert_eq!(all, again, "deterministic");
+        let fixes: Vec<Value> = all
+            .iter()
+            .map(body)
+            .filter(|b| b["_type"] == "location")
+            .collect();
+        let acc = |b: &Value| b["acc"].as_i64().unwrap();
+        // Cell fixes, and Wi-Fi fixes claiming 50 to 80 m, among GPS ones.
+        assert!(fixes.iter().any(|b| acc(b) >= 1000));
+        assert!(fixes.iter().any(|b| (50..80).contains(&acc(b))));
+        assert!(fixes.iter().filter(|b| acc(b) < 16).count() > fixes.len() / 2);
+        // Every trip ended within the run, and none is shorter than a
+        // destination can be near; every way of moving is there.
+        let last = config_start() + 6 * 3600;
+        let truth = fleet.truth();
+        assert!(truth.len() >= 30, "{}", truth.len());
+        for t in truth {
+            assert!(t.start < t.end && t.end < last, "{t:?}");
+            assert!(t.distance_m >= 300.0, "{t:?}");
+        }
+        let all_kinds = [Kind::Walk, Kind::Cycle, Kind::Drive, Kind::Transit];
+        assert!(all_kinds.iter().all(|k| truth.iter().any(|t| t.kind == *k)));
+    }
+
+    fn config_start() -> i64 {
+        FleetConfig::default().start_ms / 1000
     }
 
     #[test]

@@ -24,13 +24,15 @@ pub mod record;
 pub mod replay;
 pub mod report;
 pub mod rewrite;
+pub mod truth;
 
-pub use fleet::{Fleet, FleetConfig};
+pub use fleet::{Fleet, FleetConfig, Kind, TruthTrip};
 pub use pacing::Pacing;
 pub use record::{RecordError, Source, record, write_recording_line};
 pub use replay::{Outcome, ReplayConfig, ReplayError, Target, replay};
 pub use report::{Latencies, Report};
 pub use rewrite::Rewrite;
+pub use truth::{Detected, Score, Sent, locations, score};
 
 /// Reads a recording (or bare payloads, one per line, as HTTP bodies
 /// without headers) as messages; a line that is neither is an error naming

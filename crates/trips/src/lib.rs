@@ -110,8 +110,7 @@ impl TripConfig {
         if self.min_stop_s <= 0 || self.max_gap_s <= 0 {
             return Err("trips.min_stop_s and trips.max_gap_s must be positive seconds".into());
         }
-        if !(self.moving_kmh > 0.0 && self.moving_kmh < self.max_kmh && self.max_kmh.is_finite())
-        {
+        if !(self.moving_kmh > 0.0 && self.moving_kmh < self.max_kmh && self.max_kmh.is_finite()) {
             return Err(
                 "trips.moving_kmh and trips.max_kmh must be positive km/h, moving_kmh below max_kmh"
                     .into(),
@@ -183,7 +182,7 @@ struct Mark {
 }
 
 /// Where the device is, or was last seen settling.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Stay {
     /// Its first fix.
     first: Mark,
@@ -204,12 +203,45 @@ struct Stay {
     max: f64,
     head_max: f64,
     tail_max: f64,
+    /// Where it settled before settling again elsewhere in the stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alt: Option<Box<Anchor>>,
+}
+
+/// Where a stay settled: its centre and arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Anchor {
+    lat: f64,
+    lon: f64,
+    w: f64,
+    arrival: Option<(Mark, i64)>,
+    head_max: f64,
 }
 
 impl Stay {
+    fn anchor(&self) -> Anchor {
+        Anchor {
+            lat: self.lat,
+            lon: self.lon,
+            w: self.w,
+            arrival: self.arrival,
+            head_max: self.head_max,
+        }
+    }
+
+    fn restore(&mut self, a: Anchor) {
+        (self.lat, self.lon, self.w) = (a.lat, a.lon, a.w);
+        self.arrival = a.arrival;
+        self.head_max = a.head_max;
+    }
+
+    /// Whether it was at rest long enough, to its last settled fix or,
+    /// once it moved on, to its estimated departure (a parked phone may
+    /// send nothing at all until it leaves).
     fn is_stop(&self, min_stop_s: i64) -> bool {
+        let until = self.departed.unwrap_or(self.settled.t);
         self.arrival
-            .is_some_and(|(_, arrived)| self.settled.t - arrived >= min_stop_s)
+            .is_some_and(|(_, arrived)| until - arrived >= min_stop_s)
     }
 
     fn centre(&self, t: i64) -> Fix {
@@ -243,7 +275,7 @@ pub struct TripState {
     /// A fix out of the stay waiting for the next to say whether the
     /// device left or it was an outlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pending: Option<Fix>,
+    pending: Option<Box<Fix>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stay: Option<Stay>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +290,10 @@ impl TripState {
 
     /// Time of the last fix evaluated (0 before any).
     pub fn last_tst(&self) -> i64 {
-        self.pending.or(self.last).map_or(0, |f| f.tst)
+        self.pending
+            .as_deref()
+            .or(self.last.as_ref())
+            .map_or(0, |f| f.tst)
     }
 }
 
@@ -320,7 +355,7 @@ impl Detector {
     /// Evaluates the next fix of a device, appending what it finished to
     /// `out` (in time order). A fix no newer than the last changes nothing.
     pub fn on_fix(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(stay)) = (state.last, state.stay) else {
+        let (Some(last), Some(stay)) = (state.last, state.stay.clone()) else {
             *state = TripState {
                 n: 1,
                 ..TripState::default()
@@ -364,20 +399,33 @@ impl Detector {
         }
         let plausible = |a: &Fix| implied_kmh(a, &fix) <= c.max_kmh;
         let clearly_moving = fix.vel().is_some_and(|v| v >= c.moving_kmh) && plausible(&last);
+        // The fix waiting is confirmed by this one if the device could go
+        // from it to here, and here is near it or farther on from the
+        // stay; an outlier off to one side before a real departure is not.
+        let from_stay = |f: &Fix| distance(stay.lat, stay.lon, f.lat, f.lon);
+        let agrees = |p: &Fix| {
+            plausible(p)
+                && (p.distance_m(&fix) <= c.min_distance_m || from_stay(p) <= from_stay(&fix))
+        };
         match state.pending.take() {
-            Some(p) if plausible(&p) => {
-                self.leave(state, p, out);
+            Some(p) if agrees(&p) => {
+                self.leave(state, *p, out);
                 // `fix` against the stay that `p` began.
                 self.on_fix(state, fix, out);
             }
             _ if clearly_moving => self.leave(state, fix, out),
-            _ => state.pending = Some(fix),
+            _ => state.pending = Some(Box::new(fix)),
         }
     }
 
     /// Whether `fix`, or its accuracy circle, is within the stay.
     fn reaches(&self, stay: &Stay, fix: &Fix) -> bool {
         distance(stay.lat, stay.lon, fix.lat, fix.lon) <= self.config.min_distance_m + fix.acc()
+    }
+
+    /// How close a settled fix must be to a stay's centre to be at it.
+    fn near_m(&self, fix: &Fix) -> f64 {
+        self.config.min_distance_m / 4.0 + 2.0 * fix.acc()
     }
 
     /// Whether `fix` is on the move, coming from `last`.
@@ -414,6 +462,7 @@ impl Detector {
             max: 0.0,
             head_max: 0.0,
             tail_max: 0.0,
+            alt: None,
         };
         if !self.moving(last, &fix, segment) {
             self.add_settled(&mut stay, last, &fix, mark);
@@ -459,7 +508,7 @@ impl Detector {
 
     /// A fix within the stay.
     fn settle(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(mut stay)) = (state.last, state.stay) else {
+        let (Some(last), Some(mut stay)) = (state.last, state.stay.take()) else {
             return;
         };
         let segment = last.distance_m(&fix);
@@ -474,6 +523,8 @@ impl Detector {
             odo: state.odo,
             n: state.n,
         };
+        let near =
+            stay.w == 0.0 || distance(stay.lat, stay.lon, fix.lat, fix.lon) <= self.near_m(&fix);
         if self.moving(Some(&last), &fix, segment) {
             if stay.arrival.is_none() {
                 stay.head_max = stay.head_max.max(speed);
@@ -482,19 +533,37 @@ impl Detector {
             if stay.departed.is_none() {
                 stay.departed = Some(self.departure_time(&stay.settled, &fix));
             }
-        } else {
+        } else if near {
+            self.add_settled(&mut stay, Some(&last), &fix, mark);
+        } else if let Some(alt) = stay
+            .alt
+            .take_if(|a| distance(a.lat, a.lon, fix.lat, fix.lon) <= self.near_m(&fix))
+        {
+            // Back where it first settled (an errand on arrival): that was
+            // the arrival after all.
+            stay.alt = Some(Box::new(stay.anchor()));
+            stay.restore(*alt);
+            self.add_settled(&mut stay, Some(&last), &fix, mark);
+        } else if !stay.is_stop(self.config.min_stop_s) {
+            // Settling somewhere else than where it paused before (a light
+            // short of the destination, a slow step of a walk): the stay
+            // begins again here, and what came before is the trip's. The
+            // place left is kept in case the device comes back to it.
+            if stay.arrival.is_some() {
+                stay.alt = Some(Box::new(stay.anchor()));
+            }
+            stay.head_max = stay.max;
+            stay.arrival = None;
+            stay.w = 0.0;
+            (stay.lat, stay.lon) = (fix.lat, fix.lon);
             self.add_settled(&mut stay, Some(&last), &fix, mark);
         }
+        // Otherwise a pause on the way out of a stop (a light round the
+        // corner): the departure stands.
         state.last = Some(fix);
         if stay.is_stop(self.config.min_stop_s) {
-            if let (Some(trip), Some((arrival, arrived))) = (state.trip.take(), stay.arrival) {
-                out.push(Finished::Trip(summary(
-                    trip.start,
-                    stay.centre(arrived),
-                    arrival.odo - trip.odo,
-                    arrival.n - trip.n + 1,
-                    trip.max.max(stay.head_max),
-                )));
+            if let Some(trip) = state.trip.take() {
+                out.push(Finished::Trip(arrive(&trip, &stay)));
             }
         }
         state.stay = Some(stay);
@@ -502,22 +571,29 @@ impl Detector {
 
     /// A fix out of the stay, accepted: the device left it.
     fn leave(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(stay)) = (state.last, state.stay) else {
+        let (Some(last), Some(stay)) = (state.last, state.stay.take()) else {
             return;
         };
         let segment = last.distance_m(&fix);
         state.odo += segment;
         state.n += 1;
         let speed = speed(&last, &fix, segment);
+        let mut stay = stay;
+        let departed = *stay
+            .departed
+            .get_or_insert_with(|| self.departure_time(&stay.settled, &fix));
+        let stopped = stay.is_stop(self.config.min_stop_s);
+        if stopped {
+            if let Some(trip) = state.trip.take() {
+                out.push(Finished::Trip(arrive(&trip, &stay)));
+            }
+        }
         state.trip = Some(match state.trip {
             Some(mut t) => {
                 t.max = t.max.max(stay.max).max(speed);
                 t
             }
-            None if stay.is_stop(self.config.min_stop_s) => {
-                let departed = stay
-                    .departed
-                    .unwrap_or_else(|| self.departure_time(&stay.settled, &fix));
+            None if stopped => {
                 out.push(Finished::Stop(stop(&stay, departed)));
                 OpenTrip {
                     start: stay.centre(departed),
@@ -526,8 +602,15 @@ impl Detector {
                     max: stay.tail_max.max(speed),
                 }
             }
-            // Too short to be a stop (the first fixes ever): it was part
-            // of the trip.
+            // Too short to be a stop, at rest there (the first fixes ever):
+            // it left when it left.
+            None if stay.arrival.is_some() => OpenTrip {
+                start: stay.centre(departed),
+                odo: stay.settled.odo,
+                n: stay.settled.n,
+                max: stay.tail_max.max(speed),
+            },
+            // Never at rest: it was moving all along.
             None => OpenTrip {
                 start: Fix::new(stay.first.t, stay.first.lat, stay.first.lon),
                 odo: stay.first.odo,
@@ -546,6 +629,18 @@ impl Detector {
         state.stay = Some(self.new_stay(None, fix, state.odo, state.n));
         state.last = Some(fix);
     }
+}
+
+/// The trip, ended at the stay's arrival.
+fn arrive(trip: &OpenTrip, stay: &Stay) -> TripSummary {
+    let (arrival, arrived) = stay.arrival.unwrap_or((stay.first, stay.first.t));
+    summary(
+        trip.start,
+        stay.centre(arrived),
+        arrival.odo - trip.odo,
+        arrival.n - trip.n + 1,
+        trip.max.max(stay.head_max),
+    )
 }
 
 /// The stay as a stop that ended at `departed`.

@@ -345,8 +345,11 @@ fn thresholds_are_configurable() {
 fn state_is_small_and_survives_a_round_trip() {
     let (tr, _) = day();
     let (_, state) = run(TripConfig::default(), &tr.fixes[..200]);
+    // 368 bytes: the stay's centre, arrival, last settled fix and
+    // departure, the path counters, the open trip; an outlier waiting and
+    // a second place settled at are boxed, as they are rare.
     assert!(
-        std::mem::size_of::<TripState>() <= 416,
+        std::mem::size_of::<TripState>() <= 384,
         "{}",
         std::mem::size_of::<TripState>()
     );
@@ -426,7 +429,11 @@ fn a_short_walk_is_one_trip_with_its_whole_length_and_an_errand_none() {
     assert_eq!(t.len(), 1, "{t:#?}");
     // It left 10 s before the first moving fix (14 m at 5 km/h) and
     // arrived with the last; the pings' 5 m and 3 m jitter is 2 s.
-    assert!((t[0].start.tst - (left - 10)).abs() <= 2, "{:?}", t[0].start);
+    assert!(
+        (t[0].start.tst - (left - 10)).abs() <= 2,
+        "{:?}",
+        t[0].start
+    );
     assert!((t[0].end.tst - arrived).abs() <= 2, "{:?}", t[0].end);
     let err = (t[0].distance_m - route).abs() / route;
     assert!(err < 0.05, "walked {route} m, got {} m", t[0].distance_m);

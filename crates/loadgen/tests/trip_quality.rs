@@ -1,0 +1,88 @@
+//! Trip detection on days of phones, scored against the fleet's truth.
+//!
+//! Each seed is a simulated day of 24 devices walking, cycling, driving
+//! and riding buses, with GPS noise, Wi-Fi and cell outliers while parked,
+//! traffic lights, bus stops, tunnels and errands. The detector sees what
+//! the phones sent; the fleet knows what happened.
+
+use std::collections::HashMap;
+
+use otstream_loadgen::{Detected, Fleet, FleetConfig, Kind, Score, TruthTrip, locations, score};
+use otstream_trips::{Detector, Finished, Fix, TripConfig, TripState};
+
+const DAY_S: i64 = 86_400;
+
+/// One day of `devices` phones, its truth, and what the detector made of it.
+/// Trips are compared up to an hour before the day's end, so that a trip
+/// whose arrival the detector has not yet confirmed is not counted.
+fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Detected>) {
+    let config = FleetConfig {
+        devices,
+        messages: u64::MAX,
+        duration_s: Some(DAY_S),
+        seed,
+        phones: true,
+        ..FleetConfig::default()
+    };
+    let start = config.start_ms / 1000;
+    let mut fleet = Fleet::new(config);
+    let messages: Vec<_> = fleet.by_ref().collect();
+    let detector = Detector::new(TripConfig::default());
+    let mut states: HashMap<String, TripState> = HashMap::new();
+    let mut detected = Vec::new();
+    let mut out = Vec::new();
+    for s in locations(&messages) {
+        let fix = Fix {
+            vel: s.vel,
+            acc: s.acc,
+            ..Fix::new(s.tst, s.lat, s.lon)
+        };
+        detector.on_fix(states.entry(s.device.clone()).or_default(), fix, &mut out);
+        for f in out.drain(..) {
+            if let Finished::Trip(t) = f {
+                detected.push(Detected {
+                    device: s.device.clone(),
+                    start: t.start.tst,
+                    end: t.end.tst,
+                    distance_m: t.distance_m,
+                });
+            }
+        }
+    }
+    let cut = start + DAY_S - 3600;
+    let truth = fleet
+        .truth()
+        .iter()
+        .filter(|t| t.end < cut)
+        .cloned()
+        .collect();
+    detected.retain(|d| d.end < cut);
+    (truth, detected)
+}
+
+fn check(seed: u64, s: &Score) {
+    assert!(s.truth >= 100, "seed {seed}: a day has trips: {s:?}");
+    assert!(s.precision >= 0.95, "seed {seed}: precision {s:?}");
+    assert!(s.recall >= 0.95, "seed {seed}: recall {s:?}");
+    assert!(s.start_error_s <= 60.0, "seed {seed}: start {s:?}");
+    assert!(s.end_error_s <= 60.0, "seed {seed}: end {s:?}");
+    assert!(s.distance_error <= 0.05, "seed {seed}: distance {s:?}");
+}
+
+#[test]
+fn detection_matches_the_truth_on_days_of_phones() {
+    let mut kinds = HashMap::new();
+    for seed in [1, 2, 3] {
+        let (truth, detected) = day(seed, 24);
+        for t in &truth {
+            *kinds.entry(t.kind).or_insert(0) += 1;
+        }
+        let s = score(&truth, &detected);
+        eprintln!("seed {seed}: {s:?}");
+        check(seed, &s);
+    }
+    // Every way of moving was in the test.
+    for k in [Kind::Walk, Kind::Cycle, Kind::Drive, Kind::Transit] {
+        assert!(kinds.get(&k).copied().unwrap_or(0) >= 10, "{kinds:?}");
+    }
+}
