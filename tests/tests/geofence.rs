@@ -93,9 +93,16 @@ fn fences(extra: &str) -> String {
     )
 }
 
+/// A fix as the phone sends it: `vel` 0 at home and at the customer,
+/// where it is at rest, 60 on the road.
 fn location(tst: i64, lat: f64, lon: f64) -> Vec<u8> {
+    let vel = if (lat, lon) == HOME || (lat, lon) == east(3000.0) {
+        0
+    } else {
+        60
+    };
     format!(
-        r#"{{"_type":"location","lat":{lat},"lon":{lon},"tst":{tst},"tid":"vn","acc":8,"vel":60}}"#
+        r#"{{"_type":"location","lat":{lat},"lon":{lon},"tst":{tst},"tid":"vn","acc":8,"vel":{vel}}}"#
     )
     .into_bytes()
 }
@@ -139,14 +146,16 @@ fn expected(track: &[(i64, f64, f64)]) -> (Vec<String>, Vec<String>, Vec<String>
     ]
     .map(|(t, e, d, r)| format!("{t}|{e}|{d}|{r}"))
     .to_vec();
-    // Trips start at the stop's last fix and end at the next stop's first.
+    // Trips start when the van left (its last fix at rest, 250 m before
+    // the first at 60 km/h) and end when it arrived (its first fix at
+    // rest); stops are named by the fence they lie in.
     let trips = vec![
         format!("{}|{}|13", m.left_home - 15, m.at_customer),
         format!("{}|{}|13", m.left_customer - 15, m.back_home),
     ];
     let stops = vec![
-        format!("{T0}|{}|11", m.left_home - 15),
-        format!("{}|{}|11", m.at_customer, m.left_customer - 15),
+        format!("{T0}|{}|11|Depot", m.left_home - 15),
+        format!("{}|{}|11|Customer", m.at_customer, m.left_customer - 15),
     ];
     (transitions, trips, stops)
 }
@@ -164,7 +173,7 @@ fn store_rows(serve: &Serve) -> (Vec<String>, Vec<String>, Vec<String>) {
         ),
         rows(
             &db,
-            "SELECT start, \"end\", points FROM stops ORDER BY start",
+            "SELECT start, \"end\", points, place FROM stops ORDER BY start",
         ),
     )
 }
@@ -352,7 +361,7 @@ fn positions_over_http_give_transitions_trips_and_stops_in_clickhouse() {
         trips
     );
     assert_eq!(
-        q("SELECT toUInt32(start), toUInt32(end), points FROM stops FINAL ORDER BY start"),
+        q("SELECT toUInt32(start), toUInt32(end), points, place FROM stops FINAL ORDER BY start"),
         stops
     );
     check_distances(

@@ -386,6 +386,31 @@ impl Geofencer {
     pub fn devices(&self) -> usize {
         self.states.len()
     }
+
+    /// The name of the fence `(lat, lon)` lies in, for device `key`
+    /// (`user/device`): among the operator fences that apply to it and its
+    /// own regions, the smallest, so that a depot inside a city names the
+    /// depot. A fence without a name is named by its id.
+    pub fn place(&self, key: &str, user: &str, device: &str, lat: f64, lon: f64) -> Option<Text> {
+        let own = self
+            .waypoints
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.fences
+            .candidates(lat, lon)
+            .filter(|f| f.applies_to(user, device))
+            .chain(own.iter())
+            .filter(|f| f.contains(lat, lon))
+            .min_by(|a, b| a.size_m.total_cmp(&b.size_m))
+            .map(|f| {
+                if f.name.is_empty() {
+                    f.id.clone()
+                } else {
+                    f.name.clone()
+                }
+            })
+    }
 }
 
 /// A key for a fence id, as stored in [`DeviceState::inside`].
@@ -652,6 +677,42 @@ mod tests {
             FenceSet::from_geojson("[]"),
             Err(crate::FenceError::NotACollection)
         ));
+    }
+
+    #[test]
+    fn a_place_is_the_smallest_fence_that_applies() {
+        let city = circle("city", 52.5, 13.4, 5_000.0);
+        let mut depot = circle("depot", 52.5, 13.4, 150.0);
+        depot.name = "Depot".into();
+        // Bob's yard, smaller still, is not Jane's.
+        let mut yard = circle("yard", 52.5, 13.4, 50.0);
+        yard.user = Some("bob".into());
+        let mut g = engine(vec![city, depot, yard]);
+        let place = |g: &Geofencer, lat: f64| g.place("jane/phone", "jane", "phone", lat, 13.4);
+        assert_eq!(place(&g, 52.5).as_deref(), Some("Depot"));
+        // 1 km north: only the city, named by its id.
+        assert_eq!(place(&g, 52.5 + 1000.0 / M).as_deref(), Some("city"));
+        assert_eq!(place(&g, 53.5), None);
+        assert_eq!(
+            g.place("bob/phone", "bob", "phone", 52.5, 13.4).as_deref(),
+            Some("yard")
+        );
+        // Jane's own 100 m region at the depot is smaller than it.
+        let w = Waypoint {
+            meta: pos("jane", 0, 0.0, 0.0, None).meta,
+            tst: Some(1690000000),
+            lat: Some(52.5),
+            lon: Some(13.4),
+            rad: Some(100),
+            desc: Some("Loading bay".into()),
+            rid: None,
+            uuid: None,
+            major: None,
+            minor: None,
+            extra: None,
+        };
+        g.on_waypoint(&w);
+        assert_eq!(place(&g, 52.5).as_deref(), Some("Loading bay"));
     }
 
     #[test]

@@ -284,7 +284,12 @@ impl Tracker {
                     ..otstream_trips::Fix::new(p.tst, p.lat, p.lon)
                 };
                 self.detector.on_fix(&mut dev.trip, fix, &mut finished);
-                derived.extend(finished.into_iter().map(|f| finished_record(&p.meta, f)));
+                let geofencer = &self.geofencer;
+                derived.extend(finished.into_iter().map(|f| {
+                    finished_record(&p.meta, f, |lat, lon| {
+                        geofencer.place(&key, &p.meta.user, &p.meta.device, lat, lon)
+                    })
+                }));
                 let coalesce = fresh && self.state_interval_ms > 0;
                 let state =
                     (fresh && !coalesce).then(|| serde_json::to_string(&*dev).unwrap_or_default());
@@ -327,7 +332,13 @@ impl Tracker {
     }
 }
 
-fn finished_record(meta: &otstream_model::Meta, f: Finished) -> Record {
+/// The record of what the trip rules finished; a stop is named by the
+/// fence it lies in (`place`).
+fn finished_record(
+    meta: &otstream_model::Meta,
+    f: Finished,
+    place: impl Fn(f64, f64) -> Option<Text>,
+) -> Record {
     match f {
         Finished::Trip(t) => Record::Trip(Trip {
             meta: meta.clone(),
@@ -351,6 +362,7 @@ fn finished_record(meta: &otstream_model::Meta, f: Finished) -> Record {
             lon: s.start.lon,
             duration: s.duration_s,
             points: s.points,
+            place: place(s.start.lat, s.start.lon),
         }),
     }
 }

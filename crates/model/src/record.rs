@@ -473,25 +473,29 @@ pub struct Trip {
     pub points: u32,
 }
 
-/// A stop computed from a device's positions: it stayed within the
-/// configured distance of where it arrived for at least the configured time.
+/// A stop computed from a device's positions: it was at rest in one place
+/// for at least the configured time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stop {
     /// The device; `received_at` as for [`Trip`].
     #[serde(flatten)]
     pub meta: Meta,
-    /// Arrival: the first fix of the stop, UNIX seconds.
+    /// Arrival (estimated from the fixes around it), UNIX seconds.
     pub start: i64,
-    /// Departure: the last fix of the stop, UNIX seconds.
+    /// Departure (estimated likewise), UNIX seconds.
     pub end: i64,
-    /// Latitude of the arrival fix, degrees.
+    /// Latitude of the place, degrees: the centre of its fixes.
     pub lat: f64,
-    /// Longitude of the arrival fix, degrees.
+    /// Longitude of the place, degrees.
     pub lon: f64,
     /// `end - start`, seconds.
     pub duration: i64,
     /// Fixes during the stop.
     pub points: u32,
+    /// The fence it lies in (a server fence or the device's own region),
+    /// the smallest if several; `None` outside every fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Text>,
 }
 
 /// A stage's remembered state for one device, written beside the records

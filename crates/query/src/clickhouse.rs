@@ -268,6 +268,7 @@ impl ClickHouseReader {
                 lon: r.lon,
                 duration: r.duration.into(),
                 points: r.points.into(),
+                place: (!r.place.is_empty()).then_some(r.place),
             },
             None,
         )
@@ -395,4 +396,5 @@ struct ChStop {
     lon: f64,
     duration: u32,
     points: u32,
+    place: String,
 }

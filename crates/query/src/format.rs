@@ -660,6 +660,7 @@ impl Feature for Stop {
         o.float("lon", self.lon);
         o.int("duration", self.duration);
         o.int("points", self.points);
+        o.opt_str("place", self.place.as_deref());
         o.close();
     }
 

@@ -157,6 +157,8 @@ pub struct Stop {
     pub duration: i64,
     /// Positions during the stop.
     pub points: i64,
+    /// The fence it lies in, if any.
+    pub place: Option<String>,
 }
 
 /// One device's day (UTC), as Traccar's summary report gives it.

@@ -15,7 +15,8 @@ pub(crate) const POSITION_COLUMNS: &str = "user, device, tid, tst, lat, lon, acc
 pub(crate) const TRANSITION_COLUMNS: &str =
     "user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, received_at";
 pub(crate) const TRIP_COLUMNS: &str = "user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points";
-pub(crate) const STOP_COLUMNS: &str = "user, device, start, \"end\", lat, lon, duration, points";
+pub(crate) const STOP_COLUMNS: &str =
+    "user, device, start, \"end\", lat, lon, duration, points, place";
 
 /// Reads the store at a path.
 #[derive(Debug, Clone)]
@@ -126,6 +127,7 @@ impl SqliteReader {
                 lon: r.get(5)?,
                 duration: r.get(6)?,
                 points: r.get(7)?,
+                place: r.get(8)?,
             })
         })
     }

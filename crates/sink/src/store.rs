@@ -51,7 +51,7 @@ impl StoreError {
 /// The file name of the store inside the data directory.
 pub const DB_FILE: &str = "otstream.db";
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS positions (
@@ -156,7 +156,8 @@ CREATE TABLE IF NOT EXISTS stops (
     lat REAL NOT NULL, lon REAL NOT NULL,             -- degrees WGS84
     duration INTEGER NOT NULL,       -- s
     points INTEGER NOT NULL,
-    received_at INTEGER NOT NULL     -- UNIX ms
+    received_at INTEGER NOT NULL,    -- UNIX ms
+    place TEXT                       -- the fence it lies in, if any
 );
 CREATE UNIQUE INDEX IF NOT EXISTS stops_key ON stops (user, device, start);
 
@@ -243,6 +244,16 @@ impl Store {
         // that shutdown is never stuck inside SQLite.
         conn.busy_timeout(Duration::from_millis(200))?;
         conn.execute_batch(SCHEMA)?;
+        // Version 3 names a stop's place; a store made before has no column.
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 3 {
+            let has_place = conn
+                .prepare("SELECT 1 FROM pragma_table_info('stops') WHERE name = 'place'")?
+                .exists([])?;
+            if !has_place {
+                conn.execute_batch("ALTER TABLE stops ADD COLUMN place TEXT")?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let meters = Meters {
             rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
@@ -415,11 +426,11 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
         Record::Stop(st) => {
             let m = &st.meta;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at, place) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 m.user.as_str(), m.device.as_str(), st.start, st.end, st.lat, st.lon, st.duration,
-                st.points, m.received_at,
+                st.points, m.received_at, st.place.as_deref(),
             ])?;
         }
         Record::State(st) => {

@@ -283,3 +283,51 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
     sink.await.unwrap().unwrap();
     assert_eq!(waiters.remove(0).await, AckStatus::Failed);
 }
+
+/// A store made before stops named their place (schema version 2) gains
+/// the column when opened, keeps its rows, and stores places from then on.
+#[test]
+fn a_store_from_before_stop_places_gains_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otstream.db");
+    {
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(
+            "CREATE TABLE stops (user TEXT NOT NULL, device TEXT NOT NULL, start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL, duration INTEGER NOT NULL, points INTEGER NOT NULL, received_at INTEGER NOT NULL);
+             CREATE UNIQUE INDEX stops_key ON stops (user, device, start);
+             INSERT INTO stops VALUES ('jane', 'phone', 100, 400, 52.5, 13.4, 300, 7, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.path(), db);
+    let meta = otstream_model::Meta {
+        user: "jane".into(),
+        device: "phone".into(),
+        tid: None,
+        received_at: 2,
+        transport: Transport::Http,
+        topic: None,
+    };
+    let stop = Record::Stop(otstream_model::Stop {
+        meta,
+        start: 1000,
+        end: 1600,
+        lat: 52.5,
+        lon: 13.4,
+        duration: 600,
+        points: 9,
+        place: Some("Depot".into()),
+    });
+    store.write([&stop].into_iter()).unwrap();
+    drop(store);
+    assert_eq!(
+        query(&db, "SELECT start, points, place FROM stops ORDER BY start"),
+        ["100|7|NULL", "1000|9|Depot"]
+    );
+    assert_eq!(query(&db, "PRAGMA user_version"), ["3"]);
+    // Opening it again changes nothing.
+    Store::open(dir.path()).unwrap();
+    assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
+}

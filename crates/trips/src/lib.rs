@@ -74,7 +74,7 @@ pub struct TripConfig {
 }
 
 fn default_min_distance_m() -> f64 {
-    200.0
+    150.0
 }
 fn default_min_stop_s() -> i64 {
     180

@@ -296,6 +296,7 @@ struct StopRow<'a> {
     duration: u32,
     points: u32,
     received_at: i64,
+    place: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -589,6 +590,7 @@ pub async fn insert(
                 duration: dt(Some(t.duration)),
                 points: t.points,
                 received_at: t.meta.received_at,
+                place: t.place.as_deref().unwrap_or_default(),
             },
             _ => continue,
         }),

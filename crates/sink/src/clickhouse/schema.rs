@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "device_state",
         template: include_str!("../../../../deploy/clickhouse/migrations/0002_device_state.sql"),
     },
+    Migration {
+        version: 3,
+        name: "stop_place",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0003_stop_place.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.
