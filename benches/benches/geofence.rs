@@ -2,8 +2,10 @@
 //! (circles, and polygons of 200 vertices), with a linear scan over every
 //! fence as the same-run baseline, and the state kept per device.
 //!
-//! Also: a fleet dwelling inside 10,000 polygons (every check exact), and
-//! the stage's whole per-position work (fences, trips, state snapshot).
+//! Also: a fleet dwelling inside 10,000 polygons (every check exact), the
+//! stage's whole per-position work (fences, trips, state snapshot), and
+//! the trip detector alone on a simulated day of phones, with Traccar's
+//! rules (the detector before) as the same-run baseline.
 //!
 //! Run: `cargo bench -p otstream-benches --bench geofence`
 
@@ -138,6 +140,7 @@ fn bench(c: &mut Criterion) {
     }
     dwelling(c, &fixes);
     stage(c);
+    detector(c);
     // State per device, printed with the results.
     let mut s = DeviceState::default();
     s.inside.extend([1, 2, 3]);
@@ -250,6 +253,64 @@ fn stage(c: &mut Criterion) {
             },
             criterion::BatchSize::LargeInput,
         )
+    });
+    group.finish();
+}
+
+/// The trip rules alone, per fix, on a day of 24 phones (noise, outliers,
+/// lights, tunnels, errands): the current detector and Traccar's rules.
+fn detector(c: &mut Criterion) {
+    use otstream_benches::traccar_trips as traccar;
+    let config = otstream_loadgen::FleetConfig {
+        devices: 24,
+        messages: u64::MAX,
+        duration_s: Some(86_400),
+        phones: true,
+        ..Default::default()
+    };
+    let messages: Vec<_> = otstream_loadgen::Fleet::new(config).collect();
+    let sent = otstream_loadgen::locations(&messages);
+    // Devices by index, so that the figure is the rules' and not a map's.
+    let fixes: Vec<(usize, otstream_trips::Fix)> = sent
+        .iter()
+        .map(|s| {
+            let device = s.device.trim_start_matches('d').parse().unwrap_or(0);
+            let fix = otstream_trips::Fix {
+                vel: s.vel,
+                acc: s.acc,
+                ..otstream_trips::Fix::new(s.tst, s.lat, s.lon)
+            };
+            (device, fix)
+        })
+        .collect();
+    let mut group = c.benchmark_group("trips/phones_day");
+    group.throughput(Throughput::Elements(fixes.len() as u64));
+    group.sample_size(20);
+    group.bench_function("current", |b| {
+        let d = otstream_trips::Detector::new(otstream_trips::TripConfig::default());
+        b.iter(|| {
+            let mut states = vec![otstream_trips::TripState::default(); 24];
+            let mut out = Vec::new();
+            for (i, f) in &fixes {
+                d.on_fix(&mut states[*i], *f, &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    group.bench_function("traccar_before", |b| {
+        let d = traccar::Detector::new(traccar::TripConfig::default());
+        b.iter(|| {
+            let mut states = vec![traccar::TripState::default(); 24];
+            let mut out = Vec::new();
+            for (i, f) in &fixes {
+                let fix = traccar::Fix {
+                    vel: f.vel,
+                    ..traccar::Fix::new(f.tst, f.lat, f.lon)
+                };
+                d.on_fix(&mut states[*i], fix, &mut out);
+            }
+            black_box(out.len())
+        })
     });
     group.finish();
 }

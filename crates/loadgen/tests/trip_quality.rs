@@ -86,3 +86,71 @@ fn detection_matches_the_truth_on_days_of_phones() {
         assert!(kinds.get(&k).copied().unwrap_or(0) >= 10, "{kinds:?}");
     }
 }
+
+/// One phone's fixes over six hours, outliers, lights and errands included.
+fn one_phone() -> Vec<Fix> {
+    let config = FleetConfig {
+        devices: 3,
+        messages: u64::MAX,
+        duration_s: Some(6 * 3600),
+        seed: 7,
+        phones: true,
+        ..FleetConfig::default()
+    };
+    let messages: Vec<_> = Fleet::new(config).collect();
+    locations(&messages)
+        .into_iter()
+        .filter(|s| s.device == "d00001")
+        .map(|s| Fix {
+            vel: s.vel,
+            acc: s.acc,
+            ..Fix::new(s.tst, s.lat, s.lon)
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Persisting the state anywhere (an outlier waiting, a second place
+    /// settled at, a trip open) and resuming gives what an uninterrupted
+    /// run gives, on the noisy data of a phone.
+    #[test]
+    fn resuming_a_phone_from_persisted_state_changes_nothing(cut in 0usize..5000) {
+        static FIXES: std::sync::LazyLock<Vec<Fix>> = std::sync::LazyLock::new(one_phone);
+        let fixes = &*FIXES;
+        let cut = cut % fixes.len();
+        let d = Detector::new(TripConfig::default());
+        let (mut whole, mut state) = (Vec::new(), TripState::default());
+        for f in fixes {
+            d.on_fix(&mut state, *f, &mut whole);
+        }
+        let (mut out, mut resumed) = (Vec::new(), TripState::default());
+        for f in &fixes[..cut] {
+            d.on_fix(&mut resumed, *f, &mut out);
+        }
+        let json = serde_json::to_string(&resumed).unwrap();
+        let mut resumed: TripState = serde_json::from_str(&json).unwrap();
+        for f in &fixes[cut..] {
+            d.on_fix(&mut resumed, *f, &mut out);
+        }
+        proptest::prop_assert_eq!(out, whole);
+        proptest::prop_assert_eq!(resumed, state);
+    }
+}
+
+/// The phone above passes through every kind of state the property cuts
+/// at: an outlier waiting, a second place settled at, a trip open.
+#[test]
+fn the_phone_passes_through_every_kind_of_state() {
+    let d = Detector::new(TripConfig::default());
+    let (mut state, mut out) = (TripState::default(), Vec::new());
+    let mut seen = [false; 3];
+    for f in one_phone() {
+        d.on_fix(&mut state, f, &mut out);
+        let json = serde_json::to_string(&state).unwrap();
+        for (i, key) in ["\"pending\"", "\"alt\"", "\"trip\""].iter().enumerate() {
+            seen[i] |= json.contains(key);
+        }
+    }
+    assert_eq!(seen, [true; 3]);
+}
