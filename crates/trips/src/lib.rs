@@ -46,7 +46,7 @@
 //! reported `vel` of its fixes where they have one, else the speed over
 //! the segment.
 
-use geo::{Distance, Geodesic, Point};
+use geo::{Distance, Geodesic, Haversine, Point};
 use serde::{Deserialize, Serialize};
 
 /// The rules' knobs.
@@ -150,8 +150,17 @@ impl Fix {
         }
     }
 
+    /// Great-circle distance: what thresholds and estimates compare.
     fn distance_m(&self, other: &Fix) -> f64 {
         distance(self.lat, self.lon, other.lat, other.lon)
+    }
+
+    /// Geodesic distance: what a trip's length adds up.
+    fn path_m(&self, other: &Fix) -> f64 {
+        Geodesic.distance(
+            Point::new(self.lon, self.lat),
+            Point::new(other.lon, other.lat),
+        )
     }
 
     /// The reported speed, if it is one (iOS sends -1 for unknown).
@@ -165,12 +174,17 @@ impl Fix {
     }
 }
 
+/// Haversine: within 0.5% of the ellipsoid at a tenth of its cost; the
+/// thresholds it decides are far coarser than that. A trip's length is
+/// summed with the geodesic ([`Fix::path_m`]).
 fn distance(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    Geodesic.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
+    Haversine.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
 }
 
 /// A fix as remembered: where and when, with the path counters at it.
+/// Stored as `[t, lat, lon, odo, n]`: the state is written with every fix.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "(i64, f64, f64, f64, u32)", into = "(i64, f64, f64, f64, u32)")]
 struct Mark {
     t: i64,
     lat: f64,
@@ -181,8 +195,27 @@ struct Mark {
     n: u32,
 }
 
+impl From<(i64, f64, f64, f64, u32)> for Mark {
+    fn from((t, lat, lon, odo, n): (i64, f64, f64, f64, u32)) -> Self {
+        Mark {
+            t,
+            lat,
+            lon,
+            odo,
+            n,
+        }
+    }
+}
+
+impl From<Mark> for (i64, f64, f64, f64, u32) {
+    fn from(m: Mark) -> Self {
+        (m.t, m.lat, m.lon, m.odo, m.n)
+    }
+}
+
 /// Where the device is, or was last seen settling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StayRepr", into = "StayRepr")]
 struct Stay {
     /// Its first fix.
     first: Mark,
@@ -206,6 +239,63 @@ struct Stay {
     /// Where it settled before settling again elsewhere in the stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     alt: Option<Box<Anchor>>,
+}
+
+/// A stay as stored, without what repeats its first fix: on the move (a
+/// new stay at every fix) it is that fix alone.
+#[derive(Serialize, Deserialize)]
+struct StayRepr {
+    f: Mark,
+    /// Centre and weight, once a fix settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<(f64, f64, f64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<(Mark, i64)>,
+    /// The last settled fix, unless it is the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<Mark>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<i64>,
+    /// Highest speeds (whole, head, tail), unless all are 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<(f64, f64, f64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<Box<Anchor>>,
+}
+
+impl From<Stay> for StayRepr {
+    fn from(s: Stay) -> Self {
+        StayRepr {
+            f: s.first,
+            c: (s.w != 0.0).then_some((s.lat, s.lon, s.w)),
+            a: s.arrival,
+            s: (s.settled != s.first).then_some(s.settled),
+            d: s.departed,
+            m: (s.max != 0.0 || s.head_max != 0.0 || s.tail_max != 0.0)
+                .then_some((s.max, s.head_max, s.tail_max)),
+            x: s.alt,
+        }
+    }
+}
+
+impl From<StayRepr> for Stay {
+    fn from(r: StayRepr) -> Self {
+        let (lat, lon, w) = r.c.unwrap_or((r.f.lat, r.f.lon, 0.0));
+        let (max, head_max, tail_max) = r.m.unwrap_or_default();
+        Stay {
+            first: r.f,
+            lat,
+            lon,
+            w,
+            arrival: r.a,
+            settled: r.s.unwrap_or(r.f),
+            departed: r.d,
+            max,
+            head_max,
+            tail_max,
+            alt: r.x,
+        }
+    }
 }
 
 /// Where a stay settled: its centre and arrival.
@@ -441,8 +531,9 @@ impl Detector {
         kmh >= self.config.moving_kmh
     }
 
-    /// A stay beginning at `fix` (reached from `last`, if known).
-    fn new_stay(&self, last: Option<&Fix>, fix: Fix, odo: f64, n: u32) -> Stay {
+    /// A stay beginning at `fix`, reached from `last` over `segment`
+    /// metres, if known.
+    fn new_stay(&self, last: Option<(&Fix, f64)>, fix: Fix, odo: f64, n: u32) -> Stay {
         let mark = Mark {
             t: fix.tst,
             lat: fix.lat,
@@ -450,7 +541,10 @@ impl Detector {
             odo,
             n,
         };
-        let segment = last.map_or(0.0, |l| l.distance_m(&fix));
+        let (last, segment) = match last {
+            Some((l, segment)) => (Some(l), segment),
+            None => (None, 0.0),
+        };
         let mut stay = Stay {
             first: mark,
             lat: fix.lat,
@@ -511,7 +605,7 @@ impl Detector {
         let (Some(last), Some(mut stay)) = (state.last, state.stay.take()) else {
             return;
         };
-        let segment = last.distance_m(&fix);
+        let segment = last.path_m(&fix);
         state.odo += segment;
         state.n += 1;
         let speed = speed(&last, &fix, segment);
@@ -574,7 +668,7 @@ impl Detector {
         let (Some(last), Some(stay)) = (state.last, state.stay.take()) else {
             return;
         };
-        let segment = last.distance_m(&fix);
+        let segment = last.path_m(&fix);
         state.odo += segment;
         state.n += 1;
         let speed = speed(&last, &fix, segment);
@@ -618,7 +712,7 @@ impl Detector {
                 max: stay.max.max(speed),
             },
         });
-        state.stay = Some(self.new_stay(Some(&last), fix, state.odo, state.n));
+        state.stay = Some(self.new_stay(Some((&last, segment)), fix, state.odo, state.n));
         state.last = Some(fix);
     }
 
