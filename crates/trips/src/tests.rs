@@ -464,6 +464,29 @@ fn a_tunnel_and_a_short_gap_do_not_split_a_trip() {
     assert!((arrived..=arrived + 1).contains(&t[0].end.tst));
 }
 
+#[test]
+fn path_segments_are_within_2e5_of_the_geodesic() {
+    let mut worst: f64 = 0.0;
+    let mut tr = Track::new(T0, 0.0, 0.0);
+    for lat in [0.0, 23.5, 45.0, 52.52, 60.0, 70.0, 80.0] {
+        for bearing in [0.0, 33.0, 90.0, 135.0, 270.0] {
+            for d in [5.0, 250.0, 1_000.0, 5_000.0, 19_000.0] {
+                let (lat2, lon2) = destination(lat, 179.99, bearing, d);
+                let (a, b) = (Fix::new(0, lat, 179.99), Fix::new(1, lat2, lon2));
+                let geodesic =
+                    Geodesic.distance(Point::new(a.lon, a.lat), Point::new(b.lon, b.lat));
+                worst = worst.max((a.path_m(&b) - geodesic).abs() / geodesic);
+            }
+        }
+    }
+    assert!(worst < 2e-5, "{worst}");
+    // Beyond the local range: the geodesic itself.
+    tr.fixes.push(Fix::new(1, 1.0, 1.0));
+    let (a, b) = (tr.fixes[0], tr.fixes[1]);
+    let geodesic = Geodesic.distance(Point::new(a.lon, a.lat), Point::new(b.lon, b.lat));
+    assert_eq!(a.path_m(&b), geodesic);
+}
+
 proptest! {
     /// Stopping anywhere, persisting the state and resuming gives exactly
     /// what an uninterrupted run gives: the restart guarantee.
