@@ -261,13 +261,7 @@ fn stage(c: &mut Criterion) {
 /// lights, tunnels, errands): the current detector and Traccar's rules.
 fn detector(c: &mut Criterion) {
     use otstream_benches::traccar_trips as traccar;
-    let config = otstream_loadgen::FleetConfig {
-        devices: 24,
-        messages: u64::MAX,
-        duration_s: Some(86_400),
-        phones: true,
-        ..Default::default()
-    };
+    let config = otstream_loadgen::FleetConfig::day_of_phones(1, 24);
     let messages: Vec<_> = otstream_loadgen::Fleet::new(config).collect();
     let sent = otstream_loadgen::locations(&messages);
     // Devices by index, so that the figure is the rules' and not a map's.
@@ -298,16 +292,12 @@ fn detector(c: &mut Criterion) {
         })
     });
     group.bench_function("traccar_before", |b| {
-        let d = traccar::Detector::new(traccar::TripConfig::default());
+        let d = traccar::Detector::new(traccar::traccar_config());
         b.iter(|| {
             let mut states = vec![traccar::TripState::default(); 24];
             let mut out = Vec::new();
             for (i, f) in &fixes {
-                let fix = traccar::Fix {
-                    vel: f.vel,
-                    ..traccar::Fix::new(f.tst, f.lat, f.lon)
-                };
-                d.on_fix(&mut states[*i], fix, &mut out);
+                d.on_fix(&mut states[*i], *f, &mut out);
             }
             black_box(out.len())
         })

@@ -6,90 +6,22 @@
 //! speed (`trip_quality`, the `geofence` bench); not used by otstream.
 
 use geo::{Distance, Geodesic, Point};
+pub use otstream_trips::{Finished, Fix, StopSummary, TripConfig, TripSummary};
 use serde::{Deserialize, Serialize};
 
-/// The rules' knobs.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TripConfig {
-    /// A device moving farther than this from where it stays is on a trip,
-    /// metres (Traccar: 200).
-    #[serde(default = "default_min_distance_m")]
-    pub min_distance_m: f64,
-    /// Staying within `min_distance_m` this long is a stop, seconds
-    /// (Traccar: 180).
-    #[serde(default = "default_min_stop_s")]
-    pub min_stop_s: i64,
-    /// No data for longer than this ends a trip, seconds (Traccar's
-    /// `minimalNoDataDuration`: 3600).
-    #[serde(default = "default_max_gap_s")]
-    pub max_gap_s: i64,
+/// Geodesic distance, as the rules measured every test.
+fn distance_m(a: &Fix, b: &Fix) -> f64 {
+    Geodesic.distance(Point::new(a.lon, a.lat), Point::new(b.lon, b.lat))
 }
 
-fn default_min_distance_m() -> f64 {
-    200.0
-}
-fn default_min_stop_s() -> i64 {
-    180
-}
-fn default_max_gap_s() -> i64 {
-    3600
-}
-
-impl Default for TripConfig {
-    fn default() -> Self {
-        Self {
-            min_distance_m: default_min_distance_m(),
-            min_stop_s: default_min_stop_s(),
-            max_gap_s: default_max_gap_s(),
-        }
-    }
-}
-
-impl TripConfig {
-    /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.min_distance_m > 0.0 && self.min_distance_m.is_finite()) {
-            return Err("trips.min_distance_m must be a positive number of metres".into());
-        }
-        if self.min_stop_s <= 0 || self.max_gap_s <= 0 {
-            return Err("trips.min_stop_s and trips.max_gap_s must be positive seconds".into());
-        }
-        Ok(())
-    }
-}
-
-/// One fix.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Fix {
-    /// Time, UNIX seconds.
-    #[serde(rename = "t")]
-    pub tst: i64,
-    /// Latitude, degrees.
-    pub lat: f64,
-    /// Longitude, degrees.
-    pub lon: f64,
-    /// Reported speed, km/h.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vel: Option<f64>,
-}
-
-impl Fix {
-    /// A fix without a reported speed.
-    pub fn new(tst: i64, lat: f64, lon: f64) -> Self {
-        Self {
-            tst,
-            lat,
-            lon,
-            vel: None,
-        }
-    }
-
-    fn distance_m(&self, other: &Fix) -> f64 {
-        Geodesic.distance(
-            Point::new(self.lon, self.lat),
-            Point::new(other.lon, other.lat),
-        )
+/// Traccar's defaults: 200 m, 180 s, and an hour without data ends a
+/// trip (`minimalNoDataDuration`); the other knobs are not read.
+pub fn traccar_config() -> TripConfig {
+    TripConfig {
+        min_distance_m: 200.0,
+        min_stop_s: 180,
+        max_gap_s: 3600,
+        ..TripConfig::default()
     }
 }
 
@@ -140,47 +72,6 @@ impl TripState {
     }
 }
 
-/// A finished trip.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TripSummary {
-    /// The departure fix.
-    pub start: Fix,
-    /// The arrival fix (or the last fix before a gap).
-    pub end: Fix,
-    /// Sum of geodesic segments, metres.
-    pub distance_m: f64,
-    /// `end - start`, seconds.
-    pub duration_s: i64,
-    /// `distance / duration`, km/h (0 for a zero duration).
-    pub avg_kmh: f64,
-    /// Highest speed, km/h.
-    pub max_kmh: f64,
-    /// Fixes, both ends included.
-    pub points: u32,
-}
-
-/// A finished stop.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StopSummary {
-    /// The arrival fix (the stop's place).
-    pub start: Fix,
-    /// Time of the last fix of the stop, UNIX seconds.
-    pub end_tst: i64,
-    /// `end - start`, seconds.
-    pub duration_s: i64,
-    /// Fixes during the stop.
-    pub points: u32,
-}
-
-/// What one fix finished.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Finished {
-    /// A trip.
-    Trip(TripSummary),
-    /// A stop.
-    Stop(StopSummary),
-}
-
 /// The rules, applied to one device's state at a time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Detector {
@@ -211,7 +102,7 @@ impl Detector {
                 self.start_stay(state, fix);
                 return;
             }
-            if anchor.distance_m(&fix) > c.min_distance_m {
+            if distance_m(&anchor, &fix) > c.min_distance_m {
                 if let Some(stop) = self.confirmed_stop(state, last) {
                     out.push(Finished::Stop(stop));
                 }
@@ -220,19 +111,19 @@ impl Detector {
             }
             // Still where it stopped: the stop goes on through the gap.
         }
-        let segment = last.distance_m(&fix);
+        let segment = distance_m(&last, &fix);
         let speed = fix.vel.unwrap_or_else(|| {
             let dt = (fix.tst - last.tst) as f64;
             if dt > 0.0 { segment / dt * 3.6 } else { 0.0 }
         });
-        if anchor.distance_m(&fix) <= c.min_distance_m {
+        if distance_m(&anchor, &fix) <= c.min_distance_m {
             state.stay_points += 1;
             state.stay_distance += segment;
             state.stay_max_vel = state.stay_max_vel.max(speed);
             state.last = Some(fix);
             if fix.tst - anchor.tst >= c.min_stop_s {
                 if let Some(trip) = state.trip.take() {
-                    out.push(Finished::Trip(summary(
+                    out.push(Finished::Trip(TripSummary::between(
                         trip.start,
                         anchor,
                         trip.distance,
@@ -295,29 +186,12 @@ impl Detector {
 
     /// The open trip, with the current stay, ending at `last`.
     fn close_trip(&self, state: &TripState, trip: OpenTrip, last: Fix) -> TripSummary {
-        summary(
+        TripSummary::between(
             trip.start,
             last,
             trip.distance + state.stay_distance,
             trip.points + state.stay_points,
             trip.max_vel.max(state.stay_max_vel),
         )
-    }
-}
-
-fn summary(start: Fix, end: Fix, distance_m: f64, points: u32, max_kmh: f64) -> TripSummary {
-    let duration_s = end.tst - start.tst;
-    TripSummary {
-        start,
-        end,
-        distance_m,
-        duration_s,
-        avg_kmh: if duration_s > 0 {
-            distance_m / duration_s as f64 * 3.6
-        } else {
-            0.0
-        },
-        max_kmh,
-        points,
     }
 }

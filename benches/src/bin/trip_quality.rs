@@ -33,14 +33,7 @@ const DAY_S: i64 = 86_400;
 /// One day: the truth up to an hour before its end, and what the phones sent
 /// (devices named by seed, so that days do not mix).
 fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Sent>, i64) {
-    let config = FleetConfig {
-        devices,
-        messages: u64::MAX,
-        duration_s: Some(DAY_S),
-        seed,
-        phones: true,
-        ..FleetConfig::default()
-    };
+    let config = FleetConfig::day_of_phones(seed, devices);
     let cut = config.start_ms / 1000 + DAY_S - 3600;
     let mut fleet = Fleet::new(config);
     let messages: Vec<_> = fleet.by_ref().collect();
@@ -108,7 +101,7 @@ fn current(config: TripConfig) -> impl FnMut(&mut TripState, &Sent, &mut Vec<(i6
 }
 
 fn before() -> impl FnMut(&mut traccar::TripState, &Sent, &mut Vec<(i64, i64, f64)>) {
-    let d = traccar::Detector::new(traccar::TripConfig::default());
+    let d = traccar::Detector::new(traccar::traccar_config());
     let mut finished = Vec::new();
     move |state, s, out| {
         let fix = traccar::Fix {

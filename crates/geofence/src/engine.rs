@@ -679,6 +679,23 @@ mod tests {
         ));
     }
 
+    /// Jane's 100 m region at (52.5, 13.4).
+    fn waypoint(desc: &str) -> Waypoint {
+        Waypoint {
+            meta: pos("jane", 0, 0.0, 0.0, None).meta,
+            tst: Some(1690000000),
+            lat: Some(52.5),
+            lon: Some(13.4),
+            rad: Some(100),
+            desc: Some(desc.into()),
+            rid: None,
+            uuid: None,
+            major: None,
+            minor: None,
+            extra: None,
+        }
+    }
+
     #[test]
     fn a_place_is_the_smallest_fence_that_applies() {
         let city = circle("city", 52.5, 13.4, 5_000.0);
@@ -698,40 +715,14 @@ mod tests {
             Some("yard")
         );
         // Jane's own 100 m region at the depot is smaller than it.
-        let w = Waypoint {
-            meta: pos("jane", 0, 0.0, 0.0, None).meta,
-            tst: Some(1690000000),
-            lat: Some(52.5),
-            lon: Some(13.4),
-            rad: Some(100),
-            desc: Some("Loading bay".into()),
-            rid: None,
-            uuid: None,
-            major: None,
-            minor: None,
-            extra: None,
-        };
-        g.on_waypoint(&w);
+        g.on_waypoint(&waypoint("Loading bay"));
         assert_eq!(place(&g, 52.5).as_deref(), Some("Loading bay"));
     }
 
     #[test]
     fn a_devices_own_waypoints_are_its_fences() {
         let mut g = engine(Vec::new());
-        let w = Waypoint {
-            meta: pos("jane", 0, 0.0, 0.0, None).meta,
-            tst: Some(1690000000),
-            lat: Some(52.5),
-            lon: Some(13.4),
-            rad: Some(100),
-            desc: Some("Home".into()),
-            rid: None,
-            uuid: None,
-            major: None,
-            minor: None,
-            extra: None,
-        };
-        g.on_waypoint(&w);
+        g.on_waypoint(&waypoint("Home"));
         let got = g.on_position(&pos("jane", 5, 52.5, 13.4, Some(5)));
         let Record::Transition(t) = &got[0] else {
             panic!()

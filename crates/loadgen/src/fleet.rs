@@ -77,6 +77,21 @@ pub struct FleetConfig {
     pub duration_s: Option<i64>,
 }
 
+impl FleetConfig {
+    /// One simulated day of `devices` phones from `seed`, with the truth
+    /// kept: what trip detection is measured on.
+    pub fn day_of_phones(seed: u64, devices: u32) -> Self {
+        FleetConfig {
+            devices,
+            messages: u64::MAX,
+            duration_s: Some(86_400),
+            seed,
+            phones: true,
+            ..FleetConfig::default()
+        }
+    }
+}
+
 /// A trip as it really happened, to measure detection against.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TruthTrip {

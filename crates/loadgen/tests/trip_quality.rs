@@ -16,14 +16,7 @@ const DAY_S: i64 = 86_400;
 /// Trips are compared up to an hour before the day's end, so that a trip
 /// whose arrival the detector has not yet confirmed is not counted.
 fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Detected>) {
-    let config = FleetConfig {
-        devices,
-        messages: u64::MAX,
-        duration_s: Some(DAY_S),
-        seed,
-        phones: true,
-        ..FleetConfig::default()
-    };
+    let config = FleetConfig::day_of_phones(seed, devices);
     let start = config.start_ms / 1000;
     let mut fleet = Fleet::new(config);
     let messages: Vec<_> = fleet.by_ref().collect();

@@ -440,6 +440,27 @@ pub struct TripSummary {
     pub points: u32,
 }
 
+impl TripSummary {
+    /// A trip from `start` to `end` over `distance_m` metres and `points`
+    /// fixes, at `max_kmh` at most: its duration and average follow.
+    pub fn between(start: Fix, end: Fix, distance_m: f64, points: u32, max_kmh: f64) -> Self {
+        let duration_s = end.tst - start.tst;
+        TripSummary {
+            start,
+            end,
+            distance_m,
+            duration_s,
+            avg_kmh: if duration_s > 0 {
+                distance_m / duration_s as f64 * 3.6
+            } else {
+                0.0
+            },
+            max_kmh,
+            points,
+        }
+    }
+}
+
 /// A finished stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StopSummary {
@@ -494,7 +515,7 @@ impl Detector {
             // Whatever waited for confirmation is too old to tell.
             state.pending = None;
             if let Some(trip) = state.trip.take() {
-                out.push(Finished::Trip(summary(
+                out.push(Finished::Trip(TripSummary::between(
                     trip.start,
                     last,
                     state.odo - trip.odo,
@@ -760,7 +781,7 @@ impl Detector {
 /// The trip, ended at the stay's arrival.
 fn arrive(trip: &OpenTrip, stay: &Stay) -> TripSummary {
     let (arrival, arrived) = stay.arrival.unwrap_or((stay.first, stay.first.t));
-    summary(
+    TripSummary::between(
         trip.start,
         stay.centre(arrived),
         arrival.odo - trip.odo,
@@ -792,23 +813,6 @@ fn speed(last: &Fix, fix: &Fix, segment: f64) -> f64 {
 fn implied_kmh(a: &Fix, b: &Fix) -> f64 {
     let dt = (b.tst - a.tst).max(1) as f64;
     a.distance_m(b) / dt * 3.6
-}
-
-fn summary(start: Fix, end: Fix, distance_m: f64, points: u32, max_kmh: f64) -> TripSummary {
-    let duration_s = end.tst - start.tst;
-    TripSummary {
-        start,
-        end,
-        distance_m,
-        duration_s,
-        avg_kmh: if duration_s > 0 {
-            distance_m / duration_s as f64 * 3.6
-        } else {
-            0.0
-        },
-        max_kmh,
-        points,
-    }
 }
 
 #[cfg(test)]
