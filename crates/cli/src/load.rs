@@ -87,7 +87,9 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
     let span = s
         .strip_prefix('-')
         .with_context(|| format!("time {s:?}: milliseconds since the epoch, or -30m, -2h, -1d"))?;
-    let (n, unit) = span.split_at(span.len().saturating_sub(1));
+    // The unit is the last character, which need not be one byte.
+    let unit_at = span.char_indices().last().map_or(0, |(i, _)| i);
+    let (n, unit) = span.split_at(unit_at);
     let n: i64 = n
         .parse()
         .with_context(|| format!("time {s:?}: {n:?} is not a number"))?;
@@ -98,7 +100,9 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
         "d" => 86_400_000,
         _ => bail!("time {s:?}: the unit is s, m, h or d"),
     };
-    Ok(now_ms - n * ms)
+    n.checked_mul(ms)
+        .and_then(|back| now_ms.checked_sub(back))
+        .with_context(|| format!("time {s:?}: too far back"))
 }
 
 /// A token cancelled by SIGINT or SIGTERM (Ctrl-C stops a recorder or a
@@ -471,6 +475,11 @@ mod tests {
         assert_eq!(parse_time("-30m", now).unwrap(), now - 1_800_000);
         assert_eq!(parse_time("-2h", now).unwrap(), now - 7_200_000);
         assert!(parse_time("-5w", now).is_err());
+        // Not one byte, and too large: errors, no panic.
+        assert!(parse_time("-5é", now).is_err());
+        assert!(parse_time("-é", now).is_err());
+        assert!(parse_time("-", now).is_err());
+        assert!(parse_time("-9223372036854775807d", now).is_err());
         assert!(parse_time("yesterday", now).is_err());
     }
 }

@@ -186,13 +186,14 @@ impl Tracker {
             let Some(p) = self.pending.remove(&key) else {
                 continue;
             };
-            let state = self
-                .devices
-                .get(&key)
-                .map(|d| serde_json::to_string(d).unwrap_or_default())
-                .unwrap_or_default();
-            let s = self.snapshot(&p.user, &p.device, KIND_GEO, state);
-            out.push(Message::new(key, s, Ack::join(p.acks)));
+            let ack = Ack::join(p.acks);
+            match self.devices.get(&key).map(|d| state_json(&key, d)) {
+                Some(Some(state)) => {
+                    let s = self.snapshot(&p.user, &p.device, KIND_GEO, state);
+                    out.push(Message::new(key, s, ack));
+                }
+                _ => ack.fail(),
+            }
         }
     }
 
@@ -291,8 +292,7 @@ impl Tracker {
                     })
                 }));
                 let coalesce = fresh && self.state_interval_ms > 0;
-                let state =
-                    (fresh && !coalesce).then(|| serde_json::to_string(&*dev).unwrap_or_default());
+                let state = (fresh && !coalesce).then(|| state_json(&key, &*dev));
                 let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
                 let ack = msg.ack.clone();
                 self.pass(msg, out);
@@ -311,25 +311,44 @@ impl Tracker {
                     });
                     pending.acks.push(ack);
                 } else if let Some(state) = state {
-                    let s = self.snapshot(&user, &device, KIND_GEO, state);
-                    out.push(Message::new(key, s, ack));
+                    match state {
+                        Some(state) => {
+                            let s = self.snapshot(&user, &device, KIND_GEO, state);
+                            out.push(Message::new(key, s, ack));
+                        }
+                        // Not stored, not acknowledged: the client retries.
+                        None => ack.fail(),
+                    }
                 } else {
                     ack.delivered();
                 }
             }
             Record::Waypoint(w) if self.geofencer.on_waypoint(w) => {
                 let key = w.meta.key();
-                let regions =
-                    serde_json::to_string(&self.geofencer.regions(&key)).unwrap_or_default();
+                let regions = state_json(&key, &self.geofencer.regions(&key));
                 let (user, device) = (w.meta.user.clone(), w.meta.device.clone());
-                let s = self.snapshot(&user, &device, KIND_REGIONS, regions);
                 let ack = msg.ack.clone();
                 self.pass(msg, out);
-                out.push(Message::new(key, s, ack));
+                match regions {
+                    Some(regions) => {
+                        let s = self.snapshot(&user, &device, KIND_REGIONS, regions);
+                        out.push(Message::new(key, s, ack));
+                    }
+                    None => ack.fail(),
+                }
             }
             _ => self.pass(msg, out),
         }
     }
+}
+
+/// A device's state as stored; `None` (said in the log) when it cannot be
+/// written, and then the input is failed rather than an empty state stored
+/// in its place: a restart would resume from nothing.
+fn state_json(key: &str, state: &impl Serialize) -> Option<String> {
+    serde_json::to_string(state)
+        .inspect_err(|e| tracing::error!(device = key, error = %e, "cannot serialize the device's state; the input is not acknowledged"))
+        .ok()
 }
 
 /// The record of what the trip rules finished; a stop is named by the

@@ -300,8 +300,9 @@ impl Client {
         }
     }
 
-    async fn ack(&self, d: &Delivery) {
-        let _ = match (self, d) {
+    /// Sends the PUBACK of a QoS 1 delivery (nothing for QoS 0).
+    async fn ack(&self, d: &Delivery) -> Result<(), String> {
+        match (self, d) {
             (Client::V4(c), Delivery::V4(p)) if p.qos != QoS::AtMostOnce => {
                 c.ack(p).await.map_err(|e| e.to_string())
             }
@@ -309,7 +310,7 @@ impl Client {
                 c.ack(p).await.map_err(|e| e.to_string())
             }
             _ => Ok(()),
-        };
+        }
     }
 
     async fn disconnect(&self) {
@@ -607,7 +608,15 @@ async fn ack_in_order(
             continue;
         };
         match waiter.await {
-            AckStatus::Delivered => client.ack(&publish).await,
+            AckStatus::Delivered => {
+                if let Err(e) = client.ack(&publish).await {
+                    // The client is going away: the broker redelivers what
+                    // it has no PUBACK for once the session is back.
+                    tracing::warn!(error = %e, "cannot send a PUBACK; resubscribing");
+                    resync.cancel();
+                    pending.clear();
+                }
+            }
             AckStatus::Failed => {
                 unacked.increment(1);
                 resync.cancel();
