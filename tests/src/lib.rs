@@ -5,7 +5,7 @@
 pub mod browser;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
@@ -32,7 +32,9 @@ fn build() -> Result<PathBuf> {
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root())
-        .args(["build", "-q", "-p", "otstream-cli", "--bin", "otstream"]);
+        .args(["build", "-q", "-p", "otstream-cli", "--bin", "otstream"])
+        // Lets a test make a stage fail while running (crates/cli/src/fault.rs).
+        .args(["--features", "fault-injection"]);
     if release {
         cmd.arg("--release");
     }
@@ -220,6 +222,21 @@ impl Serve {
         Command::new("kill").args(["-INT", &pid]).status()?;
         let status = self.child.wait()?;
         Ok(status.success())
+    }
+
+    /// Waits up to `within` for the process to exit on its own; its status,
+    /// or `None` if it is still running.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Result<Option<ExitStatus>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no chance to flush anything.

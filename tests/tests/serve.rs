@@ -462,6 +462,60 @@ fn stop_mid_stream(graceful: bool) {
     );
 }
 
+/// A stage that fails while `serve` runs (a fault injected into the
+/// geofence stage) takes readiness down and stops the process with an
+/// error naming it; what was acknowledged before is stored.
+#[test]
+fn a_stage_failing_while_serving_stops_the_process_naming_it() {
+    let dir = tempdir();
+    let fault = dir.path().join("fault");
+    let data = dir.path().join("data");
+    let fault_file = fault.display().to_string();
+    let env = [
+        ("OTSTREAM_FAULT_STAGE", "geofence"),
+        ("OTSTREAM_FAULT_FILE", fault_file.as_str()),
+    ];
+    let mut serve = Serve::start(&data, &[], &env).unwrap();
+    let headers = [("X-Limit-U", "fleet"), ("X-Limit-D", "van")];
+    for i in 0..20 {
+        let a = serve.post("/pub", &headers, &location(1_700_000_000 + i));
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    std::fs::write(&fault, b"").unwrap();
+    // Not ready at once; the process then stops by itself.
+    let ready = format!("{}/readyz", serve.metrics_url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ureq::get(&ready).call() {
+            Ok(r) if r.status() == 200 => {}
+            _ => break,
+        }
+        assert!(Instant::now() < deadline, "still ready:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = serve
+        .wait_exit(Duration::from_secs(30))
+        .unwrap()
+        .unwrap_or_else(|| panic!("still running:\n{}", serve.log()));
+    assert!(!status.success(), "{status}\n{}", serve.log());
+    let log = serve.log();
+    assert!(
+        log.contains("a stage ended while serving") && log.contains("geofence"),
+        "{log}"
+    );
+    assert!(log.contains("injected fault"), "{log}");
+    drop(serve);
+    // Restarted without the fault: the 20 acknowledged fixes are there.
+    let serve = Serve::start(&data, &[], &[]).unwrap();
+    assert_eq!(
+        rows(
+            &serve.db(),
+            "SELECT count(*) FROM positions WHERE device = 'van'"
+        ),
+        ["20"]
+    );
+}
+
 #[test]
 fn graceful_shutdown_keeps_every_acknowledged_message() {
     stop_mid_stream(true);

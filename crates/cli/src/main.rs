@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod decode;
+mod fault;
 mod kafka;
 mod load;
 mod metrics_server;

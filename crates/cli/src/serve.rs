@@ -16,6 +16,7 @@
 //! left and returns. Past `shutdown_timeout_ms` the remaining stages are
 //! stopped hard and the stage that hung is named.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,33 +291,38 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let stop_api = CancellationToken::new();
     let api = crate::api::start(&config, Some(live.clone()), stop_api.clone()).await?;
 
+    // Every stage says when it ends: one that ends while serving stops
+    // the process, rather than leaving it ready with every request a 503.
+    let (ended, mut stage_ended) = tokio::sync::mpsc::unbounded_channel();
     let sink = match (store, config.clickhouse.clone()) {
-        (Some(store), _) => tokio::spawn(async move {
+        (Some(store), _) => watched("sink", ended.clone(), async move {
             otstream_sink::run(config_sink, geo_rx, store, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
-        (None, Some(ch)) => tokio::spawn(async move {
+        (None, Some(ch)) => watched("sink", ended.clone(), async move {
             otstream_sink::clickhouse::run(ch, geo_rx, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         (None, None) => anyhow::bail!("no sink configured"),
     };
-    let geofence = tokio::spawn(otstream_geofence::stage::run(
-        geo_config,
-        geo_state,
-        rec_rx,
-        geo_tx.clone(),
-        hard_stop.clone(),
-    ));
-    let decode = tokio::spawn(otstream_decode::stage::run(
-        config.decode.clone(),
-        keys.clone(),
-        raw_rx,
-        rec_tx.clone(),
-        hard_stop.clone(),
-    ));
+    let geofence = watched("geofence", ended.clone(), {
+        let (output, stop) = (geo_tx.clone(), hard_stop.clone());
+        async move {
+            otstream_geofence::stage::run(geo_config, geo_state, rec_rx, output, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    let decode = watched("decode", ended, {
+        let (decode, keys) = (config.decode.clone(), keys.clone());
+        let (output, stop) = (rec_tx.clone(), hard_stop.clone());
+        async move {
+            otstream_decode::stage::run(decode, keys, raw_rx, output, stop).await;
+            Ok(())
+        }
+    });
     let depth = tokio::spawn(report_depth(
         raw_tx.clone(),
         rec_tx,
@@ -358,12 +364,18 @@ async fn serve(config: ServeConfig) -> Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(%http_addr, metrics_addr = %metrics, data_dir = %config.data_dir.display(), "otstream serve ready");
 
+    let mut stopped_early = None;
     let ingress_done = tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down: draining in-flight requests");
             None
         }
         r = &mut ingress => Some(r),
+        Some((stage, why)) = stage_ended.recv() => {
+            tracing::error!(stage, error = %why, "a stage ended while serving: not ready, stopping");
+            stopped_early = Some((stage, why));
+            None
+        }
     };
     ready.store(false, Ordering::Release);
     stop_ingress.cancel();
@@ -380,11 +392,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         ending.record("mqtt ingress", tokio::time::timeout_at(deadline, m).await);
     }
     let _ = depth.await;
-    let decoded = tokio::time::timeout_at(deadline, decode).await;
-    ending.record(
-        "decode",
-        decoded.map(|r| r.map(Ok::<(), std::convert::Infallible>)),
-    );
+    ending.record("decode", tokio::time::timeout_at(deadline, decode).await);
     ending.record(
         "geofence",
         tokio::time::timeout_at(deadline, geofence).await,
@@ -394,8 +402,33 @@ async fn serve(config: ServeConfig) -> Result<()> {
         ending.record("api", tokio::time::timeout_at(deadline, task).await);
     }
     ending.conclude(&hard_stop)?;
+    if let Some((stage, why)) = stopped_early {
+        anyhow::bail!("stage {stage} ended while serving: {why}");
+    }
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
+}
+
+/// Spawns a stage that tells `ended` its name and how it ended, and fails
+/// when a fault is injected into it (tests only: [`crate::fault`]).
+fn watched(
+    stage: &'static str,
+    ended: tokio::sync::mpsc::UnboundedSender<(&'static str, String)>,
+    run: impl Future<Output = Result<()>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let result = tokio::select! {
+            r = run => r,
+            e = crate::fault::injected(stage) => Err(e),
+        };
+        let why = match &result {
+            Ok(()) => "it returned".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        // Nobody listening (the process is stopping anyway) is fine.
+        let _ = ended.send((stage, why));
+        result
+    })
 }
 
 /// The secrets for encrypted payloads, from `keys_file`.
