@@ -509,6 +509,59 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
     );
 }
 
+/// A stage that fails while `serve --bus kafka` runs (a fault injected
+/// into its geofence stage) takes readiness down and stops the process
+/// with an error naming it; what was acknowledged is in Kafka, and a
+/// restarted process stores all of it.
+#[test]
+fn a_stage_failing_under_serve_over_kafka_stops_the_process_naming_it() {
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_fault", 2, 1_000_000);
+    let fault = p.dir.path().join("fault");
+    let fault_file = fault.display().to_string();
+    let args = [
+        "--config",
+        p.config.as_str(),
+        "--brokers",
+        p.brokers.as_str(),
+        "--bus",
+        "kafka",
+    ];
+    let data = p.dir.path().join("serve");
+    let env = [
+        ("OTSTREAM_FAULT_STAGE", "geofence"),
+        ("OTSTREAM_FAULT_FILE", fault_file.as_str()),
+    ];
+    let mut serve = Serve::start_cmd(&["serve"], &data, p.http_port, &args, &env).unwrap();
+    let load = Load::new();
+    for c in load.spawn(p.url(), 4, 5, 2) {
+        c.join().unwrap();
+    }
+    assert_eq!(load.acked(), 20);
+    std::fs::write(&fault, b"").unwrap();
+    let ready = format!("{}/readyz", serve.metrics_url);
+    wait_until(
+        "readiness down",
+        10,
+        || !matches!(ureq::get(&ready).call(), Ok(r) if r.status() == 200),
+    );
+    let status = serve
+        .wait_exit(Duration::from_secs(60))
+        .unwrap()
+        .unwrap_or_else(|| panic!("still running:\n{}", serve.log()));
+    assert!(!status.success(), "{status}\n{}", serve.log());
+    let log = serve.log();
+    assert!(
+        log.contains("a stage ended while serving")
+            && log.contains("stage geofence ended while serving: injected fault"),
+        "{log}"
+    );
+    drop(serve);
+    let serve = Serve::start_cmd(&["serve"], &data, p.http_port, &args, &[]).unwrap();
+    p.eventually(POSITIONS_SQL, &load.expected_rows(), 60);
+    assert!(serve.interrupt().unwrap());
+}
+
 /// Every metric the Grafana dashboard (deploy/grafana) queries is one the
 /// stages serve: those of this Kafka process with ClickHouse, plus those
 /// only the in-process bus and the embedded store have (from a plain

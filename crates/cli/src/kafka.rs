@@ -108,7 +108,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let stop_ingress = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let lag_stop = Arc::new(AtomicBool::new(false));
-    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
     let mut running: Vec<Running> = Vec::new();
     let mut subscriptions = Vec::new();
     // With the sink in this process, the read API's live feed hears it.
@@ -214,12 +214,9 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
         for mut r in started {
             // Report the end of every stage, so that one failing stops
             // the process instead of leaving it half alive.
-            let (name, tx) = (r.name, ended_tx.clone());
-            let task = r.task;
-            r.task = tokio::spawn(async move {
-                let result = task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-                let _ = tx.send(name);
-                result
+            let task = tokio_util::task::AbortOnDropHandle::new(r.task);
+            r.task = crate::serve::watched(r.name, ended_tx.clone(), async move {
+                task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))
             });
             running.push(r);
         }
@@ -231,9 +228,13 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let names: Vec<&str> = running.iter().map(|r| r.name).collect();
     tracing::info!(stages = ?names, brokers = %kafka.brokers, metrics_addr = %metrics, "otstream ready (kafka)");
 
+    let mut stopped_early = None;
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutting down"),
-        Some(name) = ended.recv() => tracing::error!(stage = name, "a stage ended on its own; stopping the others"),
+        Some((stage, why)) = ended.recv() => {
+            tracing::error!(stage, error = %why, "a stage ended while serving: not ready, stopping the others");
+            stopped_early = Some((stage, why));
+        }
     }
     ready.store(false, Ordering::Release);
     stop_ingress.cancel();
@@ -253,7 +254,15 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
             let _ = tokio::time::timeout_at(deadline, closed.wait()).await;
         }
     }
-    ending.conclude(&hard_stop)?;
+    let concluded = ending.conclude(&hard_stop);
+    if let Some((stage, why)) = stopped_early {
+        let also = concluded
+            .err()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default();
+        anyhow::bail!("stage {stage} ended while serving: {why}{also}");
+    }
+    concluded?;
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -401,17 +401,22 @@ async fn serve(config: ServeConfig) -> Result<()> {
     if let Some(task) = api.task {
         ending.record("api", tokio::time::timeout_at(deadline, task).await);
     }
-    ending.conclude(&hard_stop)?;
+    let concluded = ending.conclude(&hard_stop);
     if let Some((stage, why)) = stopped_early {
-        anyhow::bail!("stage {stage} ended while serving: {why}");
+        let also = concluded
+            .err()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default();
+        anyhow::bail!("stage {stage} ended while serving: {why}{also}");
     }
+    concluded?;
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
 }
 
 /// Spawns a stage that tells `ended` its name and how it ended, and fails
 /// when a fault is injected into it (tests only: [`crate::fault`]).
-fn watched(
+pub(crate) fn watched(
     stage: &'static str,
     ended: tokio::sync::mpsc::UnboundedSender<(&'static str, String)>,
     run: impl Future<Output = Result<()>> + Send + 'static,
