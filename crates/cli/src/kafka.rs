@@ -254,15 +254,7 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
             let _ = tokio::time::timeout_at(deadline, closed.wait()).await;
         }
     }
-    let concluded = ending.conclude(&hard_stop);
-    if let Some((stage, why)) = stopped_early {
-        let also = concluded
-            .err()
-            .map(|e| format!("; {e}"))
-            .unwrap_or_default();
-        anyhow::bail!("stage {stage} ended while serving: {why}{also}");
-    }
-    concluded?;
+    ending.conclude(&hard_stop, stopped_early)?;
     tracing::info!("shutdown complete");
     Ok(())
 }

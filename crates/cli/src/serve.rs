@@ -401,15 +401,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     if let Some(task) = api.task {
         ending.record("api", tokio::time::timeout_at(deadline, task).await);
     }
-    let concluded = ending.conclude(&hard_stop);
-    if let Some((stage, why)) = stopped_early {
-        let also = concluded
-            .err()
-            .map(|e| format!("; {e}"))
-            .unwrap_or_default();
-        anyhow::bail!("stage {stage} ended while serving: {why}{also}");
-    }
-    concluded?;
+    ending.conclude(&hard_stop, stopped_early)?;
     tracing::info!("shutdown complete: every acknowledged message is stored");
     Ok(())
 }
@@ -497,9 +489,26 @@ pub(crate) type Joined<E> =
     Result<Result<Result<(), E>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
 
 impl Ending {
-    /// An error naming the stages that hung (stopped hard now through
+    /// An error naming the stage that ended while running (`stopped_early`,
+    /// and why), and the stages that hung (stopped hard now through
     /// `hard_stop`) or failed; Ok when none did.
-    pub(crate) fn conclude(self, hard_stop: &CancellationToken) -> Result<()> {
+    pub(crate) fn conclude(
+        self,
+        hard_stop: &CancellationToken,
+        stopped_early: Option<(&'static str, String)>,
+    ) -> Result<()> {
+        let concluded = self.conclude_stages(hard_stop);
+        if let Some((stage, why)) = stopped_early {
+            let also = concluded
+                .err()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default();
+            anyhow::bail!("stage {stage} ended while serving: {why}{also}");
+        }
+        concluded
+    }
+
+    fn conclude_stages(self, hard_stop: &CancellationToken) -> Result<()> {
         if !self.hung.is_empty() {
             hard_stop.cancel();
             anyhow::bail!(
