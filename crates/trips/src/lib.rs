@@ -227,6 +227,19 @@ struct Mark {
     n: u32,
 }
 
+impl Mark {
+    /// `fix`, with the odometer and count at it.
+    fn at(fix: &Fix, odo: f64, n: u32) -> Self {
+        Mark {
+            t: fix.tst,
+            lat: fix.lat,
+            lon: fix.lon,
+            odo,
+            n,
+        }
+    }
+}
+
 impl From<(i64, f64, f64, f64, u32)> for Mark {
     fn from((t, lat, lon, odo, n): (i64, f64, f64, f64, u32)) -> Self {
         Mark {
@@ -369,6 +382,11 @@ impl Stay {
     fn centre(&self, t: i64) -> Fix {
         Fix::new(t, self.lat, self.lon)
     }
+
+    /// Its arrival fix and time, or its first fix where it never settled.
+    fn arrival_or_first(&self) -> (Mark, i64) {
+        self.arrival.unwrap_or((self.first, self.first.t))
+    }
 }
 
 /// A trip in progress.
@@ -408,6 +426,15 @@ impl TripState {
     /// Whether a trip is in progress.
     pub fn on_trip(&self) -> bool {
         self.trip.is_some()
+    }
+
+    /// Counts `fix`, reached from `last`, on the odometer; the segment's
+    /// length and the fix's speed.
+    fn advance(&mut self, last: &Fix, fix: &Fix) -> (f64, f64) {
+        let segment = last.path_m(fix);
+        self.odo += segment;
+        self.n += 1;
+        (segment, speed(last, fix, segment))
     }
 
     /// Time of the last fix evaluated (0 before any).
@@ -499,12 +526,8 @@ impl Detector {
     /// `out` (in time order). A fix no newer than the last changes nothing.
     pub fn on_fix(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
         let (Some(last), Some(stay)) = (state.last, state.stay.clone()) else {
-            *state = TripState {
-                n: 1,
-                ..TripState::default()
-            };
-            state.stay = Some(self.new_stay(None, fix, 0.0, 1));
-            state.last = Some(fix);
+            *state = TripState::default();
+            self.restart_at(state, fix);
             return;
         };
         if fix.tst <= state.last_tst() {
@@ -587,13 +610,7 @@ impl Detector {
     /// A stay beginning at `fix`, reached from `last` over `segment`
     /// metres, if known.
     fn new_stay(&self, last: Option<(&Fix, f64)>, fix: Fix, odo: f64, n: u32) -> Stay {
-        let mark = Mark {
-            t: fix.tst,
-            lat: fix.lat,
-            lon: fix.lon,
-            odo,
-            n,
-        };
+        let mark = Mark::at(&fix, odo, n);
         let (last, segment) = match last {
             Some((l, segment)) => (Some(l), segment),
             None => (None, 0.0),
@@ -658,18 +675,9 @@ impl Detector {
         let (Some(last), Some(mut stay)) = (state.last, state.stay.take()) else {
             return;
         };
-        let segment = last.path_m(&fix);
-        state.odo += segment;
-        state.n += 1;
-        let speed = speed(&last, &fix, segment);
+        let (segment, speed) = state.advance(&last, &fix);
         stay.max = stay.max.max(speed);
-        let mark = Mark {
-            t: fix.tst,
-            lat: fix.lat,
-            lon: fix.lon,
-            odo: state.odo,
-            n: state.n,
-        };
+        let mark = Mark::at(&fix, state.odo, state.n);
         let near =
             stay.w == 0.0 || distance(stay.lat, stay.lon, fix.lat, fix.lon) <= self.near_m(&fix);
         if self.moving(Some(&last), &fix, segment) {
@@ -718,14 +726,10 @@ impl Detector {
 
     /// A fix out of the stay, accepted: the device left it.
     fn leave(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(stay)) = (state.last, state.stay.take()) else {
+        let (Some(last), Some(mut stay)) = (state.last, state.stay.take()) else {
             return;
         };
-        let segment = last.path_m(&fix);
-        state.odo += segment;
-        state.n += 1;
-        let speed = speed(&last, &fix, segment);
-        let mut stay = stay;
+        let (segment, speed) = state.advance(&last, &fix);
         let departed = *stay
             .departed
             .get_or_insert_with(|| self.departure_time(&stay.settled, &fix));
@@ -740,8 +744,12 @@ impl Detector {
                 t.max = t.max.max(stay.max).max(speed);
                 t
             }
-            None if stopped => {
-                out.push(Finished::Stop(stop(&stay, departed)));
+            // At rest there (a stop, or too short for one: the first
+            // fixes ever): it left when it left.
+            None if stay.arrival.is_some() => {
+                if stopped {
+                    out.push(Finished::Stop(stop(&stay, departed)));
+                }
                 OpenTrip {
                     start: stay.centre(departed),
                     odo: stay.settled.odo,
@@ -749,14 +757,6 @@ impl Detector {
                     max: stay.tail_max.max(speed),
                 }
             }
-            // Too short to be a stop, at rest there (the first fixes ever):
-            // it left when it left.
-            None if stay.arrival.is_some() => OpenTrip {
-                start: stay.centre(departed),
-                odo: stay.settled.odo,
-                n: stay.settled.n,
-                max: stay.tail_max.max(speed),
-            },
             // Never at rest: it was moving all along.
             None => OpenTrip {
                 start: Fix::new(stay.first.t, stay.first.lat, stay.first.lon),
@@ -769,8 +769,8 @@ impl Detector {
         state.last = Some(fix);
     }
 
-    /// After a long gap: a new stay at `fix`, the path across the gap not
-    /// counted.
+    /// After a long gap (or before any fix): a new stay at `fix`, the path
+    /// across the gap not counted.
     fn restart_at(&self, state: &mut TripState, fix: Fix) {
         state.n += 1;
         state.stay = Some(self.new_stay(None, fix, state.odo, state.n));
@@ -780,7 +780,7 @@ impl Detector {
 
 /// The trip, ended at the stay's arrival.
 fn arrive(trip: &OpenTrip, stay: &Stay) -> TripSummary {
-    let (arrival, arrived) = stay.arrival.unwrap_or((stay.first, stay.first.t));
+    let (arrival, arrived) = stay.arrival_or_first();
     TripSummary::between(
         trip.start,
         stay.centre(arrived),
@@ -792,7 +792,7 @@ fn arrive(trip: &OpenTrip, stay: &Stay) -> TripSummary {
 
 /// The stay as a stop that ended at `departed`.
 fn stop(stay: &Stay, departed: i64) -> StopSummary {
-    let (arrival, arrived) = stay.arrival.unwrap_or((stay.first, stay.first.t));
+    let (arrival, arrived) = stay.arrival_or_first();
     StopSummary {
         start: stay.centre(arrived),
         end_tst: departed,
