@@ -186,14 +186,9 @@ impl Tracker {
             let Some(p) = self.pending.remove(&key) else {
                 continue;
             };
+            let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
             let ack = Ack::join(p.acks);
-            match self.devices.get(&key).map(|d| state_json(&key, d)) {
-                Some(Some(state)) => {
-                    let s = self.snapshot(&p.user, &p.device, KIND_GEO, state);
-                    out.push(Message::new(key, s, ack));
-                }
-                _ => ack.fail(),
-            }
+            self.send_state(out, key, (&p.user, &p.device), KIND_GEO, state, ack);
         }
     }
 
@@ -248,6 +243,27 @@ impl Tracker {
             state,
             updated_at: self.clock,
         })
+    }
+
+    /// Sends a device's `state` of `kind` as a snapshot carrying `ack`; a
+    /// state that could not be written ([`state_json`]) fails the input
+    /// instead: not stored, not acknowledged, so the client retries.
+    fn send_state(
+        &mut self,
+        out: &mut Vec<Message<Record>>,
+        key: String,
+        (user, device): (&Text, &Text),
+        kind: &str,
+        state: Option<String>,
+        ack: Ack,
+    ) {
+        match state {
+            Some(state) => {
+                let s = self.snapshot(user, device, kind, state);
+                out.push(Message::new(key, s, ack));
+            }
+            None => ack.fail(),
+        }
     }
 
     /// Passes an input on, unless only derived records are sent: then its
@@ -311,14 +327,7 @@ impl Tracker {
                     });
                     pending.acks.push(ack);
                 } else if let Some(state) = state {
-                    match state {
-                        Some(state) => {
-                            let s = self.snapshot(&user, &device, KIND_GEO, state);
-                            out.push(Message::new(key, s, ack));
-                        }
-                        // Not stored, not acknowledged: the client retries.
-                        None => ack.fail(),
-                    }
+                    self.send_state(out, key, (&user, &device), KIND_GEO, state, ack);
                 } else {
                     ack.delivered();
                 }
@@ -329,13 +338,7 @@ impl Tracker {
                 let (user, device) = (w.meta.user.clone(), w.meta.device.clone());
                 let ack = msg.ack.clone();
                 self.pass(msg, out);
-                match regions {
-                    Some(regions) => {
-                        let s = self.snapshot(&user, &device, KIND_REGIONS, regions);
-                        out.push(Message::new(key, s, ack));
-                    }
-                    None => ack.fail(),
-                }
+                self.send_state(out, key, (&user, &device), KIND_REGIONS, regions, ack);
             }
             _ => self.pass(msg, out),
         }
