@@ -650,11 +650,7 @@ fn parked_fix(d: &mut Device, now: i64, topic_base: &str) -> Value {
         let (n, e) = (gauss(&mut d.rng) * sigma, gauss(&mut d.rng) * sigma);
         (acc, offset(d.at, n, e))
     };
-    let mut v = location(d, now, "p", topic_base);
-    v["acc"] = Value::from(acc);
-    v["lat"] = Value::from(round6(at.y()));
-    v["lon"] = Value::from(round6(at.x()));
-    v["vel"] = Value::from(0);
+    let mut v = phone_location(d, now, "p", topic_base, (acc, at, 0));
     v["conn"] = Value::from("w");
     v
 }
@@ -675,11 +671,23 @@ fn moving_fix(d: &mut Device, now: i64, kmh: f64, topic_base: &str) -> Value {
     } else {
         0.0
     };
-    let mut v = location(d, now, "t", topic_base);
+    phone_location(d, now, "t", topic_base, (acc, at, vel as i64))
+}
+
+/// A location of the device's platform, reporting what the phone measured
+/// (`acc`, where it thinks it is, `vel`) rather than the truth.
+fn phone_location(
+    d: &mut Device,
+    now: i64,
+    trigger: &str,
+    topic_base: &str,
+    (acc, at, vel): (i32, Point, i64),
+) -> Value {
+    let mut v = location(d, now, trigger, topic_base);
     v["acc"] = Value::from(acc);
     v["lat"] = Value::from(round6(at.y()));
     v["lon"] = Value::from(round6(at.x()));
-    v["vel"] = Value::from(vel as i64);
+    v["vel"] = Value::from(vel);
     v
 }
 
