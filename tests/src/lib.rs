@@ -239,6 +239,30 @@ impl Serve {
         }
     }
 
+    /// Injects the fault this process was started for (creates
+    /// `fault_file`: crates/cli/src/fault.rs) and waits for what must
+    /// follow: /readyz no longer 200 within 10 s, then the process exiting
+    /// by itself, non-zero, within `exit_within`. Returns its log.
+    pub fn inject_fault(&mut self, fault_file: &Path, exit_within: std::time::Duration) -> String {
+        std::fs::write(fault_file, b"").expect("writing the fault file");
+        let ready = format!("{}/readyz", self.metrics_url);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(ureq::get(&ready).call(), Ok(r) if r.status() == 200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = self
+            .wait_exit(exit_within)
+            .expect("waiting for the process")
+            .unwrap_or_else(|| panic!("still running:\n{}", self.log()));
+        assert!(!status.success(), "{status}\n{}", self.log());
+        self.log()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -538,19 +538,7 @@ fn a_stage_failing_under_serve_over_kafka_stops_the_process_naming_it() {
         c.join().unwrap();
     }
     assert_eq!(load.acked(), 20);
-    std::fs::write(&fault, b"").unwrap();
-    let ready = format!("{}/readyz", serve.metrics_url);
-    wait_until(
-        "readiness down",
-        10,
-        || !matches!(ureq::get(&ready).call(), Ok(r) if r.status() == 200),
-    );
-    let status = serve
-        .wait_exit(Duration::from_secs(60))
-        .unwrap()
-        .unwrap_or_else(|| panic!("still running:\n{}", serve.log()));
-    assert!(!status.success(), "{status}\n{}", serve.log());
-    let log = serve.log();
+    let log = serve.inject_fault(&fault, Duration::from_secs(60));
     assert!(
         log.contains("a stage ended while serving")
             && log.contains("stage geofence ended while serving: injected fault"),

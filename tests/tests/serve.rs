@@ -481,24 +481,8 @@ fn a_stage_failing_while_serving_stops_the_process_naming_it() {
         let a = serve.post("/pub", &headers, &location(1_700_000_000 + i));
         assert_eq!(a.status, 200, "{}", a.body);
     }
-    std::fs::write(&fault, b"").unwrap();
     // Not ready at once; the process then stops by itself.
-    let ready = format!("{}/readyz", serve.metrics_url);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match ureq::get(&ready).call() {
-            Ok(r) if r.status() == 200 => {}
-            _ => break,
-        }
-        assert!(Instant::now() < deadline, "still ready:\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = serve
-        .wait_exit(Duration::from_secs(30))
-        .unwrap()
-        .unwrap_or_else(|| panic!("still running:\n{}", serve.log()));
-    assert!(!status.success(), "{status}\n{}", serve.log());
-    let log = serve.log();
+    let log = serve.inject_fault(&fault, Duration::from_secs(30));
     assert!(
         log.contains("a stage ended while serving") && log.contains("geofence"),
         "{log}"
