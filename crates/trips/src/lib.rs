@@ -525,7 +525,7 @@ impl Detector {
     /// Evaluates the next fix of a device, appending what it finished to
     /// `out` (in time order). A fix no newer than the last changes nothing.
     pub fn on_fix(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
-        let (Some(last), Some(stay)) = (state.last, state.stay.clone()) else {
+        let (Some(last), Some(stay)) = (state.last, state.stay.as_ref()) else {
             *state = TripState::default();
             self.restart_at(state, fix);
             return;
@@ -534,7 +534,16 @@ impl Detector {
             return;
         }
         let c = &self.config;
-        if fix.tst - last.tst > c.max_gap_s {
+        // What this fix needs of the stay, read before the state changes.
+        let reaches = self.reaches(stay, &fix);
+        let centre = (stay.lat, stay.lon);
+        let gap = (fix.tst - last.tst > c.max_gap_s).then(|| {
+            let stop = stay
+                .is_stop(c.min_stop_s)
+                .then(|| stop(stay, stay.settled.t));
+            (stay.max, stop)
+        });
+        if let Some((stay_max, stop)) = gap {
             // Whatever waited for confirmation is too old to tell.
             state.pending = None;
             if let Some(trip) = state.trip.take() {
@@ -543,21 +552,19 @@ impl Detector {
                     last,
                     state.odo - trip.odo,
                     state.n - trip.n + 1,
-                    trip.max.max(stay.max),
+                    trip.max.max(stay_max),
                 )));
                 self.restart_at(state, fix);
                 return;
             }
-            if !self.reaches(&stay, &fix) {
-                if stay.is_stop(c.min_stop_s) {
-                    out.push(Finished::Stop(stop(&stay, stay.settled.t)));
-                }
+            if !reaches {
+                out.extend(stop.map(Finished::Stop));
                 self.restart_at(state, fix);
                 return;
             }
             // Still where it stopped: the stop goes on through the gap.
         }
-        if self.reaches(&stay, &fix) {
+        if reaches {
             // A lone fix out and back in: an outlier, forgotten.
             state.pending = None;
             self.settle(state, fix, out);
@@ -568,7 +575,7 @@ impl Detector {
         // The fix waiting is confirmed by this one if the device could go
         // from it to here, and here is near it or farther on from the
         // stay; an outlier off to one side before a real departure is not.
-        let from_stay = |f: &Fix| distance(stay.lat, stay.lon, f.lat, f.lon);
+        let from_stay = |f: &Fix| distance(centre.0, centre.1, f.lat, f.lon);
         let agrees = |p: &Fix| {
             plausible(p)
                 && (p.distance_m(&fix) <= c.min_distance_m || from_stay(p) <= from_stay(&fix))
