@@ -581,6 +581,78 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
         get_json(serve, "/api/0/list?user=jane"),
         json!({"results": ["phone", "tablet"]})
     );
+    // A device's months, as Recorder lists its monthly .rec files: every
+    // month with a position up to `to`, whatever `from` says.
+    for days_ago in [400, 40, 39] {
+        let (lat, lon) = east(2000.0);
+        post_fix(
+            serve,
+            &Fix {
+                user: "eve",
+                device: "trailer",
+                tst: T0 - days_ago * 86_400,
+                lat,
+                lon,
+                batt: 80,
+            },
+        );
+    }
+    assert_eq!(
+        get_json(serve, "/api/0/list?user=eve&device=trailer&from=2025-11-01"),
+        json!({"results": ["rec/eve/trailer/2024-10.rec", "rec/eve/trailer/2025-10.rec"]})
+    );
+    assert_eq!(
+        get_json(serve, "/api/0/list?user=eve&device=trailer&to=2025-01-01"),
+        json!({"results": ["rec/eve/trailer/2024-10.rec"]})
+    );
+
+    // The regions devices define: the last version of each (named by its
+    // rid, else by its creation time), a beacon region without a centre
+    // left out.
+    let (work, gym) = (east(4000.0), east(1000.0));
+    for body in [
+        json!({"_type": "waypoints", "waypoints": [
+            {"_type": "waypoint", "desc": "Work", "lat": work.0, "lon": work.1, "rad": 200, "tst": T0 - 9000, "rid": "w1"},
+            {"_type": "waypoint", "desc": "Gym", "lat": gym.0, "lon": gym.1, "rad": 50, "tst": T0 - 8000},
+            {"_type": "waypoint", "desc": "Desk", "uuid": "CA271EAE-5FA8-4E80-8F08-2A302A95A959", "major": 1, "minor": 2, "tst": T0 - 7000}]}),
+        json!({"_type": "waypoint", "desc": "Office", "lat": work.0, "lon": work.1, "rad": 250, "tst": T0 - 9000, "rid": "w1"}),
+    ] {
+        let a = serve.post(
+            "/pub",
+            &[("X-Limit-U", "jane"), ("X-Limit-D", "phone")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let regions = get_json(serve, "/api/v1/waypoints?user=jane");
+    let regions: Vec<Value> = regions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            assert!(w["received_at"].as_i64().unwrap() > 0);
+            let mut w = w.clone();
+            w.as_object_mut().unwrap().remove("received_at");
+            w
+        })
+        .collect();
+    assert_eq!(
+        regions,
+        [
+            json!({"user": "jane", "device": "phone", "tst": T0 - 9000, "lat": work.0, "lon": work.1, "radius": 250, "desc": "Office", "rid": "w1"}),
+            json!({"user": "jane", "device": "phone", "tst": T0 - 8000, "lat": gym.0, "lon": gym.1, "radius": 50, "desc": "Gym"}),
+        ]
+    );
+    let geo: geojson::FeatureCollection = get(
+        &format!("{}/api/v1/waypoints?format=geojson", serve.url),
+        None,
+    )
+    .1
+    .parse::<geojson::GeoJson>()
+    .unwrap()
+    .try_into()
+    .unwrap();
+    assert_eq!(geo.features.len(), 2);
     assert!(get_json(serve, "/api/0/version")["version"].is_string());
 
     // Bad parameters name themselves.
@@ -1022,6 +1094,20 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
         200
     );
 
+    let regions = json!({"_type": "waypoints", "waypoints": [
+        {"_type": "waypoint", "desc": "Work", "lat": east(4000.0).0, "lon": east(4000.0).1, "rad": 200, "tst": now - 9000, "rid": "w1"},
+        {"_type": "waypoint", "desc": "Gym", "lat": east(1000.0).0, "lon": east(1000.0).1, "rad": 50, "tst": now - 8000}]});
+    assert_eq!(
+        serve
+            .post(
+                "/pub",
+                &[("X-Limit-U", "jane"), ("X-Limit-D", "phone")],
+                regions.to_string().as_bytes()
+            )
+            .status,
+        200
+    );
+
     let mut b = Browser::start(1280, 800).unwrap();
     b.navigate(&format!("{}/map", serve.url)).unwrap();
     b.wait_for(
@@ -1044,13 +1130,19 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
             ["jane/phone", "ph", east(400.0).0, east(400.0).1, "80 %"],
         ])
     );
-    // Three device markers and the depot circle, drawn in the map's SVG.
+    // Three device markers, the depot circle and jane's two regions, drawn
+    // in the map's SVG.
+    b.wait_for(
+        "document.body.dataset.waypoints === '2'",
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(
         b.eval(
             "document.querySelectorAll('.leaflet-overlay-pane path.leaflet-interactive').length"
         )
         .unwrap(),
-        json!(4)
+        json!(6)
     );
     b.wait_for(
         "document.getElementById('status').textContent === 'live'",

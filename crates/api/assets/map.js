@@ -1,5 +1,6 @@
 // otstream fleet map: every visible device at its last position, moved by
-// the live feed; a click shows the device's track and trips of the day.
+// the live feed, the server's fences and the devices' own regions; a click
+// shows the device's track and trips of the day.
 // Plain JavaScript over Leaflet; everything it loads comes from this server.
 (function () {
   'use strict';
@@ -112,6 +113,7 @@
     devices.forEach(function (e) { renderItem(e); });
     var entry = devices.get(key);
     if (!entry) { return; }
+    entry.li.scrollIntoView({ block: 'nearest' });
     var d = entry.data;
     var midnight = new Date();
     midnight.setHours(0, 0, 0, 0);
@@ -153,18 +155,38 @@
     });
   }
 
-  function drawFences(geo) {
-    L.geoJSON(geo, {
-      style: { color: '#6b7280', weight: 2, dashArray: '4 4', fillOpacity: 0.08 },
+  // Regions as circles of their radius (a point without one as a dot):
+  // the server's fences, and the regions each device defined itself.
+  function drawRegions(geo, style, name) {
+    var layer = L.geoJSON(geo, {
+      style: style,
       pointToLayer: function (feature, latlng) {
         var r = feature.properties && Number(feature.properties.radius);
         return r > 0 ? L.circle(latlng, { radius: r }) : L.circleMarker(latlng, { radius: 4 });
       },
       onEachFeature: function (feature, layer) {
-        var p = feature.properties || {};
-        if (p.name || p.id || feature.id) { layer.bindTooltip(String(p.name || p.id || feature.id)); }
+        var text = name(feature.properties || {}, feature);
+        if (text) { layer.bindTooltip(text); }
       }
-    }).addTo(fenceLayer);
+    });
+    layer.addTo(fenceLayer);
+    return layer.getLayers().length;
+  }
+
+  function drawFences(geo) {
+    drawRegions(geo, { color: '#6b7280', weight: 2, dashArray: '4 4', fillOpacity: 0.08 }, function (p, f) {
+      return p.name || p.id || f.id ? String(p.name || p.id || f.id) : '';
+    });
+  }
+
+  function drawWaypoints(geo) {
+    var drawn = drawRegions(geo, function (f) {
+      var c = colorOf(f.properties.user + '/' + f.properties.device);
+      return { color: c, weight: 1.5, dashArray: '2 6', fillColor: c, fillOpacity: 0.06 };
+    }, function (p) {
+      return (p.desc || p.rid || 'region') + ' · ' + p.user + '/' + p.device;
+    });
+    document.body.dataset.waypoints = String(drawn);
   }
 
   function setStatus(text, cls) {
@@ -206,4 +228,5 @@
     document.body.dataset.loaded = String(rows.length);
   }).catch(showError);
   getJSON('/api/v1/fences').then(drawFences).catch(showError);
+  getJSON('/api/v1/waypoints?format=geojson').then(drawWaypoints).catch(showError);
 })();

@@ -189,6 +189,7 @@ impl Api {
                 | "/api/v1/summary"
                 | "/api/v1/live"
                 | "/api/v1/fences"
+                | "/api/v1/waypoints"
                 | "/api/0/last"
                 | "/api/0/locations"
                 | "/api/0/list"
@@ -258,13 +259,7 @@ impl Api {
             }
             "/api/v1/trips" | "/api/v1/stops" | "/api/v1/transitions" => {
                 let q = query(&params, visible, now, V1_SPAN_S)?;
-                let format = match params.get("format") {
-                    None => EventFormat::Json,
-                    Some(f) => EventFormat::parse(f).ok_or_else(|| {
-                        BadParam::new("format", format!("{f:?} is not one of json, geojson"))
-                    })?,
-                };
-                let encoder = FeatureEncoder::new(format);
+                let encoder = FeatureEncoder::new(event_format(&params)?);
                 match path {
                     "/api/v1/trips" => streamed(self.0.reader.trips(&q).await?, encoder).await,
                     "/api/v1/stops" => streamed(self.0.reader.stops(&q).await?, encoder).await,
@@ -288,6 +283,15 @@ impl Api {
                 Ok(r)
             }
             "/api/v1/fences" => self.fences().await,
+            "/api/v1/waypoints" => {
+                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let encoder = FeatureEncoder::new(event_format(&params)?);
+                let rows = self.0.reader.waypoints(&q).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                // The channel has room for this one chunk: it cannot fail.
+                let _ = tx.try_send(Ok(rows));
+                streamed(rx, encoder).await
+            }
             "/api/0/version" => Ok(ok_json(
                 json!({"version": env!("CARGO_PKG_VERSION"), "git": "otstream"})
                     .to_string()
@@ -296,11 +300,23 @@ impl Api {
             "/api/0/list" => {
                 let (user, device) = scope(&params, &visible)?;
                 let devices = self.0.reader.devices(user, None, &visible).await?;
-                let mut results: Vec<&str> = match (user, device) {
-                    (None, _) => devices.iter().map(|d| d.last.user.as_str()).collect(),
-                    // Recorder lists a device's .rec files; there are none here.
-                    (Some(_), Some(_)) => Vec::new(),
-                    (Some(_), None) => devices.iter().map(|d| d.last.device.as_str()).collect(),
+                let mut results: Vec<String> = match (user, device) {
+                    (None, _) => devices.iter().map(|d| d.last.user.to_string()).collect(),
+                    // Recorder lists the device's monthly .rec files in the
+                    // window by path; here each is a month with positions.
+                    (Some(u), Some(d)) => {
+                        // Recorder lists every month up to `to`, whatever `from` says.
+                        let mut q = Query::window(0, params.time("to", now)?);
+                        (q.user, q.device, q.visible) = (Some(u.into()), Some(d.into()), visible);
+                        self.0
+                            .reader
+                            .months(&q)
+                            .await?
+                            .into_iter()
+                            .map(|m| format!("rec/{u}/{d}/{m}.rec"))
+                            .collect()
+                    }
+                    (Some(_), None) => devices.iter().map(|d| d.last.device.to_string()).collect(),
                 };
                 results.dedup();
                 Ok(ok_json(
@@ -543,6 +559,15 @@ where
     Ok(r)
 }
 
+/// The `format` of derived rows: `json` (the default) or `geojson`.
+fn event_format(params: &Params) -> Result<EventFormat, BadParam> {
+    match params.get("format") {
+        None => Ok(EventFormat::Json),
+        Some(f) => EventFormat::parse(f)
+            .ok_or_else(|| BadParam::new("format", format!("{f:?} is not one of json, geojson"))),
+    }
+}
+
 /// Recorder's `fields=a,b,c`.
 fn fields(params: &Params) -> Option<Vec<String>> {
     params
@@ -611,6 +636,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/api/v1/summary" => "summary",
         "/api/v1/live" => "live",
         "/api/v1/fences" => "fences",
+        "/api/v1/waypoints" => "waypoints",
         "/api/0/last" => "recorder_last",
         "/api/0/locations" => "recorder_locations",
         "/api/0/list" => "recorder_list",

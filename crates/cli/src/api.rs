@@ -24,6 +24,7 @@ use crate::metrics_server;
 /// in this process; `None` when `api.enabled` is off.
 pub(crate) fn build(
     config: &ServeConfig,
+    auth: Option<Arc<Htpasswd>>,
     live: Option<Committed>,
     shutdown: CancellationToken,
 ) -> Result<Option<Api>> {
@@ -33,10 +34,6 @@ pub(crate) fn build(
     let reader = match &config.clickhouse {
         Some(ch) => Reader::ClickHouse(ClickHouseReader::new(ch)),
         None => Reader::Sqlite(SqliteReader::in_data_dir(&config.data_dir)),
-    };
-    let auth = match &config.http.htpasswd {
-        Some(path) => Some(Arc::new(Htpasswd::from_file(path)?)),
-        None => None,
     };
     if auth.is_none() && !config.api.public {
         tracing::info!(
@@ -64,6 +61,18 @@ pub(crate) fn build(
 pub(crate) struct Started {
     pub(crate) fallback: Option<Arc<dyn Fallback>>,
     pub(crate) task: Option<JoinHandle<std::io::Result<()>>>,
+    /// `http.htpasswd`, read once: the ingress checks the same credentials.
+    pub(crate) auth: Option<Arc<Htpasswd>>,
+}
+
+/// The credentials of `http.htpasswd`, when set.
+pub(crate) fn credentials(config: &ServeConfig) -> Result<Option<Arc<Htpasswd>>> {
+    match &config.http.htpasswd {
+        Some(path) => Ok(Some(Arc::new(Htpasswd::from_file(path).with_context(
+            || format!("cannot read http.htpasswd {}", path.display()),
+        )?))),
+        None => Ok(None),
+    }
 }
 
 /// Builds the API ([`build`]) and starts it where the configuration says.
@@ -72,16 +81,19 @@ pub(crate) async fn start(
     live: Option<Committed>,
     shutdown: CancellationToken,
 ) -> Result<Started> {
-    let Some(api) = build(config, live, shutdown.clone())? else {
+    let auth = credentials(config)?;
+    let Some(api) = build(config, auth.clone(), live, shutdown.clone())? else {
         return Ok(Started {
             fallback: None,
             task: None,
+            auth,
         });
     };
     let Some(addr) = config.api.addr else {
         return Ok(Started {
             fallback: Some(Arc::new(api)),
             task: None,
+            auth,
         });
     };
     let listener = tokio::net::TcpListener::bind(addr)
@@ -91,6 +103,7 @@ pub(crate) async fn start(
     Ok(Started {
         fallback: None,
         task: Some(tokio::spawn(otstream_api::serve(listener, api, shutdown))),
+        auth,
     })
 }
 

@@ -342,6 +342,7 @@ async fn start_ingress(
         keys,
         tx.clone().with_send_timeout(send_timeout),
         api.fallback,
+        api.auth,
         stop.clone(),
     );
     out.push(Running {

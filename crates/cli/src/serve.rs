@@ -352,6 +352,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         keys,
         raw_tx.with_send_timeout(send_timeout),
         api.fallback,
+        api.auth,
         stop_ingress.clone(),
     ));
     let mqtt = match mqtt {

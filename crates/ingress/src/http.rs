@@ -130,6 +130,10 @@ struct State<S> {
 /// Messages go to `output`, which should have a send deadline: a full bus
 /// turns into 503, not into waiting forever. Every request that is not an
 /// OwnTracks POST goes to `fallback` (the read API), when there is one.
+/// `auth` holds the credentials of `config.htpasswd`, loaded by the caller
+/// ([`Htpasswd::from_file`]) so that the read API checks the same ones; it
+/// must be given when `config.htpasswd` is set.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_http<S: Sender<RawMessage>>(
     listener: TcpListener,
     config: HttpConfig,
@@ -137,13 +141,16 @@ pub async fn run_http<S: Sender<RawMessage>>(
     keys: Arc<KeyRing>,
     output: S,
     fallback: Option<Arc<dyn Fallback>>,
+    auth: Option<Arc<Htpasswd>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
     config.validate().map_err(IngressError::Config)?;
-    let auth = match &config.htpasswd {
-        Some(path) => Some(Arc::new(Htpasswd::from_file(path)?)),
-        None => None,
-    };
+    if let (Some(path), None) = (&config.htpasswd, &auth) {
+        return Err(IngressError::Config(format!(
+            "http.htpasswd is {} but no credentials were loaded from it",
+            path.display()
+        )));
+    }
     let friends = Friends::new(&config.friends);
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.header_timeout_ms);

@@ -8,7 +8,7 @@ use clickhouse::{Client, Row};
 use otstream_sink::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
-use crate::rows::{Device, Position, Stop, Str, Transition, Trip};
+use crate::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
 use crate::slices::{self, SLICE_ROWS, Span};
 use crate::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
 use crate::{Chunker, Param, Query, QueryError, RowStream};
@@ -140,6 +140,60 @@ impl ClickHouseReader {
             let this = this.clone();
             async move { this.slice(&slice).await }
         }))
+    }
+
+    /// The earliest `tst` of a position matching `q`, if any.
+    pub async fn first_tst(&self, q: &Query) -> Result<Option<i64>, QueryError> {
+        let (predicate, params) = Self::predicate(q, "tst");
+        let (rows, first): (u64, u32) = self
+            .bound(
+                &format!("SELECT count(), toUInt32(min(tst)) FROM positions WHERE {predicate}"),
+                params,
+            )
+            .fetch_one()
+            .await?;
+        Ok((rows > 0).then_some(first.into()))
+    }
+
+    /// Every stored version of the regions matching `q` that have a
+    /// centre (no `FINAL`: [`Waypoint::current`] keeps the last).
+    pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
+        #[derive(Row, Deserialize)]
+        struct ChWaypoint {
+            user: String,
+            device: String,
+            tst: u32,
+            lat: Option<f64>,
+            lon: Option<f64>,
+            rad: Option<i32>,
+            desc: String,
+            rid: String,
+            received_at: i64,
+        }
+        let (predicate, params) = Self::predicate(q, "tst");
+        let rows: Vec<ChWaypoint> = self
+            .bound(
+                &format!("SELECT user, device, tst, lat, lon, rad, desc, rid, received_at FROM waypoints WHERE isNotNull(lat) AND isNotNull(lon) AND {predicate}"),
+                params,
+            )
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Waypoint {
+                    user: r.user,
+                    device: r.device,
+                    tst: r.tst.into(),
+                    lat: r.lat?,
+                    lon: r.lon?,
+                    rad: r.rad,
+                    desc: (!r.desc.is_empty()).then_some(r.desc),
+                    rid: (!r.rid.is_empty()).then_some(r.rid),
+                    received_at: r.received_at,
+                })
+            })
+            .collect())
     }
 
     /// The time windows of `q`'s slices, in order.

@@ -18,7 +18,7 @@
 
 use std::io::Write as _;
 
-use crate::rows::{DaySummary, Device, Position, Stop, Str, Transition, Trip};
+use crate::rows::{DaySummary, Device, Position, Stop, Str, Transition, Trip, Waypoint};
 
 /// Writes rows of `T` as one document.
 pub trait Encoder<T> {
@@ -661,6 +661,26 @@ impl Feature for Stop {
         o.int("duration", self.duration);
         o.int("points", self.points);
         o.opt_str("place", self.place.as_deref());
+        o.close();
+    }
+
+    fn points(&self) -> Vec<(f64, f64)> {
+        vec![(self.lon, self.lat)]
+    }
+}
+
+impl Feature for Waypoint {
+    fn members(&self, out: &mut Vec<u8>) {
+        let mut o = Obj::open(out, None);
+        o.str("user", &self.user);
+        o.str("device", &self.device);
+        o.int("tst", self.tst);
+        o.float("lat", self.lat);
+        o.float("lon", self.lon);
+        o.opt_int("radius", self.rad);
+        o.opt_str("desc", self.desc.as_deref());
+        o.opt_str("rid", self.rid.as_deref());
+        o.int("received_at", self.received_at);
         o.close();
     }
 

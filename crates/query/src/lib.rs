@@ -32,7 +32,7 @@ pub mod summary;
 
 use std::collections::BTreeMap;
 
-pub use rows::{DaySummary, Device, Position, Stop, Transition, Trip};
+pub use rows::{DaySummary, Device, Position, Stop, Transition, Trip, Waypoint};
 use tokio::sync::mpsc;
 
 /// Rows in one chunk of a stream: large enough that the per-chunk cost
@@ -255,6 +255,51 @@ impl Reader {
                 && device.is_none_or(|x| x == d.last.device)
         });
         Ok(all)
+    }
+
+    /// The UTC months (`YYYY-MM`) in which `q`'s device has positions in
+    /// `q`'s window, in order: what Recorder lists as a device's monthly
+    /// `.rec` files. Found by hopping from month to month along the
+    /// `(user, device, tst)` key, one lookup a month, so a device with a
+    /// million positions costs as much as one with a few.
+    pub async fn months(&self, q: &Query) -> Result<Vec<String>, QueryError> {
+        let mut months = Vec::new();
+        let mut from = q.from;
+        loop {
+            let window = Query { from, ..q.clone() };
+            let first = match self {
+                Reader::Sqlite(r) => r.first_tst(&window).await?,
+                Reader::ClickHouse(r) => r.first_tst(&window).await?,
+            };
+            let Some(t) = first else { break };
+            let (y, m, _) = format::civil(t.div_euclid(86_400));
+            months.push(format!("{y:04}-{m:02}"));
+            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            from = format::days_from_civil(y, m, 1) * 86_400;
+            if from > q.to {
+                break;
+            }
+        }
+        Ok(months)
+    }
+
+    /// The regions visible devices (of `q`'s user and device, when set)
+    /// define, each in its last version, by user, device and creation
+    /// time; `q`'s
+    /// window does not apply: a region stays until it is replaced.
+    pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
+        // Every creation time a DateTime holds (0: not sent).
+        let q = &Query {
+            from: 0,
+            to: u32::MAX.into(),
+            limit: None,
+            ..q.clone()
+        };
+        let rows = match self {
+            Reader::Sqlite(r) => r.waypoints(q).await?,
+            Reader::ClickHouse(r) => r.waypoints(q).await?,
+        };
+        Ok(Waypoint::current(rows))
     }
 
     /// Per device per UTC day: distance, driving time, trips, stops and

@@ -161,6 +161,66 @@ pub struct Stop {
     pub place: Option<String>,
 }
 
+/// A region a device defined itself (`waypoints`): where the app reports
+/// its own enter and leave.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Waypoint {
+    /// User part of the identity.
+    pub user: String,
+    /// Device part of the identity.
+    pub device: String,
+    /// When the region was created, UNIX s: with `rid`, what names it.
+    pub tst: i64,
+    /// Centre latitude, degrees.
+    pub lat: f64,
+    /// Centre longitude, degrees.
+    pub lon: f64,
+    /// Radius, m.
+    pub rad: Option<i32>,
+    /// Its name.
+    pub desc: Option<String>,
+    /// Its region id.
+    pub rid: Option<String>,
+    /// When otstream received it, UNIX ms.
+    pub received_at: i64,
+}
+
+impl Waypoint {
+    /// Of the versions of each region of each device (a region is named
+    /// by its `rid`, else by its creation `tst`: renaming or resizing it
+    /// sends it again), the last received, by user, device and creation
+    /// time.
+    pub fn current(mut rows: Vec<Waypoint>) -> Vec<Waypoint> {
+        rows.sort_by(|a, b| {
+            (&a.user, &a.device, a.rid.as_deref(), a.tst, a.received_at).cmp(&(
+                &b.user,
+                &b.device,
+                b.rid.as_deref(),
+                b.tst,
+                b.received_at,
+            ))
+        });
+        let mut out: Vec<Waypoint> = Vec::with_capacity(rows.len());
+        for w in rows {
+            let same = out.last().is_some_and(|p| {
+                p.user == w.user
+                    && p.device == w.device
+                    && match (&p.rid, &w.rid) {
+                        (Some(a), Some(b)) => a == b,
+                        (None, None) => p.tst == w.tst,
+                        _ => false,
+                    }
+            });
+            if same {
+                out.pop();
+            }
+            out.push(w);
+        }
+        out.sort_by(|a, b| (&a.user, &a.device, a.tst).cmp(&(&b.user, &b.device, b.tst)));
+        out
+    }
+}
+
 /// One device's day (UTC), as Traccar's summary report gives it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DaySummary {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
 
-use crate::rows::{Device, Position, Stop, Str, Transition, Trip};
+use crate::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
 use crate::{Chunker, Param, Query, QueryError, RowStream};
 
 /// The positions columns, in the order [`position`] reads them.
@@ -92,6 +92,49 @@ impl SqliteReader {
     /// busy, reading on one and encoding and sending on the other.)
     pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
         self.stream("positions", POSITION_COLUMNS, "tst", q, position)
+    }
+
+    /// The earliest `tst` of a position matching `q`, if any.
+    pub async fn first_tst(&self, q: &Query) -> Result<Option<i64>, QueryError> {
+        let (predicate, params) = q.predicate("tst");
+        let sql = format!("SELECT min(tst) FROM positions WHERE {predicate}");
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<i64>, QueryError> {
+            let conn = this.open()?;
+            let mut stmt = conn.prepare(&sql)?;
+            Ok(stmt.query_row(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?)
+        })
+        .await
+        .map_err(|e| QueryError::Thread(e.to_string()))?
+    }
+
+    /// Every stored version of the regions matching `q` that have a centre.
+    pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
+        let (predicate, params) = q.predicate("coalesce(tst, 0)");
+        let sql = format!(
+            "SELECT user, device, coalesce(tst, 0), lat, lon, rad, desc, rid, received_at FROM waypoints WHERE lat IS NOT NULL AND lon IS NOT NULL AND {predicate}"
+        );
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Waypoint>, QueryError> {
+            let conn = this.open()?;
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                Ok(Waypoint {
+                    user: r.get(0)?,
+                    device: r.get(1)?,
+                    tst: r.get(2)?,
+                    lat: r.get(3)?,
+                    lon: r.get(4)?,
+                    rad: r.get(5)?,
+                    desc: r.get(6)?,
+                    rid: r.get(7)?,
+                    received_at: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .map_err(|e| QueryError::Thread(e.to_string()))?
     }
 
     /// See [`Reader::trips`](crate::Reader::trips).
