@@ -245,22 +245,23 @@ impl ClickHouseReader {
         ))
     }
 
-    /// One slice: read unsorted, sorted by time, and of rows with the same
-    /// `tst` only the newest (`received_at`) kept, as ReplacingMergeTree
-    /// keeps it.
+    /// One slice: read unsorted, in Native format ([`crate::native`]),
+    /// sorted by time, and of rows with the same `tst` only the newest
+    /// (`received_at`) kept, as ReplacingMergeTree keeps it.
     async fn slice(&self, q: &Query) -> Result<Vec<Position>, QueryError> {
         let (predicate, params) = Self::predicate(q, "tst");
-        let mut cursor = self
+        let columns = crate::native::POSITION_COLUMNS;
+        let answer = self
             .bound(
-                &format!("SELECT {POSITION_COLUMNS} FROM positions WHERE {predicate}"),
+                &format!("SELECT {columns} FROM positions WHERE {predicate}"),
                 params,
             )
-            .fetch::<Position>()?;
+            .fetch_bytes("Native")?
+            .collect()
+            .await?;
         // A slice holds about SLICE_ROWS rows: no regrowing as it fills.
         let mut rows = Vec::with_capacity(SLICE_ROWS as usize);
-        while let Some(row) = cursor.next().await? {
-            rows.push(row);
-        }
+        crate::native::positions(&answer, &mut rows)?;
         slices::order(&mut rows);
         Ok(rows)
     }

@@ -19,12 +19,14 @@
 //! Layout:
 //! - [`rows`]: the row types, with units.
 //! - [`sqlite`] and [`clickhouse`]: the two backends behind [`Reader`].
-//! - [`slices`]: one device's long export read in parallel slices.
+//! - [`slices`]: one device's long export read in parallel slices, from
+//!   ClickHouse in its columnar Native format (`native`).
 //! - [`summary`]: per device per day figures from trips and stops (pure).
 //! - [`format`]: encoders, one per output format, and ISO-8601 times.
 
 pub mod clickhouse;
 pub mod format;
+mod native;
 pub mod rows;
 pub mod slices;
 pub mod sqlite;
@@ -56,6 +58,9 @@ pub enum QueryError {
     /// The reading thread or task died.
     #[error("reader failed: {0}")]
     Thread(String),
+    /// ClickHouse answered in a shape other than the one asked for.
+    #[error("clickhouse answered an unexpected shape: {0}")]
+    Shape(String),
 }
 
 impl QueryError {
@@ -65,6 +70,7 @@ impl QueryError {
             QueryError::Sqlite(_) => "sqlite",
             QueryError::ClickHouse(_) => "clickhouse",
             QueryError::Thread(_) => "thread",
+            QueryError::Shape(_) => "clickhouse_shape",
         }
     }
 }
