@@ -248,7 +248,7 @@ impl ClickHouseReader {
     /// One slice: read unsorted, in Native format ([`crate::native`]),
     /// sorted by time, and of rows with the same `tst` only the newest
     /// (`received_at`) kept, as ReplacingMergeTree keeps it.
-    async fn slice(&self, q: &Query) -> Result<Vec<Position>, QueryError> {
+    async fn slice(&self, q: &Query) -> Result<Vec<Vec<Position>>, QueryError> {
         let (predicate, params) = Self::predicate(q, "tst");
         let columns = crate::native::POSITION_COLUMNS;
         let answer = self
@@ -259,11 +259,7 @@ impl ClickHouseReader {
             .fetch_bytes("Native")?
             .collect()
             .await?;
-        // A slice holds about SLICE_ROWS rows: no regrowing as it fills.
-        let mut rows = Vec::with_capacity(SLICE_ROWS as usize);
-        crate::native::positions(&answer, &mut rows)?;
-        slices::order(&mut rows);
-        Ok(rows)
+        crate::native::positions(&answer)
     }
 
     async fn positions_at_once(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {

@@ -21,8 +21,8 @@
 //! into the elements that follow. `LowCardinality` has a layout of its
 //! own: the query casts such columns to `String`.
 
-use crate::QueryError;
 use crate::rows::{Position, Str};
+use crate::{CHUNK_ROWS, QueryError, slices};
 
 /// The columns of [`crate::sqlite::POSITION_COLUMNS`] as this parser
 /// reads them (`user` and `device` are `LowCardinality` on current
@@ -49,6 +49,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn varuint(&mut self) -> Result<usize, QueryError> {
+        // Lengths of short texts: one byte.
+        if let Some((&byte, rest)) = self.b.split_first()
+            && byte < 0x80
+        {
+            self.b = rest;
+            return Ok(byte.into());
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let (&byte, rest) = self
@@ -69,8 +76,32 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| shape("a string that is not UTF-8"))
     }
 
+    /// `n` strings. Where their bytes and lengths are all ASCII (short
+    /// texts in English: nearly always), the run is checked as UTF-8 once
+    /// and cut into strings, rather than each string checked on its own.
     fn strs(&mut self, n: usize) -> Result<Vec<&'a str>, QueryError> {
-        (0..n).map(|_| self.str()).collect()
+        let start = self.b;
+        let mut spans = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = self.varuint()?;
+            let at = start.len() - self.b.len();
+            self.take(len)?;
+            spans.push((at, at + len));
+        }
+        let run = &start[..start.len() - self.b.len()];
+        if run.is_ascii() {
+            let text = std::str::from_utf8(run).map_err(|_| shape("a string that is not UTF-8"))?;
+            return spans
+                .into_iter()
+                .map(|(a, b)| text.get(a..b).ok_or_else(|| shape("a string cut")))
+                .collect();
+        }
+        spans
+            .into_iter()
+            .map(|(a, b)| {
+                std::str::from_utf8(&run[a..b]).map_err(|_| shape("a string that is not UTF-8"))
+            })
+            .collect()
     }
 }
 
@@ -181,8 +212,12 @@ impl<'a> Column<'a> {
             usize::try_from(u64::from_le_bytes(b)).unwrap_or(usize::MAX)
         };
         let start = if i == 0 { 0 } else { end(i - 1) };
+        let end = end(i);
+        if start == end {
+            return Vec::new();
+        }
         values
-            .get(start..end(i))
+            .get(start..end)
             .map_or_else(Vec::new, |v| v.iter().map(|s| Str::from(*s)).collect())
     }
 }
@@ -225,10 +260,15 @@ fn kind_matches(want: &str, ty: &str) -> bool {
     }
 }
 
-/// Appends the rows of a Native answer whose columns are
-/// [`POSITION_COLUMNS`] to `out`.
-pub(crate) fn positions(answer: &[u8], out: &mut Vec<Position>) -> Result<(), QueryError> {
+/// The rows of a Native answer whose columns are [`POSITION_COLUMNS`], in
+/// time order, of rows with the same `tst` only the newest
+/// ([`slices::order`]), in chunks of [`CHUNK_ROWS`]. The order is found on
+/// the time columns alone and each row is built once, straight into its
+/// chunk: rows (400 bytes each) are never sorted nor copied.
+pub(crate) fn positions(answer: &[u8]) -> Result<Vec<Vec<Position>>, QueryError> {
     let mut c = Cursor { b: answer };
+    let mut blocks: Vec<[Column<'_>; 24]> = Vec::new();
+    let mut keys: Vec<Key> = Vec::new();
     while !c.b.is_empty() {
         let columns = c.varuint()?;
         let rows = c.varuint()?;
@@ -248,68 +288,111 @@ pub(crate) fn positions(answer: &[u8], out: &mut Vec<Position>) -> Result<(), Qu
             }
             cols.push(Column::read(&mut c, ty, rows)?);
         }
-        let Ok::<&[Column<'_>; 24], _>(
-            [
-                user,
-                device,
-                tid,
-                tst,
-                lat,
-                lon,
-                acc,
-                alt,
-                vac,
-                vel,
-                cog,
-                batt,
-                bs,
-                t,
-                conn,
-                p,
-                m,
-                ssid,
-                bssid,
-                created_at,
-                inregions,
-                inrids,
-                topic,
-                received_at,
-            ],
-        ) = cols.as_slice().try_into()
-        else {
-            return Err(shape("a positions block without its 24 columns"));
-        };
-        out.reserve(rows);
+        let cols: [Column<'_>; 24] = cols
+            .try_into()
+            .map_err(|_| shape("a positions block without its 24 columns"))?;
+        let block = u32::try_from(blocks.len()).map_err(|_| shape("too many blocks"))?;
+        keys.reserve(rows);
         for i in 0..rows {
-            out.push(Position {
-                user: user.str(i).unwrap_or_default().into(),
-                device: device.str(i).unwrap_or_default().into(),
-                tid: tid.str(i).map(Str::from),
-                tst: tst.secs(i).unwrap_or_default(),
-                lat: lat.f64(i).unwrap_or_default(),
-                lon: lon.f64(i).unwrap_or_default(),
-                acc: acc.i32(i),
-                alt: alt.i32(i),
-                vac: vac.i32(i),
-                vel: vel.i32(i),
-                cog: cog.i32(i),
-                batt: batt.i32(i),
-                bs: bs.i32(i),
-                t: t.str(i).map(Str::from),
-                conn: conn.str(i).map(Str::from),
-                p: p.f64(i),
-                m: m.i32(i),
-                ssid: ssid.str(i).map(Str::from),
-                bssid: bssid.str(i).map(Str::from),
-                created_at: created_at.secs(i),
-                inregions: inregions.list(i),
-                inrids: inrids.list(i),
-                topic: topic.str(i).map(Str::from),
-                received_at: received_at.i64(i).unwrap_or_default(),
+            keys.push(Key {
+                tst: cols[3].secs(i).unwrap_or_default(),
+                received_at: cols[23].i64(i).unwrap_or_default(),
+                block,
+                row: u32::try_from(i).map_err(|_| shape("too many rows"))?,
             });
         }
+        blocks.push(cols);
     }
-    Ok(())
+    slices::order(&mut keys);
+    let mut chunks = Vec::with_capacity(keys.len().div_ceil(CHUNK_ROWS));
+    for run in keys.chunks(CHUNK_ROWS) {
+        let mut chunk = Vec::with_capacity(run.len());
+        for k in run {
+            let cols = blocks
+                .get(k.block as usize)
+                .ok_or_else(|| shape("a row of no block"))?;
+            chunk.push(row(cols, k.row as usize));
+        }
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+/// Where a row lies and what orders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) tst: i64,
+    pub(crate) received_at: i64,
+    block: u32,
+    row: u32,
+}
+
+impl Key {
+    #[cfg(test)]
+    pub(crate) fn new(tst: i64, received_at: i64) -> Self {
+        Key {
+            tst,
+            received_at,
+            block: 0,
+            row: 0,
+        }
+    }
+}
+
+/// Row `i` of a block whose columns were checked against [`KINDS`].
+fn row(cols: &[Column<'_>; 24], i: usize) -> Position {
+    let [
+        user,
+        device,
+        tid,
+        tst,
+        lat,
+        lon,
+        acc,
+        alt,
+        vac,
+        vel,
+        cog,
+        batt,
+        bs,
+        t,
+        conn,
+        p,
+        m,
+        ssid,
+        bssid,
+        created_at,
+        inregions,
+        inrids,
+        topic,
+        received_at,
+    ] = cols;
+    Position {
+        user: user.str(i).unwrap_or_default().into(),
+        device: device.str(i).unwrap_or_default().into(),
+        tid: tid.str(i).map(Str::from),
+        tst: tst.secs(i).unwrap_or_default(),
+        lat: lat.f64(i).unwrap_or_default(),
+        lon: lon.f64(i).unwrap_or_default(),
+        acc: acc.i32(i),
+        alt: alt.i32(i),
+        vac: vac.i32(i),
+        vel: vel.i32(i),
+        cog: cog.i32(i),
+        batt: batt.i32(i),
+        bs: bs.i32(i),
+        t: t.str(i).map(Str::from),
+        conn: conn.str(i).map(Str::from),
+        p: p.f64(i),
+        m: m.i32(i),
+        ssid: ssid.str(i).map(Str::from),
+        bssid: bssid.str(i).map(Str::from),
+        created_at: created_at.secs(i),
+        inregions: inregions.list(i),
+        inrids: inrids.list(i),
+        topic: topic.str(i).map(Str::from),
+        received_at: received_at.i64(i).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
@@ -419,9 +502,7 @@ mod tests {
         let mut answer = block();
         // Two blocks in one answer.
         answer.extend_from_slice(&block());
-        let mut rows = Vec::new();
-        positions(&answer, &mut rows).unwrap();
-        assert_eq!(rows.len(), 4);
+        let rows: Vec<Position> = positions(&answer).unwrap().concat();
         let full = Position {
             user: "jane".into(),
             device: "phone".into(),
@@ -457,14 +538,16 @@ mod tests {
             received_at: 1_700_000_010_456,
             ..Position::default()
         };
-        assert_eq!(rows, [full.clone(), bare.clone(), full, bare]);
+        // In time order, the two copies of each row one (the last block's,
+        // with the same received_at: equal rows).
+        assert_eq!(rows, [full, bare]);
     }
 
     #[test]
     fn a_cut_or_unexpected_answer_is_an_error_never_a_panic() {
         let answer = block();
         for cut in [1, 10, answer.len() / 2, answer.len() - 1] {
-            let err = positions(&answer[..cut], &mut Vec::new()).unwrap_err();
+            let err = positions(&answer[..cut]).unwrap_err();
             assert!(matches!(err, QueryError::Shape(_)), "{err}");
         }
         let mut other = Vec::new();
@@ -474,7 +557,7 @@ mod tests {
         string(&mut other, "UInt8");
         other.push(7);
         assert_eq!(
-            positions(&other, &mut Vec::new()).unwrap_err().to_string(),
+            positions(&other).unwrap_err().to_string(),
             "clickhouse answered an unexpected shape: a positions block of 1 columns, not 24"
         );
         let mut wrong_type = block();
@@ -484,9 +567,7 @@ mod tests {
             .unwrap();
         wrong_type[at..at + 8].copy_from_slice(b"DateTimX");
         assert_eq!(
-            positions(&wrong_type, &mut Vec::new())
-                .unwrap_err()
-                .to_string(),
+            positions(&wrong_type).unwrap_err().to_string(),
             "clickhouse answered an unexpected shape: a column of type DateTimX where DateTime was asked for"
         );
     }

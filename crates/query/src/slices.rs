@@ -17,7 +17,8 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
-use crate::{CHUNK_ROWS, CHUNKS_IN_FLIGHT, Position, Query, QueryError, RowStream};
+use crate::native::Key;
+use crate::{CHUNKS_IN_FLIGHT, Position, Query, QueryError, RowStream};
 
 /// Rows a slice holds at most (unless a single histogram bucket holds
 /// more): 25,000 positions are about 10 MB in memory.
@@ -72,17 +73,18 @@ pub fn group(
 
 /// Sorts a slice's rows by time and keeps, of rows with the same `tst`,
 /// the newest (`received_at`): what ReplacingMergeTree keeps.
-pub fn order(rows: &mut Vec<Position>) {
-    rows.sort_unstable_by_key(|p| (p.tst, std::cmp::Reverse(p.received_at)));
-    rows.dedup_by_key(|p| p.tst);
+pub(crate) fn order(rows: &mut Vec<Key>) {
+    rows.sort_unstable_by_key(|k| (k.tst, std::cmp::Reverse(k.received_at)));
+    rows.dedup_by_key(|k| k.tst);
 }
 
 /// Reads `q`'s `windows` with `read`, [`SLICES_IN_FLIGHT`] at a time, and
-/// streams their rows in window order.
+/// streams their rows in window order. `read` gives a slice's rows in
+/// order, already in chunks, which are sent as they are.
 pub fn stream<F, Fut>(q: &Query, windows: Vec<(i64, i64)>, read: F) -> RowStream<Position>
 where
     F: Fn(Query) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Vec<Position>, QueryError>> + Send + 'static,
+    Fut: Future<Output = Result<Vec<Vec<Position>>, QueryError>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let q = q.clone();
@@ -101,8 +103,8 @@ where
             let Some(current) = open.pop_front() else {
                 return;
             };
-            let rows = match current.await {
-                Ok(Ok(rows)) => rows,
+            let chunks = match current.await {
+                Ok(Ok(chunks)) => chunks,
                 Ok(Err(e)) => {
                     let _ = tx.send(Err(e)).await;
                     return;
@@ -112,9 +114,7 @@ where
                     return;
                 }
             };
-            let mut rows = rows.into_iter().peekable();
-            while rows.peek().is_some() {
-                let chunk: Vec<Position> = rows.by_ref().take(CHUNK_ROWS).collect();
+            for chunk in chunks {
                 if tx.send(Ok(chunk)).await.is_err() {
                     return; // nobody reads any more: stop reading.
                 }
@@ -145,11 +145,7 @@ mod tests {
 
     #[test]
     fn order_keeps_the_newest_of_a_time() {
-        let p = |tst, received_at| Position {
-            tst,
-            received_at,
-            ..Position::default()
-        };
+        let p = |tst, received_at| Key::new(tst, received_at);
         let mut rows = vec![p(3, 1), p(1, 5), p(3, 9), p(2, 1), p(1, 2)];
         order(&mut rows);
         let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.tst, r.received_at)).collect();
@@ -166,13 +162,15 @@ mod tests {
             if q.from == 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            Ok((q.from..=q.to)
+            // Each slice in chunks of two rows.
+            let rows: Vec<Position> = (q.from..=q.to)
                 .step_by(5)
                 .map(|tst| Position {
                     tst,
                     ..Position::default()
                 })
-                .collect())
+                .collect();
+            Ok(rows.chunks(2).map(<[Position]>::to_vec).collect())
         });
         let mut got = Vec::new();
         while let Some(chunk) = s.recv().await {
