@@ -18,6 +18,7 @@
 //! in pipeline order stops taking messages, finishes what it holds,
 //! commits and leaves its group.
 
+use otstream_decode::stage::DecodeStage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeConfig;
 use crate::metrics_server;
 use crate::serve::{
-    Ending, await_subscribed, check_fences, load_keys, open_store, shutdown_signal,
+    Ending, await_subscribed, geofence_stage, load_keys, open_store, shutdown_signal,
 };
 
 /// A stage that runs as its own process over Kafka.
@@ -136,11 +137,13 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
                 let tx = KafkaSender::<Record>::new(&kafka)?;
                 let out = tx.clone();
-                let (decode, keys, stop_hard) =
-                    (config.decode.clone(), keys.clone(), hard_stop.clone());
+                let decode = DecodeStage::new(config.decode.clone(), keys.clone());
+                let stop_hard = hard_stop.clone();
                 let task = tokio::spawn(async move {
-                    otstream_decode::stage::run(decode, keys, rx, out, stop_hard).await;
-                    Ok(())
+                    decode
+                        .run(rx, out, stop_hard)
+                        .await
+                        .map_err(anyhow::Error::from)
                 });
                 vec![Running {
                     name: "decode",
@@ -152,14 +155,16 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
             Stage::Geofence => {
                 let mut geo = config.geo_stage();
                 geo.derived_only = true;
-                check_fences(&geo).await?;
+                // The state comes per partition, through the hook.
+                let geo_stage = geofence_stage(geo, Vec::new()).await?;
                 let hook = state_restorer(kafka.clone());
                 let (rx, stop, closed) = receiver::<Record>(&kafka, stage, Some(hook))?;
                 let tx = KafkaSender::<Record>::new(&kafka)?;
                 let out = tx.clone();
                 let stop_hard = hard_stop.clone();
                 let task = tokio::spawn(async move {
-                    otstream_geofence::stage::run(geo, Vec::new(), rx, out, stop_hard)
+                    geo_stage
+                        .run(rx, out, stop_hard)
                         .await
                         .map_err(anyhow::Error::from)
                 });

@@ -16,6 +16,8 @@
 //! left and returns. Past `shutdown_timeout_ms` the remaining stages are
 //! stopped hard and the stage that hung is named.
 
+use otstream_decode::stage::DecodeStage;
+use otstream_geofence::stage::GeofenceStage;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -271,9 +273,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     // The geofence stage resumes from the state stored with its last
     // output; the fences file is checked now so that a bad one stops the
     // start instead of the stage.
-    let geo_config = config.geo_stage();
-    check_fences(&geo_config).await?;
     let geo_state = stored_state(store.as_ref(), config.clickhouse.as_ref()).await?;
+    let geo_stage = geofence_stage(config.geo_stage(), geo_state).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -310,17 +311,20 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let geofence = watched("geofence", ended.clone(), {
         let (output, stop) = (geo_tx.clone(), hard_stop.clone());
         async move {
-            otstream_geofence::stage::run(geo_config, geo_state, rec_rx, output, stop)
+            geo_stage
+                .run(rec_rx, output, stop)
                 .await
                 .map_err(anyhow::Error::from)
         }
     });
     let decode = watched("decode", ended, {
-        let (decode, keys) = (config.decode.clone(), keys.clone());
+        let stage = DecodeStage::new(config.decode.clone(), keys.clone());
         let (output, stop) = (rec_tx.clone(), hard_stop.clone());
         async move {
-            otstream_decode::stage::run(decode, keys, raw_rx, output, stop).await;
-            Ok(())
+            stage
+                .run(raw_rx, output, stop)
+                .await
+                .map_err(anyhow::Error::from)
         }
     });
     let depth = tokio::spawn(report_depth(
@@ -448,14 +452,17 @@ pub(crate) async fn open_store(config: &ServeConfig) -> Result<Store> {
     Ok(store)
 }
 
-/// Reads the fences file now, so that a bad one stops the start instead
-/// of the stage.
-pub(crate) async fn check_fences(geo: &otstream_geofence::stage::StageConfig) -> Result<()> {
-    let path = geo.geofence.fences.clone();
-    tokio::task::spawn_blocking(move || otstream_geofence::stage::load_fences(path.as_deref()))
-        .await
-        .context("fences loader failed")??;
-    Ok(())
+/// The geofence stage, built before anything starts: a bad fences file
+/// stops the start instead of the running stage.
+pub(crate) async fn geofence_stage(
+    geo: otstream_geofence::stage::StageConfig,
+    state: Vec<otstream_model::StateSnapshot>,
+) -> Result<GeofenceStage> {
+    Ok(
+        tokio::task::spawn_blocking(move || GeofenceStage::new(geo, state))
+            .await
+            .context("fences loader failed")??,
+    )
 }
 
 /// The geofence stage's stored state (both kinds), from wherever the sink

@@ -67,75 +67,105 @@ pub fn dead_letter(msg: &RawMessage, e: &DecodeError, topic_prefix: &str) -> Dea
     }
 }
 
-/// Runs the decode stage until the input is closed and drained, or until
-/// `shutdown` is cancelled.
-pub async fn run(
-    config: DecodeConfig,
-    keys: Arc<KeyRing>,
-    mut input: impl Receiver<RawMessage>,
-    output: impl Sender<Record>,
-    shutdown: CancellationToken,
-) {
-    let meters = Meters::new();
-    let prefix = config.topic_prefix.clone();
-    let mut decoder = Some(Decoder::new(config, keys));
-    let mut batch: Vec<Message<RawMessage>> = Vec::with_capacity(BATCH);
-    loop {
-        let n = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            n = input.recv_many(&mut batch, BATCH) => n,
-        };
-        if n == 0 {
-            return;
+/// Why the decode stage stopped before its input ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// A batch's decoding panicked (a bug); its messages' acks were dropped
+    /// with it, so their senders heard "not delivered".
+    #[error("decode batch failed: {0}")]
+    Panicked(String),
+    /// The next stage stopped taking records.
+    #[error("the decode stage's output is closed")]
+    OutputClosed,
+}
+
+/// The decode stage: built from its configuration and keys, then run.
+pub struct DecodeStage {
+    decoder: Decoder,
+    topic_prefix: String,
+    meters: Meters,
+}
+
+impl DecodeStage {
+    /// The stage decoding with `config` and `keys`.
+    pub fn new(config: DecodeConfig, keys: Arc<KeyRing>) -> Self {
+        DecodeStage {
+            topic_prefix: config.topic_prefix.clone(),
+            decoder: Decoder::new(config, keys),
+            meters: Meters::new(),
         }
-        meters.received.increment(n as u64);
-        let Some(mut d) = decoder.take() else { return };
-        let prefix = prefix.clone();
-        let inputs = std::mem::take(&mut batch);
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<Message<Record>> = Vec::with_capacity(inputs.len());
-            let mut errors = Vec::new();
-            let mut records = Vec::new();
-            for m in inputs {
-                records.clear();
-                match d.decode(&m.value, &mut records) {
-                    Ok(_) => {
-                        for r in records.drain(..) {
-                            out.push(Message::new(r.key(), r, m.ack.clone()));
-                        }
-                        // Nothing derived (an empty "clear" body) means
-                        // nothing left to wait for.
-                        m.ack.delivered();
+    }
+
+    /// Decodes `inputs`, each record and dead letter carrying its input's
+    /// ack, and the kinds of the errors met.
+    fn decode(
+        &mut self,
+        inputs: Vec<Message<RawMessage>>,
+    ) -> (Vec<Message<Record>>, Vec<ErrorKind>) {
+        let mut out: Vec<Message<Record>> = Vec::with_capacity(inputs.len());
+        let mut errors = Vec::new();
+        let mut records = Vec::new();
+        for m in inputs {
+            records.clear();
+            match self.decoder.decode(&m.value, &mut records) {
+                Ok(_) => {
+                    for r in records.drain(..) {
+                        out.push(Message::new(r.key(), r, m.ack.clone()));
                     }
-                    Err(e) => {
-                        errors.push(e.kind);
-                        let dl = Record::DeadLetter(dead_letter(&m.value, &e, &prefix));
-                        out.push(Message::new(m.key, dl, m.ack));
-                    }
+                    // Nothing derived (an empty "clear" body) means
+                    // nothing left to wait for.
+                    m.ack.delivered();
+                }
+                Err(e) => {
+                    errors.push(e.kind);
+                    let dl = Record::DeadLetter(dead_letter(&m.value, &e, &self.topic_prefix));
+                    out.push(Message::new(m.key, dl, m.ack));
                 }
             }
-            (d, out, errors)
-        })
-        .await;
-        let (d, out, errors) = match joined {
-            Ok(v) => v,
-            Err(e) => {
-                // A panic in the decoder is a bug; the batch's acks were
-                // dropped with it, so its senders were told "not delivered".
-                tracing::error!(error = %e, "decode batch failed");
-                return;
-            }
-        };
-        decoder = Some(d);
-        for k in errors {
-            meters.error(k);
         }
-        for m in out {
-            if output.send(m).await.is_err() {
-                return;
+        (out, errors)
+    }
+
+    /// Runs until the input is closed and drained (`Ok`), or until
+    /// `shutdown` is cancelled (`Ok`); a panicked batch or a closed output
+    /// ends it with the error.
+    pub async fn run(
+        mut self,
+        mut input: impl Receiver<RawMessage>,
+        output: impl Sender<Record>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StageError> {
+        let mut batch: Vec<Message<RawMessage>> = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                n = input.recv_many(&mut batch, BATCH) => n,
+            };
+            if n == 0 {
+                return Ok(());
             }
-            meters.sent.increment(1);
+            self.meters.received.increment(n as u64);
+            let inputs = std::mem::take(&mut batch);
+            // The stage itself goes to the blocking pool with its batch and
+            // comes back with the results.
+            let (stage, out, errors) = tokio::task::spawn_blocking(move || {
+                let (out, errors) = self.decode(inputs);
+                (self, out, errors)
+            })
+            .await
+            .map_err(|e| StageError::Panicked(e.to_string()))?;
+            self = stage;
+            for k in errors {
+                self.meters.error(k);
+            }
+            for m in out {
+                if output.send(m).await.is_err() {
+                    return Err(StageError::OutputClosed);
+                }
+                self.meters.sent.increment(1);
+            }
         }
     }
 }
@@ -162,16 +192,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_output_ends_the_stage_with_that_error() {
+        let (raw_tx, raw_rx) = channel::<RawMessage>(16);
+        let (rec_tx, rec_rx) = channel::<Record>(16);
+        drop(rec_rx);
+        let stage = tokio::spawn(
+            DecodeStage::new(DecodeConfig::default(), Arc::default()).run(
+                raw_rx,
+                rec_tx,
+                CancellationToken::new(),
+            ),
+        );
+        let (ack, _w) = Ack::new();
+        raw_tx
+            .send(Message::new("jane/phone", raw("not json"), ack))
+            .await
+            .unwrap();
+        let err = stage.await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "the decode stage's output is closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_and_dead_letters_carry_the_ack() {
         let (raw_tx, raw_rx) = channel::<RawMessage>(16);
         let (rec_tx, mut rec_rx) = channel::<Record>(16);
-        let stage = tokio::spawn(run(
-            DecodeConfig::default(),
-            Arc::default(),
-            raw_rx,
-            rec_tx,
-            CancellationToken::new(),
-        ));
+        let stage = tokio::spawn(
+            DecodeStage::new(DecodeConfig::default(), Arc::default()).run(
+                raw_rx,
+                rec_tx,
+                CancellationToken::new(),
+            ),
+        );
         let mut waiters = Vec::new();
         for body in [
             r#"{"_type":"waypoints","waypoints":[{"tst":1,"desc":"a"},{"tst":2,"desc":"b"}]}"#,
@@ -188,7 +239,7 @@ mod tests {
         drop(raw_tx);
         let mut got = Vec::new();
         while rec_rx.recv_many(&mut got, 16).await > 0 {}
-        stage.await.unwrap();
+        stage.await.unwrap().unwrap();
         assert_eq!(
             got.iter().map(|m| m.value.type_name()).collect::<Vec<_>>(),
             ["waypoint", "waypoint", "dead_letter"]
