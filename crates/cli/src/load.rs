@@ -79,7 +79,8 @@ fn create(path: &Path) -> Result<Box<dyn Write + Send>> {
     Ok(Box::new(f))
 }
 
-/// A time flag: milliseconds since the epoch, or a span before now.
+/// A time flag: milliseconds since the epoch, or a span before now
+/// (`-30m`, `-2h`, `-1d`, `-1h30m`: humantime's units).
 fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
@@ -87,20 +88,9 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64> {
     let span = s
         .strip_prefix('-')
         .with_context(|| format!("time {s:?}: milliseconds since the epoch, or -30m, -2h, -1d"))?;
-    // The unit is the last character, which need not be one byte.
-    let unit_at = span.char_indices().last().map_or(0, |(i, _)| i);
-    let (n, unit) = span.split_at(unit_at);
-    let n: i64 = n
-        .parse()
-        .with_context(|| format!("time {s:?}: {n:?} is not a number"))?;
-    let ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => bail!("time {s:?}: the unit is s, m, h or d"),
-    };
-    n.checked_mul(ms)
+    let back = humantime::parse_duration(span).with_context(|| format!("time {s:?}"))?;
+    i64::try_from(back.as_millis())
+        .ok()
         .and_then(|back| now_ms.checked_sub(back))
         .with_context(|| format!("time {s:?}: too far back"))
 }
@@ -474,7 +464,9 @@ mod tests {
         assert_eq!(parse_time("1700000000000", now).unwrap(), 1_700_000_000_000);
         assert_eq!(parse_time("-30m", now).unwrap(), now - 1_800_000);
         assert_eq!(parse_time("-2h", now).unwrap(), now - 7_200_000);
-        assert!(parse_time("-5w", now).is_err());
+        assert_eq!(parse_time("-1h30m", now).unwrap(), now - 5_400_000);
+        assert_eq!(parse_time("-1w", now).unwrap(), now - 604_800_000);
+        assert!(parse_time("-5x", now).is_err());
         // Not one byte, and too large: errors, no panic.
         assert!(parse_time("-5é", now).is_err());
         assert!(parse_time("-é", now).is_err());

@@ -16,49 +16,50 @@ pub struct BrokerUrl {
 }
 
 impl BrokerUrl {
-    /// Parses `mqtt[s]://[user[:password]@]host[:port]`.
+    /// Parses `mqtt[s]://[user[:password]@]host[:port]` (also `tcp://` and
+    /// `ssl://`), with the `url` crate: IPv6 hosts in brackets
+    /// (`mqtt://[::1]:1883`), percent-encoded credentials
+    /// (`mqtt://jane:p%40ss@host`).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(r) = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-        {
-            (false, r)
-        } else if let Some(r) = url
-            .strip_prefix("mqtts://")
-            .or_else(|| url.strip_prefix("ssl://"))
-        {
-            (true, r)
-        } else {
-            return Err(format!(
-                "mqtt url {url:?} must start with mqtt:// or mqtts://"
-            ));
+        let u = url::Url::parse(url).map_err(|e| format!("mqtt url {url:?}: {e}"))?;
+        let tls = match u.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => {
+                return Err(format!(
+                    "mqtt url {url:?} must start with mqtt:// or mqtts://"
+                ));
+            }
         };
-        let rest = rest.trim_end_matches('/');
-        let (creds, hostport) = match rest.rsplit_once('@') {
-            Some((c, h)) => (Some(c), h),
-            None => (None, rest),
-        };
-        let (username, password) = match creds.map(|c| c.split_once(':').unwrap_or((c, ""))) {
-            Some((u, p)) => (Some(u.to_owned()), (!p.is_empty()).then(|| p.to_owned())),
-            None => (None, None),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("mqtt url {url:?}: bad port {p:?}"))?,
-            ),
-            None => (hostport, if tls { 8883 } else { 1883 }),
+        let host = match u.host() {
+            // Without brackets: what a socket address is made of.
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
         };
         if host.is_empty() {
             return Err(format!("mqtt url {url:?} has no host"));
         }
+        if !matches!(u.path(), "" | "/") || u.query().is_some() {
+            return Err(format!(
+                "mqtt url {url:?}: a broker address has no path nor query"
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| format!("mqtt url {url:?}: credentials are not UTF-8"))
+        };
         Ok(Self {
             tls,
-            host: host.to_owned(),
-            port,
-            username,
-            password,
+            host,
+            port: u.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            username: match u.username() {
+                "" => None,
+                name => Some(decode(name)?),
+            },
+            password: u.password().map(decode).transpose()?,
         })
     }
 }
@@ -89,6 +90,18 @@ mod tests {
                 password: Some("s3cret".into())
             }
         );
+        let v6 = BrokerUrl::parse("mqtt://[::1]:1884/").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
+        let enc = BrokerUrl::parse("mqtt://j%40ne:p%3Ass%2Fw@host").unwrap();
+        assert_eq!(
+            (enc.username.as_deref(), enc.password.as_deref(), enc.port),
+            (Some("j@ne"), Some("p:ss/w"), 1883)
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtt://h:port").unwrap_err(),
+            "mqtt url \"mqtt://h:port\": invalid port number"
+        );
+        assert!(BrokerUrl::parse("mqtt://h/topic").is_err());
         assert!(BrokerUrl::parse("http://x").is_err());
         assert!(BrokerUrl::parse("mqtt://:1883").is_err());
         assert!(BrokerUrl::parse("mqtt://h:port").is_err());
