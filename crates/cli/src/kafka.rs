@@ -19,6 +19,8 @@
 //! commits and leaves its group.
 
 use otstream_decode::stage::DecodeStage;
+use otstream_sink::SqliteBackend;
+use otstream_sink::clickhouse::ClickHouseBackend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,23 +191,28 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 let (rx, stop, closed) = receiver::<Record>(&sink_kafka, stage, None)?;
                 let stop_hard = hard_stop.clone();
                 let committed = live.clone();
+                fn spawn_sink<B: otstream_sink::Backend>(
+                    backend: B,
+                    rx: impl otstream_bus::Receiver<Record> + 'static,
+                    committed: Option<otstream_sink::Committed>,
+                    stop: CancellationToken,
+                ) -> tokio::task::JoinHandle<Result<()>> {
+                    tokio::spawn(async move {
+                        otstream_sink::run(backend, rx, committed, stop)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                }
                 let task = match config.clickhouse.clone() {
                     Some(ch) => {
                         tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
-                        tokio::spawn(async move {
-                            otstream_sink::clickhouse::run(ch, rx, committed, stop_hard)
-                                .await
-                                .map_err(anyhow::Error::from)
-                        })
+                        let backend = ClickHouseBackend::new(ch).await?;
+                        spawn_sink(backend, rx, committed, stop_hard)
                     }
                     None => {
-                        let store = open_store(&config).await?;
-                        let sink_config = config.sink.clone();
-                        tokio::spawn(async move {
-                            otstream_sink::run(sink_config, rx, store, committed, stop_hard)
-                                .await
-                                .map_err(anyhow::Error::from)
-                        })
+                        let backend =
+                            SqliteBackend::new(config.sink.clone(), open_store(&config).await?);
+                        spawn_sink(backend, rx, committed, stop_hard)
                     }
                 };
                 vec![Running {

@@ -18,6 +18,8 @@
 
 use otstream_decode::stage::DecodeStage;
 use otstream_geofence::stage::GeofenceStage;
+use otstream_sink::SqliteBackend;
+use otstream_sink::clickhouse::ClickHouseBackend;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -297,12 +299,14 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let (ended, mut stage_ended) = tokio::sync::mpsc::unbounded_channel();
     let sink = match (store, config.clickhouse.clone()) {
         (Some(store), _) => watched("sink", ended.clone(), async move {
-            otstream_sink::run(config_sink, geo_rx, store, Some(live), stop)
+            let backend = SqliteBackend::new(config_sink, store);
+            otstream_sink::run(backend, geo_rx, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),
         (None, Some(ch)) => watched("sink", ended.clone(), async move {
-            otstream_sink::clickhouse::run(ch, geo_rx, Some(live), stop)
+            let backend = ClickHouseBackend::new(ch).await?;
+            otstream_sink::run(backend, geo_rx, Some(live), stop)
                 .await
                 .map_err(anyhow::Error::from)
         }),

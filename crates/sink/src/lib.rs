@@ -25,7 +25,8 @@
 //! Layout:
 //! - [`store`]: the SQLite schema and batch writer.
 //! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
-//! - [`run`]: the sink stage loop.
+//! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`]
+//!   or [`clickhouse::ClickHouseBackend`].
 
 pub mod clickhouse;
 pub mod store;
@@ -114,69 +115,204 @@ pub(crate) fn announce<'a>(
     }
 }
 
-/// Runs the sink stage: reads records, writes them in group commits to
-/// `store`, settles their acks once committed and announces them on
-/// `committed`. Returns when the input is
-/// closed and drained (graceful), or when `shutdown` is cancelled (hard
-/// stop: whatever is not committed stays unacknowledged, so its senders
-/// retry).
-pub async fn run(
-    config: SinkConfig,
+/// How the stage gathers a batch for a backend: up to `max_rows` records
+/// or `max_bytes` (estimated), waiting at most `linger` after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most records in a batch.
+    pub max_rows: usize,
+    /// Most bytes (estimated) in a batch.
+    pub max_bytes: usize,
+    /// Longest the first record waits for company.
+    pub linger: Duration,
+}
+
+/// Why a backend's write did not finish; either way the batch stays
+/// unacknowledged, so its senders retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unwritten {
+    /// `shutdown` was cancelled.
+    Stopped,
+    /// The writing thread panicked (a bug).
+    Thread(String),
+}
+
+/// Where the sink stage writes: the embedded store ([`SqliteBackend`]) or
+/// ClickHouse ([`clickhouse::ClickHouseBackend`]).
+pub trait Backend: Send + 'static {
+    /// How batches are gathered for it.
+    fn batching(&self) -> Batching;
+
+    /// Makes every record of `batch` durable, retrying as long as it takes
+    /// (the stage reads nothing meanwhile: backpressure), until `shutdown`.
+    /// Returns the positions of the records refused for their content and
+    /// stored as dead letters in their place: they are acknowledged but
+    /// not announced. `batch` is given back as it came.
+    fn write(
+        &mut self,
+        batch: &mut Vec<Message<Record>>,
+        shutdown: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<Vec<usize>, Unwritten>> + Send;
+}
+
+/// Why the sink stage ended before its input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// A write thread panicked (a bug); its batch is not acknowledged.
+    #[error("sink write failed: {0}")]
+    Thread(String),
+}
+
+/// Runs the sink stage: reads records, writes them in batches to
+/// `backend`, settles their acks once durable and announces them on
+/// `committed`. Returns when the input is closed and drained (graceful),
+/// or when `shutdown` is cancelled (hard stop: whatever is not durable
+/// stays unacknowledged, so its senders retry).
+pub async fn run<B: Backend>(
+    mut backend: B,
     mut input: impl Receiver<Record>,
-    store: Store,
     committed: Option<Committed>,
     shutdown: CancellationToken,
-) -> Result<(), StoreError> {
-    let mut store = Some(store);
-    let mut batch: Vec<Message<Record>> = Vec::with_capacity(config.max_batch_rows);
-    let linger = Duration::from_millis(config.linger_ms);
+) -> Result<(), SinkError> {
+    let Batching {
+        max_rows,
+        max_bytes,
+        linger,
+    } = backend.batching();
+    let mut batch: Vec<Message<Record>> = Vec::new();
     loop {
         let n = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            n = input.recv_many(&mut batch, config.max_batch_rows) => n,
+            n = input.recv_many(&mut batch, max_rows) => n,
         };
         if n == 0 {
             return Ok(());
         }
-        // Let the commit gather company for at most `linger`.
+        // Let the batch gather company for at most `linger`.
         let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < config.max_batch_rows {
-            let room = config.max_batch_rows - batch.len();
-            match tokio::time::timeout_at(deadline, input.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        let mut bytes: usize = batch.iter().map(|m| estimate(&m.value)).sum();
+        let mut closed = false;
+        while batch.len() < max_rows && bytes < max_bytes {
+            let before = batch.len();
+            let room = max_rows - before;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                r = tokio::time::timeout_at(deadline, input.recv_many(&mut batch, room)) => match r {
+                    Ok(0) => { closed = true; break }
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
             }
+            bytes += batch[before..]
+                .iter()
+                .map(|m| estimate(&m.value))
+                .sum::<usize>();
         }
-        let mut delay = Duration::from_millis(config.retry_initial_ms);
+        let refused = match backend.write(&mut batch, &shutdown).await {
+            Ok(refused) => refused,
+            Err(Unwritten::Stopped) => return Ok(()),
+            Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
+        };
+        let refused: std::collections::HashSet<usize> = refused.into_iter().collect();
+        announce(
+            committed.as_ref(),
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !refused.contains(i))
+                .map(|(_, m)| &m.value),
+        );
+        for m in batch.drain(..) {
+            m.ack.delivered();
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+/// A cheap estimate of a record's size on the wire, for `max_bytes`.
+pub(crate) fn estimate(r: &Record) -> usize {
+    match r {
+        Record::Card(c) => 128 + c.face.as_ref().map_or(0, String::len),
+        Record::Configuration(c) => 128 + c.config.len(),
+        Record::DeadLetter(d) => 128 + d.payload.len() + d.message.len(),
+        Record::Position(p) => 160 + p.extra.as_ref().map_or(0, String::len),
+        _ => 192,
+    }
+}
+
+/// The embedded store as the sink's backend: group commits, each retried
+/// with backoff until it succeeds.
+pub struct SqliteBackend {
+    config: SinkConfig,
+    // Shared with the blocking thread that commits; only one commit runs
+    // at a time, so the lock is never contended.
+    store: std::sync::Arc<std::sync::Mutex<Store>>,
+}
+
+impl SqliteBackend {
+    /// Writes to `store`, batching as `config` says.
+    pub fn new(config: SinkConfig, store: Store) -> Self {
+        SqliteBackend {
+            config,
+            store: std::sync::Arc::new(std::sync::Mutex::new(store)),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn batching(&self) -> Batching {
+        Batching {
+            max_rows: self.config.max_batch_rows,
+            max_bytes: usize::MAX,
+            linger: Duration::from_millis(self.config.linger_ms),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        batch: &mut Vec<Message<Record>>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<usize>, Unwritten> {
+        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
         loop {
-            let Some(s) = store.take() else { return Ok(()) };
-            let (s, values, result) = tokio::task::spawn_blocking(move || {
-                let mut s = s;
-                let values = batch;
+            let store = self.store.clone();
+            let values = std::mem::take(batch);
+            let joined = tokio::task::spawn_blocking(move || {
+                // A commit that panicked ends the stage; its lock is not
+                // taken again.
+                let mut s = store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let result = s.write(values.iter().map(|m| &m.value));
-                (s, values, result)
+                drop(s);
+                (values, result)
             })
-            .await
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
-            store = Some(s);
-            batch = values;
+            .await;
+            let result = match joined {
+                Ok((values, result)) => {
+                    *batch = values;
+                    result
+                }
+                // The batch (and its acks) went down with the thread.
+                Err(e) => return Err(Unwritten::Thread(e.to_string())),
+            };
             match result {
-                Ok(()) => break,
+                Ok(()) => return Ok(Vec::new()),
                 Err(e) => {
                     tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
                     metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
                     tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
+                        () = shutdown.cancelled() => return Err(Unwritten::Stopped),
                         () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(MAX_RETRY);
                 }
             }
-        }
-        announce(committed.as_ref(), batch.iter().map(|m| &m.value));
-        for m in batch.drain(..) {
-            m.ack.delivered();
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use otstream_bus::{Ack, AckStatus, Message, Sender, channel};
 use otstream_decode::{DecodeConfig, Decoder};
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
-use otstream_sink::{SinkConfig, Store};
+use otstream_sink::{SinkConfig, SqliteBackend, Store};
 use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -207,9 +207,8 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
     let committed = tokio::sync::broadcast::channel::<Record>(16).0;
     let mut announced = committed.subscribe();
     let sink = tokio::spawn(otstream_sink::run(
-        config,
+        SqliteBackend::new(config, store),
         rx,
-        store,
         Some(committed),
         shutdown.clone(),
     ));
@@ -271,9 +270,8 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
     let (tx, rx) = channel::<Record>(64);
     let shutdown = CancellationToken::new();
     let sink = tokio::spawn(otstream_sink::run(
-        SinkConfig::default(),
+        SqliteBackend::new(SinkConfig::default(), store),
         rx,
-        store,
         None,
         shutdown.clone(),
     ));

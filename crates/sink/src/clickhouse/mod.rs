@@ -1,8 +1,9 @@
 //! The ClickHouse sink: batched RowBinary inserts (LZ4), retried until they
 //! succeed, acknowledged only after.
 //!
-//! Records are buffered per batch; a batch is written when it reaches
-//! `max_rows` or `max_bytes`, or `period_ms` after its first record. The
+//! [`ClickHouseBackend`] is the sink stage's backend ([`crate::run`]): a
+//! batch is written when it reaches `max_rows` or `max_bytes`, or
+//! `period_ms` after its first record. The
 //! defaults follow ClickHouse's advice for MergeTree: tens of thousands of
 //! rows and about one insert per table per second. Each table's rows are
 //! one INSERT. An insert that fails for a reason that can pass (the server
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use metrics::{Counter, Histogram};
-use otstream_bus::{Message, Receiver};
+use otstream_bus::Message;
 use otstream_model::{DeadLetter, Record, Text};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -304,17 +305,6 @@ impl Meters {
     }
 }
 
-/// A cheap estimate of a record's size on the wire, for `max_bytes`.
-fn estimate(r: &Record) -> usize {
-    match r {
-        Record::Card(c) => 128 + c.face.as_ref().map_or(0, String::len),
-        Record::Configuration(c) => 128 + c.config.len(),
-        Record::DeadLetter(d) => 128 + d.payload.len() + d.message.len(),
-        Record::Position(p) => 160 + p.extra.as_ref().map_or(0, String::len),
-        _ => 192,
-    }
-}
-
 /// Rows ClickHouse refused, by position, with its reason.
 type Rejected = Vec<(usize, String)>;
 
@@ -326,73 +316,66 @@ type Isolating<'a> = std::pin::Pin<
 /// The sink stopped before its batch was written (shutdown).
 struct Stopped;
 
-struct Writer {
+/// ClickHouse as the sink's backend: each table's rows one INSERT, retried
+/// until it succeeds, rows refused for their content found by halving and
+/// stored as dead letters.
+pub struct ClickHouseBackend {
     client: Client,
     config: ClickHouseConfig,
-    shutdown: CancellationToken,
     meters: Meters,
-    committed: Option<crate::Committed>,
 }
 
-/// Runs the ClickHouse sink until the input is closed and drained (the last
-/// batch written), or `shutdown` is cancelled (what is not written stays
-/// unacknowledged). Applies migrations first when configured to.
-pub async fn run(
-    config: ClickHouseConfig,
-    mut input: impl Receiver<Record>,
-    committed: Option<crate::Committed>,
-    shutdown: CancellationToken,
-) -> Result<(), ClickHouseError> {
-    config.validate().map_err(ClickHouseError::Config)?;
-    if config.migrate {
-        let report = migrate(&config).await?;
-        tracing::info!(server = %report.server, applied = ?report.applied, "clickhouse schema ready");
+impl ClickHouseBackend {
+    /// A backend writing where `config` says; applies pending migrations
+    /// first when configured to.
+    pub async fn new(config: ClickHouseConfig) -> Result<Self, ClickHouseError> {
+        config.validate().map_err(ClickHouseError::Config)?;
+        if config.migrate {
+            let report = migrate(&config).await?;
+            tracing::info!(server = %report.server, applied = ?report.applied, "clickhouse schema ready");
+        }
+        Ok(ClickHouseBackend {
+            client: config.client(),
+            config,
+            meters: Meters::new(),
+        })
     }
-    let period = Duration::from_millis(config.period_ms);
-    let w = Writer {
-        client: config.client(),
-        config,
-        shutdown: shutdown.clone(),
-        meters: Meters::new(),
-        committed,
-    };
-    let mut batch: Vec<Message<Record>> = Vec::new();
-    let mut bytes = 0usize;
-    let mut due: Option<tokio::time::Instant> = None;
-    loop {
-        let room = w.config.max_rows.saturating_sub(batch.len()).max(1);
-        let before = batch.len();
-        let received = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => None,
-            n = input.recv_many(&mut batch, room) => Some(n),
+}
+
+impl crate::Backend for ClickHouseBackend {
+    fn batching(&self) -> crate::Batching {
+        crate::Batching {
+            max_rows: self.config.max_rows,
+            max_bytes: self.config.max_bytes,
+            linger: Duration::from_millis(self.config.period_ms),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        batch: &mut Vec<Message<Record>>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<usize>, crate::Unwritten> {
+        let w = Writer {
+            backend: self,
+            shutdown,
         };
-        let closed = received == Some(0);
-        bytes += batch[before..]
-            .iter()
-            .map(|m| estimate(&m.value))
-            .sum::<usize>();
-        if due.is_none() && !batch.is_empty() {
-            due = Some(tokio::time::Instant::now() + period);
-        }
-        let full = batch.len() >= w.config.max_rows || bytes >= w.config.max_bytes;
-        if !batch.is_empty() && (closed || full || received.is_none()) {
-            if w.flush(&mut batch).await.is_err() {
-                return Ok(());
-            }
-            bytes = 0;
-            due = None;
-        }
-        if closed {
-            return Ok(());
-        }
+        w.flush(batch)
+            .await
+            .map_err(|Stopped| crate::Unwritten::Stopped)
     }
 }
 
-impl Writer {
-    /// Writes every record of `batch`, then settles their acks.
-    async fn flush(&self, batch: &mut Vec<Message<Record>>) -> Result<(), Stopped> {
+/// One batch being written.
+struct Writer<'a> {
+    backend: &'a ClickHouseBackend,
+    shutdown: &'a CancellationToken,
+}
+
+impl Writer<'_> {
+    /// Writes every record of `batch`; returns the positions of those
+    /// refused and stored as dead letters.
+    async fn flush(&self, batch: &[Message<Record>]) -> Result<Vec<usize>, Stopped> {
         let mut by_table: BTreeMap<Table, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
             by_table.entry(Table::of(&m.value)).or_default().push(i);
@@ -429,21 +412,9 @@ impl Writer {
             // Dead letters are not bisected: if ClickHouse refuses even
             // those, that is a schema problem and is retried.
             self.retry(Table::DeadLetters, &dead_refs, false).await?;
-            self.meters.rejected.increment(dead.len() as u64);
+            self.backend.meters.rejected.increment(dead.len() as u64);
         }
-        let refused: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| *i).collect();
-        crate::announce(
-            self.committed.as_ref(),
-            batch
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !refused.contains(i))
-                .map(|(_, m)| &m.value),
-        );
-        for m in batch.drain(..) {
-            m.ack.delivered();
-        }
-        Ok(())
+        Ok(rejected.into_iter().map(|(i, _)| i).collect())
     }
 
     /// Inserts one table's rows; returns the positions (in `recs`) of rows
@@ -462,8 +433,8 @@ impl Writer {
         recs: &[&Record],
         bisect: bool,
     ) -> Result<Vec<(usize, String)>, Stopped> {
-        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
-        let max = Duration::from_millis(self.config.retry_max_ms);
+        let mut delay = Duration::from_millis(self.backend.config.retry_initial_ms);
+        let max = Duration::from_millis(self.backend.config.retry_max_ms);
         loop {
             let err = match self.insert(table, recs).await {
                 Ok(()) => return Ok(Vec::new()),
@@ -479,7 +450,7 @@ impl Writer {
             } else if bisect && is_content_error(&err) {
                 return Ok(vec![(0, err.to_string())]);
             }
-            self.meters.retries.increment(1);
+            self.backend.meters.retries.increment(1);
             // Jitter in [delay/2, delay): spreads retries of many sinks.
             let jitter = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
             let wait =
@@ -514,13 +485,14 @@ impl Writer {
 
     async fn insert(&self, table: Table, recs: &[&Record]) -> Result<(), clickhouse::error::Error> {
         let started = Instant::now();
-        let timeout = Duration::from_millis(self.config.insert_timeout_ms);
-        match tokio::time::timeout(timeout, rows::insert(&self.client, table, recs)).await {
+        let b = self.backend;
+        let timeout = Duration::from_millis(b.config.insert_timeout_ms);
+        match tokio::time::timeout(timeout, rows::insert(&b.client, table, recs)).await {
             Ok(Ok(())) => {
-                self.meters
+                b.meters
                     .insert_seconds
                     .record(started.elapsed().as_secs_f64());
-                if let Some(c) = self.meters.rows.get(&table) {
+                if let Some(c) = b.meters.rows.get(&table) {
                     c.increment(recs.len() as u64);
                 }
                 Ok(())
