@@ -677,6 +677,35 @@ mod tests {
             FenceSet::from_geojson("[]"),
             Err(crate::FenceError::NotACollection)
         ));
+        // Malformed geometry is an error naming the problem, never a panic.
+        let feature = |geometry: &str| {
+            format!(
+                r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"id":"x","radius":5}},"geometry":{geometry}}}]}}"#
+            )
+        };
+        for (geometry, want) in [
+            (
+                r#"{"type":"Polygon","coordinates":[[[1],[2],[3],[1]]]}"#,
+                "feature 0: invalid Polygon coordinates",
+            ),
+            (
+                r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[0,0]]]}"#,
+                "feature 0: invalid Polygon coordinates",
+            ),
+            (
+                r#"{"type":"LineString","coordinates":[[0,0],[1,1]]}"#,
+                "feature 0: unsupported geometry Some(\"LineString\"): use Polygon, MultiPolygon or Point with a radius",
+            ),
+        ] {
+            let e = FenceSet::from_geojson(&feature(geometry)).unwrap_err();
+            assert_eq!(e.to_string(), want, "{geometry}");
+        }
+        let e =
+            FenceSet::from_geojson(&feature(r#"{"type":"Point","coordinates":[1]}"#)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("fences are not valid GeoJSON: "),
+            "{e}"
+        );
     }
 
     /// Jane's 100 m region at (52.5, 13.4).

@@ -5,6 +5,7 @@ use geo::{
     BoundingRect, CoordinatePosition, Distance, Geodesic, GeodesicArea, Haversine,
     HaversineClosestPoint, MultiPolygon, Point, Polygon,
 };
+use geojson::GeometryValue;
 use otstream_model::Text;
 use rstar::{AABB, RTree, primitives::GeomWithData, primitives::Rectangle};
 use serde_json::Value;
@@ -197,6 +198,9 @@ pub enum FenceError {
     /// Not a FeatureCollection at all.
     #[error("fences must be a GeoJSON FeatureCollection")]
     NotACollection,
+    /// A FeatureCollection that is not valid GeoJSON.
+    #[error("fences are not valid GeoJSON: {0}")]
+    GeoJson(String),
 }
 
 type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
@@ -259,36 +263,37 @@ impl FenceSet {
     /// optionally `user` and `device` to limit a fence to them.
     pub fn from_geojson(text: &str) -> Result<Self, FenceError> {
         let v: Value = serde_json::from_str(text)?;
-        if v["type"] != "FeatureCollection" {
+        if v.get("type").and_then(Value::as_str) != Some("FeatureCollection") {
             return Err(FenceError::NotACollection);
         }
-        let features = v["features"].as_array().ok_or(FenceError::NotACollection)?;
-        let mut fences = Vec::with_capacity(features.len());
-        for (index, f) in features.iter().enumerate() {
+        let collection: geojson::FeatureCollection =
+            serde_json::from_value(v).map_err(|e| FenceError::GeoJson(e.to_string()))?;
+        let mut fences = Vec::with_capacity(collection.features.len());
+        for (index, f) in collection.features.into_iter().enumerate() {
             let bad = |message: &str| FenceError::Feature {
                 index,
                 message: message.to_owned(),
             };
-            let props = &f["properties"];
-            let id = props["id"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| f["id"].as_str().map(str::to_owned))
-                .or_else(|| f["id"].as_i64().map(|i| i.to_string()))
+            let text = |key: &str| f.property(key).and_then(Value::as_str).map(str::to_owned);
+            let id = text("id")
+                .or_else(|| match &f.id {
+                    Some(geojson::feature::Id::String(s)) => Some(s.clone()),
+                    Some(geojson::feature::Id::Number(n)) => n.as_i64().map(|i| i.to_string()),
+                    None => None,
+                })
                 .ok_or_else(|| bad("no id (properties.id or the feature's id)"))?;
-            let name = props["name"].as_str().unwrap_or(&id).to_owned();
-            let geometry = &f["geometry"];
-            let shape = match geometry["type"].as_str() {
-                Some("Point") => {
-                    let c = &geometry["coordinates"];
-                    let (lon, lat) = (c[0].as_f64(), c[1].as_f64());
-                    let radius = props["radius"].as_f64().ok_or_else(|| {
+            let name = text("name").unwrap_or_else(|| id.clone());
+            let (user, device) = (text("user"), text("device"));
+            let radius = f.property("radius").and_then(Value::as_f64);
+            let shape = match f.geometry.map(|g| g.value) {
+                Some(GeometryValue::Point { coordinates }) => {
+                    let radius = radius.ok_or_else(|| {
                         bad("a Point fence needs a numeric `radius` property (metres)")
                     })?;
-                    match (lat, lon) {
-                        (Some(lat), Some(lon)) if radius > 0.0 => Shape::Circle {
-                            lat,
-                            lon,
+                    match coordinates.as_slice() {
+                        [lon, lat, ..] if radius > 0.0 => Shape::Circle {
+                            lat: *lat,
+                            lon: *lon,
                             radius_m: radius,
                         },
                         _ => {
@@ -298,47 +303,48 @@ impl FenceSet {
                         }
                     }
                 }
-                Some("Polygon") => Shape::Polygon(MultiPolygon(vec![
-                    polygon(&geometry["coordinates"])
-                        .ok_or_else(|| bad("invalid Polygon coordinates"))?,
+                Some(GeometryValue::Polygon { coordinates }) => Shape::Polygon(MultiPolygon(vec![
+                    polygon(&coordinates).ok_or_else(|| bad("invalid Polygon coordinates"))?,
                 ])),
-                Some("MultiPolygon") => {
-                    let parts = geometry["coordinates"]
-                        .as_array()
-                        .ok_or_else(|| bad("invalid MultiPolygon coordinates"))?;
-                    let polys: Option<Vec<Polygon<f64>>> = parts.iter().map(polygon).collect();
+                Some(GeometryValue::MultiPolygon { coordinates }) => {
+                    let polys: Option<Vec<Polygon<f64>>> =
+                        coordinates.iter().map(|p| polygon(p)).collect();
                     Shape::Polygon(MultiPolygon(
                         polys.ok_or_else(|| bad("invalid MultiPolygon coordinates"))?,
                     ))
                 }
                 other => {
                     return Err(bad(&format!(
-                        "unsupported geometry {other:?}: use Polygon, MultiPolygon or Point with a radius"
+                        "unsupported geometry {:?}: use Polygon, MultiPolygon or Point with a radius",
+                        other.as_ref().map(GeometryValue::type_name)
                     )));
                 }
             };
             let mut fence = Fence::new(id, name, shape);
-            fence.user = props["user"].as_str().map(Text::from);
-            fence.device = props["device"].as_str().map(Text::from);
+            fence.user = user.map(Text::from);
+            fence.device = device.map(Text::from);
             fences.push(fence);
         }
         Ok(Self::new(fences))
     }
 }
 
-fn ring(v: &Value) -> Option<geo::LineString<f64>> {
-    let pts: Option<Vec<(f64, f64)>> = v
-        .as_array()?
+/// A ring of at least four positions, each at least `[lon, lat]` (the
+/// `geojson` crate checks a Point's position, not a ring's).
+fn ring(positions: &[geojson::Position]) -> Option<geo::LineString<f64>> {
+    let pts: Option<Vec<(f64, f64)>> = positions
         .iter()
-        .map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+        .map(|p| match p.as_slice() {
+            [lon, lat, ..] => Some((*lon, *lat)),
+            _ => None,
+        })
         .collect();
     let pts = pts?;
     (pts.len() >= 4).then(|| geo::LineString::from(pts))
 }
 
-fn polygon(v: &Value) -> Option<Polygon<f64>> {
-    let rings = v.as_array()?;
+fn polygon(rings: &[Vec<geojson::Position>]) -> Option<Polygon<f64>> {
     let exterior = ring(rings.first()?)?;
-    let holes: Option<Vec<_>> = rings[1..].iter().map(ring).collect();
+    let holes: Option<Vec<_>> = rings[1..].iter().map(|r| ring(r)).collect();
     Some(Polygon::new(exterior, holes?))
 }
