@@ -9,6 +9,8 @@
 //!
 //! The embedded store ([`store`]) is SQLite in WAL mode with
 //! `synchronous=FULL`: a commit is on disk before anything is acknowledged.
+//! Its schema versions are migrations (`rusqlite_migration`, from the
+//! store's `user_version`); a store made by a newer otstream is refused.
 //! Records are written in group commits: one transaction takes everything
 //! waiting (up to `max_batch_rows`, optionally lingering `linger_ms` for
 //! more), so under load the fsync is shared by every message that arrived

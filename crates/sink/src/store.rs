@@ -12,6 +12,7 @@ use metrics::{Counter, Histogram};
 use otstream_model::record::Text;
 use otstream_model::{Record, StateSnapshot};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
+use rusqlite_migration::{M, Migrations};
 
 /// Why the store could not open or commit.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,10 @@ pub enum StoreError {
     /// The writer thread died.
     #[error("store writer thread failed: {0}")]
     Thread(String),
+    /// The store's schema could not be brought to this version's (or the
+    /// store was made by a newer otstream).
+    #[error("store schema: {0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -44,6 +49,7 @@ impl StoreError {
                 _ => "sqlite",
             },
             StoreError::Thread(_) => "thread",
+            StoreError::Schema(_) => "schema",
         }
     }
 }
@@ -51,9 +57,8 @@ impl StoreError {
 /// The file name of the store inside the data directory.
 pub const DB_FILE: &str = "otstream.db";
 
-const SCHEMA_VERSION: i64 = 3;
-
-const SCHEMA: &str = r#"
+/// Version 1: what the apps send.
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS positions (
     user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
     tst INTEGER NOT NULL,            -- UNIX s
@@ -137,6 +142,17 @@ CREATE TABLE IF NOT EXISTS configurations (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS configurations_key ON configurations (user, device, config);
 
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL, transport TEXT NOT NULL, topic TEXT,
+    user TEXT NOT NULL, device TEXT NOT NULL, remote_addr TEXT,
+    kind TEXT NOT NULL, field TEXT, message TEXT NOT NULL,
+    payload BLOB NOT NULL            -- the body exactly as received
+);
+"#;
+
+/// Version 2: what the geofence stage derives, and its state.
+const SCHEMA_V2: &str = r#"
 CREATE TABLE IF NOT EXISTS trips (
     user TEXT NOT NULL, device TEXT NOT NULL,
     start INTEGER NOT NULL, "end" INTEGER NOT NULL,   -- UNIX s
@@ -156,8 +172,7 @@ CREATE TABLE IF NOT EXISTS stops (
     lat REAL NOT NULL, lon REAL NOT NULL,             -- degrees WGS84
     duration INTEGER NOT NULL,       -- s
     points INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,    -- UNIX ms
-    place TEXT                       -- the fence it lies in, if any
+    received_at INTEGER NOT NULL     -- UNIX ms
 );
 CREATE UNIQUE INDEX IF NOT EXISTS stops_key ON stops (user, device, start);
 
@@ -169,15 +184,10 @@ CREATE TABLE IF NOT EXISTS device_state (
     updated_at INTEGER NOT NULL,     -- UNIX ms
     PRIMARY KEY (kind, user, device)
 ) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    received_at INTEGER NOT NULL, transport TEXT NOT NULL, topic TEXT,
-    user TEXT NOT NULL, device TEXT NOT NULL, remote_addr TEXT,
-    kind TEXT NOT NULL, field TEXT, message TEXT NOT NULL,
-    payload BLOB NOT NULL            -- the body exactly as received
-);
 "#;
+
+/// Version 3: a stop names its place.
+const SCHEMA_V3: &str = "ALTER TABLE stops ADD COLUMN place TEXT; -- the fence it lies in, if any";
 
 /// Per-table metric handles, resolved once.
 struct Meters {
@@ -232,7 +242,7 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
@@ -243,18 +253,14 @@ impl Store {
         // A short busy wait; longer stalls are retried by the sink loop so
         // that shutdown is never stuck inside SQLite.
         conn.busy_timeout(Duration::from_millis(200))?;
-        conn.execute_batch(SCHEMA)?;
-        // Version 3 names a stop's place; a store made before has no column.
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < 3 {
-            let has_place = conn
-                .prepare("SELECT 1 FROM pragma_table_info('stops') WHERE name = 'place'")?
-                .exists([])?;
-            if !has_place {
-                conn.execute_batch("ALTER TABLE stops ADD COLUMN place TEXT")?;
-            }
-        }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // The schema's versions, applied in order from the store's
+        // `user_version`; a store made by a newer otstream is refused
+        // rather than written with an older schema.
+        let migrations =
+            Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2), M::up(SCHEMA_V3)]);
+        migrations
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Schema(e.to_string()))?;
         let meters = Meters {
             rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
             commit_seconds: metrics::histogram!("otstream_store_commit_seconds"),

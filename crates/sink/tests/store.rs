@@ -328,4 +328,17 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
+
+    // A store a newer otstream made is refused, not written with this
+    // version's schema.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 4;")
+        .unwrap();
+    let Err(e) = Store::open(dir.path()) else {
+        panic!("a store from a newer version opened");
+    };
+    assert_eq!(e.code(), "schema");
+    assert!(e.to_string().starts_with("store schema: "), "{e}");
+    assert_eq!(query(&db, "PRAGMA user_version"), ["4"]);
 }
