@@ -9,6 +9,7 @@
 //!
 //! Run: `cargo bench -p otstream-benches --bench geofence`
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -110,10 +111,15 @@ fn bench(c: &mut Criterion) {
             let set = Arc::new(FenceSet::new(fences(n, polygons)));
             group.bench_function(BenchmarkId::new("indexed", n), |b| {
                 b.iter_batched(
-                    || Geofencer::new(GeofenceConfig::default(), set.clone()),
-                    |mut g| {
+                    || {
+                        let g = Geofencer::new(GeofenceConfig::default(), set.clone());
+                        (g, HashMap::<String, DeviceState>::new())
+                    },
+                    |(g, mut states)| {
                         for p in &fixes {
-                            black_box(g.on_position(p));
+                            let key = p.meta.key();
+                            let state = states.entry(key.clone()).or_default();
+                            black_box(g.evaluate(&key, p, state));
                         }
                     },
                     criterion::BatchSize::LargeInput,
@@ -185,10 +191,15 @@ fn dwelling(c: &mut Criterion, fixes: &[Position]) {
     group.sample_size(10);
     group.bench_function(BenchmarkId::new("indexed", n), |b| {
         b.iter_batched(
-            || Geofencer::new(GeofenceConfig::default(), set.clone()),
-            |mut g| {
+            || {
+                let g = Geofencer::new(GeofenceConfig::default(), set.clone());
+                (g, HashMap::<String, DeviceState>::new())
+            },
+            |(g, mut states)| {
                 for p in &parked {
-                    black_box(g.on_position(p));
+                    let key = p.meta.key();
+                    let state = states.entry(key.clone()).or_default();
+                    black_box(g.evaluate(&key, p, state));
                 }
             },
             criterion::BatchSize::LargeInput,

@@ -214,14 +214,14 @@ pub struct Region {
     pub wtst: Option<i64>,
 }
 
-/// The geofence stage's state: operator fences, each device's own
-/// waypoints as fences, and per-device state.
+/// The fences a position is evaluated against: the operator's and each
+/// device's own regions. The devices' states are the caller's (the stage's
+/// tracker keeps them with the trips), passed to [`Geofencer::evaluate`].
 #[derive(Debug)]
 pub struct Geofencer {
     config: GeofenceConfig,
     fences: Arc<FenceSet>,
     waypoints: HashMap<String, Vec<Fence>>,
-    states: HashMap<String, DeviceState>,
 }
 
 impl Geofencer {
@@ -231,23 +231,12 @@ impl Geofencer {
             config,
             fences,
             waypoints: HashMap::new(),
-            states: HashMap::new(),
         }
     }
 
     /// Replaces the operator fences (the file changed); device state is kept.
     pub fn set_fences(&mut self, fences: Arc<FenceSet>) {
         self.fences = fences;
-    }
-
-    /// The state of `user/device`, for persistence.
-    pub fn state(&self, key: &str) -> Option<&DeviceState> {
-        self.states.get(key)
-    }
-
-    /// Restores the state of `user/device` (after a restart or rebalance).
-    pub fn restore(&mut self, key: String, state: DeviceState) {
-        self.states.insert(key, state);
     }
 
     /// Learns a device's own region (a waypoint with a centre and radius);
@@ -323,16 +312,6 @@ impl Geofencer {
         }
     }
 
-    /// Evaluates a position with the state this geofencer keeps; see
-    /// [`Geofencer::evaluate`].
-    pub fn on_position(&mut self, p: &Position) -> Vec<Record> {
-        let key = p.meta.key();
-        let mut state = self.states.remove(&key).unwrap_or_default();
-        let out = self.evaluate(&key, p, &mut state);
-        self.states.insert(key, state);
-        out
-    }
-
     /// Evaluates a position of device `key` (`user/device`) against
     /// `state` (the device's, kept by the caller); returns the transitions
     /// it causes, as records with `source = "server"`.
@@ -380,11 +359,6 @@ impl Geofencer {
                 })
             })
             .collect()
-    }
-
-    /// Devices with state.
-    pub fn devices(&self) -> usize {
-        self.states.len()
     }
 
     /// The name of the fence `(lat, lon)` lies in, for device `key`
@@ -455,13 +429,44 @@ mod tests {
         )
     }
 
-    fn engine(fences: Vec<Fence>) -> Geofencer {
-        Geofencer::new(GeofenceConfig::default(), Arc::new(FenceSet::new(fences)))
+    /// A geofencer and the devices' states, kept as the stage's tracker
+    /// keeps them.
+    struct Engine {
+        g: Geofencer,
+        states: HashMap<String, DeviceState>,
+    }
+
+    impl Engine {
+        fn on_position(&mut self, p: &Position) -> Vec<Record> {
+            let key = p.meta.key();
+            let state = self.states.entry(key.clone()).or_default();
+            self.g.evaluate(&key, p, state)
+        }
+    }
+
+    impl std::ops::Deref for Engine {
+        type Target = Geofencer;
+        fn deref(&self) -> &Geofencer {
+            &self.g
+        }
+    }
+
+    impl std::ops::DerefMut for Engine {
+        fn deref_mut(&mut self) -> &mut Geofencer {
+            &mut self.g
+        }
+    }
+
+    fn engine(fences: Vec<Fence>) -> Engine {
+        Engine {
+            g: Geofencer::new(GeofenceConfig::default(), Arc::new(FenceSet::new(fences))),
+            states: HashMap::new(),
+        }
     }
 
     /// (tst, event, rid) of every transition for a track.
     fn run(
-        g: &mut Geofencer,
+        g: &mut Engine,
         user: &str,
         track: &[(i64, f64, f64, Option<i32>)],
     ) -> Vec<(i64, String, String)> {
@@ -625,7 +630,7 @@ mod tests {
             ),
             []
         );
-        assert_eq!(g.state("jane/phone").unwrap().last_tst, 10);
+        assert_eq!(g.states["jane/phone"].last_tst, 10);
     }
 
     #[test]
@@ -646,7 +651,10 @@ mod tests {
             ["yard", "pt", "two"]
         );
         assert_eq!(set.fences()[0].name, "Yard");
-        let mut g = Geofencer::new(GeofenceConfig::default(), Arc::new(set));
+        let mut g = Engine {
+            g: Geofencer::new(GeofenceConfig::default(), Arc::new(set)),
+            states: HashMap::new(),
+        };
         // Into the yard, then to the middle of its hole (the hole's edge
         // is ~70 m away, beyond the 30 m margin): a leave. The hole here is
         // wound like its exterior, against RFC 7946, as real files do.
