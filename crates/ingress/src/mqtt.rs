@@ -497,8 +497,9 @@ struct Session<S> {
 
 impl<S: Sender<RawMessage>> Session<S> {
     async fn run(&mut self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let first = Duration::from_millis(100);
         let max = Duration::from_millis(self.config.reconnect_max_ms);
+        let mut delays = otstream_model::retry::backoff(first, max);
         loop {
             let event = tokio::select! {
                 biased;
@@ -515,7 +516,7 @@ impl<S: Sender<RawMessage>> Session<S> {
             };
             match event {
                 Ok(Incoming::ConnAck { session_present }) => {
-                    backoff = Duration::from_millis(100);
+                    delays = otstream_model::retry::backoff(first, max);
                     tracing::info!(session_present, protocol = ?self.config.protocol, filters = ?self.filters, "connected to the MQTT broker");
                     // Subscribing again is harmless with a kept session and
                     // necessary when the broker lost it.
@@ -542,12 +543,12 @@ impl<S: Sender<RawMessage>> Session<S> {
                 Err(e) => {
                     self.subscribed.send_replace(false);
                     self.meters.reconnects.increment(1);
+                    let backoff = delays.next().unwrap_or(max);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }

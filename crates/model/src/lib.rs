@@ -22,6 +22,7 @@ pub mod broker;
 pub mod identity;
 pub mod raw;
 pub mod record;
+pub mod retry;
 pub mod topics;
 
 pub use broker::BrokerUrl;

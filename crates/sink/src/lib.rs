@@ -59,7 +59,8 @@ pub struct SinkConfig {
     /// Raise it only to trade latency for fewer, larger commits.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// First retry delay after a failed commit, ms; doubles up to 2 s.
+    /// First retry delay after a failed commit, ms; doubles (with jitter)
+    /// up to 2 s.
     #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
 }
@@ -280,7 +281,10 @@ impl Backend for SqliteBackend {
         batch: &mut Vec<Message<Record>>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<usize>, Unwritten> {
-        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
+        let mut delays = otstream_model::retry::backoff(
+            Duration::from_millis(self.config.retry_initial_ms),
+            MAX_RETRY,
+        );
         loop {
             let store = self.store.clone();
             let values = std::mem::take(batch);
@@ -306,13 +310,13 @@ impl Backend for SqliteBackend {
             match result {
                 Ok(()) => return Ok(Vec::new()),
                 Err(e) => {
+                    let delay = delays.next().unwrap_or(MAX_RETRY);
                     tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
                     metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
                     tokio::select! {
                         () = shutdown.cancelled() => return Err(Unwritten::Stopped),
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(MAX_RETRY);
                 }
             }
         }

@@ -20,7 +20,6 @@ pub mod rows;
 pub mod schema;
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
@@ -433,8 +432,11 @@ impl Writer<'_> {
         recs: &[&Record],
         bisect: bool,
     ) -> Result<Vec<(usize, String)>, Stopped> {
-        let mut delay = Duration::from_millis(self.backend.config.retry_initial_ms);
         let max = Duration::from_millis(self.backend.config.retry_max_ms);
+        let mut delays = otstream_model::retry::backoff(
+            Duration::from_millis(self.backend.config.retry_initial_ms),
+            max,
+        );
         loop {
             let err = match self.insert(table, recs).await {
                 Ok(()) => return Ok(Vec::new()),
@@ -451,16 +453,12 @@ impl Writer<'_> {
                 return Ok(vec![(0, err.to_string())]);
             }
             self.backend.meters.retries.increment(1);
-            // Jitter in [delay/2, delay): spreads retries of many sinks.
-            let jitter = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-            let wait =
-                delay / 2 + Duration::from_millis(jitter % (delay.as_millis() as u64 / 2 + 1));
+            let wait = delays.next().unwrap_or(max);
             tracing::warn!(table = table.name(), rows = recs.len(), error = %err, retry_in_ms = wait.as_millis() as u64, "clickhouse insert failed; retrying");
             tokio::select! {
                 () = self.shutdown.cancelled() => return Err(Stopped),
                 () = tokio::time::sleep(wait) => {}
             }
-            delay = (delay * 2).min(max);
         }
     }
 
