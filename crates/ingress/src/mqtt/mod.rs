@@ -1,0 +1,120 @@
+//! MQTT ingress: OwnTracks apps in their default mode.
+//!
+//! otstream subscribes to the broker the apps publish to, with a persistent
+//! session (clean session off, a fixed client id) and QoS 1, and treats each
+//! PUBLISH like an HTTP POST: it goes to the bus with an ack, and the PUBACK
+//! goes back to the broker only once the message is durable. A crash means
+//! redelivery, never loss: the broker keeps every unacknowledged message of
+//! the session and sends it again on reconnect.
+//!
+//! Flow control comes from the broker: it sends a client at most its
+//! in-flight window of unacknowledged QoS 1 messages (Mosquitto's
+//! `max_inflight_messages`), so withholding PUBACKs until the store commits
+//! slows delivery to the pace of the store, and the rest queues at the
+//! broker (with MQTT 5, otstream also bounds it itself with Receive
+//! Maximum). MQTT 3.1.1 requires PUBACKs in the order the PUBLISHes arrived;
+//! acks are sent from a FIFO. MQTT 3.1.1 and 5 share all of this; only the
+//! wire client differs. A message that could not be stored is not
+//! acknowledged; the session is dropped and resumed so that the broker
+//! delivers it again.
+//!
+//! Layout: `config` (the `[mqtt]` section), `client` (rumqttc's two
+//! clients behind one adapter, TLS), `session` (the event loop, PUBACKs in
+//! order, reconnects), and here [`run_mqtt`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::Counter;
+use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
+pub use otstream_model::BrokerUrl;
+use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
+use otstream_model::raw::now_ms;
+use otstream_model::{IdentityHints, RawMessage, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, v5,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod client;
+mod config;
+mod session;
+
+use client::{Client, Delivery, Incoming, Loop, connect};
+pub use config::{MqttConfig, Protocol, SUBTOPICS};
+use session::{Session, ack_in_order};
+
+/// Why the MQTT ingress could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttError {
+    /// The configuration is unusable.
+    #[error("invalid mqtt configuration: {0}")]
+    Config(String),
+}
+
+struct Meters {
+    received: Counter,
+    reconnects: Counter,
+    unacked: Counter,
+}
+
+/// Runs the MQTT ingress until `shutdown`: subscribes, forwards every
+/// PUBLISH to `output` (which should wait rather than fail when full: a slow
+/// store slows the broker's deliveries, nothing is refused), and PUBACKs
+/// each once its ack is delivered, in order. On shutdown it stops taking new
+/// messages, waits for the ones in flight to be stored and acknowledged, and
+/// disconnects; what it did not acknowledge the broker delivers next time.
+///
+/// `subscribed` says whether the broker has granted every subscription on
+/// the current connection: false until the SUBACKs of the first connection
+/// arrive, and while reconnecting. A process reports itself ready only
+/// once it is true, since the broker keeps nothing for a session that has
+/// not subscribed yet.
+pub async fn run_mqtt<S: Sender<RawMessage>>(
+    config: MqttConfig,
+    output: S,
+    subscribed: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), MqttError> {
+    config.validate().map_err(MqttError::Config)?;
+    let (client, eventloop) = connect(&config).map_err(MqttError::Config)?;
+    let meters = Meters {
+        received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
+        reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
+        unacked: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "not_stored"),
+    };
+    let filters = config.filters();
+    let prefix = config.topic_prefix.clone();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter)>();
+    let resync = CancellationToken::new();
+    let acker = tokio::spawn(ack_in_order(
+        client.clone(),
+        ack_rx,
+        resync.clone(),
+        meters.unacked.clone(),
+    ));
+    let mut session = Session {
+        client,
+        eventloop,
+        subscribed,
+        awaiting_subacks: 0,
+        filters,
+        prefix,
+        output,
+        ack_tx,
+        resync,
+        meters,
+        config,
+    };
+    session.run(shutdown).await;
+    drop(session.ack_tx);
+    let _ = acker.await;
+    session.client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.eventloop.poll()).await;
+    Ok(())
+}
