@@ -15,6 +15,7 @@
 # Markdown table. Not a test: a measurement.
 #
 #   benches/e2e.sh [MESSAGES] [CONNECTIONS] [MODES...]
+#   OTSTREAM_BIN=/path/to/otstream benches/e2e.sh ...   # measure that build
 #
 # MESSAGES defaults to 200,000 (2,000 devices), CONNECTIONS to 256, MODES to
 # "sqlite clickhouse kafka". OTSTREAM_CLICKHOUSE__PERIOD_MS (default 50
@@ -30,8 +31,13 @@ modes="${*:-sqlite clickhouse kafka}"
 period_ms="${OTSTREAM_CLICKHOUSE__PERIOD_MS:-50}"
 unset OTSTREAM_CLICKHOUSE__PERIOD_MS # the SQLite run has no [clickhouse] section
 export TANSU_STORAGE="${TANSU_STORAGE:-memory://tansu/}"
-cargo build -q --release -p otstream-cli --bin otstream
-bin=./target/release/otstream
+# OTSTREAM_BIN: another build to measure (an A/B against an older one).
+if [ -n "${OTSTREAM_BIN:-}" ]; then
+  bin=$OTSTREAM_BIN
+else
+  cargo build -q --release -p otstream-cli --bin otstream
+  bin=./target/release/otstream
+fi
 dir=$(mktemp -d)
 trap 'bench_cleanup "$dir"' EXIT
 
