@@ -299,13 +299,11 @@ impl Api {
             )),
             "/api/0/list" => {
                 let (user, device) = scope(&params, &visible)?;
-                let devices = self.0.reader.devices(user, None, &visible).await?;
                 let mut results: Vec<String> = match (user, device) {
-                    (None, _) => devices.iter().map(|d| d.last.user.to_string()).collect(),
-                    // Recorder lists the device's monthly .rec files in the
-                    // window by path; here each is a month with positions.
+                    // Recorder lists the device's monthly .rec files by path,
+                    // every month up to `to` whatever `from` says; here each
+                    // is a month with positions.
                     (Some(u), Some(d)) => {
-                        // Recorder lists every month up to `to`, whatever `from` says.
                         let mut q = Query::window(0, params.time("to", now)?);
                         (q.user, q.device, q.visible) = (Some(u.into()), Some(d.into()), visible);
                         self.0
@@ -316,7 +314,18 @@ impl Api {
                             .map(|m| format!("rec/{u}/{d}/{m}.rec"))
                             .collect()
                     }
-                    (Some(_), None) => devices.iter().map(|d| d.last.device.to_string()).collect(),
+                    // Users, or one user's devices.
+                    _ => self
+                        .0
+                        .reader
+                        .devices(user, None, &visible)
+                        .await?
+                        .iter()
+                        .map(|d| match user {
+                            None => d.last.user.to_string(),
+                            Some(_) => d.last.device.to_string(),
+                        })
+                        .collect(),
                 };
                 results.dedup();
                 Ok(ok_json(

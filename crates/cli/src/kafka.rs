@@ -18,9 +18,6 @@
 //! in pipeline order stops taking messages, finishes what it holds,
 //! commits and leaves its group.
 
-use otstream_decode::stage::DecodeStage;
-use otstream_sink::SqliteBackend;
-use otstream_sink::clickhouse::ClickHouseBackend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +29,10 @@ use otstream_bus::kafka::{
     AssignHook, KafkaConfig, KafkaReceiver, KafkaSender, ReceiverClosed, read_to_end, watch_lag,
 };
 use otstream_decode::KeyRing;
+use otstream_decode::stage::DecodeStage;
 use otstream_model::{RawMessage, Record, topics};
+use otstream_sink::SqliteBackend;
+use otstream_sink::clickhouse::ClickHouseBackend;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

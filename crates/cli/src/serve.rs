@@ -16,10 +16,6 @@
 //! left and returns. Past `shutdown_timeout_ms` the remaining stages are
 //! stopped hard and the stage that hung is named.
 
-use otstream_decode::stage::DecodeStage;
-use otstream_geofence::stage::GeofenceStage;
-use otstream_sink::SqliteBackend;
-use otstream_sink::clickhouse::ClickHouseBackend;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +26,13 @@ use anyhow::{Context, Result};
 use otstream_bus::kafka::KafkaConfig;
 use otstream_bus::{Sender, channel};
 use otstream_decode::KeyRing;
+use otstream_decode::stage::DecodeStage;
+use otstream_geofence::stage::GeofenceStage;
 use otstream_ingress::MqttConfig;
 use otstream_model::{RawMessage, Record};
+use otstream_sink::SqliteBackend;
 use otstream_sink::Store;
+use otstream_sink::clickhouse::ClickHouseBackend;
 use otstream_sink::clickhouse::ClickHouseConfig;
 use tokio_util::sync::CancellationToken;
 

@@ -291,8 +291,8 @@ impl Reader {
 
     /// The regions visible devices (of `q`'s user and device, when set)
     /// define, each in its last version, by user, device and creation
-    /// time; `q`'s
-    /// window does not apply: a region stays until it is replaced.
+    /// time; `q`'s window does not apply: a region stays until it is
+    /// replaced.
     pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
         // Every creation time a DateTime holds (0: not sent).
         let q = &Query {

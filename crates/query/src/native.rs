@@ -126,10 +126,7 @@ enum Column<'a> {
 
 impl<'a> Column<'a> {
     fn read(c: &mut Cursor<'a>, ty: &str, rows: usize) -> Result<Self, QueryError> {
-        let (inner, nulls) = match ty
-            .strip_prefix("Nullable(")
-            .and_then(|t| t.strip_suffix(')'))
-        {
+        let (inner, nulls) = match nullable(ty) {
             Some(inner) => (inner, Some(c.take(rows)?)),
             None => (ty, None),
         };
@@ -150,10 +147,10 @@ impl<'a> Column<'a> {
                 });
             }
             "Int32" | "UInt32" => 4,
-            t if t.starts_with("DateTime") && !t.starts_with("DateTime64") => 4,
+            t if is_datetime(t) => 4,
             "Float64" | "Int64" | "UInt64" => 8,
             // Milliseconds in eight bytes, as UInt64 before 20.1.
-            t if t.starts_with("DateTime64(3") => 8,
+            t if is_millis(t) => 8,
             other => return Err(shape(format!("a column of type {other}"))),
         };
         Ok(Column::Fixed {
@@ -251,11 +248,27 @@ const KINDS: [&str; 24] = [
     "milliseconds",
 ];
 
+/// `T` of `Nullable(T)`.
+fn nullable(ty: &str) -> Option<&str> {
+    ty.strip_prefix("Nullable(")
+        .and_then(|t| t.strip_suffix(')'))
+}
+
+/// `DateTime`, with or without a time zone (seconds, four bytes).
+fn is_datetime(ty: &str) -> bool {
+    ty.starts_with("DateTime") && !ty.starts_with("DateTime64")
+}
+
+/// Milliseconds in eight bytes: `DateTime64(3)` (any zone), or an integer.
+fn is_millis(ty: &str) -> bool {
+    matches!(ty, "UInt64" | "Int64") || ty.starts_with("DateTime64(3")
+}
+
 fn kind_matches(want: &str, ty: &str) -> bool {
     match want {
-        "DateTime" => ty.starts_with("DateTime") && !ty.starts_with("DateTime64"),
-        "Nullable(DateTime)" => ty.starts_with("Nullable(DateTime") && !ty.contains("DateTime64"),
-        "milliseconds" => matches!(ty, "UInt64" | "Int64") || ty.starts_with("DateTime64(3"),
+        "DateTime" => is_datetime(ty),
+        "Nullable(DateTime)" => nullable(ty).is_some_and(is_datetime),
+        "milliseconds" => is_millis(ty),
         _ => want == ty,
     }
 }

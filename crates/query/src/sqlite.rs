@@ -47,6 +47,18 @@ impl SqliteReader {
         Ok(conn)
     }
 
+    /// Runs `read` on a connection of its own on a blocking thread: a
+    /// whole, small answer (a device list, a first time, the regions).
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || read(&this.open()?))
+            .await
+            .map_err(|e| QueryError::Thread(e.to_string()))?
+    }
+
     /// Streams `SELECT {columns} FROM {table} WHERE predicate ORDER BY
     /// user, device, {time}`, each row read by `read`.
     fn stream<T: Send + 'static>(
@@ -98,14 +110,11 @@ impl SqliteReader {
     pub async fn first_tst(&self, q: &Query) -> Result<Option<i64>, QueryError> {
         let (predicate, params) = q.predicate("tst");
         let sql = format!("SELECT min(tst) FROM positions WHERE {predicate}");
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<i64>, QueryError> {
-            let conn = this.open()?;
+        self.read(move |conn| {
             let mut stmt = conn.prepare(&sql)?;
             Ok(stmt.query_row(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?)
         })
         .await
-        .map_err(|e| QueryError::Thread(e.to_string()))?
     }
 
     /// Every stored version of the regions matching `q` that have a centre.
@@ -114,9 +123,7 @@ impl SqliteReader {
         let sql = format!(
             "SELECT user, device, coalesce(tst, 0), lat, lon, rad, desc, rid, received_at FROM waypoints WHERE lat IS NOT NULL AND lon IS NOT NULL AND {predicate}"
         );
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Waypoint>, QueryError> {
-            let conn = this.open()?;
+        self.read(move |conn| {
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
                 Ok(Waypoint {
@@ -134,7 +141,6 @@ impl SqliteReader {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
-        .map_err(|e| QueryError::Thread(e.to_string()))?
     }
 
     /// See [`Reader::trips`](crate::Reader::trips).
@@ -202,9 +208,7 @@ impl SqliteReader {
     /// to the next (two index seeks per device), so the cost grows with
     /// the number of devices, not of positions.
     pub async fn devices(&self) -> Result<Vec<Device>, QueryError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Device>, QueryError> {
-            let conn = this.open()?;
+        self.read(|conn| {
             let mut first = conn.prepare_cached(
                 "SELECT user, device FROM positions ORDER BY user, device LIMIT 1",
             )?;
@@ -231,7 +235,6 @@ impl SqliteReader {
             Ok(out)
         })
         .await
-        .map_err(|e| QueryError::Thread(e.to_string()))?
     }
 }
 

@@ -195,11 +195,18 @@ pub async fn run<B: Backend>(
         }
         // Let the batch gather company for at most `linger`.
         let deadline = tokio::time::Instant::now() + linger;
-        let mut bytes: usize = batch.iter().map(|m| estimate(&m.value)).sum();
+        let (mut bytes, mut counted) = (0usize, 0);
         let mut closed = false;
-        while batch.len() < max_rows && bytes < max_bytes {
-            let before = batch.len();
-            let room = max_rows - before;
+        loop {
+            bytes += batch[counted..]
+                .iter()
+                .map(|m| estimate(&m.value))
+                .sum::<usize>();
+            counted = batch.len();
+            if batch.len() >= max_rows || bytes >= max_bytes {
+                break;
+            }
+            let room = max_rows - batch.len();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -209,10 +216,6 @@ pub async fn run<B: Backend>(
                     Err(_) => break,
                 },
             }
-            bytes += batch[before..]
-                .iter()
-                .map(|m| estimate(&m.value))
-                .sum::<usize>();
         }
         let refused = match backend.write(&mut batch, &shutdown).await {
             Ok(refused) => refused,
