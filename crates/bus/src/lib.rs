@@ -99,3 +99,53 @@ pub trait Receiver<T>: Send + 'static {
         limit: usize,
     ) -> impl Future<Output = usize> + Send;
 }
+
+/// A receiver that gives `first` before anything from `rest`: how a stage
+/// is handed what it must know before its input (the geofence stage's
+/// stored device state), the same way over every bus. Over Kafka the
+/// receiver's assign hook does this per partition.
+pub struct Prepended<T, R> {
+    first: std::vec::IntoIter<Message<T>>,
+    rest: R,
+}
+
+impl<T, R> Prepended<T, R> {
+    /// `first`, in order, then `rest`.
+    pub fn new(first: Vec<Message<T>>, rest: R) -> Self {
+        Prepended {
+            first: first.into_iter(),
+            rest,
+        }
+    }
+}
+
+impl<T: Send + 'static, R: Receiver<T>> Receiver<T> for Prepended<T, R> {
+    async fn recv_many(&mut self, buf: &mut Vec<Message<T>>, limit: usize) -> usize {
+        if self.first.len() == 0 {
+            return self.rest.recv_many(buf, limit).await;
+        }
+        let before = buf.len();
+        buf.extend(self.first.by_ref().take(limit.max(1)));
+        buf.len() - before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prepended_gives_its_own_first_then_the_rest_until_it_ends() {
+        let (tx, rx) = channel::<u32>(4);
+        tx.send(Message::new("a/b", 3, Ack::none())).await.unwrap();
+        drop(tx);
+        let first = [1, 2].map(|v| Message::new("a/b", v, Ack::none())).into();
+        let mut rx = Prepended::new(first, rx);
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 1).await, 1);
+        assert_eq!(rx.recv_many(&mut buf, 8).await, 1);
+        assert_eq!(rx.recv_many(&mut buf, 8).await, 1);
+        assert_eq!(rx.recv_many(&mut buf, 8).await, 0);
+        assert_eq!(buf.iter().map(|m| m.value).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+}

@@ -2,8 +2,9 @@
 //! ingest listener or on `api.addr`, and `otstream run api` (the API
 //! alone, in front of ClickHouse).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use otstream_api::{Access, Api};
@@ -13,11 +14,10 @@ use otstream_query::Reader;
 use otstream_query::clickhouse::ClickHouseReader;
 use otstream_query::sqlite::SqliteReader;
 use otstream_sink::Committed;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::metrics_server;
+use crate::supervisor::Supervisor;
 
 /// The API over whatever this configuration writes to (ClickHouse, else
 /// the embedded store), with the live feed from `live` when the sink runs
@@ -60,7 +60,8 @@ pub(crate) fn build(
 /// listener's task when `api.addr` is set (neither when it is off).
 pub(crate) struct Started {
     pub(crate) fallback: Option<Arc<dyn Fallback>>,
-    pub(crate) task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The API's own listener, to run as a stage.
+    pub(crate) task: Option<Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
     /// `http.htpasswd`, read once: the ingress checks the same credentials.
     pub(crate) auth: Option<Arc<Htpasswd>>,
 }
@@ -102,7 +103,7 @@ pub(crate) async fn start(
     tracing::info!(%addr, "read API and map listening");
     Ok(Started {
         fallback: None,
-        task: Some(tokio::spawn(otstream_api::serve(listener, api, shutdown))),
+        task: Some(Box::pin(otstream_api::serve(listener, api, shutdown))),
         auth,
     })
 }
@@ -111,22 +112,15 @@ pub(crate) async fn start(
 /// (or the embedded store), on `api.addr`, else `http.addr`. It stores
 /// nothing itself, so it has no live feed.
 pub(crate) async fn run_alone(mut config: ServeConfig) -> Result<()> {
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
+    let mut sup = Supervisor::start(&config).await?;
     config.api.enabled = true;
     if config.api.addr.is_none() {
         config.api.addr = Some(config.http.addr);
     }
-    let shutdown = CancellationToken::new();
-    let task = start(&config, None, shutdown.clone())
+    let task = start(&config, None, sup.front())
         .await?
         .task
         .context("the API has no listener")?;
-    ready.store(true, Ordering::Release);
-    tracing::info!(metrics_addr = %metrics, "otstream run api ready");
-    crate::serve::shutdown_signal().await;
-    ready.store(false, Ordering::Release);
-    shutdown.cancel();
-    task.await.context("api task failed")??;
-    Ok(())
+    sup.spawn("api", task);
+    sup.run("api").await
 }

@@ -18,164 +18,61 @@
 //! in pipeline order stops taking messages, finishes what it holds,
 //! commits and leaves its group.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use otstream_bus::Message;
+use otstream_bus::Ack;
 use otstream_bus::kafka::{
-    AssignHook, KafkaConfig, KafkaReceiver, KafkaSender, ReceiverClosed, read_to_end, watch_lag,
+    AssignHook, KafkaCodec, KafkaConfig, KafkaReceiver, KafkaSender, read_to_end, watch_lag,
 };
 use otstream_decode::KeyRing;
 use otstream_decode::stage::DecodeStage;
 use otstream_model::{RawMessage, Record, topics};
-use otstream_sink::SqliteBackend;
-use otstream_sink::clickhouse::ClickHouseBackend;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::metrics_server;
-use crate::serve::{
-    Ending, await_subscribed, geofence_stage, load_keys, open_store, shutdown_signal,
-};
+use crate::stages::{self, Sink, Stage};
+use crate::supervisor::Supervisor;
 
-/// A stage that runs as its own process over Kafka.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// OwnTracks HTTP (and MQTT, when configured) into `raw`.
-    Ingress,
-    /// `raw` into `positions`, `records`, `events`, `dead-letters`.
-    Decode,
-    /// `positions` and `records` into server transitions, trips and stops
-    /// (`events`) and device state (`state`).
-    Geofence,
-    /// Every topic into ClickHouse or the embedded store.
-    Sink,
-    /// The read API and the map, reading ClickHouse (no Kafka needed).
-    Api,
-}
-
-impl Stage {
-    /// In pipeline order, the order they stop in.
-    pub const ALL: [Stage; 4] = [Stage::Ingress, Stage::Decode, Stage::Geofence, Stage::Sink];
-
-    /// The stage's name: its consumer group is `{group_prefix}{name}`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Ingress => "ingress",
-            Stage::Decode => "decode",
-            Stage::Geofence => "geofence",
-            Stage::Sink => "sink",
-            Stage::Api => "api",
-        }
-    }
-
-    /// The topics its group reads.
-    pub fn inputs(self) -> &'static [&'static str] {
-        match self {
-            Stage::Ingress | Stage::Api => &[],
-            Stage::Decode => &[topics::RAW],
-            Stage::Geofence => &[topics::POSITIONS, topics::RECORDS],
-            Stage::Sink => &[
-                topics::POSITIONS,
-                topics::EVENTS,
-                topics::RECORDS,
-                topics::DEAD_LETTERS,
-                topics::STATE,
-            ],
-        }
-    }
-
-    fn named(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
-
-/// One running stage: its task, and how to stop and wait for its consumer.
-struct Running {
-    name: &'static str,
-    task: JoinHandle<Result<()>>,
-    receiver: Option<(Arc<AtomicBool>, ReceiverClosed)>,
-    flush: Option<Box<dyn Fn() + Send>>,
-}
-
-/// Runs `stages` over Kafka until SIGINT/SIGTERM or until one fails.
-pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
+/// Runs `stages` over Kafka until SIGINT/SIGTERM or until one ends.
+pub async fn run(config: ServeConfig, stages: &[Stage]) -> Result<()> {
     let kafka = config.kafka()?.clone();
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics = metrics_server::start(config.metrics.addr, ready.clone()).await?;
-    let keys = load_keys(&config)?;
-    let stop_ingress = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
-    let lag_stop = Arc::new(AtomicBool::new(false));
-    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    let mut running: Vec<Running> = Vec::new();
-    let mut subscriptions = Vec::new();
+    let mut sup = Supervisor::start(&config).await?;
+    let keys = stages::keys(&config)?;
     // With the sink in this process, the read API's live feed hears it.
     let live = stages
         .contains(&Stage::Sink)
         .then(otstream_api::live::channel);
     for &stage in stages {
-        let started = match stage {
+        match stage {
             Stage::Ingress => {
-                start_ingress(
-                    &config,
-                    &kafka,
-                    keys.clone(),
-                    live.clone(),
-                    &stop_ingress,
-                    &lag_stop,
-                    &mut subscriptions,
-                )
-                .await?
+                ingress(&mut sup, &config, &kafka, keys.clone(), live.clone()).await?
             }
             Stage::Api => {
                 anyhow::bail!("the api runs alone (otstream run api), not among Kafka stages")
             }
             Stage::Decode => {
-                let (rx, stop, closed) = receiver::<RawMessage>(&kafka, stage, None)?;
-                let tx = KafkaSender::<Record>::new(&kafka)?;
-                let out = tx.clone();
                 let decode = DecodeStage::new(config.decode.clone(), keys.clone());
-                let stop_hard = hard_stop.clone();
-                let task = tokio::spawn(async move {
-                    decode
-                        .run(rx, out, stop_hard)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-                vec![Running {
-                    name: "decode",
-                    task,
-                    receiver: Some((stop, closed)),
-                    flush: Some(flusher(tx)),
-                }]
+                let Consumer { rx, stop, closed } = consumer(&kafka, stage, None)?;
+                let out = KafkaSender::new(&kafka)?;
+                let run = decode.run(rx, out.clone(), sup.hard_stop());
+                sup.spawn("decode", run)
+                    .on_stop(stop)
+                    .then(flushed(out, Some(closed)));
             }
             Stage::Geofence => {
                 let mut geo = config.geo_stage();
                 geo.derived_only = true;
+                let geofence = stages::geofence(geo).await?;
                 // The state comes per partition, through the hook.
-                let geo_stage = geofence_stage(geo, Vec::new()).await?;
                 let hook = state_restorer(kafka.clone());
-                let (rx, stop, closed) = receiver::<Record>(&kafka, stage, Some(hook))?;
-                let tx = KafkaSender::<Record>::new(&kafka)?;
-                let out = tx.clone();
-                let stop_hard = hard_stop.clone();
-                let task = tokio::spawn(async move {
-                    geo_stage
-                        .run(rx, out, stop_hard)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-                vec![Running {
-                    name: "geofence",
-                    task,
-                    receiver: Some((stop, closed)),
-                    flush: Some(flusher(tx)),
-                }]
+                let Consumer { rx, stop, closed } = consumer(&kafka, stage, Some(hook))?;
+                let out = KafkaSender::new(&kafka)?;
+                let run = geofence.run(rx, out.clone(), sup.hard_stop());
+                sup.spawn("geofence", run)
+                    .on_stop(stop)
+                    .then(flushed(out, Some(closed)));
             }
             Stage::Sink => {
                 // A ClickHouse batch fills for up to `period_ms` while the
@@ -188,119 +85,71 @@ pub async fn run_stages(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 if let Some(ch) = &config.clickhouse {
                     sink_kafka.max_in_flight = sink_kafka.max_in_flight.max(2 * ch.max_rows);
                 }
-                let (rx, stop, closed) = receiver::<Record>(&sink_kafka, stage, None)?;
-                let stop_hard = hard_stop.clone();
-                let committed = live.clone();
-                fn spawn_sink<B: otstream_sink::Backend>(
-                    backend: B,
-                    rx: impl otstream_bus::Receiver<Record> + 'static,
-                    committed: Option<otstream_sink::Committed>,
-                    stop: CancellationToken,
-                ) -> tokio::task::JoinHandle<Result<()>> {
-                    tokio::spawn(async move {
-                        otstream_sink::run(backend, rx, committed, stop)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    })
-                }
-                let task = match config.clickhouse.clone() {
-                    Some(ch) => {
-                        tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
-                        let backend = ClickHouseBackend::new(ch).await?;
-                        spawn_sink(backend, rx, committed, stop_hard)
-                    }
-                    None => {
-                        let backend =
-                            SqliteBackend::new(config.sink.clone(), open_store(&config).await?);
-                        spawn_sink(backend, rx, committed, stop_hard)
-                    }
-                };
-                vec![Running {
-                    name: "sink",
-                    task,
-                    receiver: Some((stop, closed)),
-                    flush: None,
-                }]
+                let sink = Sink::build(&config).await?;
+                let Consumer { rx, stop, closed } = consumer(&sink_kafka, stage, None)?;
+                let run = sink.run(rx, live.clone(), sup.hard_stop());
+                sup.spawn("sink", run)
+                    .on_stop(stop)
+                    .then(async move { closed.wait().await });
             }
-        };
-        for mut r in started {
-            // Report the end of every stage, so that one failing stops
-            // the process instead of leaving it half alive.
-            let task = tokio_util::task::AbortOnDropHandle::new(r.task);
-            r.task = crate::serve::watched(r.name, ended_tx.clone(), async move {
-                task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))
-            });
-            running.push(r);
         }
     }
-    for s in subscriptions {
-        await_subscribed(s).await;
-    }
-    ready.store(true, Ordering::Release);
-    let names: Vec<&str> = running.iter().map(|r| r.name).collect();
-    tracing::info!(stages = ?names, brokers = %kafka.brokers, metrics_addr = %metrics, "otstream ready (kafka)");
-
-    let mut stopped_early = None;
-    tokio::select! {
-        () = shutdown_signal() => tracing::info!("shutting down"),
-        Some((stage, why)) = ended.recv() => {
-            tracing::error!(stage, error = %why, "a stage ended while serving: not ready, stopping the others");
-            stopped_early = Some((stage, why));
-        }
-    }
-    ready.store(false, Ordering::Release);
-    stop_ingress.cancel();
-    lag_stop.store(true, Ordering::Release);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
-    let mut ending = Ending::default();
-    for r in running {
-        if let Some((stop, _)) = &r.receiver {
-            stop.store(true, Ordering::Release);
-        }
-        let joined = tokio::time::timeout_at(deadline, r.task).await;
-        ending.record(r.name, joined);
-        if let Some(flush) = r.flush {
-            tokio::task::block_in_place(flush);
-        }
-        if let Some((_, closed)) = r.receiver {
-            let _ = tokio::time::timeout_at(deadline, closed.wait()).await;
-        }
-    }
-    ending.conclude(&hard_stop, stopped_early)?;
-    tracing::info!("shutdown complete");
-    Ok(())
+    tracing::info!(brokers = %kafka.brokers, "stages joined their groups");
+    sup.run("over kafka").await
 }
 
-fn flusher<T: 'static>(tx: KafkaSender<T>) -> Box<dyn Fn() + Send> {
-    Box::new(move || tx.flush(Duration::from_secs(10)))
+/// A stage's consumer, with what stops it and what says it has left its
+/// group.
+struct Consumer<T> {
+    rx: KafkaReceiver<T>,
+    stop: Box<dyn FnOnce() + Send>,
+    closed: otstream_bus::kafka::ReceiverClosed,
 }
 
-/// The stage's consumer, with its stop flag and the signal it has left.
-fn receiver<T: otstream_bus::kafka::KafkaCodec>(
+fn consumer<T: KafkaCodec>(
     kafka: &KafkaConfig,
     stage: Stage,
     hook: Option<AssignHook<T>>,
-) -> Result<(KafkaReceiver<T>, Arc<AtomicBool>, ReceiverClosed)> {
+) -> Result<Consumer<T>> {
     let group = kafka.group(stage.name());
     let rx = KafkaReceiver::with_assign_hook(kafka, &group, stage.inputs(), hook)
         .with_context(|| format!("cannot join consumer group {group}"))?;
-    let (stop, closed) = (rx.stop_handle(), rx.closed());
-    Ok((rx, stop, closed))
+    let flag = rx.stop_handle();
+    let closed = rx.closed();
+    Ok(Consumer {
+        rx,
+        stop: Box::new(move || flag.store(true, Ordering::Release)),
+        closed,
+    })
 }
 
-async fn start_ingress(
+/// After a stage has ended: what it produced is flushed to the brokers,
+/// then its consumer (if any) has committed and left.
+async fn flushed<T: Send + 'static>(
+    out: KafkaSender<T>,
+    closed: Option<otstream_bus::kafka::ReceiverClosed>,
+) {
+    tokio::task::block_in_place(|| out.flush(Duration::from_secs(10)));
+    if let Some(closed) = closed {
+        closed.wait().await;
+    }
+}
+
+/// The ingress over Kafka: HTTP and MQTT into `raw`, the read API on the
+/// same listener (or its own), and producers held back while the
+/// consuming stages lag more than `kafka.max_lag`.
+async fn ingress(
+    sup: &mut Supervisor,
     config: &ServeConfig,
     kafka: &KafkaConfig,
     keys: Arc<KeyRing>,
     live: Option<otstream_sink::Committed>,
-    stop: &CancellationToken,
-    lag_stop: &Arc<AtomicBool>,
-    subscriptions: &mut Vec<tokio::sync::watch::Receiver<bool>>,
-) -> Result<Vec<Running>> {
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     tracing::info!(http_addr = %listener.local_addr()?, "http ingress listening");
+    let front = sup.front();
     let mut tx = KafkaSender::<RawMessage>::new(kafka)?;
     if kafka.max_lag > 0 {
         let mut groups = Vec::new();
@@ -310,6 +159,7 @@ async fn start_ingress(
                 .with_context(|| format!("kafka.lag_stages: {name:?} is not a consuming stage (decode, geofence, sink)"))?;
             groups.push((kafka.group(name), stage.inputs().to_vec()));
         }
+        let lag_stop = Arc::new(AtomicBool::new(false));
         let lag = watch_lag(
             kafka,
             &groups,
@@ -317,35 +167,18 @@ async fn start_ingress(
             Duration::from_millis(500),
             lag_stop.clone(),
         )?;
-        tx = tx.with_lag_limit(lag);
-    }
-    let mut out = Vec::new();
-    if let Some(m) = config.mqtt.clone() {
-        let (sender, stop) = (tx.clone(), stop.clone());
-        let (subscribed, watch) = tokio::sync::watch::channel(false);
-        subscriptions.push(watch);
-        out.push(Running {
-            name: "mqtt ingress",
-            task: tokio::spawn(async move {
-                otstream_ingress::run_mqtt(m, sender, subscribed, stop)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }),
-            receiver: None,
-            flush: None,
+        tokio::spawn({
+            let front = front.clone();
+            async move {
+                front.cancelled().await;
+                lag_stop.store(true, Ordering::Release);
+            }
         });
+        tx = tx.with_lag_limit(lag);
     }
     // The read API, on this listener or its own; its live streams end
     // with the ingress.
-    let api = crate::api::start(config, live, stop.clone()).await?;
-    if let Some(task) = api.task {
-        out.push(Running {
-            name: "api",
-            task: tokio::spawn(async move { task.await?.map_err(anyhow::Error::from) }),
-            receiver: None,
-            flush: None,
-        });
-    }
+    let api = crate::api::start(config, live, front.clone()).await?;
     let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
     let http = otstream_ingress::run_http(
         listener,
@@ -355,15 +188,21 @@ async fn start_ingress(
         tx.clone().with_send_timeout(send_timeout),
         api.fallback,
         api.auth,
-        stop.clone(),
+        front.clone(),
     );
-    out.push(Running {
-        name: "http ingress",
-        task: tokio::spawn(async move { http.await.map_err(anyhow::Error::from) }),
-        receiver: None,
-        flush: Some(flusher(tx)),
-    });
-    Ok(out)
+    if let Some(m) = config.mqtt.clone() {
+        let (subscribed, watch) = tokio::sync::watch::channel(false);
+        sup.ready_after(watch);
+        let run = otstream_ingress::run_mqtt(m, tx.clone(), subscribed, front);
+        sup.spawn("mqtt ingress", run);
+    }
+    if let Some(task) = api.task {
+        sup.spawn("api", task);
+    }
+    // Stopped last of the three: once it has ended, what every ingress
+    // sent reaches the brokers.
+    sup.spawn("http ingress", http).then(flushed(tx, None));
+    Ok(())
 }
 
 /// Reads the device state of newly assigned partitions from the `state`
@@ -374,17 +213,19 @@ fn state_restorer(kafka: KafkaConfig) -> AssignHook<Record> {
         let mut partitions: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
         partitions.sort_unstable();
         partitions.dedup();
-        let mut attempt = 0;
+        let mut delays =
+            otstream_model::retry::backoff(Duration::from_millis(500), Duration::from_secs(4))
+                .take(5);
         let read = loop {
             match read_to_end::<Record>(&kafka, topics::STATE, &partitions, Duration::from_secs(60))
             {
                 Ok(m) => break m,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "cannot read device state; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
                 Err(e) => {
+                    if let Some(delay) = delays.next() {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read device state; retrying");
+                        std::thread::sleep(delay);
+                        continue;
+                    }
                     // Going on without it beats stopping the stage: the
                     // devices of these partitions start afresh (reported).
                     tracing::error!(error = %e, "cannot read device state; these devices start afresh");
@@ -393,13 +234,12 @@ fn state_restorer(kafka: KafkaConfig) -> AssignHook<Record> {
                 }
             }
         };
-        let mut latest: HashMap<(String, String), Message<Record>> = HashMap::new();
-        for m in read {
-            if let Record::State(s) = &m.value {
-                latest.insert((m.key.clone(), s.kind.to_string()), m);
-            }
-        }
-        tracing::info!(partitions = ?partitions, snapshots = latest.len(), "device state restored");
-        latest.into_values().collect()
+        let snapshots = read.into_iter().filter_map(|m| match m.value {
+            Record::State(s) => Some(s),
+            _ => None,
+        });
+        let input = stages::state_input(snapshots, Ack::none);
+        tracing::info!(partitions = ?partitions, snapshots = input.len(), "device state restored");
+        input
     })
 }

@@ -12,7 +12,8 @@ use otstream_loadgen::{
 use otstream_model::{RawMessage, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::{self, LogFormat, block_on, init_logging, shutdown_signal};
+use crate::runtime::{LogFormat, block_on, init_logging, shutdown_signal};
+use crate::serve;
 
 /// Flags of `otstream record`.
 #[derive(clap::Args, Debug)]

@@ -11,7 +11,10 @@ mod kafka;
 mod load;
 mod metrics_server;
 mod migrate;
+mod runtime;
 mod serve;
+mod stages;
+mod supervisor;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -54,7 +57,7 @@ enum Command {
 struct RunArgs {
     /// The stage.
     #[arg(value_enum)]
-    stage: kafka::Stage,
+    stage: stages::Stage,
     #[command(flatten)]
     common: serve::Args,
 }
@@ -64,8 +67,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Run(args) => args.common.config().and_then(|config| match args.stage {
-            kafka::Stage::Api => serve::block_on(api::run_alone(config)),
-            stage => serve::block_on(kafka::run_stages(config, &[stage])),
+            stages::Stage::Api => runtime::block_on(api::run_alone(config)),
+            stage => runtime::block_on(kafka::run(config, &[stage])),
         }),
         Command::Topics(args) => topics::run(args),
         Command::CheckConfig(args) => serve::check(args),

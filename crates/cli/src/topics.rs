@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
                 kafka.replication = r;
             }
             kafka.validate().map_err(anyhow::Error::msg)?;
-            let created = serve::block_on(async {
+            let created = crate::runtime::block_on(async {
                 otstream_bus::kafka::create_topics(&kafka)
                     .await
                     .with_context(|| format!("cannot create topics on {}", kafka.brokers))

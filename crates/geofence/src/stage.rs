@@ -447,16 +447,17 @@ pub struct GeofenceStage {
 }
 
 impl GeofenceStage {
-    /// Loads the fences named in `config` and resumes from `state` (the
-    /// stored snapshots).
-    pub fn new(config: StageConfig, state: Vec<StateSnapshot>) -> Result<Self, StageError> {
+    /// Loads the fences named in `config`. The devices' stored state is
+    /// given as input, ahead of their records, in every mode (see
+    /// [`Tracker::process`]): in one process through
+    /// `otstream_bus::Prepended`, over Kafka from the `state` topic.
+    pub fn new(config: StageConfig) -> Result<Self, StageError> {
         let path = config.geofence.fences.clone();
         let stamp = path.as_deref().and_then(file_stamp);
         let fences = load_fences(path.as_deref())?;
         metrics::gauge!("otstream_geofence_fences").set(fences.fences().len() as f64);
-        let mut tracker = Tracker::new(&config, Arc::new(fences));
-        let restored = tracker.restore(state);
-        tracing::info!(fences = ?path, restored, "geofence stage ready");
+        let tracker = Tracker::new(&config, Arc::new(fences));
+        tracing::info!(fences = ?path, "geofence stage ready");
         Ok(GeofenceStage {
             config,
             tracker,
@@ -608,7 +609,7 @@ mod tests {
         // derives, in order, and the end of the input ends the stage.
         let (tx, rx) = channel::<Record>(16);
         let (out, mut orx) = channel::<Record>(16);
-        let stage = GeofenceStage::new(StageConfig::default(), Vec::new()).unwrap();
+        let stage = GeofenceStage::new(StageConfig::default()).unwrap();
         let running = tokio::spawn(stage.run(rx, out, CancellationToken::new()));
         for tst in [100, 200] {
             let (ack, _w) = Ack::new();
@@ -632,7 +633,7 @@ mod tests {
         let (tx, rx) = channel::<Record>(16);
         let (out, orx) = channel::<Record>(16);
         drop(orx);
-        let stage = GeofenceStage::new(StageConfig::default(), Vec::new()).unwrap();
+        let stage = GeofenceStage::new(StageConfig::default()).unwrap();
         let running = tokio::spawn(stage.run(rx, out, CancellationToken::new()));
         let (ack, _w) = Ack::new();
         tx.send(Message::new("jane/phone", pos(100, 52.5, 13.4), ack))
@@ -904,7 +905,7 @@ mod tests {
             },
             ..StageConfig::default()
         };
-        let r = GeofenceStage::new(config, Vec::new()).map(|_| ());
+        let r = GeofenceStage::new(config).map(|_| ());
         assert!(matches!(r, Err(StageError::Fences { .. })), "{r:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

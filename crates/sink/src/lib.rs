@@ -36,7 +36,7 @@ pub mod store;
 use std::time::Duration;
 
 use otstream_bus::{Message, Receiver};
-use otstream_model::Record;
+use otstream_model::{Record, StateSnapshot};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -156,6 +156,13 @@ pub trait Backend: Send + 'static {
         batch: &mut Vec<Message<Record>>,
         shutdown: &CancellationToken,
     ) -> impl std::future::Future<Output = Result<Vec<usize>, Unwritten>> + Send;
+
+    /// The device state stored with the records, the latest per device
+    /// and kind: what the geofence stage resumes from when this sink runs
+    /// in its process.
+    fn stored_state(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<StateSnapshot>, SinkError>> + Send;
 }
 
 /// Why the sink stage ended before its input.
@@ -165,6 +172,12 @@ pub enum SinkError {
     /// A write thread panicked (a bug); its batch is not acknowledged.
     #[error("sink write failed: {0}")]
     Thread(String),
+    /// The stored device state could not be read from the embedded store.
+    #[error("cannot read the stored device state: {0}")]
+    Store(#[from] StoreError),
+    /// The stored device state could not be read from ClickHouse.
+    #[error("cannot read the stored device state: {0}")]
+    ClickHouse(#[from] clickhouse::ClickHouseError),
 }
 
 /// Runs the sink stage: reads records, writes them in batches to
@@ -323,5 +336,18 @@ impl Backend for SqliteBackend {
                 }
             }
         }
+    }
+
+    async fn stored_state(&self) -> Result<Vec<StateSnapshot>, SinkError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .load_states()
+        })
+        .await
+        .map_err(|e| SinkError::Thread(e.to_string()))?
+        .map_err(SinkError::from)
     }
 }

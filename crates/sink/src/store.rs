@@ -273,19 +273,19 @@ impl Store {
         &self.path
     }
 
-    /// The latest state of every device for `kind`: what a stateful
+    /// The latest state of every device, every kind: what a stateful
     /// stage resumes from.
-    pub fn load_states(&self, kind: &str) -> Result<Vec<StateSnapshot>, StoreError> {
+    pub fn load_states(&self) -> Result<Vec<StateSnapshot>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT user, device, state, updated_at FROM device_state WHERE kind = ?1")?;
-        let rows = stmt.query_map([kind], |r| {
+            .prepare("SELECT user, device, kind, state, updated_at FROM device_state")?;
+        let rows = stmt.query_map([], |r| {
             Ok(StateSnapshot {
                 user: Text::from(r.get_ref(0)?.as_str()?),
                 device: Text::from(r.get_ref(1)?.as_str()?),
-                kind: Text::from(kind),
-                state: r.get(2)?,
-                updated_at: r.get(3)?,
+                kind: Text::from(r.get_ref(2)?.as_str()?),
+                state: r.get(3)?,
+                updated_at: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -55,17 +55,17 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHo
     Ok(MigrateReport { server, applied })
 }
 
-/// The latest state of every device for `kind` (see the `device_state`
+/// The latest state of every device, every kind (see the `device_state`
 /// table): what a stateful stage resumes from. Migrates first when
 /// configured to, so a first start on an empty server finds the table.
 pub async fn load_states(
     config: &ClickHouseConfig,
-    kind: &str,
 ) -> Result<Vec<otstream_model::StateSnapshot>, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
     struct StateRow {
         user: String,
         device: String,
+        kind: String,
         state: String,
     }
     config.validate().map_err(ClickHouseError::Config)?;
@@ -76,9 +76,8 @@ pub async fn load_states(
     let rows: Vec<StateRow> = config
         .client()
         .query(&format!(
-            "SELECT user, device, state FROM {db}.device_state FINAL WHERE kind = ?"
+            "SELECT user, device, kind, state FROM {db}.device_state FINAL"
         ))
-        .bind(kind)
         .fetch_all()
         .await?;
     Ok(rows
@@ -86,7 +85,7 @@ pub async fn load_states(
         .map(|r| otstream_model::StateSnapshot {
             user: r.user.into(),
             device: r.device.into(),
-            kind: kind.into(),
+            kind: r.kind.into(),
             state: r.state,
             updated_at: 0,
         })

@@ -107,6 +107,9 @@ impl crate::Backend for ClickHouseBackend {
             .await
             .map_err(|Stopped| crate::Unwritten::Stopped)
     }
+    async fn stored_state(&self) -> Result<Vec<otstream_model::StateSnapshot>, crate::SinkError> {
+        Ok(super::load_states(&self.config).await?)
+    }
 }
 
 /// One batch being written.

@@ -1,0 +1,164 @@
+//! The stages, each built from the configuration before anything starts,
+//! the same way in every mode; [`crate::serve`] links them in one process,
+//! [`crate::kafka`] over topics, and [`crate::supervisor`] runs them.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use otstream_bus::{Ack, Message, Receiver};
+use otstream_decode::KeyRing;
+use otstream_geofence::stage::{GeofenceStage, StageConfig};
+use otstream_model::{Record, StateSnapshot, topics};
+use otstream_sink::clickhouse::ClickHouseBackend;
+use otstream_sink::{Backend, Committed, SqliteBackend, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+
+/// A stage that runs as its own process over Kafka.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// OwnTracks HTTP (and MQTT, when configured) into `raw`.
+    Ingress,
+    /// `raw` into `positions`, `records`, `events`, `dead-letters`.
+    Decode,
+    /// `positions` and `records` into server transitions, trips and stops
+    /// (`events`) and device state (`state`).
+    Geofence,
+    /// Every topic into ClickHouse or the embedded store.
+    Sink,
+    /// The read API and the map, reading ClickHouse (no Kafka needed).
+    Api,
+}
+
+impl Stage {
+    /// In pipeline order, the order they stop in.
+    pub const ALL: [Stage; 4] = [Stage::Ingress, Stage::Decode, Stage::Geofence, Stage::Sink];
+
+    /// The stage's name: its consumer group is `{group_prefix}{name}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingress => "ingress",
+            Stage::Decode => "decode",
+            Stage::Geofence => "geofence",
+            Stage::Sink => "sink",
+            Stage::Api => "api",
+        }
+    }
+
+    /// The topics its group reads.
+    pub fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Stage::Ingress | Stage::Api => &[],
+            Stage::Decode => &[topics::RAW],
+            Stage::Geofence => &[topics::POSITIONS, topics::RECORDS],
+            Stage::Sink => &[
+                topics::POSITIONS,
+                topics::EVENTS,
+                topics::RECORDS,
+                topics::DEAD_LETTERS,
+                topics::STATE,
+            ],
+        }
+    }
+
+    /// The stage of this name.
+    pub fn named(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The secrets for encrypted payloads, from `keys_file`.
+pub(crate) fn keys(config: &ServeConfig) -> Result<Arc<KeyRing>> {
+    Ok(Arc::new(match &config.keys_file {
+        Some(path) => KeyRing::from_file(path)?,
+        None => KeyRing::new(),
+    }))
+}
+
+/// The geofence stage with its fences loaded: a bad fences file stops the
+/// start instead of the running stage. Its devices' state comes as input
+/// ([`Sink::stored_state`] in one process, the `state` topic over Kafka).
+pub(crate) async fn geofence(config: StageConfig) -> Result<GeofenceStage> {
+    Ok(
+        tokio::task::spawn_blocking(move || GeofenceStage::new(config))
+            .await
+            .context("fences loader failed")??,
+    )
+}
+
+/// The geofence stage's input from restored snapshots: the latest per
+/// device and kind, in front of the records (already durable, so their
+/// acks settle nothing).
+pub(crate) fn state_input(
+    snapshots: impl IntoIterator<Item = StateSnapshot>,
+    ack: impl Fn() -> Ack,
+) -> Vec<Message<Record>> {
+    let mut latest = std::collections::HashMap::new();
+    for s in snapshots {
+        latest.insert((s.key(), s.kind.clone()), s);
+    }
+    latest
+        .into_iter()
+        .map(|((key, _), s)| Message::new(key, Record::State(s), ack()))
+        .collect()
+}
+
+/// The sink, on its backend: ClickHouse when configured, else the
+/// embedded store in `data_dir` (opened, or ClickHouse migrated, now).
+pub(crate) enum Sink {
+    Sqlite(SqliteBackend),
+    ClickHouse(Box<ClickHouseBackend>),
+}
+
+impl Sink {
+    pub(crate) async fn build(config: &ServeConfig) -> Result<Sink> {
+        Ok(match config.clickhouse.clone() {
+            Some(ch) => {
+                tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
+                Sink::ClickHouse(Box::new(ClickHouseBackend::new(ch).await?))
+            }
+            None => Sink::Sqlite(SqliteBackend::new(
+                config.sink.clone(),
+                open_store(config).await?,
+            )),
+        })
+    }
+
+    /// The device state stored with the records, as the geofence stage's
+    /// first input.
+    pub(crate) async fn stored_state(&self) -> Result<Vec<Message<Record>>> {
+        let snapshots = match self {
+            Sink::Sqlite(b) => b.stored_state().await?,
+            Sink::ClickHouse(b) => b.stored_state().await?,
+        };
+        let input = state_input(snapshots, Ack::none);
+        tracing::info!(snapshots = input.len(), "device state restored");
+        Ok(input)
+    }
+
+    /// Runs the sink stage on its backend (see [`otstream_sink::run`]).
+    pub(crate) async fn run(
+        self,
+        input: impl Receiver<Record>,
+        committed: Option<Committed>,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        match self {
+            Sink::Sqlite(b) => otstream_sink::run(b, input, committed, stop).await?,
+            Sink::ClickHouse(b) => otstream_sink::run(*b, input, committed, stop).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Opens the embedded store in `data_dir`.
+pub(crate) async fn open_store(config: &ServeConfig) -> Result<Store> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .context("store opener failed")?
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+    Ok(store)
+}
