@@ -28,7 +28,7 @@ use otstream_bus::kafka::{
     AssignHook, KafkaCodec, KafkaConfig, KafkaReceiver, KafkaSender, read_to_end, watch_lag,
 };
 use otstream_decode::KeyRing;
-use otstream_decode::stage::DecodeStage;
+use otstream_decode_stage::DecodeStage;
 use otstream_model::{RawMessage, Record, topics};
 
 use crate::config::ServeConfig;
@@ -185,7 +185,8 @@ async fn ingress(
         config.http.clone(),
         config.decode.clone(),
         keys,
-        tx.clone().with_send_timeout(send_timeout),
+        // The payload as received goes to `raw`, see otstream_ingress::intake.
+        otstream_ingress::Raw(tx.clone().with_send_timeout(send_timeout)),
         api.fallback,
         api.auth,
         front.clone(),

@@ -2,19 +2,26 @@
 //! channels, OwnTracks HTTP in front, the embedded store behind. (With
 //! `--bus kafka` the stages run over Kafka instead: see [`crate::kafka`].)
 //!
-//! ingress (HTTP, MQTT) --[raw]--> decode --[records]--> geofence --[records]--> sink
+//! ```text
+//! http ingress ------------------------------+
+//!                                            v
+//! mqtt ingress --[raw]--> decode --[records]--> geofence --[records]--> sink
+//! ```
 //!
-//! The sink is the embedded store (SQLite) or ClickHouse. The geofence
-//! stage adds server-side transitions, trips and stops, and its per-device
-//! state, which the sink stores with them and which is read back here at
-//! start.
+//! The HTTP ingress decodes each body to answer the phone (400 or 200),
+//! and that decoding is the only one: its records (or dead letter) go
+//! straight onto the records link. The decode stage decodes what MQTT
+//! brings. The sink is the embedded store (SQLite) or ClickHouse. The
+//! geofence stage adds server-side transitions, trips and stops, and its
+//! per-device state, which the sink stores with them and gives back as
+//! the geofence stage's first input at the next start.
 //!
-//! Shutdown (SIGINT or SIGTERM) drains in order: the ingress stops
-//! accepting and finishes its in-flight requests (each waits for its
-//! message to be stored); its sender closes the raw link, so the decode
-//! stage drains and closes the records link, and so on, until the sink commits what is
-//! left and returns. Past `shutdown_timeout_ms` the remaining stages are
-//! stopped hard and the stage that hung is named.
+//! Shutdown (SIGINT or SIGTERM) drains in order ([`crate::supervisor`]):
+//! the ingress stops accepting and finishes its in-flight requests (each
+//! waits for its message to be stored); its senders close the links, so
+//! the decode stage drains and closes its output, and so on, until the
+//! sink commits what is left and returns. Past `shutdown_timeout_ms` the
+//! remaining stages are stopped hard and the stage that hung is named.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use otstream_bus::kafka::KafkaConfig;
 use otstream_bus::{Prepended, Sender, channel};
-use otstream_decode::stage::DecodeStage;
+use otstream_decode_stage::DecodeStage;
 use otstream_ingress::MqttConfig;
 use otstream_model::{RawMessage, Record};
 use otstream_sink::clickhouse::ClickHouseConfig;
@@ -209,7 +216,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
             config.http.clone(),
             config.decode.clone(),
             keys,
-            raw_tx.clone().with_send_timeout(send_timeout),
+            // Decoded here once: the records go straight to the geofence
+            // stage; the decode stage decodes what MQTT brings.
+            otstream_ingress::Decoded::new(
+                rec_tx.clone().with_send_timeout(send_timeout),
+                config.decode.topic_prefix.clone(),
+            ),
             api.fallback,
             api.auth,
             front.clone(),

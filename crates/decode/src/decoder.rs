@@ -1,5 +1,6 @@
 //! The decoder: bytes in, normalized records out, parser scratch reused.
 
+use otstream_model::ConfigError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -62,12 +63,18 @@ impl Default for DecodeConfig {
 
 impl DecodeConfig {
     /// Checks the limits make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_payload_bytes == 0 {
-            return Err("max_payload_bytes must be at least 1".into());
+            return Err(ConfigError::new(
+                "decode.max_payload_bytes",
+                "decode.max_payload_bytes must be at least 1",
+            ));
         }
         if self.max_depth < 2 {
-            return Err("max_depth must be at least 2 (an object inside an array)".into());
+            return Err(ConfigError::new(
+                "decode.max_depth",
+                "decode.max_depth must be at least 2 (an object inside an array)",
+            ));
         }
         Ok(())
     }

@@ -3,6 +3,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use otstream_model::identity;
+use otstream_model::{DeadLetter, RawMessage, Text};
+
 /// The bounded set of reasons a payload is refused. [`ErrorKind::code`] is
 /// stable and low-cardinality: it is used as a metric label and as the
 /// `kind` of a dead letter.
@@ -111,6 +114,25 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
+    /// The dead letter standing for `msg`, refused for this error: stored
+    /// with its reason instead of its records. Its identity is what the
+    /// transport alone says (the payload could not be trusted).
+    pub fn dead_letter(&self, msg: RawMessage, topic_prefix: &str) -> DeadLetter {
+        let id = identity::resolve(&msg.hints, topic_prefix, None, None).ok();
+        DeadLetter {
+            user: id.as_ref().map(|i| i.user.clone()).unwrap_or_default(),
+            device: id.map(|i| i.device).unwrap_or_default(),
+            received_at: msg.received_at,
+            transport: msg.transport,
+            topic: msg.hints.mqtt_topic.as_deref().map(Text::from),
+            remote_addr: msg.remote_addr.as_deref().map(Text::from),
+            kind: Text::from(self.kind.code()),
+            field: self.field.as_deref().map(Text::from),
+            message: self.message.clone(),
+            payload: msg.payload,
+        }
+    }
+
     /// An error not tied to one field.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {

@@ -26,14 +26,15 @@
 //! - `tape`: walking simd-json's tape, lenient coercions, the `extra` writer.
 //! - [`crypto`]: secretbox and the key ring.
 //! - [`error`]: [`DecodeError`] and [`ErrorKind`].
-//! - [`stage`]: the decode stage loop between two bus links (the only part
-//!   with I/O: everything above is pure).
+//!
+//! Everything here is pure: no I/O, no runtime, no bus. The stage that runs
+//! it between two bus links is `otstream-decode-stage`; the HTTP ingress
+//! uses the decoder directly for its edge check.
 
 pub mod crypto;
 pub mod decoder;
 pub mod error;
 mod normalize;
-pub mod stage;
 mod tape;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! HTTP ingress configuration.
 
+use otstream_model::ConfigError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,12 +119,18 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.paths.is_empty() || self.paths.iter().any(|p| !p.starts_with('/')) {
-            return Err("http.paths must be a non-empty list of paths starting with /".into());
+            return Err(ConfigError::new(
+                "http.paths",
+                "http.paths must be a non-empty list of paths starting with /",
+            ));
         }
         if self.max_connections == 0 || self.max_body_bytes == 0 {
-            return Err("http.max_connections and http.max_body_bytes must be at least 1".into());
+            return Err(ConfigError::new(
+                "http.max_connections",
+                "http.max_connections and http.max_body_bytes must be at least 1",
+            ));
         }
         Ok(())
     }

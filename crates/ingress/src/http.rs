@@ -17,8 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics::{Counter, Histogram};
-use otstream_bus::{Ack, AckStatus, Message, Sender};
+use otstream_bus::{Ack, AckStatus};
 use otstream_decode::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
+use otstream_model::ConfigError;
 use otstream_model::identity;
 use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Htpasswd, HtpasswdError};
 use crate::config::HttpConfig;
 use crate::friends::Friends;
+use crate::intake::Intake;
 
 /// Why the ingress could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub enum IngressError {
     Accept(std::io::Error),
     /// The configuration is inconsistent.
     #[error("invalid http configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
 }
 
 const STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 413, 500, 503];
@@ -110,10 +112,10 @@ pub trait Fallback: Send + Sync + 'static {
 
 type Answer = Response<Either<Full<Bytes>, FallbackBody>>;
 
-struct State<S> {
+struct State<I> {
     config: HttpConfig,
     fallback: Option<Arc<dyn Fallback>>,
-    output: S,
+    output: I,
     decode_config: DecodeConfig,
     keys: Arc<KeyRing>,
     /// Decoders keep parser scratch; a small pool avoids rebuilding it per
@@ -127,28 +129,33 @@ struct State<S> {
 /// Serves OwnTracks HTTP on `listener` until `shutdown` is cancelled, then
 /// stops accepting, lets in-flight requests finish (each still waits for
 /// its message to be durable) and returns once every connection is closed.
-/// Messages go to `output`, which should have a send deadline: a full bus
-/// turns into 503, not into waiting forever. Every request that is not an
+/// Messages go to `output` ([`Raw`](crate::intake::Raw) over Kafka,
+/// [`Decoded`](crate::intake::Decoded) in one process), whose link should
+/// have a send deadline: a full bus turns into 503, not into waiting
+/// forever. Every request that is not an
 /// OwnTracks POST goes to `fallback` (the read API), when there is one.
 /// `auth` holds the credentials of `config.htpasswd`, loaded by the caller
 /// ([`Htpasswd::from_file`]) so that the read API checks the same ones; it
 /// must be given when `config.htpasswd` is set.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_http<S: Sender<RawMessage>>(
+pub async fn run_http<I: Intake>(
     listener: TcpListener,
     config: HttpConfig,
     decode_config: DecodeConfig,
     keys: Arc<KeyRing>,
-    output: S,
+    output: I,
     fallback: Option<Arc<dyn Fallback>>,
     auth: Option<Arc<Htpasswd>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
-    config.validate().map_err(IngressError::Config)?;
+    config.validate()?;
     if let (Some(path), None) = (&config.htpasswd, &auth) {
-        return Err(IngressError::Config(format!(
-            "http.htpasswd is {} but no credentials were loaded from it",
-            path.display()
+        return Err(IngressError::Config(ConfigError::new(
+            "http.htpasswd",
+            format!(
+                "http.htpasswd is {} but no credentials were loaded from it",
+                path.display()
+            ),
         )));
     }
     let friends = Friends::new(&config.friends);
@@ -209,8 +216,8 @@ pub async fn run_http<S: Sender<RawMessage>>(
     Ok(())
 }
 
-async fn handle<S: Sender<RawMessage>>(
-    state: Arc<State<S>>,
+async fn handle<I: Intake>(
+    state: Arc<State<I>>,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
@@ -272,8 +279,8 @@ fn header_str(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn respond<S: Sender<RawMessage>>(
-    state: &Arc<State<S>>,
+async fn respond<I: Intake>(
+    state: &Arc<State<I>>,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -382,7 +389,13 @@ async fn respond<S: Sender<RawMessage>>(
     // Accepted or not, the body goes to the bus: a refused one becomes a
     // dead letter, and the answer waits until that is durable too.
     let (ack, done) = Ack::new();
-    if let Err(e) = state.output.send(Message::new(key.clone(), raw, ack)).await {
+    // The friends answer is made of what was stored; only then is it known.
+    let for_friends = state.friends.as_ref().map(|_| records.clone());
+    let handed = state
+        .output
+        .hand_off(key.clone(), raw, records, verdict.as_ref().map(|_| ()), ack)
+        .await;
+    if let Err(e) = handed {
         return overloaded(
             state,
             &format!("cannot take the message now ({e}); retry later"),
@@ -398,12 +411,12 @@ async fn respond<S: Sender<RawMessage>>(
     }
     match verdict {
         Ok(()) => {
-            let body = match &state.friends {
-                Some(f) => {
+            let body = match (&state.friends, for_friends) {
+                (Some(f), Some(records)) => {
                     f.update(&records);
                     serde_json::Value::Array(f.response(&key))
                 }
-                None => serde_json::Value::Array(Vec::new()),
+                _ => serde_json::Value::Array(Vec::new()),
             };
             json_response(StatusCode::OK, &body)
         }

@@ -2,8 +2,8 @@
 //!
 //! In: HTTP POSTs from the apps, a drop-in for Traccar's OwnTracks port
 //! (5144) and OwnTracks Recorder's `/pub`. Out: one
-//! [`RawMessage`](otstream_model::RawMessage) per request on the bus, keyed
-//! by device, and an answer to the phone that tells the truth:
+//! [`RawMessage`](otstream_model::RawMessage) per request on the bus (or its
+//! decoded records), keyed by device, and an answer to the phone that tells the truth:
 //!
 //! - **200** with a JSON array (`[]`, or the friends of the sender) only once
 //!   the message is durable downstream: its [`Ack`](otstream_bus::Ack) came
@@ -24,7 +24,10 @@
 //!
 //! Each request is validated with the same decoder the decode stage uses
 //! (one small payload costs about a microsecond, less than its HTTP
-//! parsing), so the status code and the dead letter always agree.
+//! parsing), so the status code and the dead letter always agree. In one
+//! process that decoding is the only one: the records go on as they are
+//! ([`Decoded`]); over Kafka the payload goes to the `raw` topic as
+//! received ([`Raw`]).
 //!
 //! Every other request on the same listener (a GET, another path) goes
 //! to a [`Fallback`] when one is given: the read API and the map page
@@ -35,14 +38,18 @@
 //! - [`auth`]: htpasswd (bcrypt) Basic authentication.
 //! - [`friends`]: the friends list returned to the apps.
 //! - [`http`]: the server and the request handler.
+//! - [`intake`]: where it hands a message: raw (over Kafka) or decoded
+//!   (in one process, so that a message is decoded once).
 //! - [`mqtt`]: the MQTT subscriber (persistent session, PUBACK after storage).
 
 pub mod auth;
 pub mod config;
 pub mod friends;
 pub mod http;
+pub mod intake;
 pub mod mqtt;
 
 pub use config::{FriendsConfig, HttpConfig};
 pub use http::{Fallback, FallbackBody, IngressError, run_http};
+pub use intake::{Decoded, Intake, Raw};
 pub use mqtt::{MqttConfig, MqttError, run_mqtt};

@@ -1,6 +1,7 @@
 //! The `[mqtt]` section: broker, topics, session and protocol.
 
 use super::*;
+use otstream_model::ConfigError;
 
 /// The subtopics the apps publish to, besides the base topic.
 pub const SUBTOPICS: [&str; 10] = [
@@ -155,10 +156,13 @@ impl MqttConfig {
     }
 
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
-        BrokerUrl::parse(&self.url)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        BrokerUrl::parse(&self.url).map_err(|e| ConfigError::new("mqtt.url", e))?;
         if self.client_id.is_empty() {
-            return Err("mqtt.client_id must not be empty: the session is kept under it".into());
+            return Err(ConfigError::new(
+                "mqtt.client_id",
+                "mqtt.client_id must not be empty: the session is kept under it",
+            ));
         }
         Ok(())
     }

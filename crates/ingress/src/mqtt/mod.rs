@@ -53,7 +53,7 @@ use session::{Session, ack_in_order};
 pub enum MqttError {
     /// The configuration is unusable.
     #[error("invalid mqtt configuration: {0}")]
-    Config(String),
+    Config(#[from] otstream_model::ConfigError),
 }
 
 struct Meters {
@@ -80,8 +80,10 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
     subscribed: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), MqttError> {
-    config.validate().map_err(MqttError::Config)?;
-    let (client, eventloop) = connect(&config).map_err(MqttError::Config)?;
+    config.validate()?;
+    // The URL was checked above; what is left to fail is the TLS setup.
+    let (client, eventloop) =
+        connect(&config).map_err(|e| otstream_model::ConfigError::new("mqtt.ca_file", e))?;
     let meters = Meters {
         received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
         reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),

@@ -1,6 +1,9 @@
 //! The decode stage: raw payloads in, normalized records and dead letters
-//! out, acknowledgements carried through.
+//! out, acknowledgements carried through. The decoding itself is the pure
+//! `otstream-decode` crate; this is its loop between two bus links.
 //!
+//! In: [`RawMessage`]s (the MQTT ingress's in one process, the `raw` topic
+//! over Kafka). Out: [`Record`]s, in the input's order per device.
 //! Every input message's [`Ack`](otstream_bus::Ack) is cloned into each
 //! record derived from it (a `waypoints` list gives several), so its sender
 //! hears "delivered" only once all of them are stored. A payload that cannot
@@ -12,11 +15,9 @@ use std::sync::Arc;
 
 use metrics::Counter;
 use otstream_bus::{Message, Receiver, Sender};
-use otstream_model::identity;
-use otstream_model::{DeadLetter, RawMessage, Record, Text};
+use otstream_decode::{DecodeConfig, Decoder, ErrorKind, KeyRing};
+use otstream_model::{RawMessage, Record};
 use tokio_util::sync::CancellationToken;
-
-use crate::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
 
 /// Most messages decoded per trip to the blocking pool: enough to amortize
 /// the hand-off (a few microseconds) over ~0.7 µs messages, small enough to
@@ -46,24 +47,6 @@ impl Meters {
         if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == kind) {
             c.increment(1);
         }
-    }
-}
-
-/// The dead letter for a payload that failed to decode. Its identity is
-/// what the transport alone says (the payload could not be trusted).
-pub fn dead_letter(msg: &RawMessage, e: &DecodeError, topic_prefix: &str) -> DeadLetter {
-    let id = identity::resolve(&msg.hints, topic_prefix, None, None).ok();
-    DeadLetter {
-        user: id.as_ref().map(|i| i.user.clone()).unwrap_or_default(),
-        device: id.map(|i| i.device).unwrap_or_default(),
-        received_at: msg.received_at,
-        transport: msg.transport,
-        topic: msg.hints.mqtt_topic.as_deref().map(Text::from),
-        remote_addr: msg.remote_addr.as_deref().map(Text::from),
-        kind: Text::from(e.kind.code()),
-        field: e.field.as_deref().map(Text::from),
-        message: e.message.clone(),
-        payload: msg.payload.clone(),
     }
 }
 
@@ -119,7 +102,7 @@ impl DecodeStage {
                 }
                 Err(e) => {
                     errors.push(e.kind);
-                    let dl = Record::DeadLetter(dead_letter(&m.value, &e, &self.topic_prefix));
+                    let dl = Record::DeadLetter(e.dead_letter(m.value, &self.topic_prefix));
                     out.push(Message::new(m.key, dl, m.ack));
                 }
             }
