@@ -182,21 +182,21 @@ impl ServeConfig {
 
     /// Checks every section.
     pub fn validate(&self) -> Result<()> {
-        self.http.validate().map_err(anyhow::Error::msg)?;
-        self.decode.validate().map_err(anyhow::Error::msg)?;
-        self.sink.validate().map_err(anyhow::Error::msg)?;
-        self.trips.validate().map_err(anyhow::Error::msg)?;
+        self.http.validate()?;
+        self.decode.validate()?;
+        self.sink.validate()?;
+        self.trips.validate()?;
         if let Some(m) = &self.mqtt {
-            m.validate().map_err(anyhow::Error::msg)?;
+            m.validate()?;
         }
         if let Some(ch) = &self.clickhouse {
-            ch.validate().map_err(anyhow::Error::msg)?;
+            ch.validate()?;
         }
         if self.bus.capacity == 0 {
             bail!("bus.capacity must be at least 1");
         }
         if let Some(k) = &self.kafka {
-            k.validate().map_err(anyhow::Error::msg)?;
+            k.validate()?;
         }
         Ok(())
     }

@@ -60,10 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         topic_prefix: args.topic_prefix.clone(),
         registry: None,
     };
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("invalid decode limits")?;
+    config.validate().context("invalid decode limits")?;
     let keys = match &args.keys {
         Some(path) => KeyRing::from_file(path)?,
         None => KeyRing::new(),

@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(r) = replication {
                 kafka.replication = r;
             }
-            kafka.validate().map_err(anyhow::Error::msg)?;
+            kafka.validate()?;
             let created = crate::runtime::block_on(async {
                 otstream_bus::kafka::create_topics(&kafka)
                     .await

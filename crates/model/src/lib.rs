@@ -19,6 +19,7 @@
 //! - [`broker`]: MQTT broker URLs.
 
 pub mod broker;
+pub mod config;
 pub mod identity;
 pub mod raw;
 pub mod record;
@@ -26,6 +27,7 @@ pub mod retry;
 pub mod topics;
 
 pub use broker::BrokerUrl;
+pub use config::ConfigError;
 pub use identity::{DeviceId, IdentityError, IdentityHints};
 pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
 pub use record::{

@@ -33,6 +33,7 @@
 pub mod clickhouse;
 pub mod store;
 
+use otstream_model::ConfigError;
 use std::time::Duration;
 
 use otstream_bus::{Message, Receiver};
@@ -87,9 +88,12 @@ impl Default for SinkConfig {
 
 impl SinkConfig {
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_batch_rows == 0 {
-            return Err("sink.max_batch_rows must be at least 1".into());
+            return Err(ConfigError::new(
+                "sink.max_batch_rows",
+                "sink.max_batch_rows must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -48,6 +48,7 @@
 //! its fixes where they have one, else the speed over the segment.
 
 use geo::{Distance, Geodesic, Haversine, Point};
+use otstream_model::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// The rules' knobs.
@@ -104,18 +105,24 @@ impl Default for TripConfig {
 
 impl TripConfig {
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.min_distance_m > 0.0 && self.min_distance_m.is_finite()) {
-            return Err("trips.min_distance_m must be a positive number of metres".into());
+            return Err(ConfigError::new(
+                "trips.min_distance_m",
+                "trips.min_distance_m must be a positive number of metres",
+            ));
         }
         if self.min_stop_s <= 0 || self.max_gap_s <= 0 {
-            return Err("trips.min_stop_s and trips.max_gap_s must be positive seconds".into());
+            return Err(ConfigError::new(
+                "trips.min_stop_s",
+                "trips.min_stop_s and trips.max_gap_s must be positive seconds",
+            ));
         }
         if !(self.moving_kmh > 0.0 && self.moving_kmh < self.max_kmh && self.max_kmh.is_finite()) {
-            return Err(
-                "trips.moving_kmh and trips.max_kmh must be positive km/h, moving_kmh below max_kmh"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "trips.moving_kmh",
+                "trips.moving_kmh and trips.max_kmh must be positive km/h, moving_kmh below max_kmh",
+            ));
         }
         Ok(())
     }

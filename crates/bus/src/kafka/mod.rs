@@ -28,6 +28,7 @@ mod lag;
 mod offsets;
 mod receiver;
 
+use otstream_model::ConfigError;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -167,12 +168,18 @@ impl KafkaConfig {
     }
 
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.brokers.is_empty() {
-            return Err("kafka.brokers (or --brokers) is required".into());
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "kafka.brokers (or --brokers) is required",
+            ));
         }
         if self.partitions < 1 || self.max_in_flight == 0 {
-            return Err("kafka.partitions and kafka.max_in_flight must be at least 1".into());
+            return Err(ConfigError::new(
+                "kafka.partitions",
+                "kafka.partitions and kafka.max_in_flight must be at least 1",
+            ));
         }
         Ok(())
     }

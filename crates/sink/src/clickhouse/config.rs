@@ -1,6 +1,7 @@
 //! Where and how to write to ClickHouse, and what can go wrong.
 
 use super::*;
+use otstream_model::ConfigError;
 
 /// Where and how to write to ClickHouse.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,15 +94,18 @@ impl ClickHouseConfig {
     }
 
     /// Checks the values make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!(
-                "clickhouse.url must be an http(s) URL, got {:?}",
-                self.url
+            return Err(ConfigError::new(
+                "clickhouse.url",
+                format!("clickhouse.url must be an http(s) URL, got {:?}", self.url),
             ));
         }
         if self.max_rows == 0 || self.max_bytes == 0 || self.database.is_empty() {
-            return Err("clickhouse.max_rows, max_bytes and database must not be empty".into());
+            return Err(ConfigError::new(
+                "clickhouse.max_rows",
+                "clickhouse.max_rows, max_bytes and database must not be empty",
+            ));
         }
         Ok(())
     }
@@ -136,5 +140,5 @@ pub enum ClickHouseError {
     Version(String),
     /// The configuration is inconsistent.
     #[error("invalid clickhouse configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
 }

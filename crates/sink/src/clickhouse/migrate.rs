@@ -21,7 +21,7 @@ pub async fn server_version(client: &Client) -> Result<ServerVersion, ClickHouse
 /// Creates the database and applies pending migrations, recording each in
 /// `schema_migrations`. Safe to run any number of times.
 pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHouseError> {
-    config.validate().map_err(ClickHouseError::Config)?;
+    config.validate()?;
     // The database may not exist yet: talk to `default` until it does.
     let root = config.client().with_database("default");
     let server = server_version(&root).await?;
@@ -68,7 +68,7 @@ pub async fn load_states(
         kind: String,
         state: String,
     }
-    config.validate().map_err(ClickHouseError::Config)?;
+    config.validate()?;
     if config.migrate {
         migrate(config).await?;
     }

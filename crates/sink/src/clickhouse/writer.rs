@@ -72,7 +72,7 @@ impl ClickHouseBackend {
     /// A backend writing where `config` says; applies pending migrations
     /// first when configured to.
     pub async fn new(config: ClickHouseConfig) -> Result<Self, ClickHouseError> {
-        config.validate().map_err(ClickHouseError::Config)?;
+        config.validate()?;
         if config.migrate {
             let report = migrate(&config).await?;
             tracing::info!(server = %report.server, applied = ?report.applied, "clickhouse schema ready");

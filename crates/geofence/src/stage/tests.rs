@@ -1,0 +1,398 @@
+use std::sync::Arc;
+
+use otstream_bus::{Ack, AckStatus, Message, Receiver, Sender, channel};
+use otstream_model::raw::now_ms;
+use otstream_model::record::{Meta, Position, Waypoint};
+use otstream_model::{Record, StateSnapshot, Transport};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{Fence, FenceSet, GeofenceConfig, Shape};
+
+fn pos(tst: i64, lat: f64, lon: f64) -> Record {
+    let meta = Meta {
+        user: "jane".into(),
+        device: "phone".into(),
+        tid: None,
+        received_at: 1,
+        transport: Transport::Http,
+        topic: None,
+    };
+    Record::Position(Position::at(meta, tst, lat, lon))
+}
+
+fn home() -> Arc<FenceSet> {
+    Arc::new(FenceSet::new(vec![Fence::new(
+        "home",
+        "Home",
+        Shape::Circle {
+            lat: 52.5,
+            lon: 13.4,
+            radius_m: 100.0,
+        },
+    )]))
+}
+
+fn types(out: &[Message<Record>]) -> Vec<&'static str> {
+    out.iter().map(|m| m.value.type_name()).collect()
+}
+
+#[tokio::test]
+async fn the_stage_runs_until_its_input_ends_and_a_closed_output_ends_it() {
+    // Positions through the running stage: each comes out with what it
+    // derives, in order, and the end of the input ends the stage.
+    let (tx, rx) = channel::<Record>(16);
+    let (out, mut orx) = channel::<Record>(16);
+    let stage = GeofenceStage::new(StageConfig::default()).unwrap();
+    let running = tokio::spawn(stage.run(rx, out, CancellationToken::new()));
+    for tst in [100, 200] {
+        let (ack, _w) = Ack::new();
+        tx.send(Message::new("jane/phone", pos(tst, 52.5, 13.4), ack))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let mut got = Vec::new();
+    while orx.recv_many(&mut got, 16).await > 0 {}
+    running.await.unwrap().unwrap();
+    let positions: Vec<i64> = got
+        .iter()
+        .filter_map(|m| match &m.value {
+            Record::Position(p) => Some(p.tst),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(positions, [100, 200]);
+
+    let (tx, rx) = channel::<Record>(16);
+    let (out, orx) = channel::<Record>(16);
+    drop(orx);
+    let stage = GeofenceStage::new(StageConfig::default()).unwrap();
+    let running = tokio::spawn(stage.run(rx, out, CancellationToken::new()));
+    let (ack, _w) = Ack::new();
+    tx.send(Message::new("jane/phone", pos(100, 52.5, 13.4), ack))
+        .await
+        .unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "the geofence stage's output is closed");
+}
+
+#[test]
+fn derived_records_and_state_follow_their_input_with_its_ack() {
+    let mut t = Tracker::new(&StageConfig::default(), home());
+    let mut out = Vec::new();
+    let (ack, mut waiter) = Ack::new();
+    t.process(
+        Message::new("jane/phone", pos(100, 52.5, 13.4), ack),
+        &mut out,
+    );
+    assert_eq!(types(&out), ["position", "transition", "state"]);
+    let Record::State(s) = &out[2].value else {
+        panic!()
+    };
+    assert_eq!((s.kind.as_str(), s.user.as_str()), (KIND_GEO, "jane"));
+    let restored: DeviceGeo = serde_json::from_str(&s.state).unwrap();
+    assert_eq!(&restored, t.device("jane/phone").unwrap());
+    // Delivered only once all three are.
+    let mut parts = out.drain(..);
+    parts.next().unwrap().ack.delivered();
+    parts.next().unwrap().ack.delivered();
+    assert!(
+        futures_poll(&mut waiter).is_none(),
+        "delivered before the state"
+    );
+    parts.next().unwrap().ack.delivered();
+    drop(parts);
+    assert_eq!(futures_poll(&mut waiter), Some(AckStatus::Delivered));
+
+    // A redelivered fix changes nothing: no state, nothing derived.
+    t.process(
+        Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+        &mut out,
+    );
+    assert_eq!(types(&out), ["position"]);
+    out.clear();
+    // Anything else passes through untouched.
+    let lwt: Record = serde_json::from_str(
+        r#"{"type":"device_event","user":"x","device":"y","received_at":1,"transport":"mqtt","event":"lwt"}"#,
+    )
+    .unwrap();
+    t.process(Message::new("x/y", lwt.clone(), Ack::none()), &mut out);
+    assert_eq!(out.pop().unwrap().value, lwt);
+}
+
+#[tokio::test]
+async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
+    let config = StageConfig {
+        derived_only: true,
+        geofence: GeofenceConfig {
+            state_interval_ms: 1000,
+            ..GeofenceConfig::default()
+        },
+        ..StageConfig::default()
+    };
+    let mut t = Tracker::new(&config, home());
+    assert!(t.coalescing());
+    let mut out = Vec::new();
+    let mut waiters = Vec::new();
+    // Into home, staying, then 1.1 km away.
+    for (tst, lat) in [(100, 52.5), (110, 52.5), (120, 52.51)] {
+        let (ack, w) = Ack::new();
+        waiters.push(w);
+        t.process(
+            Message::new("jane/phone", pos(tst, lat, 13.4), ack),
+            &mut out,
+        );
+    }
+    // What the fixes caused goes out at once; their state waits.
+    assert_eq!(types(&out), ["transition", "transition"]);
+    for m in out.drain(..) {
+        m.ack.delivered();
+    }
+    assert!(
+        waiters.iter_mut().all(|w| futures_poll(w).is_none()),
+        "no fix is acknowledged before the state that accounts for it"
+    );
+    t.flush_due(now_ms(), false, &mut out);
+    assert!(out.is_empty(), "not due yet");
+    t.flush_due(now_ms() + 1000, false, &mut out);
+    assert_eq!(types(&out), ["state"]);
+    let Record::State(s) = &out[0].value else {
+        panic!()
+    };
+    let state: DeviceGeo = serde_json::from_str(&s.state).unwrap();
+    assert_eq!(&state, t.device("jane/phone").unwrap());
+    assert_eq!(state.fences.last_tst, 120);
+    out.pop().unwrap().ack.delivered();
+    for w in &mut waiters {
+        assert_eq!(futures_poll(w), Some(AckStatus::Delivered));
+    }
+
+    // A snapshot that is not delivered fails every fix it stood for:
+    // they are read again and evaluated against the previous one.
+    let (a, wa) = Ack::new();
+    let (b, wb) = Ack::new();
+    t.process(
+        Message::new("jane/phone", pos(130, 52.51, 13.4), a),
+        &mut out,
+    );
+    t.process(
+        Message::new("jane/phone", pos(140, 52.51, 13.4), b),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    t.flush_due(now_ms(), true, &mut out);
+    assert_eq!(types(&out), ["state"]);
+    out.pop().unwrap().ack.fail();
+    assert_eq!((wa.await, wb.await), (AckStatus::Failed, AckStatus::Failed));
+}
+
+#[tokio::test]
+async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() {
+    // A snapshot per fix (state_interval_ms 0), as before coalescing.
+    let config = StageConfig {
+        derived_only: true,
+        geofence: GeofenceConfig {
+            state_interval_ms: 0,
+            ..GeofenceConfig::default()
+        },
+        ..StageConfig::default()
+    };
+    // A member that had jane inside home hands over its state.
+    let mut a = Tracker::new(&StageConfig::default(), home());
+    let mut out = Vec::new();
+    a.process(
+        Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+        &mut out,
+    );
+    let Some(Record::State(state)) = out.pop().map(|m| m.value) else {
+        panic!("no state")
+    };
+
+    let mut b = Tracker::new(&config, home());
+    let (ack, waiter) = Ack::new();
+    b.process(
+        Message::new("jane/phone", Record::State(state), ack),
+        &mut out,
+    );
+    out.clear();
+    assert_eq!(waiter.await, AckStatus::Delivered);
+    assert!(b.device("jane/phone").is_some());
+
+    // Leaving: the transition and state go out, not the position, and
+    // the ack waits for them alone.
+    let (ack, mut waiter) = Ack::new();
+    b.process(
+        Message::new("jane/phone", pos(200, 52.51, 13.4), ack),
+        &mut out,
+    );
+    assert_eq!(types(&out), ["transition", "state"]);
+    let Record::Transition(t) = &out[0].value else {
+        panic!()
+    };
+    assert_eq!(t.event.as_str(), "leave");
+    let mut parts = out.drain(..);
+    parts.next().unwrap().ack.delivered();
+    assert!(futures_poll(&mut waiter).is_none());
+    parts.next().unwrap().ack.delivered();
+    drop(parts);
+    assert_eq!(futures_poll(&mut waiter), Some(AckStatus::Delivered));
+
+    // Nothing derived: nothing sent, the input's ack done at once.
+    let (ack, waiter) = Ack::new();
+    b.process(
+        Message::new("jane/phone", pos(150, 52.51, 13.4), ack),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(waiter.await, AckStatus::Delivered);
+}
+
+#[test]
+fn a_restored_tracker_carries_on_where_the_stored_one_stopped() {
+    let mut a = Tracker::new(&StageConfig::default(), home());
+    let mut out = Vec::new();
+    let w = Waypoint {
+        meta: match pos(0, 0.0, 0.0) {
+            Record::Position(p) => p.meta,
+            _ => unreachable!(),
+        },
+        tst: Some(7),
+        lat: Some(48.0),
+        lon: Some(11.0),
+        rad: Some(50),
+        desc: Some("Office".into()),
+        rid: None,
+        uuid: None,
+        major: None,
+        minor: None,
+        extra: None,
+    };
+    a.process(
+        Message::new("jane/phone", Record::Waypoint(w), Ack::none()),
+        &mut out,
+    );
+    a.process(
+        Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
+        &mut out,
+    );
+    let saved: Vec<StateSnapshot> = out
+        .drain(..)
+        .filter_map(|m| match m.value {
+            Record::State(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 2);
+    let mut b = Tracker::new(&StageConfig::default(), home());
+    let mut broken = saved[0].clone();
+    broken.state = "nonsense".into();
+    assert_eq!(b.restore(saved.into_iter().chain([broken])), 2);
+    // Inside home already: leaving gives a leave, not an enter; and the
+    // office region came back.
+    for (tst, lat, lon) in [(200, 52.51, 13.4), (300, 48.0, 11.0)] {
+        a.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
+        let from_a: Vec<Record> = out.drain(..).map(|m| m.value).collect();
+        b.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
+        let from_b: Vec<Record> = out.drain(..).map(|m| m.value).collect();
+        let strip = |v: Vec<Record>| -> Vec<Record> {
+            v.into_iter()
+                .filter(|r| !matches!(r, Record::State(_)))
+                .collect()
+        };
+        let (from_a, from_b) = (strip(from_a), strip(from_b));
+        assert_eq!(from_a, from_b);
+        let events: Vec<String> = from_b
+            .iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => {
+                    Some(format!("{} {}", t.event, t.rid.as_deref().unwrap_or("")))
+                }
+                _ => None,
+            })
+            .collect();
+        match tst {
+            200 => assert_eq!(events, ["leave home"]),
+            _ => assert_eq!(events, ["enter wp:7:Office"]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn fences_file_is_loaded_and_errors_name_it() {
+    let dir = std::env::temp_dir().join(format!("otstream-geo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fences.geojson");
+    std::fs::write(&file, "[]").unwrap();
+    let e = load_fences(Some(&file)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "fences file {}: fences must be a GeoJSON FeatureCollection",
+            file.display()
+        )
+    );
+    let config = StageConfig {
+        geofence: GeofenceConfig {
+            fences: Some(file.clone()),
+            ..GeofenceConfig::default()
+        },
+        ..StageConfig::default()
+    };
+    let r = GeofenceStage::new(config).map(|_| ());
+    assert!(matches!(r, Err(StageError::Fences { .. })), "{r:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn futures_poll(w: &mut otstream_bus::AckWaiter) -> Option<AckStatus> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::future::Future::poll(std::pin::Pin::new(w), &mut cx) {
+        std::task::Poll::Ready(s) => Some(s),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_running_stage_sends_a_quiet_devices_state_when_due_on_its_clock() {
+    let config = StageConfig {
+        derived_only: true,
+        geofence: GeofenceConfig {
+            state_interval_ms: 1000,
+            ..GeofenceConfig::default()
+        },
+        ..StageConfig::default()
+    };
+    let started = 1_700_000_000_000;
+    let stage = GeofenceStage::with_clock(config, Arc::new(TokioClock::new(started))).unwrap();
+    let (tx, rx) = channel::<Record>(16);
+    let (out, mut orx) = channel::<Record>(16);
+    let running = tokio::spawn(stage.run(rx, out, CancellationToken::new()));
+    let (ack, mut waiter) = Ack::new();
+    tx.send(Message::new("jane/phone", pos(100, 52.5, 13.4), ack))
+        .await
+        .unwrap();
+    // The fix's state waits for the interval; nothing comes out before.
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let mut got = Vec::new();
+    let early = std::time::Duration::from_millis(1);
+    assert!(
+        tokio::time::timeout(early, orx.recv_many(&mut got, 16))
+            .await
+            .is_err()
+    );
+    assert!(futures_poll(&mut waiter).is_none());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    orx.recv_many(&mut got, 16).await;
+    assert_eq!(types(&got), ["state"]);
+    let Record::State(s) = &got[0].value else {
+        unreachable!()
+    };
+    // Due 1000 ms after the fix; sent at the first flush tick after that
+    // (every 250 ms).
+    assert_eq!(s.updated_at, started + 1000);
+    got.pop().unwrap().ack.delivered();
+    assert_eq!(waiter.await, AckStatus::Delivered);
+    drop(tx);
+    running.await.unwrap().unwrap();
+}
