@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use otstream_bus::kafka::KafkaConfig;
 use otstream_decode::DecodeConfig;
 use otstream_geofence::GeofenceConfig;
@@ -147,30 +149,26 @@ impl ServeConfig {
         }
     }
 
-    /// Reads the file (if any) and applies `OTSTREAM_*__*` variables from
-    /// `env`; call [`ServeConfig::validate`] once flags are applied too.
-    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(path) = name.strip_prefix("OTSTREAM_").filter(|p| p.contains("__")) else {
-                continue;
-            };
-            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-            set_path(&mut table, &keys, parse_env_value(&value))
-                .with_context(|| format!("environment variable {name}"))?;
+    /// Reads the file (if any) and applies the `OTSTREAM_<SECTION>__<KEY>`
+    /// variables of the environment on top (figment: the file's TOML,
+    /// then the variables, each value read as TOML when it parses as a
+    /// number, boolean or array, else as a string). Call
+    /// [`ServeConfig::validate`] once flags are applied too.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut layers = Figment::new();
+        if let Some(path) = file {
+            // Named on purpose, so it must be there: figment would
+            // otherwise take a missing file as an empty one.
+            std::fs::metadata(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            layers = layers.merge(Toml::file_exact(path));
         }
-        // Validated by the caller once flags are applied on top.
-        toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")
+        // Only the variables with a section: the single-level ones
+        // (OTSTREAM_HTTP_ADDR, ...) belong to the flags, which read them.
+        let env = Env::prefixed("OTSTREAM_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        layers.merge(env).extract().context("invalid configuration")
     }
 
     /// The Kafka section, which must be there (with brokers) to use Kafka.
@@ -202,92 +200,66 @@ impl ServeConfig {
     }
 }
 
-/// A variable's value as TOML when it reads as a TOML value (numbers,
-/// booleans, arrays), else as a plain string.
-fn parse_env_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
-}
-
-fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<()> {
-    match keys {
-        [] => bail!("empty key"),
-        [last] => {
-            table.insert(last.clone(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(t) => set_path(t, rest, value),
-                _ => bail!("{first} is not a section"),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
+// figment's Jail takes closures returning its own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
     #[test]
     fn defaults_without_any_configuration() {
-        let c = ServeConfig::load(None, std::iter::empty()).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5144");
-        assert_eq!(c.http.paths, ["/", "/pub"]);
-        assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:9145");
-        assert_eq!(c.bus.capacity, 10_000);
-        assert_eq!(c.sink.linger_ms, 0);
+        figment::Jail::expect_with(|_| {
+            let c = ServeConfig::load(None).unwrap();
+            assert_eq!(c.data_dir, PathBuf::from("./data"));
+            assert_eq!(c.http.addr.to_string(), "0.0.0.0:5144");
+            assert_eq!(c.http.paths, ["/", "/pub"]);
+            assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:9145");
+            assert_eq!(c.bus.capacity, 10_000);
+            assert_eq!(c.sink.linger_ms, 0);
+            Ok(())
+        });
     }
 
     #[test]
     fn environment_overrides_the_file() {
-        let dir = std::env::temp_dir().join(format!("otstream-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("serve.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"/var/lib/ot\"\n[sink]\nlinger_ms = 10\n[http]\nmax_connections = 5\n",
-        )
-        .unwrap();
-        let env = [
-            ("OTSTREAM_SINK__LINGER_MS".to_owned(), "50".to_owned()),
-            (
-                "OTSTREAM_HTTP__PATHS".to_owned(),
-                "[\"/owntracks\"]".to_owned(),
-            ),
-            (
-                "OTSTREAM_DATA_DIR".to_owned(),
-                "ignored: a flag's variable".to_owned(),
-            ),
-            (
-                "OTSTREAM_DECODE__TOPIC_PREFIX".to_owned(),
-                "fleet".to_owned(),
-            ),
-        ];
-        let c = ServeConfig::load(Some(&file), env.into_iter()).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ot"));
-        assert_eq!(c.sink.linger_ms, 50);
-        assert_eq!(c.http.max_connections, 5);
-        assert_eq!(c.http.paths, ["/owntracks"]);
-        assert_eq!(c.decode.topic_prefix, "fleet");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "serve.toml",
+                "data_dir = \"/var/lib/ot\"\n[sink]\nlinger_ms = 10\n[http]\nmax_connections = 5\n",
+            )?;
+            jail.set_env("OTSTREAM_SINK__LINGER_MS", "50");
+            jail.set_env("OTSTREAM_HTTP__PATHS", "[\"/owntracks\"]");
+            jail.set_env("OTSTREAM_DATA_DIR", "ignored: a flag's variable");
+            jail.set_env("OTSTREAM_DECODE__TOPIC_PREFIX", "fleet");
+            let c = ServeConfig::load(Some(Path::new("serve.toml"))).unwrap();
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/ot"));
+            assert_eq!(c.sink.linger_ms, 50);
+            assert_eq!(c.http.max_connections, 5);
+            assert_eq!(c.http.paths, ["/owntracks"]);
+            assert_eq!(c.decode.topic_prefix, "fleet");
+            let missing = ServeConfig::load(Some(Path::new("nowhere.toml"))).unwrap_err();
+            assert!(
+                format!("{missing:#}").starts_with("cannot read config file nowhere.toml: "),
+                "{missing:#}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        let env = [("OTSTREAM_SINK__LINGER".to_owned(), "5".to_owned())];
-        let e = ServeConfig::load(None, env.into_iter()).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown field `linger`"), "{e:#}");
-        let env = [("OTSTREAM_BUS__CAPACITY".to_owned(), "0".to_owned())];
-        let e = ServeConfig::load(None, env.into_iter())
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert_eq!(format!("{e:#}"), "bus.capacity must be at least 1");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OTSTREAM_SINK__LINGER", "5");
+            let e = ServeConfig::load(None).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("unknown field: found `linger`"),
+                "{e:#}"
+            );
+            jail.clear_env();
+            jail.set_env("OTSTREAM_BUS__CAPACITY", "0");
+            let e = ServeConfig::load(None).unwrap().validate().unwrap_err();
+            assert_eq!(format!("{e:#}"), "bus.capacity must be at least 1");
+            Ok(())
+        });
     }
 }

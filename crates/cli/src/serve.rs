@@ -95,7 +95,7 @@ impl Args {
     /// The configuration: file, then environment, then these flags.
     pub fn config(self) -> Result<ServeConfig> {
         init_logging(&self.log, self.log_format)?;
-        let mut config = ServeConfig::load(self.config.as_deref(), std::env::vars())?;
+        let mut config = ServeConfig::load(self.config.as_deref())?;
         if let Some(a) = self.http_addr {
             config.http.addr = a;
         }
