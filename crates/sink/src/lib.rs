@@ -20,6 +20,21 @@
 //! answers 503: backpressure, not loss. Duplicates (a retried POST, a
 //! redelivered MQTT message) collapse on each table's natural key.
 //!
+//! ClickHouse ([`clickhouse::ClickHouseBackend`]) takes the same records in
+//! large batches (`max_rows`, `max_bytes`, or `period_ms` after the first):
+//! one RowBinary INSERT per table, acknowledged only once ClickHouse has
+//! answered the INSERT, retried with backoff while the server is away
+//! (the bus fills behind it, and the ingress answers 503). Rows it refuses
+//! for their content become dead letters, found by splitting the batch.
+//! Its tables are ReplacingMergeTree on the same natural keys, so a
+//! redelivered record is one row after merges (`FINAL`).
+//!
+//! Both backends store each device's state snapshot in the batch of the
+//! rows it accounts for (SQLite in the same transaction; ClickHouse in the
+//! same round of INSERTs, acknowledged only when all of them are), and
+//! give it back ([`Backend::stored_state`]) for the geofence stage to
+//! resume from.
+//!
 //! What was committed is announced on an optional broadcast channel
 //! ([`Committed`]): positions and transitions, after their commit and only
 //! while someone listens, for the read API's live feed.

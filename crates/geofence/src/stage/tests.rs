@@ -33,6 +33,18 @@ fn home() -> Arc<FenceSet> {
     )]))
 }
 
+/// The stage as it runs over Kafka, snapshotting every `state_interval_ms`.
+fn over_kafka(state_interval_ms: u64) -> StageConfig {
+    StageConfig {
+        derived_only: true,
+        geofence: GeofenceConfig {
+            state_interval_ms,
+            ..GeofenceConfig::default()
+        },
+        ..StageConfig::default()
+    }
+}
+
 fn types(out: &[Message<Record>]) -> Vec<&'static str> {
     out.iter().map(|m| m.value.type_name()).collect()
 }
@@ -123,14 +135,7 @@ fn derived_records_and_state_follow_their_input_with_its_ack() {
 
 #[tokio::test]
 async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
-    let config = StageConfig {
-        derived_only: true,
-        geofence: GeofenceConfig {
-            state_interval_ms: 1000,
-            ..GeofenceConfig::default()
-        },
-        ..StageConfig::default()
-    };
+    let config = over_kafka(1000);
     let mut t = Tracker::new(&config, home());
     assert!(t.coalescing());
     let mut out = Vec::new();
@@ -190,14 +195,7 @@ async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
 #[tokio::test]
 async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() {
     // A snapshot per fix (state_interval_ms 0), as before coalescing.
-    let config = StageConfig {
-        derived_only: true,
-        geofence: GeofenceConfig {
-            state_interval_ms: 0,
-            ..GeofenceConfig::default()
-        },
-        ..StageConfig::default()
-    };
+    let config = over_kafka(0);
     // A member that had jane inside home hands over its state.
     let mut a = Tracker::new(&StageConfig::default(), home());
     let mut out = Vec::new();
@@ -355,14 +353,7 @@ fn futures_poll(w: &mut otstream_bus::AckWaiter) -> Option<AckStatus> {
 
 #[tokio::test(start_paused = true)]
 async fn the_running_stage_sends_a_quiet_devices_state_when_due_on_its_clock() {
-    let config = StageConfig {
-        derived_only: true,
-        geofence: GeofenceConfig {
-            state_interval_ms: 1000,
-            ..GeofenceConfig::default()
-        },
-        ..StageConfig::default()
-    };
+    let config = over_kafka(1000);
     let started = 1_700_000_000_000;
     let stage = GeofenceStage::with_clock(config, Arc::new(TokioClock::new(started))).unwrap();
     let (tx, rx) = channel::<Record>(16);
