@@ -174,6 +174,45 @@ impl Serve {
         self.log()
     }
 
+    /// The value of the unlabelled metric `name` on /metrics, if exposed.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = ureq::get(&format!("{}/metrics", self.metrics_url))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits (up to 60 s) until `serve`'s ClickHouse buffer is empty:
+    /// everything acknowledged so far is in ClickHouse. Panics, with the
+    /// log, otherwise, and when the process has no buffer.
+    pub fn wait_shipped(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let rows = self.metric("otstream_buffer_rows");
+            if rows == Some(0.0) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "buffer not shipped within 60 s ({rows:?} rows left):\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Everything acknowledged is readable: a process writing to the
+    /// embedded store committed before it answered; one buffering for
+    /// ClickHouse is waited for ([`Serve::wait_shipped`]).
+    pub fn settle(&self) {
+        if self.metric("otstream_buffer_rows").is_some() {
+            self.wait_shipped();
+        }
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -597,6 +597,7 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
             },
         );
     }
+    serve.settle();
     assert_eq!(
         get_json(serve, "/api/0/list?user=eve&device=trailer&from=2025-11-01"),
         json!({"results": ["rec/eve/trailer/2024-10.rec", "rec/eve/trailer/2025-10.rec"]})
@@ -624,6 +625,7 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
         );
         assert_eq!(a.status, 200, "{}", a.body);
     }
+    serve.settle();
     let regions = get_json(serve, "/api/v1/waypoints?user=jane");
     let regions: Vec<Value> = regions
         .as_array()
@@ -767,6 +769,7 @@ fn read_api_gives_the_same_exact_answers_from_sqlite_and_clickhouse() {
     )
     .unwrap();
     post_fleet(&clickhouse);
+    clickhouse.wait_shipped();
     let from_clickhouse = answers(&clickhouse, &fixes);
     for (k, v) in &from_sqlite {
         assert_eq!(

@@ -342,6 +342,7 @@ fn positions_over_http_give_transitions_trips_and_stops_in_clickhouse() {
     assert!(serve.interrupt().unwrap());
     let serve = Serve::start(dir.path(), &args, &env).unwrap();
     post_all(&serve, &track[20..]);
+    serve.wait_shipped();
     let q = |sql: &str| -> Vec<String> {
         ch(&url, Some(&db), &format!("{sql} FORMAT TSV"))
             .unwrap_or_else(|e| panic!("{sql}: {e}"))

@@ -19,6 +19,7 @@ use otstream_geofence::GeofenceConfig;
 use otstream_geofence::stage::StageConfig;
 use otstream_ingress::{HttpConfig, MqttConfig};
 use otstream_sink::SinkConfig;
+use otstream_sink::buffer::BufferConfig;
 use otstream_sink::clickhouse::ClickHouseConfig;
 use otstream_trips::TripConfig;
 use serde::Deserialize;
@@ -55,6 +56,10 @@ pub struct ServeConfig {
     /// Write to ClickHouse instead of the embedded store.
     #[serde(default)]
     pub clickhouse: Option<ClickHouseConfig>,
+    /// The local buffer `serve` acknowledges from when it writes to
+    /// ClickHouse.
+    #[serde(default)]
+    pub buffer: BufferConfig,
     /// Server-side geofences: the fences file and the evaluation rules.
     #[serde(default)]
     pub geofence: GeofenceConfig,

@@ -85,7 +85,9 @@ pub async fn run(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 if let Some(ch) = &config.clickhouse {
                     sink_kafka.max_in_flight = sink_kafka.max_in_flight.max(2 * ch.max_rows);
                 }
-                let sink = Sink::build(&config).await?;
+                // Kafka is the buffer here: the sink commits its offsets
+                // only once ClickHouse has the rows.
+                let (sink, _) = Sink::build(&config, false).await?;
                 let Consumer { rx, stop, closed } = consumer(&sink_kafka, stage, None)?;
                 let run = sink.run(rx, live.clone(), sup.hard_stop());
                 sup.spawn("sink", run)

@@ -158,6 +158,12 @@ pub fn check(args: Args) -> Result<()> {
         BusKind::Kafka => format!("kafka at {}", config.kafka()?.brokers),
     };
     let sink = match &config.clickhouse {
+        Some(ch) if config.buffer.enabled && config.bus.kind == BusKind::Inprocess => format!(
+            "ClickHouse {} database {}, buffered in {}",
+            ch.url,
+            ch.database,
+            config.data_dir.display()
+        ),
         Some(ch) => format!("ClickHouse {} database {}", ch.url, ch.database),
         None => format!("embedded store in {}", config.data_dir.display()),
     };
@@ -188,7 +194,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     // ClickHouse) and gives back the device state stored with the rows;
     // the geofence stage loads its fences and takes that state as its
     // first input.
-    let sink = Sink::build(&config).await?;
+    let (sink, shipper) = Sink::build(&config, config.buffer.enabled).await?;
     let restored = sink.stored_state().await?;
     let geofence = stages::geofence(config.geo_stage()).await?;
     let decode = DecodeStage::new(config.decode.clone(), keys.clone());
@@ -245,6 +251,13 @@ async fn serve(config: ServeConfig) -> Result<()> {
         geofence.run(Prepended::new(restored, rec_rx), geo_tx, hard_stop.clone()),
     );
     sup.spawn("sink", sink.run(geo_rx, Some(live), hard_stop));
+    // After the sink: what is buffered when it stops stays for the next
+    // start; the shipper stops where it is.
+    if let Some(shipper) = shipper {
+        let stop = CancellationToken::new();
+        sup.spawn("shipper", shipper.run(stop.clone()))
+            .on_stop(move || stop.cancel());
+    }
     if let Some(task) = api.task {
         sup.spawn("api", task);
     }

@@ -9,6 +9,7 @@ use otstream_bus::{Ack, Message, Receiver};
 use otstream_decode::KeyRing;
 use otstream_geofence::stage::{GeofenceStage, StageConfig};
 use otstream_model::{Record, StateSnapshot, topics};
+use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
 use otstream_sink::{Backend, Committed, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
@@ -104,24 +105,57 @@ pub(crate) fn state_input(
         .collect()
 }
 
-/// The sink, on its backend: ClickHouse when configured, else the
-/// embedded store in `data_dir` (opened, or ClickHouse migrated, now).
+/// The sink, on its backend: ClickHouse when configured (through the
+/// local buffer when asked for), else the embedded store in `data_dir`;
+/// opened (or ClickHouse migrated) now.
 pub(crate) enum Sink {
     Sqlite(SqliteBackend),
     ClickHouse(Box<ClickHouseBackend>),
+    Buffered(BufferedBackend),
 }
 
 impl Sink {
-    pub(crate) async fn build(config: &ServeConfig) -> Result<Sink> {
+    /// The sink of `config`; with `buffered` and ClickHouse, the buffer's
+    /// [`Shipper`] too, to run as a stage after the sink.
+    pub(crate) async fn build(
+        config: &ServeConfig,
+        buffered: bool,
+    ) -> Result<(Sink, Option<Shipper>)> {
         Ok(match config.clickhouse.clone() {
+            Some(ch) if buffered => {
+                tracing::info!(url = %ch.url, database = %ch.database, data_dir = %config.data_dir.display(), "writing to ClickHouse through the local buffer");
+                let (data_dir, sink, buffer) = (
+                    config.data_dir.clone(),
+                    config.sink.clone(),
+                    config.buffer.clone(),
+                );
+                let (backend, shipper) = tokio::task::spawn_blocking(move || {
+                    otstream_sink::buffer::open(&data_dir, sink, &buffer, ch)
+                })
+                .await
+                .context("buffer opener failed")?
+                .with_context(|| {
+                    format!(
+                        "cannot open the ClickHouse buffer in {}",
+                        config.data_dir.display()
+                    )
+                })?;
+                (Sink::Buffered(backend), Some(shipper))
+            }
             Some(ch) => {
                 tracing::info!(url = %ch.url, database = %ch.database, "writing to ClickHouse");
-                Sink::ClickHouse(Box::new(ClickHouseBackend::new(ch).await?))
+                (
+                    Sink::ClickHouse(Box::new(ClickHouseBackend::new(ch).await?)),
+                    None,
+                )
             }
-            None => Sink::Sqlite(SqliteBackend::new(
-                config.sink.clone(),
-                open_store(config).await?,
-            )),
+            None => {
+                let store = open_store(config).await?;
+                (
+                    Sink::Sqlite(SqliteBackend::new(config.sink.clone(), store)),
+                    None,
+                )
+            }
         })
     }
 
@@ -131,6 +165,7 @@ impl Sink {
         let snapshots = match self {
             Sink::Sqlite(b) => b.stored_state().await?,
             Sink::ClickHouse(b) => b.stored_state().await?,
+            Sink::Buffered(b) => b.stored_state().await?,
         };
         let input = state_input(snapshots, Ack::none);
         tracing::info!(snapshots = input.len(), "device state restored");
@@ -147,6 +182,7 @@ impl Sink {
         match self {
             Sink::Sqlite(b) => otstream_sink::run(b, input, committed, stop).await?,
             Sink::ClickHouse(b) => otstream_sink::run(*b, input, committed, stop).await?,
+            Sink::Buffered(b) => otstream_sink::run(b, input, committed, stop).await?,
         }
         Ok(())
     }

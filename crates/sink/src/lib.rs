@@ -42,9 +42,12 @@
 //! Layout:
 //! - [`store`]: the SQLite schema and batch writer.
 //! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
-//! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`]
-//!   or [`clickhouse::ClickHouseBackend`].
+//! - [`buffer`]: the local buffer `serve` puts in front of ClickHouse
+//!   ([`buffer::BufferedBackend`], drained by its [`buffer::Shipper`]).
+//! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
+//!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
 
+pub mod buffer;
 pub mod clickhouse;
 pub mod store;
 
@@ -114,7 +117,7 @@ impl SinkConfig {
     }
 }
 
-const MAX_RETRY: Duration = Duration::from_secs(2);
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// Where a sink announces the positions and transitions it committed (the
 /// live feed). A broadcast: a slow listener skips ahead, the sink never

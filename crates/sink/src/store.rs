@@ -237,30 +237,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
-        let path = data_dir.join(DB_FILE);
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-        )?;
-        // WAL lets readers (the sqlite3 shell, the friends lookup) work while
-        // the sink writes; FULL makes every commit durable before the ack.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // A short busy wait; longer stalls are retried by the sink loop so
-        // that shutdown is never stuck inside SQLite.
-        conn.busy_timeout(Duration::from_millis(200))?;
-        // The schema's versions, applied in order from the store's
-        // `user_version`; a store made by a newer otstream is refused
-        // rather than written with an older schema.
         let migrations =
             Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2), M::up(SCHEMA_V3)]);
-        migrations
-            .to_latest(&mut conn)
-            .map_err(|e| StoreError::Schema(e.to_string()))?;
+        let (conn, path) = open_db(data_dir, DB_FILE, &migrations)?;
         let meters = Meters {
             rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
             commit_seconds: metrics::histogram!("otstream_store_commit_seconds"),
@@ -276,19 +255,7 @@ impl Store {
     /// The latest state of every device, every kind: what a stateful
     /// stage resumes from.
     pub fn load_states(&self) -> Result<Vec<StateSnapshot>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT user, device, kind, state, updated_at FROM device_state")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(StateSnapshot {
-                user: Text::from(r.get_ref(0)?.as_str()?),
-                device: Text::from(r.get_ref(1)?.as_str()?),
-                kind: Text::from(r.get_ref(2)?.as_str()?),
-                state: r.get(3)?,
-                updated_at: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        load_states(&self.conn)
     }
 
     /// Writes records in one transaction: all of them are committed, or
@@ -315,6 +282,67 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Opens (creating it and `data_dir` when needed) the SQLite file `file`
+/// in `data_dir` for durable writes, its schema brought to the latest of
+/// `migrations`.
+pub(crate) fn open_db(
+    data_dir: &Path,
+    file: &str,
+    migrations: &Migrations<'_>,
+) -> Result<(Connection, PathBuf), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(file);
+    let mut conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )?;
+    // WAL lets readers (the sqlite3 shell, the friends lookup) work while
+    // the sink writes; FULL makes every commit durable before the ack.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // A short busy wait; longer stalls are retried by the sink loop so
+    // that shutdown is never stuck inside SQLite.
+    conn.busy_timeout(Duration::from_millis(200))?;
+    // The schema's versions, applied in order from the file's
+    // `user_version`; a file made by a newer otstream is refused rather
+    // than written with an older schema.
+    migrations
+        .to_latest(&mut conn)
+        .map_err(|e| StoreError::Schema(e.to_string()))?;
+    Ok((conn, path))
+}
+
+/// The `device_state` table's rows (the same table in the store and in
+/// the ClickHouse buffer).
+pub(crate) fn load_states(conn: &Connection) -> Result<Vec<StateSnapshot>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT user, device, kind, state, updated_at FROM device_state")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StateSnapshot {
+            user: Text::from(r.get_ref(0)?.as_str()?),
+            device: Text::from(r.get_ref(1)?.as_str()?),
+            kind: Text::from(r.get_ref(2)?.as_str()?),
+            state: r.get(3)?,
+            updated_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Keeps `st` as its device's latest state of its kind.
+pub(crate) fn save_state(tx: &Transaction<'_>, st: &StateSnapshot) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO device_state (kind, user, device, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        st.kind.as_str(), st.user.as_str(), st.device.as_str(), st.state, st.updated_at,
+    ])?;
+    Ok(())
 }
 
 fn json_list(v: &[Text]) -> Option<String> {
@@ -439,14 +467,7 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
                 st.points, m.received_at, st.place.as_deref(),
             ])?;
         }
-        Record::State(st) => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO device_state (kind, user, device, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                st.kind.as_str(), st.user.as_str(), st.device.as_str(), st.state, st.updated_at,
-            ])?;
-        }
+        Record::State(st) => save_state(tx, st)?,
         Record::DeadLetter(d) => {
             tx.prepare_cached(
                 "INSERT INTO dead_letters (received_at, transport, topic, user, device, remote_addr, kind, field, message, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",

@@ -342,3 +342,83 @@ fn a_store_from_before_stop_places_gains_the_column() {
     assert!(e.to_string().starts_with("store schema: "), "{e}");
     assert_eq!(query(&db, "PRAGMA user_version"), ["4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_when_full() {
+    use otstream_sink::Backend;
+    use otstream_sink::buffer::{self, BufferConfig};
+    use otstream_sink::clickhouse::ClickHouseConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: ClickHouse is away for all of this.
+    let away = ClickHouseConfig::new("http://127.0.0.1:9");
+    let config = BufferConfig {
+        max_bytes: 100,
+        ..BufferConfig::default()
+    };
+    let (backend, _shipper) =
+        buffer::open(dir.path(), SinkConfig::default(), &config, away.clone()).unwrap();
+    let (tx, rx) = channel::<Record>(64);
+    let shutdown = CancellationToken::new();
+    let sink = tokio::spawn(otstream_sink::run(backend, rx, None, shutdown.clone()));
+    let mut first = records(
+        "owntracks/a/b",
+        r#"{"_type":"location","lat":1,"lon":2,"tst":1700000001}"#,
+    );
+    first.push(Record::State(otstream_model::StateSnapshot {
+        user: "a".into(),
+        device: "b".into(),
+        kind: "geo".into(),
+        state: "{\"f\":{}}".into(),
+        updated_at: 7,
+    }));
+    for w in send_all(&tx, first) {
+        assert_eq!(w.await, AckStatus::Delivered);
+    }
+    let db = dir.path().join(buffer::BUFFER_FILE);
+    assert_eq!(
+        query(
+            &db,
+            "SELECT seq, json_extract(body, '$.type'), json_extract(body, '$.tst') FROM outbox ORDER BY seq"
+        ),
+        ["1|position|1700000001", "2|state|NULL"]
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT kind, user, device, state, updated_at FROM device_state"
+        ),
+        [r#"geo|a|b|{"f":{}}|7"#]
+    );
+
+    // Over 100 bytes now: the next batch waits for the shipper, unacknowledged.
+    let mut held = send_all(
+        &tx,
+        records(
+            "owntracks/a/b",
+            r#"{"_type":"location","lat":1,"lon":2,"tst":1700000002,"batt":90,"acc":10,"vel":5}"#,
+        ),
+    );
+    let mut w = held.remove(0);
+    tokio::select! {
+        s = &mut w => panic!("acknowledged past the bound: {s:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    shutdown.cancel();
+    sink.await.unwrap().unwrap();
+    assert_eq!(w.await, AckStatus::Failed);
+    assert_eq!(query(&db, "SELECT count(*) FROM outbox"), ["2"]);
+
+    // Reopened (a restart): the state comes back from the buffer, since
+    // ClickHouse does not answer.
+    let (backend, _shipper) =
+        buffer::open(dir.path(), SinkConfig::default(), &config, away).unwrap();
+    let states = backend.stored_state().await.unwrap();
+    assert_eq!(
+        states
+            .iter()
+            .map(|s| format!("{}/{} {} {}", s.user, s.device, s.kind, s.updated_at))
+            .collect::<Vec<_>>(),
+        ["a/b geo 7"]
+    );
+}
