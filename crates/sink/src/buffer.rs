@@ -113,7 +113,11 @@ struct Level {
 
 /// Shared by the backend (appends) and the shipper (removes).
 struct Shared {
-    outbox: Mutex<Outbox>,
+    /// The backend's connection: appends and device state.
+    appender: Mutex<Outbox>,
+    /// The shipper's own: reading 50,000 rows must not hold up an append
+    /// (WAL lets it read beside the writer).
+    shipping: Mutex<Outbox>,
     level: Level,
     /// Wakes the shipper after an append, the backend after a removal.
     appended: Notify,
@@ -122,10 +126,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        // Each use is one SQLite transaction, left consistent by SQLite
-        // itself if a panic cut it short.
-        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    /// One of the two connections. Each use is one SQLite transaction,
+    /// left consistent by SQLite itself if a panic cut it short.
+    fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+        outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn gauges(&self) {
@@ -207,11 +211,20 @@ impl Outbox {
     }
 
     /// Deletes every row up to `seq`; when the oldest row left was
-    /// appended (0: none).
+    /// appended (0: none). In transactions of at most 5,000 rows: each
+    /// holds SQLite's write lock, which appends wait for.
     fn remove_through(&mut self, seq: i64) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
-            .execute([seq])?;
+        const CHUNK: i64 = 5_000;
+        let mut from: i64 = self
+            .conn
+            .query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))?;
+        while from <= seq {
+            let to = seq.min(from.saturating_add(CHUNK - 1));
+            self.conn
+                .prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
+                .execute([from, to])?;
+            from = to.saturating_add(1);
+        }
         self.oldest_appended()
     }
 }
@@ -251,12 +264,14 @@ pub fn open(
     clickhouse: ClickHouseConfig,
 ) -> Result<(BufferedBackend, Shipper), StoreError> {
     let (outbox, level) = Outbox::open(data_dir)?;
+    let (shipping, _) = Outbox::open(data_dir)?;
     let (rows, bytes) = (
         level.rows.load(Ordering::Relaxed),
         level.bytes.load(Ordering::Relaxed),
     );
     let shared = Arc::new(Shared {
-        outbox: Mutex::new(outbox),
+        appender: Mutex::new(outbox),
+        shipping: Mutex::new(shipping),
         level,
         appended: Notify::new(),
         shipped: Notify::new(),
@@ -333,7 +348,7 @@ impl Backend for BufferedBackend {
             let shared = self.shared.clone();
             let values = std::mem::take(batch);
             let (values, result) = tokio::task::spawn_blocking(move || {
-                let result = shared.outbox().append(values.iter().map(|m| &m.value));
+                let result = Shared::lock(&shared.appender).append(values.iter().map(|m| &m.value));
                 (values, result)
             })
             .await
@@ -391,7 +406,7 @@ impl Backend for BufferedBackend {
             }
         };
         let shared = self.shared.clone();
-        let local = tokio::task::spawn_blocking(move || load_states(&shared.outbox().conn))
+        let local = tokio::task::spawn_blocking(move || load_states(&Shared::lock(&shared.appender).conn))
             .await
             .map_err(|e| SinkError::Thread(e.to_string()))??;
         // Later wins, per device and kind: the buffer's is the newest.
@@ -442,7 +457,7 @@ impl Shipper {
                 }
             }
             let shared = self.shared.clone();
-            let oldest = tokio::task::spawn_blocking(move || shared.outbox().oldest(max_rows))
+            let oldest = tokio::task::spawn_blocking(move || Shared::lock(&shared.shipping).oldest(max_rows))
                 .await
                 .map_err(|e| SinkError::Thread(e.to_string()))??;
             let Some(last) = oldest.last().map(|r| r.0) else {
@@ -461,7 +476,7 @@ impl Shipper {
             }
             let shared = self.shared.clone();
             let oldest_left =
-                tokio::task::spawn_blocking(move || shared.outbox().remove_through(last))
+                tokio::task::spawn_blocking(move || Shared::lock(&shared.shipping).remove_through(last))
                     .await
                     .map_err(|e| SinkError::Thread(e.to_string()))??;
             let level = &self.shared.level;
