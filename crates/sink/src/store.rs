@@ -305,6 +305,12 @@ pub(crate) fn open_db(
     // the sink writes; FULL makes every commit durable before the ack.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The WAL is copied back into the database every this many pages, on
+    // the commit that crosses the mark. SQLite's 1,000 made that copy 7 %
+    // of serve's CPU (perf): new rows land on the same few leaf pages, so
+    // a WAL ten times longer holds many versions of each page and the
+    // copy writes each once.
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     // A short busy wait; longer stalls are retried by the sink loop so
     // that shutdown is never stuck inside SQLite.
     conn.busy_timeout(Duration::from_millis(200))?;
