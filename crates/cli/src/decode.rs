@@ -59,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
         max_depth: args.max_depth,
         topic_prefix: args.topic_prefix.clone(),
         registry: None,
+        ..DecodeConfig::default()
     };
     config.validate().context("invalid decode limits")?;
     let keys = match &args.keys {

@@ -1,11 +1,12 @@
 //! The decoder: bytes in, normalized records out, parser scratch reused.
 
-use otstream_model::ConfigError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use otstream_model::ConfigError;
+
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
-use otstream_model::{DeviceId, Meta, RawMessage, Record, Text};
+use otstream_model::{DeviceId, IdentityError, Meta, RawMessage, Record, Text, Transport};
 use serde::Deserialize;
 use simd_json::tape::Tape;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, fill_tape_padded};
@@ -38,6 +39,15 @@ pub struct DecodeConfig {
     /// does. Unset (the default), every device is accepted.
     #[serde(default)]
     pub registry: Option<BTreeSet<String>>,
+    /// Where an HTTP message that says nothing of who sent it (no topic,
+    /// no X-Limit headers, no authenticated user, no tid) is stored, as
+    /// OwnTracks Recorder does: user `owntracks`, device `phone`. Empty
+    /// refuses such a message (400 `identity`).
+    #[serde(default = "default_user")]
+    pub default_user: String,
+    /// See `default_user`.
+    #[serde(default = "default_device")]
+    pub default_device: String,
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -49,6 +59,12 @@ fn default_max_depth() -> usize {
 fn default_topic_prefix() -> String {
     DEFAULT_TOPIC_PREFIX.to_owned()
 }
+fn default_user() -> String {
+    "owntracks".to_owned()
+}
+fn default_device() -> String {
+    "phone".to_owned()
+}
 
 impl Default for DecodeConfig {
     fn default() -> Self {
@@ -57,6 +73,8 @@ impl Default for DecodeConfig {
             max_depth: default_max_depth(),
             topic_prefix: default_topic_prefix(),
             registry: None,
+            default_user: default_user(),
+            default_device: default_device(),
         }
     }
 }
@@ -76,7 +94,27 @@ impl DecodeConfig {
                 "decode.max_depth must be at least 2 (an object inside an array)",
             ));
         }
+        if (self.default_user.is_empty()) != (self.default_device.is_empty()) {
+            return Err(ConfigError::new(
+                "decode.default_user",
+                "decode.default_user and decode.default_device are both set or both empty",
+            ));
+        }
+        if !self.default_user.is_empty() {
+            DeviceId::checked(&self.default_user, &self.default_device).map_err(|e| {
+                ConfigError::new(
+                    "decode.default_user",
+                    format!("decode.default_user/default_device: {e}"),
+                )
+            })?;
+        }
         Ok(())
+    }
+
+    /// Where a message with no identity at all is stored, if anywhere.
+    pub fn default_identity(&self) -> Option<DeviceId> {
+        (!self.default_user.is_empty() && !self.default_device.is_empty())
+            .then(|| DeviceId::new(self.default_user.as_str(), self.default_device.as_str()))
     }
 }
 
@@ -368,7 +406,21 @@ impl Walker<'_> {
         };
         let start = out.len();
         normalize(kind, obj, meta, out)?;
-        let id = id.map_err(|e| DecodeError::new(ErrorKind::Identity, e.to_string()))?;
+        let id = id
+            .or_else(|e| match e {
+                // HTTP only: an MQTT message always has its topic.
+                IdentityError::Missing if self.msg.transport == Transport::Http => {
+                    self.config.default_identity().ok_or(e)
+                }
+                e => Err(e),
+            })
+            .map_err(|e| {
+                let kind = match e {
+                    IdentityError::Invalid { .. } => ErrorKind::InvalidIdentity,
+                    _ => ErrorKind::Identity,
+                };
+                DecodeError::new(kind, e.to_string())
+            })?;
         self.admit(&id)?;
         if let Some((last, rest)) = out[start..].split_last_mut() {
             for m in rest.iter_mut().filter_map(Record::meta_mut) {

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     InvalidValue,
     /// Nothing says which device sent the message, or its topic is malformed.
     Identity,
+    /// A user or device name that cannot be a key: longer than 128 bytes,
+    /// or with a control character.
+    InvalidIdentity,
     /// An encrypted message for a user without a configured key.
     NoKey,
     /// Encrypted data that is not base64 or too short to hold nonce and MAC.
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::OutOfRange => "out_of_range",
             ErrorKind::InvalidValue => "invalid_value",
             ErrorKind::Identity => "identity",
+            ErrorKind::InvalidIdentity => "invalid_identity",
             ErrorKind::NoKey => "no_key",
             ErrorKind::BadCiphertext => "bad_ciphertext",
             ErrorKind::DecryptFailed => "decrypt_failed",
@@ -73,7 +77,7 @@ impl ErrorKind {
     }
 
     /// Every kind, for metric pre-registration and summaries.
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::TooLarge,
         ErrorKind::InvalidUtf8,
         ErrorKind::InvalidJson,
@@ -85,6 +89,7 @@ impl ErrorKind {
         ErrorKind::OutOfRange,
         ErrorKind::InvalidValue,
         ErrorKind::Identity,
+        ErrorKind::InvalidIdentity,
         ErrorKind::NoKey,
         ErrorKind::BadCiphertext,
         ErrorKind::DecryptFailed,

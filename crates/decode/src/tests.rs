@@ -473,7 +473,7 @@ fn bom_is_skipped() {
 
 #[test]
 fn rejections_name_the_field_and_the_reason() {
-    let cases: [(&[u8], ErrorKind, Option<&str>, &str); 13] = [
+    let cases: [(&[u8], ErrorKind, Option<&str>, &str); 12] = [
         (
             br#"{"_type":"location","lat":95.5,"lon":2,"tst":1,"tid":"x"}"#,
             ErrorKind::OutOfRange,
@@ -545,12 +545,6 @@ fn rejections_name_the_field_and_the_reason() {
             ErrorKind::NotAnObject,
             None,
             "expected a JSON object, found null",
-        ),
-        (
-            br#"{"_type":"location","lat":1,"lon":2,"tst":1}"#,
-            ErrorKind::Identity,
-            None,
-            "no identity: no MQTT topic, no payload topic, no X-Limit-U header, no authenticated user and no tid",
         ),
     ];
     for (payload, kind, field, message) in cases {
@@ -871,5 +865,60 @@ fn registry_refuses_unknown_devices() {
             ErrorKind::UnknownDevice,
             r#"unknown device "eve/phone": not in the device registry"#
         )
+    );
+}
+
+#[test]
+fn a_message_with_no_identity_lands_under_the_default_and_bad_names_are_refused() {
+    let bare = r#"{"_type":"location","lat":1,"lon":2,"tst":1}"#;
+    // Recorder's rule, by default: owntracks/phone.
+    assert!(one(http(), bare).contains(r#""user":"owntracks","device":"phone""#));
+    // Without a default: refused, as before.
+    let config = DecodeConfig {
+        default_user: String::new(),
+        default_device: String::new(),
+        ..DecodeConfig::default()
+    };
+    let mut strict = Decoder::new(config, Arc::default());
+    let e = strict
+        .decode(&message(http(), bare.as_bytes()), &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (
+            ErrorKind::Identity,
+            "no identity: no MQTT topic, no payload topic, no X-Limit-U header, no authenticated user and no tid"
+        )
+    );
+    // A 200-byte user name, or a control character: 400 invalid_identity.
+    let long = IdentityHints {
+        x_limit_u: Some("u".repeat(200)),
+        x_limit_d: Some("phone".into()),
+        ..Default::default()
+    };
+    let e = err(long, bare.as_bytes());
+    assert_eq!(
+        (e.kind.code(), e.message.as_str()),
+        (
+            "invalid_identity",
+            "the user name is 200 bytes long, at most 128"
+        )
+    );
+    let e = err(mqtt("owntracks/jane/ph\none"), bare.as_bytes());
+    assert_eq!(
+        (e.kind.code(), e.message.as_str()),
+        (
+            "invalid_identity",
+            "the device name has a control character"
+        )
+    );
+    // The defaults are checked like any name.
+    let bad = DecodeConfig {
+        default_device: String::new(),
+        ..DecodeConfig::default()
+    };
+    assert_eq!(
+        bad.validate().unwrap_err().to_string(),
+        "decode.default_user and decode.default_device are both set or both empty"
     );
 }

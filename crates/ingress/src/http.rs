@@ -112,6 +112,9 @@ pub trait Fallback: Send + Sync + 'static {
 
 type Answer = Response<Either<Full<Bytes>, FallbackBody>>;
 
+/// Largest refused body still read before the 413 (see `respond`).
+const DRAIN_LIMIT: usize = 1 << 20;
+
 struct State<I> {
     config: HttpConfig,
     fallback: Option<Arc<dyn Fallback>>,
@@ -334,7 +337,15 @@ async fn respond<I: Intake>(
         )
     };
     let declared = header_str(&req, "content-length").and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
+    let body_timeout = Duration::from_millis(state.config.body_timeout_ms);
+    if let Some(n) = declared.filter(|n| *n > max) {
+        // A body of moderate size is read (and dropped) first: answering
+        // before it is read makes the kernel reset the connection under a
+        // client still sending, which then never sees the 413.
+        if n <= DRAIN_LIMIT {
+            let drain = Limited::new(req.into_body(), DRAIN_LIMIT).collect();
+            let _ = tokio::time::timeout(body_timeout, drain).await;
+        }
         return too_large();
     }
     let hints = IdentityHints {
@@ -343,7 +354,6 @@ async fn respond<I: Intake>(
         x_limit_d: header_str(&req, "x-limit-d"),
         auth_user,
     };
-    let body_timeout = Duration::from_millis(state.config.body_timeout_ms);
     let body = match tokio::time::timeout(
         body_timeout,
         Limited::new(req.into_body(), max).collect(),

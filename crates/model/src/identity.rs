@@ -26,6 +26,10 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "owntracks";
 /// `_id`), so it cannot be mistaken for a user someone chose.
 pub const TID_USER: &str = "_tid";
 
+/// The longest user or device name taken, in bytes: longer is refused
+/// (`invalid_identity`) rather than stored as a key in every table.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// A device's canonical identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceId {
@@ -42,6 +46,26 @@ impl DeviceId {
             user: user.into(),
             device: device.into(),
         }
+    }
+
+    /// A device id whose parts are usable names: at most
+    /// [`MAX_NAME_BYTES`] bytes, no control characters.
+    pub fn checked(user: &str, device: &str) -> Result<Self, IdentityError> {
+        for (part, name) in [("user", user), ("device", device)] {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(IdentityError::Invalid {
+                    part,
+                    why: format!("is {} bytes long, at most {MAX_NAME_BYTES}", name.len()),
+                });
+            }
+            if name.chars().any(char::is_control) {
+                return Err(IdentityError::Invalid {
+                    part,
+                    why: "has a control character".to_owned(),
+                });
+            }
+        }
+        Ok(Self::new(user, device))
     }
 
     /// The bus key for this device: `user/device`.
@@ -84,6 +108,14 @@ pub enum IdentityError {
         "no identity: no MQTT topic, no payload topic, no X-Limit-U header, no authenticated user and no tid"
     )]
     Missing,
+    /// A user or device name that cannot be a key.
+    #[error("the {part} name {why}")]
+    Invalid {
+        /// `user` or `device`.
+        part: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// A topic split into its identity and its subtopic (`event`, `info`, ...).
@@ -152,13 +184,13 @@ pub fn resolve(
 ) -> Result<DeviceId, IdentityError> {
     if let Some(topic) = hints.mqtt_topic.as_deref() {
         return parse_topic(topic, prefix)
-            .map(|p| DeviceId::new(p.user, p.device))
             .ok_or_else(|| IdentityError::BadTopic {
                 topic: topic.to_owned(),
-            });
+            })
+            .and_then(|p| DeviceId::checked(p.user, p.device));
     }
     if let Some(parts) = non_empty(payload_topic).and_then(|t| parse_topic(t, prefix)) {
-        return Ok(DeviceId::new(parts.user, parts.device));
+        return DeviceId::checked(parts.user, parts.device);
     }
     let tid = non_empty(tid);
     if let Some(user) = non_empty(hints.x_limit_u.as_deref()) {
@@ -167,13 +199,13 @@ pub fn resolve(
         let device = non_empty(hints.x_limit_d.as_deref())
             .or(tid)
             .unwrap_or(user);
-        return Ok(DeviceId::new(user, device));
+        return DeviceId::checked(user, device);
     }
     if let Some(user) = non_empty(hints.auth_user.as_deref()) {
-        return Ok(DeviceId::new(user, tid.unwrap_or(user)));
+        return DeviceId::checked(user, tid.unwrap_or(user));
     }
     match tid {
-        Some(tid) => Ok(DeviceId::new(TID_USER, tid)),
+        Some(tid) => DeviceId::checked(TID_USER, tid),
         None => Err(IdentityError::Missing),
     }
 }
@@ -187,6 +219,32 @@ mod tests {
             mqtt_topic: Some(topic.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn names_too_long_or_with_control_characters_are_refused() {
+        let long = "u".repeat(129);
+        let hints = IdentityHints {
+            x_limit_u: Some(long),
+            x_limit_d: Some("phone".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&hints, "owntracks", None, None)
+                .unwrap_err()
+                .to_string(),
+            "the user name is 129 bytes long, at most 128"
+        );
+        let e = resolve(&mqtt("owntracks/jane/ph\u{7}one"), "owntracks", None, None);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "the device name has a control character"
+        );
+        let exactly = "d".repeat(128);
+        assert_eq!(
+            DeviceId::checked("jane", &exactly).map(|d| d.device.len()),
+            Ok(128)
+        );
     }
 
     #[test]

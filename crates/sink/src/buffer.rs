@@ -215,9 +215,9 @@ impl Outbox {
     /// holds SQLite's write lock, which appends wait for.
     fn remove_through(&mut self, seq: i64) -> Result<i64, StoreError> {
         const CHUNK: i64 = 5_000;
-        let mut from: i64 = self
-            .conn
-            .query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))?;
+        let mut from: i64 =
+            self.conn
+                .query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))?;
         while from <= seq {
             let to = seq.min(from.saturating_add(CHUNK - 1));
             self.conn
@@ -406,9 +406,10 @@ impl Backend for BufferedBackend {
             }
         };
         let shared = self.shared.clone();
-        let local = tokio::task::spawn_blocking(move || load_states(&Shared::lock(&shared.appender).conn))
-            .await
-            .map_err(|e| SinkError::Thread(e.to_string()))??;
+        let local =
+            tokio::task::spawn_blocking(move || load_states(&Shared::lock(&shared.appender).conn))
+                .await
+                .map_err(|e| SinkError::Thread(e.to_string()))??;
         // Later wins, per device and kind: the buffer's is the newest.
         states.extend(local);
         Ok(states)
@@ -457,9 +458,11 @@ impl Shipper {
                 }
             }
             let shared = self.shared.clone();
-            let oldest = tokio::task::spawn_blocking(move || Shared::lock(&shared.shipping).oldest(max_rows))
-                .await
-                .map_err(|e| SinkError::Thread(e.to_string()))??;
+            let oldest = tokio::task::spawn_blocking(move || {
+                Shared::lock(&shared.shipping).oldest(max_rows)
+            })
+            .await
+            .map_err(|e| SinkError::Thread(e.to_string()))??;
             let Some(last) = oldest.last().map(|r| r.0) else {
                 continue;
             };
@@ -475,10 +478,11 @@ impl Shipper {
                 Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
             }
             let shared = self.shared.clone();
-            let oldest_left =
-                tokio::task::spawn_blocking(move || Shared::lock(&shared.shipping).remove_through(last))
-                    .await
-                    .map_err(|e| SinkError::Thread(e.to_string()))??;
+            let oldest_left = tokio::task::spawn_blocking(move || {
+                Shared::lock(&shared.shipping).remove_through(last)
+            })
+            .await
+            .map_err(|e| SinkError::Thread(e.to_string()))??;
             let level = &self.shared.level;
             level.bytes.fetch_sub(bytes, Ordering::AcqRel);
             level.rows.fetch_sub(rows, Ordering::AcqRel);
