@@ -330,6 +330,30 @@ fn statuses_and_bodies_for_every_case() {
             "missing {line:?} in\n{metrics}"
         );
     }
+
+    // Failed logins are limited: the 11th wrong one within a second gets
+    // 429 unchecked; a phone whose credentials were verified before
+    // carries on.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let wrong = |i: usize| {
+        post(
+            vec![("Authorization", basic(&format!("mallory:guess{i}")))],
+            &location(1_700_000_100),
+        )
+    };
+    for i in 0..10 {
+        assert_eq!(wrong(i).status, 401, "attempt {}", i + 1);
+    }
+    let a = wrong(10);
+    assert_eq!(
+        (
+            a.status,
+            a.retry_after.as_deref(),
+            body_json(&a)["error"]["kind"].clone()
+        ),
+        (429, Some("1"), json!("too_many_attempts"))
+    );
+    assert_eq!(post(as_jane(&phone), &location(1_700_000_101)).status, 200);
 }
 
 /// A tiny bus and a store another process has locked: the ingress answers

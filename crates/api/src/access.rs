@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use otstream_ingress::auth::Htpasswd;
+use otstream_ingress::auth::{AuthFailure, Htpasswd, authenticate};
 use otstream_ingress::config::FriendsConfig;
 use otstream_query::Visible;
 
@@ -22,6 +22,9 @@ pub enum Refusal {
     Unauthorized,
     /// Not for this client: 403, with the reason.
     Forbidden(&'static str),
+    /// Too many failed logins just now from this address or for this
+    /// user: 429.
+    TooManyAttempts,
 }
 
 /// The access rules.
@@ -98,18 +101,12 @@ impl Access {
                 "reads are answered to loopback clients only while authentication is off; set api.public = true (or http.htpasswd) to serve them to the network",
             ));
         };
-        let header = authorization.ok_or(Refusal::Unauthorized)?;
-        let user = match auth.cached(header) {
-            Some(u) => u,
-            None => {
-                let (auth, header) = (auth.clone(), header.to_owned());
-                tokio::task::spawn_blocking(move || auth.verify(&header))
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or(Refusal::Unauthorized)?
-            }
-        };
+        let user = authenticate(auth, authorization, remote.ip())
+            .await
+            .map_err(|e| match e {
+                AuthFailure::Invalid => Refusal::Unauthorized,
+                AuthFailure::Limited => Refusal::TooManyAttempts,
+            })?;
         Ok(self.visible_to(&user))
     }
 }

@@ -500,6 +500,12 @@ impl ApiError {
             ApiError::Refused(access::Refusal::Forbidden(why)) => {
                 (StatusCode::FORBIDDEN, "forbidden", None, (*why).to_owned())
             }
+            ApiError::Refused(access::Refusal::TooManyAttempts) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                None,
+                "too many failed logins from this address or for this user; retry in a second".into(),
+            ),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -532,7 +538,9 @@ impl ApiError {
                 set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"otstream\"");
             }
             ApiError::MethodNotAllowed => set(&mut r, header::ALLOW, "GET, HEAD"),
-            ApiError::Unavailable(_) | ApiError::Query(_) => {
+            ApiError::Unavailable(_)
+            | ApiError::Query(_)
+            | ApiError::Refused(access::Refusal::TooManyAttempts) => {
                 set(&mut r, header::RETRY_AFTER, "1");
             }
             _ => {}

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Htpasswd, HtpasswdError};
+use crate::auth::{AuthFailure, Htpasswd, HtpasswdError, authenticate};
 use crate::config::HttpConfig;
 use crate::friends::Friends;
 use crate::intake::Intake;
@@ -275,6 +275,19 @@ fn overloaded<S>(state: &State<S>, message: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// 429: too many failed logins just now (see [`crate::auth`]).
+pub fn too_many_attempts() -> Response<Full<Bytes>> {
+    let mut r = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        None,
+        "too many failed logins from this address or for this user; retry in a second",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 fn header_str(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.headers()
         .get(name)
@@ -309,22 +322,26 @@ async fn respond<I: Intake>(
 
     let auth_user = match &state.auth {
         None => None,
-        Some(auth) => match authenticate(auth, header_str(&req, "authorization")).await {
-            Some(user) => Some(user),
-            None => {
-                let mut r = error_response(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    None,
-                    "valid HTTP Basic credentials are required",
-                );
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"otstream\""),
-                );
-                return r;
+        Some(auth) => {
+            let header = header_str(&req, "authorization");
+            match authenticate(auth, header.as_deref(), remote.ip()).await {
+                Ok(user) => Some(user),
+                Err(AuthFailure::Invalid) => {
+                    let mut r = error_response(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        None,
+                        "valid HTTP Basic credentials are required",
+                    );
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"otstream\""),
+                    );
+                    return r;
+                }
+                Err(AuthFailure::Limited) => return too_many_attempts(),
             }
-        },
+        }
     };
 
     let max = state.config.max_body_bytes;
@@ -455,17 +472,4 @@ fn validate<S>(
         pool.push(decoder);
     }
     result
-}
-
-async fn authenticate(auth: &Arc<Htpasswd>, header: Option<String>) -> Option<String> {
-    let header = header?;
-    if let Some(user) = auth.cached(&header) {
-        return Some(user);
-    }
-    // bcrypt takes tens of milliseconds: keep it off the reactor.
-    let auth = auth.clone();
-    tokio::task::spawn_blocking(move || auth.verify(&header))
-        .await
-        .ok()
-        .flatten()
 }
