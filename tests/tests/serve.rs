@@ -539,18 +539,14 @@ fn sigkill_loses_nothing_that_got_a_200() {
 #[test]
 fn friends_see_each_other() {
     let dir = tempdir();
-    let serve = Serve::start(
-        dir.path(),
-        &[],
-        &[
-            ("OTSTREAM_HTTP__FRIENDS__ENABLED", "true"),
-            (
-                "OTSTREAM_HTTP__FRIENDS__GROUPS__FAMILY",
-                r#"["jane/phone","bob/phone"]"#,
-            ),
-        ],
-    )
-    .unwrap();
+    let env = [
+        ("OTSTREAM_HTTP__FRIENDS__ENABLED", "true"),
+        (
+            "OTSTREAM_HTTP__FRIENDS__GROUPS__FAMILY",
+            r#"["jane/phone","bob/phone"]"#,
+        ),
+    ];
+    let serve = Serve::start(dir.path(), &[], &env).unwrap();
     let bob = [("X-Limit-U", "bob"), ("X-Limit-D", "phone")];
     let jane = [("X-Limit-U", "jane"), ("X-Limit-D", "phone")];
     assert_eq!(
@@ -571,4 +567,17 @@ fn friends_see_each_other() {
     );
     let a = serve.post("/pub", &bob, &location(1_700_000_200));
     assert_eq!(body_json(&a)[0]["topic"], "owntracks/jane/phone");
+
+    // After a restart the answer comes from the store: Bob's last fix and
+    // his card's name.
+    assert!(serve.interrupt().unwrap());
+    let serve = Serve::start(dir.path(), &[], &env).unwrap();
+    let a = serve.post("/pub", &jane, &location(1_700_000_300));
+    assert_eq!(
+        body_json(&a),
+        json!([
+            {"_type": "card", "name": "Bob", "tid": "ld", "topic": "owntracks/bob/phone"},
+            {"_type": "location", "lat": 52.5, "lon": 13.4, "tst": 1700000200, "tid": "ld", "batt": 50, "topic": "owntracks/bob/phone"},
+        ])
+    );
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use otstream_api::{Access, Api};
 use otstream_ingress::Fallback;
 use otstream_ingress::auth::Htpasswd;
+use otstream_ingress::friends::{Fix, Friends, Stored};
 use otstream_query::Reader;
 use otstream_query::clickhouse::ClickHouseReader;
 use otstream_query::sqlite::SqliteReader;
@@ -31,10 +32,7 @@ pub(crate) fn build(
     if !config.api.enabled {
         return Ok(None);
     }
-    let reader = match &config.clickhouse {
-        Some(ch) => Reader::ClickHouse(ClickHouseReader::new(ch)),
-        None => Reader::Sqlite(SqliteReader::in_data_dir(&config.data_dir)),
-    };
+    let reader = reader(config);
     if auth.is_none() && !config.api.public {
         tracing::info!(
             "read API and map answer loopback clients only (no htpasswd, api.public = false)"
@@ -54,6 +52,74 @@ pub(crate) fn build(
         config.geofence.fences.clone(),
         shutdown,
     )))
+}
+
+/// A reader of whatever this configuration writes to: ClickHouse, else
+/// the embedded store.
+pub(crate) fn reader(config: &ServeConfig) -> Reader {
+    match &config.clickhouse {
+        Some(ch) => Reader::ClickHouse(ClickHouseReader::new(ch)),
+        None => Reader::Sqlite(SqliteReader::in_data_dir(&config.data_dir)),
+    }
+}
+
+/// The friends answer of the ingress, when `http.friends` is on: fed
+/// what this process stores, and, read from the store at start and every
+/// 5 s until `stop`, every group member's last fix and card name, so that
+/// it survives a restart and shows fixes other processes stored (Kafka
+/// mode, several ingress replicas, MQTT).
+pub(crate) async fn friends(config: &ServeConfig, stop: CancellationToken) -> Option<Arc<Friends>> {
+    let friends = Arc::new(Friends::new(&config.http.friends)?);
+    let reader = reader(config);
+    feed_friends(&friends, &reader).await;
+    let fed = friends.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+            feed_friends(&fed, &reader).await;
+        }
+    });
+    Some(friends)
+}
+
+async fn feed_friends(friends: &Friends, reader: &Reader) {
+    let devices = match reader
+        .devices(None, None, &otstream_query::Visible::All)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the friends' last positions; answering from what this process stored");
+            return;
+        }
+    };
+    let members: std::collections::HashSet<&str> = friends.members().collect();
+    for d in devices {
+        let p = &d.last;
+        if !members.contains(format!("{}/{}", p.user, p.device).as_str()) {
+            continue;
+        }
+        friends.remember(&Stored {
+            user: p.user.to_string(),
+            device: p.device.to_string(),
+            tid: p.tid.as_ref().map(ToString::to_string),
+            fix: Fix {
+                tst: p.tst,
+                lat: p.lat,
+                lon: p.lon,
+                acc: p.acc,
+                alt: p.alt,
+                batt: p.batt,
+                vel: p.vel,
+                cog: p.cog,
+                vac: p.vac,
+            },
+            name: d.name,
+        });
+    }
 }
 
 /// Where the API answers: the ingest listener's fallback, or its own

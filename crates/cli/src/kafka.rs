@@ -191,6 +191,7 @@ async fn ingress(
         otstream_ingress::Raw(tx.clone().with_send_timeout(send_timeout)),
         api.fallback,
         api.auth,
+        crate::api::friends(config, front.clone()).await,
         front.clone(),
     );
     if let Some(m) = config.mqtt.clone() {

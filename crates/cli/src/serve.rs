@@ -230,6 +230,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
             ),
             api.fallback,
             api.auth,
+            crate::api::friends(&config, front.clone()).await,
             front.clone(),
         ),
     );

@@ -125,7 +125,7 @@ struct State<I> {
     /// request. Held only for the microsecond a validation takes.
     decoders: Mutex<Vec<Decoder>>,
     auth: Option<Arc<Htpasswd>>,
-    friends: Option<Friends>,
+    friends: Option<Arc<Friends>>,
     meters: Meters,
 }
 
@@ -139,7 +139,9 @@ struct State<I> {
 /// OwnTracks POST goes to `fallback` (the read API), when there is one.
 /// `auth` holds the credentials of `config.htpasswd`, loaded by the caller
 /// ([`Htpasswd::from_file`]) so that the read API checks the same ones; it
-/// must be given when `config.htpasswd` is set.
+/// must be given when `config.htpasswd` is set. `friends` (built from
+/// `config.friends` by the caller, who may also feed it from the store)
+/// answers each 200.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_http<I: Intake>(
     listener: TcpListener,
@@ -149,6 +151,7 @@ pub async fn run_http<I: Intake>(
     output: I,
     fallback: Option<Arc<dyn Fallback>>,
     auth: Option<Arc<Htpasswd>>,
+    friends: Option<Arc<Friends>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
     config.validate()?;
@@ -161,7 +164,6 @@ pub async fn run_http<I: Intake>(
             ),
         )));
     }
-    let friends = Friends::new(&config.friends);
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.header_timeout_ms);
     let state = Arc::new(State {
