@@ -581,3 +581,82 @@ fn friends_see_each_other() {
         ])
     );
 }
+
+/// Retention: positions older than a day go, exactly those, while a
+/// phone keeps posting and never gets anything but a 200.
+#[test]
+fn retention_removes_exactly_the_old_rows_while_ingest_goes_on() {
+    let dir = tempdir();
+    let serve = Serve::start(
+        dir.path(),
+        &[],
+        &[
+            ("OTSTREAM_RETENTION__DAYS__POSITIONS", "1"),
+            ("OTSTREAM_RETENTION__INTERVAL_S", "1"),
+        ],
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = [("X-Limit-U", "ann"), ("X-Limit-D", "old")];
+    for i in 0..100 {
+        // 3 days ago and 1 hour ago, interleaved.
+        for tst in [now - 3 * 86_400 + i, now - 3_600 + i] {
+            assert_eq!(serve.post("/pub", &old, &location(tst)).status, 200);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (statuses, live) = std::thread::scope(|s| {
+        let phone = s.spawn(|| {
+            let headers = [("X-Limit-U", "ann"), ("X-Limit-D", "live")];
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let mut tst = now - 60;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tst += 1;
+                *statuses
+                    .entry(serve.post("/pub", &headers, &location(tst)).status)
+                    .or_default() += 1;
+            }
+            (statuses, tst - (now - 60))
+        });
+        let db = serve.db();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let old_left = || {
+            rows(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM positions WHERE tst < {}",
+                    now - 86_400
+                ),
+            )
+        };
+        while old_left() != ["0"] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "old rows left: {:?}\n{}",
+                old_left(),
+                serve.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // A little more ingest after the pass, then stop.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        phone.join().unwrap()
+    });
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "{statuses:?}");
+    let db = serve.db();
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT device, count(*) FROM positions GROUP BY device ORDER BY device"
+        ),
+        [format!("live|{live}"), "old|100".to_owned()]
+    );
+    assert_eq!(
+        rows(&db, "SELECT min(tst) FROM positions WHERE device = 'old'"),
+        [(now - 3_600).to_string()]
+    );
+}

@@ -21,6 +21,7 @@ use otstream_ingress::{HttpConfig, MqttConfig};
 use otstream_sink::SinkConfig;
 use otstream_sink::buffer::BufferConfig;
 use otstream_sink::clickhouse::ClickHouseConfig;
+use otstream_sink::retention::RetentionConfig;
 use otstream_trips::TripConfig;
 use serde::Deserialize;
 
@@ -60,6 +61,9 @@ pub struct ServeConfig {
     /// ClickHouse.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// How long the embedded store keeps rows.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Server-side geofences: the fences file and the evaluation rules.
     #[serde(default)]
     pub geofence: GeofenceConfig,
@@ -189,6 +193,7 @@ impl ServeConfig {
         self.decode.validate()?;
         self.sink.validate()?;
         self.trips.validate()?;
+        self.retention.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;
         }

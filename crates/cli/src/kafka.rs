@@ -93,6 +93,7 @@ pub async fn run(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 sup.spawn("sink", run)
                     .on_stop(stop)
                     .then(async move { closed.wait().await });
+                stages::retention(&config, &mut sup);
             }
         }
     }

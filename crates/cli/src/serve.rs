@@ -252,6 +252,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         geofence.run(Prepended::new(restored, rec_rx), geo_tx, hard_stop.clone()),
     );
     sup.spawn("sink", sink.run(geo_rx, Some(live), hard_stop));
+    stages::retention(&config, &mut sup);
     // After the sink: what is buffered when it stops stays for the next
     // start; the shipper stops where it is.
     if let Some(shipper) = shipper {

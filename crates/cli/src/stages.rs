@@ -11,10 +11,12 @@ use otstream_geofence::stage::{GeofenceStage, StageConfig};
 use otstream_model::{Record, StateSnapshot, topics};
 use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
+use otstream_sink::retention::Retention;
 use otstream_sink::{Backend, Committed, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::supervisor::Supervisor;
 
 /// A stage that runs as its own process over Kafka.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +188,18 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// Runs retention on the embedded store as a stage of its own, when the
+/// sink writes there: `sup` stops it after the sink.
+pub(crate) fn retention(config: &ServeConfig, sup: &mut Supervisor) {
+    if config.clickhouse.is_some() {
+        return;
+    }
+    let job = Retention::new(config.retention.clone(), &config.data_dir);
+    let stop = CancellationToken::new();
+    sup.spawn("retention", job.run(stop.clone()))
+        .on_stop(move || stop.cancel());
 }
 
 /// Opens the embedded store in `data_dir`.

@@ -44,11 +44,13 @@
 //! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
 //! - [`buffer`]: the local buffer `serve` puts in front of ClickHouse
 //!   ([`buffer::BufferedBackend`], drained by its [`buffer::Shipper`]).
+//! - [`retention`]: the embedded store's background deletion of old rows.
 //! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
 //!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
 
 pub mod buffer;
 pub mod clickhouse;
+pub mod retention;
 pub mod store;
 
 use otstream_model::ConfigError;
