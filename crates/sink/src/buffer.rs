@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clickhouse::{ClickHouseBackend, ClickHouseConfig};
 use crate::store::{StoreError, load_states, open_db, save_state};
-use crate::{Backend, Batching, MAX_RETRY, SinkConfig, SinkError, Unwritten};
+use crate::{Backend, Batching, SinkConfig, SinkError, Unwritten, commit_until_done};
 
 /// The buffer's file in the data directory.
 pub const BUFFER_FILE: &str = "buffer.db";
@@ -340,47 +340,25 @@ impl Backend for BufferedBackend {
         if !self.room(shutdown).await {
             return Err(Unwritten::Stopped);
         }
-        let mut delays = otstream_model::retry::backoff(
-            Duration::from_millis(self.sink.retry_initial_ms),
-            MAX_RETRY,
-        );
-        loop {
-            let shared = self.shared.clone();
-            let values = std::mem::take(batch);
-            let (values, result) = tokio::task::spawn_blocking(move || {
-                let result = Shared::lock(&shared.appender).append(values.iter().map(|m| &m.value));
-                (values, result)
-            })
-            .await
-            .map_err(|e| Unwritten::Thread(e.to_string()))?;
-            *batch = values;
-            match result {
-                Ok(bytes) => {
-                    let level = &self.shared.level;
-                    level.bytes.fetch_add(bytes, Ordering::AcqRel);
-                    // Into an empty buffer: these are now the oldest.
-                    let _ = level.oldest_ms.compare_exchange(
-                        0,
-                        now_ms(),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    );
-                    level.rows.fetch_add(batch.len() as u64, Ordering::AcqRel);
-                    self.shared.gauges();
-                    self.shared.appended.notify_one();
-                    return Ok(Vec::new());
-                }
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(MAX_RETRY);
-                    tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "buffer append failed; retrying");
-                    metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Err(Unwritten::Stopped),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        let shared = self.shared.clone();
+        let bytes = commit_until_done(
+            batch,
+            self.sink.retry_initial_ms,
+            shutdown,
+            "buffer append",
+            move |values| Shared::lock(&shared.appender).append(values.iter().map(|m| &m.value)),
+        )
+        .await?;
+        let level = &self.shared.level;
+        level.bytes.fetch_add(bytes, Ordering::AcqRel);
+        // Into an empty buffer: these are now the oldest.
+        let _ = level
+            .oldest_ms
+            .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Relaxed);
+        level.rows.fetch_add(batch.len() as u64, Ordering::AcqRel);
+        self.shared.gauges();
+        self.shared.appended.notify_one();
+        Ok(Vec::new())
     }
 
     /// The state kept in the buffer, over what ClickHouse holds when it

@@ -189,6 +189,51 @@ pub trait Backend: Send + 'static {
     ) -> impl std::future::Future<Output = Result<Vec<StateSnapshot>, SinkError>> + Send;
 }
 
+/// Runs `commit` on the records of `batch` on the blocking pool until it
+/// succeeds, retrying with backoff from `retry_initial_ms` (logged as
+/// `what`) until `shutdown`; `batch` is given back as it came. The one
+/// retry loop of the SQLite-backed writers (the store, the ClickHouse
+/// buffer).
+pub(crate) async fn commit_until_done<T: Send + 'static>(
+    batch: &mut Vec<Message<Record>>,
+    retry_initial_ms: u64,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    commit: impl Fn(&[Message<Record>]) -> Result<T, StoreError> + Clone + Send + 'static,
+) -> Result<T, Unwritten> {
+    let mut delays =
+        otstream_model::retry::backoff(Duration::from_millis(retry_initial_ms), MAX_RETRY);
+    loop {
+        let values = std::mem::take(batch);
+        let attempt = commit.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = attempt(&values);
+            (values, result)
+        })
+        .await;
+        let result = match joined {
+            Ok((values, result)) => {
+                *batch = values;
+                result
+            }
+            // The batch (and its acks) went down with the thread.
+            Err(e) => return Err(Unwritten::Thread(e.to_string())),
+        };
+        match result {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(MAX_RETRY);
+                tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(Unwritten::Stopped),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Why the sink stage ended before its input.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -321,45 +366,23 @@ impl Backend for SqliteBackend {
         batch: &mut Vec<Message<Record>>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<usize>, Unwritten> {
-        let mut delays = otstream_model::retry::backoff(
-            Duration::from_millis(self.config.retry_initial_ms),
-            MAX_RETRY,
-        );
-        loop {
-            let store = self.store.clone();
-            let values = std::mem::take(batch);
-            let joined = tokio::task::spawn_blocking(move || {
-                // A commit that panicked ends the stage; its lock is not
-                // taken again.
-                let mut s = store
+        let store = self.store.clone();
+        commit_until_done(
+            batch,
+            self.config.retry_initial_ms,
+            shutdown,
+            "store commit",
+            move |values| {
+                // A commit that panicked ends the stage; its lock is not taken
+                // again.
+                store
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let result = s.write(values.iter().map(|m| &m.value));
-                drop(s);
-                (values, result)
-            })
-            .await;
-            let result = match joined {
-                Ok((values, result)) => {
-                    *batch = values;
-                    result
-                }
-                // The batch (and its acks) went down with the thread.
-                Err(e) => return Err(Unwritten::Thread(e.to_string())),
-            };
-            match result {
-                Ok(()) => return Ok(Vec::new()),
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(MAX_RETRY);
-                    tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
-                    metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Err(Unwritten::Stopped),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .write(values.iter().map(|m| &m.value))
+            },
+        )
+        .await?;
+        Ok(Vec::new())
     }
 
     async fn stored_state(&self) -> Result<Vec<StateSnapshot>, SinkError> {

@@ -360,7 +360,6 @@ async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_w
         buffer::open(dir.path(), SinkConfig::default(), &config, away.clone()).unwrap();
     let (tx, rx) = channel::<Record>(64);
     let shutdown = CancellationToken::new();
-    let sink = tokio::spawn(otstream_sink::run(backend, rx, None, shutdown.clone()));
     let mut first = records(
         "owntracks/a/b",
         r#"{"_type":"location","lat":1,"lon":2,"tst":1700000001}"#,
@@ -372,7 +371,15 @@ async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_w
         state: "{\"f\":{}}".into(),
         updated_at: 7,
     }));
-    for w in send_all(&tx, first) {
+    // Both waiting before the sink starts: one batch, admitted whole.
+    let mut waiters = Vec::new();
+    for r in first {
+        let (ack, w) = Ack::new();
+        tx.send(Message::new(r.key(), r, ack)).await.unwrap();
+        waiters.push(w);
+    }
+    let sink = tokio::spawn(otstream_sink::run(backend, rx, None, shutdown.clone()));
+    for w in waiters {
         assert_eq!(w.await, AckStatus::Delivered);
     }
     let db = dir.path().join(buffer::BUFFER_FILE);
