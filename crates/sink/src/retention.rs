@@ -199,3 +199,32 @@ fn pass(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_name_their_tables_and_dead_letters_default_to_thirty_days() {
+        let mut config = RetentionConfig::default();
+        assert_eq!(
+            config.limits(),
+            [("dead_letters", "received_at", false, 30)]
+        );
+        config.days.insert("positions".into(), 365);
+        config.days.insert("dead_letters".into(), 7);
+        assert_eq!(
+            config.limits(),
+            [
+                ("positions", "tst", true, 365),
+                ("dead_letters", "received_at", false, 7)
+            ]
+        );
+        assert_eq!(config.validate(), Ok(()));
+        config.days.insert("device_state".into(), 1);
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "retention.days: no table \"device_state\" (one of positions, transitions, trips, stops, waypoints, cards, device_events, steps, beacons, configurations, dead_letters)"
+        );
+    }
+}
