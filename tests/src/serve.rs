@@ -33,7 +33,7 @@ impl Serve {
     /// Starts `otstream serve` with `args` and `env` on fresh ports in
     /// `data_dir`, and waits until /readyz says ready.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Serve> {
-        Self::start_cmd(&["serve"], data_dir, free_port(), args, env)
+        Self::launch(&["serve"], data_dir, None, args, env)
     }
 
     /// Starts `otstream SUBCOMMAND...` (`serve`, `run decode`, ...) as
@@ -46,7 +46,51 @@ impl Serve {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Serve> {
-        let metrics = free_port();
+        Self::launch(subcommand, data_dir, Some(http), args, env)
+    }
+
+    /// A free port can be taken by another test between [`free_port`] and
+    /// the process binding it: then the process is started again on
+    /// another (the metrics port always; HTTP unless `http` fixes it).
+    fn launch(
+        subcommand: &[&str],
+        data_dir: &Path,
+        http: Option<u16>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Serve> {
+        let mut attempt = 0;
+        loop {
+            let (port, metrics) = (http.unwrap_or_else(free_port), free_port());
+            match Self::launch_once(subcommand, data_dir, port, metrics, args, env) {
+                Err(e) if attempt < 4 => {
+                    let text = format!("{e:#}");
+                    let in_use = text
+                        .lines()
+                        .find(|l| l.contains("Address already in use"))
+                        .unwrap_or_default();
+                    let taken = |p: u16| {
+                        in_use.contains(&format!("127.0.0.1:{p}:"))
+                            || in_use.contains(&format!("127.0.0.1:{p} "))
+                    };
+                    if !(taken(metrics) || (http.is_none() && taken(port))) {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn launch_once(
+        subcommand: &[&str],
+        data_dir: &Path,
+        http: u16,
+        metrics: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Serve> {
         let log = data_dir.with_extension(format!("{metrics}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(otstream_bin());
