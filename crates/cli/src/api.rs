@@ -96,12 +96,9 @@ async fn feed_friends(friends: &Friends, reader: &Reader) {
             return;
         }
     };
-    let members: std::collections::HashSet<&str> = friends.members().collect();
+    // `remember` keeps only group members.
     for d in devices {
         let p = &d.last;
-        if !members.contains(format!("{}/{}", p.user, p.device).as_str()) {
-            continue;
-        }
         friends.remember(&Stored {
             user: p.user.to_string(),
             device: p.device.to_string(),

@@ -120,11 +120,6 @@ impl Friends {
         })
     }
 
-    /// The devices that are in a group (whose last fix someone is shown).
-    pub fn members(&self) -> impl Iterator<Item = &str> {
-        self.peers.keys().map(String::as_str)
-    }
-
     /// Remembers the latest location and card among stored records.
     pub fn update(&self, records: &[Record]) {
         let Ok(mut last) = self.last.write() else {

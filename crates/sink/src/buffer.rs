@@ -148,22 +148,25 @@ impl Shared {
 }
 
 impl Outbox {
-    fn open(data_dir: &Path) -> Result<(Outbox, Level), StoreError> {
+    fn open(data_dir: &Path) -> Result<Outbox, StoreError> {
         let migrations = Migrations::new(vec![M::up(SCHEMA_V1)]);
         let (conn, _) = open_db(data_dir, BUFFER_FILE, &migrations)?;
-        let (rows, bytes): (i64, i64) = conn.query_row(
+        Ok(Outbox { conn })
+    }
+
+    /// What the file holds now (a scan of every row: once, at open).
+    fn level(&self) -> Result<Level, StoreError> {
+        let (rows, bytes): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let outbox = Outbox { conn };
         let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
-        let level = Level {
+        Ok(Level {
             bytes: AtomicU64::new(unsigned(bytes)),
             rows: AtomicU64::new(unsigned(rows)),
-            oldest_ms: AtomicI64::new(outbox.oldest_appended()?),
-        };
-        Ok((outbox, level))
+            oldest_ms: AtomicI64::new(self.oldest_appended()?),
+        })
     }
 
     /// When the oldest row was appended (0: none).
@@ -196,8 +199,8 @@ impl Outbox {
         Ok(bytes)
     }
 
-    /// The oldest `limit` rows: (seq, appended_at, bytes, record).
-    fn oldest(&self, limit: usize) -> Result<Vec<(i64, i64, u64, Record)>, StoreError> {
+    /// The oldest `limit` rows: (seq, bytes, record).
+    fn oldest(&self, limit: usize) -> Result<Vec<(i64, u64, Record)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, appended_at, schema_version, body FROM outbox ORDER BY seq LIMIT ?1",
         )?;
@@ -205,7 +208,7 @@ impl Outbox {
         let rows = stmt.query_map([limit], |r| {
             let (seq, at, version): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
             let body = r.get_ref(3)?.as_blob()?;
-            Ok((seq, at, body.len() as u64, readable(version, body, at)))
+            Ok((seq, body.len() as u64, readable(version, body, at)))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -263,8 +266,9 @@ pub fn open(
     buffer: &BufferConfig,
     clickhouse: ClickHouseConfig,
 ) -> Result<(BufferedBackend, Shipper), StoreError> {
-    let (outbox, level) = Outbox::open(data_dir)?;
-    let (shipping, _) = Outbox::open(data_dir)?;
+    let outbox = Outbox::open(data_dir)?;
+    let level = outbox.level()?;
+    let shipping = Outbox::open(data_dir)?;
     let (rows, bytes) = (
         level.rows.load(Ordering::Relaxed),
         level.bytes.load(Ordering::Relaxed),
@@ -444,11 +448,11 @@ impl Shipper {
             let Some(last) = oldest.last().map(|r| r.0) else {
                 continue;
             };
-            let bytes: u64 = oldest.iter().map(|r| r.2).sum();
+            let bytes: u64 = oldest.iter().map(|r| r.1).sum();
             let rows = oldest.len() as u64;
             let mut batch: Vec<Message<Record>> = oldest
                 .into_iter()
-                .map(|(_, _, _, r)| Message::new(r.key(), r, Ack::none()))
+                .map(|(_, _, r)| Message::new(r.key(), r, Ack::none()))
                 .collect();
             match backend.write(&mut batch, &shutdown).await {
                 Ok(_) => {}
