@@ -70,6 +70,12 @@ pub struct ServeConfig {
     /// Trip and stop detection rules.
     #[serde(default)]
     pub trips: TripConfig,
+    /// Position filters: fixes set aside, with a reason.
+    #[serde(default)]
+    pub filters: otstream_geofence::filter::FilterConfig,
+    /// Events: their rules and where they are delivered.
+    #[serde(default)]
+    pub events: otstream_events::EventsConfig,
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -154,6 +160,12 @@ impl ServeConfig {
         StageConfig {
             geofence: self.geofence.clone(),
             trips: self.trips,
+            filters: self.filters,
+            events: otstream_geofence::events::EventRules {
+                enabled: self.events.enabled,
+                silent_after_s: self.events.silent_after_s,
+                battery_low_percent: self.events.battery_low_percent,
+            },
             derived_only: false,
         }
     }
@@ -193,6 +205,8 @@ impl ServeConfig {
         self.decode.validate()?;
         self.sink.validate()?;
         self.trips.validate()?;
+        self.filters.validate()?;
+        self.events.validate()?;
         self.retention.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;

@@ -88,12 +88,14 @@ pub async fn run(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                 // Kafka is the buffer here: the sink commits its offsets
                 // only once ClickHouse has the rows.
                 let (sink, _) = Sink::build(&config, false).await?;
+                let events = stages::EventsOut::build(&config).await?;
                 let Consumer { rx, stop, closed } = consumer(&sink_kafka, stage, None)?;
-                let run = sink.run(rx, live.clone(), sup.hard_stop());
+                let run = sink.run(rx, live.clone(), events.sink.clone(), sup.hard_stop());
                 sup.spawn("sink", run)
                     .on_stop(stop)
                     .then(async move { closed.wait().await });
                 stages::retention(&config, &mut sup);
+                events.spawn(&config, &mut sup);
             }
         }
     }

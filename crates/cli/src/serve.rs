@@ -198,6 +198,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let restored = sink.stored_state().await?;
     let geofence = stages::geofence(config.geo_stage()).await?;
     let decode = DecodeStage::new(config.decode.clone(), keys.clone());
+    let events = stages::EventsOut::build(&config).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -251,8 +252,12 @@ async fn serve(config: ServeConfig) -> Result<()> {
         "geofence",
         geofence.run(Prepended::new(restored, rec_rx), geo_tx, hard_stop.clone()),
     );
-    sup.spawn("sink", sink.run(geo_rx, Some(live), hard_stop));
+    sup.spawn(
+        "sink",
+        sink.run(geo_rx, Some(live), events.sink.clone(), hard_stop),
+    );
     stages::retention(&config, &mut sup);
+    events.spawn(&config, &mut sup);
     // After the sink: what is buffered when it stops stays for the next
     // start; the shipper stops where it is.
     if let Some(shipper) = shipper {

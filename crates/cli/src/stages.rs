@@ -7,12 +7,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use otstream_bus::{Ack, Message, Receiver};
 use otstream_decode::KeyRing;
+use otstream_events::config::MQTT_ROUTE;
 use otstream_geofence::stage::{GeofenceStage, StageConfig};
 use otstream_model::{Record, StateSnapshot, topics};
 use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
+use otstream_sink::outbox::{Outbox, Reader};
 use otstream_sink::retention::Retention;
-use otstream_sink::{Backend, Committed, SqliteBackend, Store};
+use otstream_sink::{Backend, Committed, Events, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -179,14 +181,108 @@ impl Sink {
         self,
         input: impl Receiver<Record>,
         committed: Option<Committed>,
+        events: Events,
         stop: CancellationToken,
     ) -> Result<()> {
         match self {
-            Sink::Sqlite(b) => otstream_sink::run(b, input, committed, stop).await?,
-            Sink::ClickHouse(b) => otstream_sink::run(*b, input, committed, stop).await?,
-            Sink::Buffered(b) => otstream_sink::run(b, input, committed, stop).await?,
+            Sink::Sqlite(b) => otstream_sink::run(b, input, committed, events, stop).await?,
+            Sink::ClickHouse(b) => otstream_sink::run(*b, input, committed, events, stop).await?,
+            Sink::Buffered(b) => otstream_sink::run(b, input, committed, events, stop).await?,
         }
         Ok(())
+    }
+}
+
+/// The events' way out: the sink's part (the outbox it appends to, when
+/// any destination is configured) and the deliverers to run after it.
+pub(crate) struct EventsOut {
+    /// For [`Sink::run`].
+    pub(crate) sink: Events,
+    deliverers: Vec<(String, Deliverer)>,
+}
+
+enum Deliverer {
+    Webhook(Reader, Box<otstream_events::Webhook>),
+    Mqtt(Reader, Box<otstream_events::mqtt::Mqtt>),
+}
+
+impl EventsOut {
+    /// Opens `outbox.db` in the data directory when `[events]` names a
+    /// destination, and builds each destination.
+    pub(crate) async fn build(config: &ServeConfig) -> Result<EventsOut> {
+        let ev = &config.events;
+        let mut out = EventsOut {
+            sink: Events {
+                outbox: None,
+                device_transitions: ev.enabled,
+                retry_initial_ms: config.sink.retry_initial_ms,
+            },
+            deliverers: Vec::new(),
+        };
+        let routes = ev.routes()?;
+        if routes.is_empty() || !ev.enabled {
+            return Ok(out);
+        }
+        let data_dir = config.data_dir.clone();
+        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&data_dir, routes))
+            .await
+            .context("outbox opener failed")?
+            .with_context(|| {
+                format!(
+                    "cannot open the events outbox in {}",
+                    config.data_dir.display()
+                )
+            })?;
+        for w in &ev.webhooks {
+            let name = w.name();
+            let reader = outbox.reader(&name)?;
+            let hook = otstream_events::Webhook::new(w)?;
+            tracing::info!(route = %name, url = %w.url, "events webhook");
+            out.deliverers
+                .push((name, Deliverer::Webhook(reader, Box::new(hook))));
+        }
+        if ev.mqtt.enabled {
+            let reader = outbox.reader(MQTT_ROUTE)?;
+            let mqtt = otstream_events::mqtt::Mqtt::new(&ev.mqtt, config.mqtt.as_ref())?;
+            tracing::info!(topic = %ev.mqtt.topic, "events published to MQTT");
+            out.deliverers.push((
+                MQTT_ROUTE.to_owned(),
+                Deliverer::Mqtt(reader, Box::new(mqtt)),
+            ));
+        }
+        out.sink.outbox = Some(outbox);
+        Ok(out)
+    }
+
+    /// Runs the deliverers as the stage `events`, stopped after the sink
+    /// (what the sink appended last is delivered at the next start if not
+    /// now).
+    pub(crate) fn spawn(self, config: &ServeConfig, sup: &mut Supervisor) {
+        if self.deliverers.is_empty() {
+            return;
+        }
+        let max_age = config.events.max_age();
+        let stop = CancellationToken::new();
+        let each = stop.clone();
+        let run = async move {
+            let mut set = tokio::task::JoinSet::new();
+            for (name, d) in self.deliverers {
+                let stop = each.clone();
+                match d {
+                    Deliverer::Webhook(r, w) => {
+                        set.spawn(otstream_events::deliver(name, r, *w, max_age, stop))
+                    }
+                    Deliverer::Mqtt(r, m) => {
+                        set.spawn(otstream_events::deliver(name, r, *m, max_age, stop))
+                    }
+                };
+            }
+            while let Some(done) = set.join_next().await {
+                done.context("an events deliverer panicked")??;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        sup.spawn("events", run).on_stop(move || stop.cancel());
     }
 }
 

@@ -33,11 +33,16 @@
 //! Layout:
 //! - [`fence`]: fences, shapes, GeoJSON parsing (pure).
 //! - [`engine`]: the index, per-device state and evaluation (pure).
+//! - [`filter`]: the position filters, which set bad fixes aside (pure).
+//! - [`events`]: battery and silence events (pure); the others come from
+//!   transitions, trips and stops.
 //! - [`stage`]: the stage loop: records in, records plus transitions,
 //!   trips, stops and state snapshots out; fences file reloading.
 
 pub mod engine;
+pub mod events;
 pub mod fence;
+pub mod filter;
 pub mod stage;
 
 pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer, Region};

@@ -52,4 +52,4 @@ pub mod mqtt;
 pub use config::{FriendsConfig, HttpConfig};
 pub use http::{Fallback, FallbackBody, IngressError, run_http};
 pub use intake::{Decoded, Intake, Raw};
-pub use mqtt::{MqttConfig, MqttError, run_mqtt};
+pub use mqtt::{MqttConfig, MqttError, Publisher, run_mqtt};

@@ -13,6 +13,7 @@
 //!
 //! Layout:
 //! - [`record`]: the normalized records, the rows of the tables, with units.
+//! - [`event`]: what operators are told about, with stable ids.
 //! - [`identity`]: canonical device identity from MQTT topics and HTTP hints.
 //! - [`raw`]: a message as received, and the NDJSON recording format.
 //! - [`topics`]: bus topic names and their configurable prefix.
@@ -20,6 +21,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod event;
 pub mod identity;
 pub mod raw;
 pub mod record;
@@ -28,6 +30,7 @@ pub mod topics;
 
 pub use broker::BrokerUrl;
 pub use config::ConfigError;
+pub use event::{Event, EventKind, Span};
 pub use identity::{DeviceId, IdentityError, IdentityHints};
 pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
 pub use record::{

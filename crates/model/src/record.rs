@@ -116,6 +116,11 @@ pub struct Position {
     /// Unknown fields, verbatim, as a JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<String>,
+    /// Why the position filters set this fix aside (`zero`, `future`,
+    /// `speed`, ...); `None` for a fix taken into fences, trips, last
+    /// positions and events. Set by the geofence stage, never decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<Text>,
 }
 
 impl Position {
@@ -148,6 +153,7 @@ impl Position {
             inregions: Vec::new(),
             inrids: Vec::new(),
             extra: None,
+            filtered: None,
         }
     }
 }
@@ -557,6 +563,8 @@ pub enum Record {
     Stop(Stop),
     /// A stage's state for one device.
     State(StateSnapshot),
+    /// Something to tell an operator about (see [`crate::event`]).
+    Event(crate::event::Event),
 }
 
 impl Record {
@@ -576,6 +584,7 @@ impl Record {
             Record::Unknown(r) => &r.meta,
             Record::Trip(r) => &r.meta,
             Record::Stop(r) => &r.meta,
+            Record::Event(r) => &r.meta,
             Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
@@ -605,6 +614,7 @@ impl Record {
             Record::Unknown(r) => &mut r.meta,
             Record::Trip(r) => &mut r.meta,
             Record::Stop(r) => &mut r.meta,
+            Record::Event(r) => &mut r.meta,
             Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
@@ -626,6 +636,7 @@ impl Record {
             Record::Trip(_) => "trip",
             Record::Stop(_) => "stop",
             Record::State(_) => "state",
+            Record::Event(_) => "event",
         }
     }
 

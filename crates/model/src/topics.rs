@@ -8,7 +8,8 @@ pub const DEFAULT_PREFIX: &str = "otstream.";
 pub const RAW: &str = "raw";
 /// Normalized locations, one JSON object per message.
 pub const POSITIONS: &str = "positions";
-/// Transitions (device-reported and server-evaluated), trips and stops.
+/// Transitions (device-reported and server-evaluated), trips, stops,
+/// events, and the fixes the position filters set aside.
 pub const EVENTS: &str = "events";
 /// Every other normalized type (waypoints, cards, lwt, status, steps, ...).
 pub const RECORDS: &str = "records";
@@ -35,8 +36,12 @@ pub fn topic_name(prefix: &str, name: &str) -> String {
 pub fn topic_for(record: &crate::Record) -> &'static str {
     use crate::Record;
     match record {
+        // A fix the filters set aside comes back from the geofence stage
+        // with its reason (see `otstream_geofence::filter`): through
+        // `events`, which that stage does not read, to the sink.
+        Record::Position(p) if p.filtered.is_some() => EVENTS,
         Record::Position(_) => POSITIONS,
-        Record::Transition(_) | Record::Trip(_) | Record::Stop(_) => EVENTS,
+        Record::Transition(_) | Record::Trip(_) | Record::Stop(_) | Record::Event(_) => EVENTS,
         Record::State(_) => STATE,
         Record::DeadLetter(_) => DEAD_LETTERS,
         _ => RECORDS,

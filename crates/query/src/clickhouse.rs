@@ -356,10 +356,11 @@ impl ClickHouseReader {
 
     /// Every device with its last position and card name: the latest
     /// `tst` of each device from `last_positions` (one row per device
-    /// once merged), then those rows of `positions` by their key.
+    /// once merged; it takes only fixes the position filters took), then
+    /// those rows of `positions` by their key.
     pub async fn devices(&self) -> Result<Vec<Device>, QueryError> {
         let sql = format!(
-            "SELECT {POSITION_COLUMNS} FROM positions FINAL WHERE (user, device, tst) IN (SELECT user, device, max(tst) FROM last_positions GROUP BY user, device) ORDER BY user, device"
+            "SELECT {POSITION_COLUMNS} FROM positions FINAL WHERE filtered = '' AND (user, device, tst) IN (SELECT user, device, max(tst) FROM last_positions GROUP BY user, device) ORDER BY user, device"
         );
         let rows: Vec<Position> = self.client.query(&sql).fetch_all().await?;
         #[derive(Row, Deserialize)]

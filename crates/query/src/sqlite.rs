@@ -206,7 +206,8 @@ impl SqliteReader {
     /// Every device with its last position and card name. The devices are
     /// found by hopping along the `(user, device, tst)` key from one device
     /// to the next (two index seeks per device), so the cost grows with
-    /// the number of devices, not of positions.
+    /// the number of devices, not of positions. A fix the position filters
+    /// set aside is not where the device is: the last one taken is.
     pub async fn devices(&self) -> Result<Vec<Device>, QueryError> {
         self.read(|conn| {
             let mut first = conn.prepare_cached(
@@ -216,7 +217,7 @@ impl SqliteReader {
                 "SELECT user, device FROM positions WHERE (user, device) > (?1, ?2) ORDER BY user, device LIMIT 1",
             )?;
             let mut last = conn.prepare_cached(&format!(
-                "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 ORDER BY tst DESC LIMIT 1"
+                "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 AND filtered IS NULL ORDER BY tst DESC LIMIT 1"
             ))?;
             let mut card = conn.prepare_cached("SELECT name FROM cards WHERE user = ?1 AND device = ?2")?;
             let pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));

@@ -45,11 +45,14 @@
 //! - [`buffer`]: the local buffer `serve` puts in front of ClickHouse
 //!   ([`buffer::BufferedBackend`], drained by its [`buffer::Shipper`]).
 //! - [`retention`]: the embedded store's background deletion of old rows.
+//! - [`outbox`]: the events' durable queues, appended before the batch is
+//!   written, read by the deliverers (`otstream-events`).
 //! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
 //!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
 
 pub mod buffer;
 pub mod clickhouse;
+pub mod outbox;
 pub mod retention;
 pub mod store;
 
@@ -258,6 +261,7 @@ pub async fn run<B: Backend>(
     mut backend: B,
     mut input: impl Receiver<Record>,
     committed: Option<Committed>,
+    events: Events,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
     let Batching {
@@ -299,6 +303,27 @@ pub async fn run<B: Backend>(
                 },
             }
         }
+        if events.device_transitions {
+            outbox::device_transitions(&mut batch);
+        }
+        if let Some(ob) = &events.outbox {
+            // Durable in the queues before the rows: a crash between the two
+            // delivers an event again, never loses one.
+            let ob = ob.clone();
+            let appended = commit_until_done(
+                &mut batch,
+                events.retry_initial_ms,
+                &shutdown,
+                "outbox append",
+                move |values| ob.append(values, otstream_model::raw::now_ms()),
+            )
+            .await;
+            match appended {
+                Ok(_) => {}
+                Err(Unwritten::Stopped) => return Ok(()),
+                Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
+            }
+        }
         let refused = match backend.write(&mut batch, &shutdown).await {
             Ok(refused) => refused,
             Err(Unwritten::Stopped) => return Ok(()),
@@ -320,6 +345,17 @@ pub async fn run<B: Backend>(
             return Ok(());
         }
     }
+}
+
+/// What the sink does with events besides storing them.
+#[derive(Clone, Default)]
+pub struct Events {
+    /// The queues to append them to, before the batch is written.
+    pub outbox: Option<outbox::Outbox>,
+    /// Add the event each device-reported transition is.
+    pub device_transitions: bool,
+    /// First retry delay of a failed append, ms.
+    pub retry_initial_ms: u64,
 }
 
 /// A cheap estimate of a record's size on the wire, for `max_bytes`.

@@ -189,13 +189,29 @@ CREATE TABLE IF NOT EXISTS device_state (
 /// Version 3: a stop names its place.
 const SCHEMA_V3: &str = "ALTER TABLE stops ADD COLUMN place TEXT; -- the fence it lies in, if any";
 
+/// Version 4: the position filters' verdict, and the events told.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE positions ADD COLUMN filtered TEXT; -- why the filters set the fix aside; NULL when taken
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT NOT NULL PRIMARY KEY,    -- stable: kind:user/device:tst[:fence]
+    kind TEXT NOT NULL,
+    user TEXT NOT NULL, device TEXT NOT NULL,
+    tst INTEGER NOT NULL,            -- UNIX s
+    lat REAL NOT NULL, lon REAL NOT NULL,
+    fence TEXT,
+    body TEXT NOT NULL,              -- the event as delivered (JSON)
+    received_at INTEGER NOT NULL     -- UNIX ms
+);
+CREATE INDEX IF NOT EXISTS events_device ON events (user, device, tst);
+"#;
+
 /// Per-table metric handles, resolved once.
 struct Meters {
     rows: [Counter; TABLES.len()],
     commit_seconds: Histogram,
 }
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "positions",
     "transitions",
     "waypoints",
@@ -208,6 +224,7 @@ const TABLES: [&str; 12] = [
     "trips",
     "stops",
     "device_state",
+    "events",
 ];
 
 fn table_index(r: &Record) -> usize {
@@ -224,6 +241,7 @@ fn table_index(r: &Record) -> usize {
         Record::Trip(_) => 9,
         Record::Stop(_) => 10,
         Record::State(_) => 11,
+        Record::Event(_) => 12,
     }
 }
 
@@ -237,8 +255,12 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let migrations =
-            Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2), M::up(SCHEMA_V3)]);
+        let migrations = Migrations::new(vec![
+            M::up(SCHEMA_V1),
+            M::up(SCHEMA_V2),
+            M::up(SCHEMA_V3),
+            M::up(SCHEMA_V4),
+        ]);
         let (conn, path) = open_db(data_dir, DB_FILE, &migrations)?;
         let meters = Meters {
             rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
@@ -369,14 +391,18 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
         Record::Position(p) => {
             let m = &p.meta;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                // The latest received version of a fix wins, as in ClickHouse's
+                // ReplacingMergeTree(received_at): over Kafka, the filters'
+                // flagged copy (received a millisecond later) wins over the
+                // copy from `positions`, whichever comes first.
+                "INSERT INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra, filtered) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) ON CONFLICT (user, device, tst) DO UPDATE SET tid = excluded.tid, lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, alt = excluded.alt, vac = excluded.vac, vel = excluded.vel, cog = excluded.cog, batt = excluded.batt, bs = excluded.bs, t = excluded.t, conn = excluded.conn, p = excluded.p, m = excluded.m, ssid = excluded.ssid, bssid = excluded.bssid, created_at = excluded.created_at, inregions = excluded.inregions, inrids = excluded.inrids, topic = excluded.topic, transport = excluded.transport, received_at = excluded.received_at, extra = excluded.extra, filtered = excluded.filtered WHERE excluded.received_at >= positions.received_at",
             )?
             .execute(params![
                 m.user.as_str(), m.device.as_str(), m.tid.as_deref(), p.tst, p.lat, p.lon,
                 p.acc, p.alt, p.vac, p.vel, p.cog, p.batt, p.bs, p.t.as_deref(), p.conn.as_deref(),
                 p.p, p.m, p.ssid.as_deref(), p.bssid.as_deref(), p.created_at,
                 json_list(&p.inregions), json_list(&p.inrids), m.topic.as_deref(),
-                m.transport.as_str(), m.received_at, p.extra.as_deref(),
+                m.transport.as_str(), m.received_at, p.extra.as_deref(), p.filtered.as_deref(),
             ])?;
         }
         Record::Transition(t) => {
@@ -474,6 +500,16 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
             ])?;
         }
         Record::State(st) => save_state(tx, st)?,
+        Record::Event(e) => {
+            let m = &e.meta;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (id, kind, user, device, tst, lat, lon, fence, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                e.id, e.kind.as_str(), m.user.as_str(), m.device.as_str(), e.tst, e.lat, e.lon,
+                e.fence.as_deref(), e.to_json(), m.received_at,
+            ])?;
+        }
         Record::DeadLetter(d) => {
             tx.prepare_cached(
                 "INSERT INTO dead_letters (received_at, transport, topic, user, device, remote_addr, kind, field, message, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",

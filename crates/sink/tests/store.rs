@@ -78,7 +78,7 @@ fn every_record_type_lands_in_its_table_with_exact_values() {
     assert_eq!(
         query(&db, "SELECT * FROM positions"),
         [format!(
-            r#"jane|phone|JJ|1700000000|52.5|13.4|5|34|3|12|90|80|1|u|w|101.2|1|Home|aa:bb|1700000001|["home"]|["r1"]|{meta}|{{"x":1}}"#
+            r#"jane|phone|JJ|1700000000|52.5|13.4|5|34|3|12|90|80|1|u|w|101.2|1|Home|aa:bb|1700000001|["home"]|["r1"]|{meta}|{{"x":1}}|NULL"#
         )]
     );
     assert_eq!(
@@ -210,6 +210,7 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
         SqliteBackend::new(config, store),
         rx,
         Some(committed),
+        Default::default(),
         shutdown.clone(),
     ));
 
@@ -273,6 +274,7 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
         SqliteBackend::new(SinkConfig::default(), store),
         rx,
         None,
+        Default::default(),
         shutdown.clone(),
     ));
     let mut waiters = send_all(&tx, records("owntracks/a/b", r#"{"_type":"lwt"}"#));
@@ -293,6 +295,7 @@ fn a_store_from_before_stop_places_gains_the_column() {
         old.execute_batch(
             "CREATE TABLE stops (user TEXT NOT NULL, device TEXT NOT NULL, start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL, duration INTEGER NOT NULL, points INTEGER NOT NULL, received_at INTEGER NOT NULL);
              CREATE UNIQUE INDEX stops_key ON stops (user, device, start);
+             CREATE TABLE positions (user TEXT NOT NULL, device TEXT NOT NULL, tst INTEGER NOT NULL);
              INSERT INTO stops VALUES ('jane', 'phone', 100, 400, 52.5, 13.4, 300, 7, 1);
              PRAGMA user_version = 2;",
         )
@@ -324,7 +327,7 @@ fn a_store_from_before_stop_places_gains_the_column() {
         query(&db, "SELECT start, points, place FROM stops ORDER BY start"),
         ["100|7|NULL", "1000|9|Depot"]
     );
-    assert_eq!(query(&db, "PRAGMA user_version"), ["3"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["4"]);
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
@@ -333,14 +336,14 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // version's schema.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 4;")
+        .execute_batch("PRAGMA user_version = 5;")
         .unwrap();
     let Err(e) = Store::open(dir.path()) else {
         panic!("a store from a newer version opened");
     };
     assert_eq!(e.code(), "schema");
     assert!(e.to_string().starts_with("store schema: "), "{e}");
-    assert_eq!(query(&db, "PRAGMA user_version"), ["4"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["5"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +381,13 @@ async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_w
         tx.send(Message::new(r.key(), r, ack)).await.unwrap();
         waiters.push(w);
     }
-    let sink = tokio::spawn(otstream_sink::run(backend, rx, None, shutdown.clone()));
+    let sink = tokio::spawn(otstream_sink::run(
+        backend,
+        rx,
+        None,
+        Default::default(),
+        shutdown.clone(),
+    ));
     for w in waiters {
         assert_eq!(w.await, AckStatus::Delivered);
     }

@@ -529,6 +529,22 @@ impl Detector {
         Self { config }
     }
 
+    /// The trip in progress: its departure (estimated time, at the centre
+    /// of the stay it left).
+    pub fn open_trip(&self, state: &TripState) -> Option<Fix> {
+        state.trip.map(|t| t.start)
+    }
+
+    /// The stop in progress, once the stay has lasted `min_stop_s`: its
+    /// arrival (estimated time, at the stay's centre so far).
+    pub fn open_stop(&self, state: &TripState) -> Option<Fix> {
+        let stay = state.stay.as_ref()?;
+        stay.is_stop(self.config.min_stop_s).then(|| {
+            let (_, arrived) = stay.arrival_or_first();
+            stay.centre(arrived)
+        })
+    }
+
     /// Evaluates the next fix of a device, appending what it finished to
     /// `out` (in time order). A fix no newer than the last changes nothing.
     pub fn on_fix(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {

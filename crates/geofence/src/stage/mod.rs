@@ -105,6 +105,12 @@ pub struct StageConfig {
     /// Trip and stop rules.
     #[serde(default)]
     pub trips: TripConfig,
+    /// Position filters.
+    #[serde(default)]
+    pub filters: crate::filter::FilterConfig,
+    /// Silence and battery rules, and whether events are derived at all.
+    #[serde(default)]
+    pub events: crate::events::EventRules,
     /// Send only what the stage derives, not the records it was given:
     /// over Kafka those are in their topics already and the sink reads
     /// them there.
@@ -115,7 +121,7 @@ pub struct StageConfig {
 struct Meters {
     received: Counter,
     sent: Counter,
-    derived: [Counter; 3],
+    derived: [Counter; 4],
     reload_errors: Counter,
 }
 
@@ -125,7 +131,7 @@ impl Meters {
         Meters {
             received: metrics::counter!("otstream_received_events_total", "stage" => stage),
             sent: metrics::counter!("otstream_sent_events_total", "stage" => stage),
-            derived: ["transition", "trip", "stop"]
+            derived: ["transition", "trip", "stop", "event"]
                 .map(|t| metrics::counter!("otstream_derived_records_total", "type" => t)),
             reload_errors: metrics::counter!("otstream_errors_total", "stage" => stage, "error_code" => "fences_invalid"),
         }
@@ -141,6 +147,7 @@ impl Meters {
                 Record::Transition(_) => self.derived[0].increment(1),
                 Record::Trip(_) => self.derived[1].increment(1),
                 Record::Stop(_) => self.derived[2].increment(1),
+                Record::Event(_) => self.derived[3].increment(1),
                 _ => {}
             }
             if output.send(m).await.is_err() {
@@ -211,6 +218,14 @@ impl GeofenceStage {
             (config.geofence.state_interval_ms / 4).max(10),
         ));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Silence is noticed within a tenth of its limit (at most a
+        // minute late); each sweep is a pass over the devices in memory.
+        let silent_after = config.events.silent_after_s;
+        let mut sweep = tokio::time::interval(Duration::from_millis(
+            (silent_after * 100).clamp(1000, 60_000),
+        ));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sweeping = config.events.enabled && silent_after > 0;
         let mut batch: Vec<Message<Record>> = Vec::with_capacity(BATCH);
         loop {
             let n = tokio::select! {
@@ -219,6 +234,14 @@ impl GeofenceStage {
                 _ = flush.tick(), if coalescing => {
                     let mut out = Vec::new();
                     tracker.flush(false, &mut out);
+                    if !meters.send(out, &output).await {
+                        return Err(StageError::OutputClosed);
+                    }
+                    continue;
+                }
+                _ = sweep.tick(), if sweeping => {
+                    let mut out = Vec::new();
+                    tracker.sweep_silent(&mut out);
                     if !meters.send(out, &output).await {
                         return Err(StageError::OutputClosed);
                     }

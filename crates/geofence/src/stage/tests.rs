@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use otstream_bus::{Ack, AckStatus, Message, Receiver, Sender, channel};
+use otstream_model::EventKind;
 use otstream_model::raw::now_ms;
 use otstream_model::record::{Meta, Position, Waypoint};
 use otstream_model::{Record, StateSnapshot, Transport};
@@ -98,15 +99,17 @@ fn derived_records_and_state_follow_their_input_with_its_ack() {
         Message::new("jane/phone", pos(100, 52.5, 13.4), ack),
         &mut out,
     );
-    assert_eq!(types(&out), ["position", "transition", "state"]);
-    let Record::State(s) = &out[2].value else {
+    // The transition is also an event, for the outboxes.
+    assert_eq!(types(&out), ["position", "transition", "event", "state"]);
+    let Record::State(s) = &out[3].value else {
         panic!()
     };
     assert_eq!((s.kind.as_str(), s.user.as_str()), (KIND_GEO, "jane"));
     let restored: DeviceGeo = serde_json::from_str(&s.state).unwrap();
     assert_eq!(&restored, t.device("jane/phone").unwrap());
-    // Delivered only once all three are.
+    // Delivered only once all four are.
     let mut parts = out.drain(..);
+    parts.next().unwrap().ack.delivered();
     parts.next().unwrap().ack.delivered();
     parts.next().unwrap().ack.delivered();
     assert!(
@@ -150,7 +153,7 @@ async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
         );
     }
     // What the fixes caused goes out at once; their state waits.
-    assert_eq!(types(&out), ["transition", "transition"]);
+    assert_eq!(types(&out), ["transition", "event", "transition", "event"]);
     for m in out.drain(..) {
         m.ack.delivered();
     }
@@ -185,7 +188,16 @@ async fn over_kafka_one_snapshot_stands_for_every_fix_since_the_last() {
         Message::new("jane/phone", pos(140, 52.51, 13.4), b),
         &mut out,
     );
-    assert!(out.is_empty());
+    // The fix at 130 confirms the one at 120 left home: a trip began,
+    // at the departure estimated (the last fix at home, 110).
+    let started: Vec<(EventKind, i64)> = out
+        .drain(..)
+        .map(|m| match m.value {
+            Record::Event(e) => (e.kind, e.tst),
+            r => panic!("{r:?}"),
+        })
+        .collect();
+    assert_eq!(started, [(EventKind::TripStarted, 110)]);
     t.flush_due(now_ms(), true, &mut out);
     assert_eq!(types(&out), ["state"]);
     out.pop().unwrap().ack.fail();
@@ -224,12 +236,13 @@ async fn derived_only_sends_what_it_derives_and_restores_state_given_as_input() 
         Message::new("jane/phone", pos(200, 52.51, 13.4), ack),
         &mut out,
     );
-    assert_eq!(types(&out), ["transition", "state"]);
+    assert_eq!(types(&out), ["transition", "event", "state"]);
     let Record::Transition(t) = &out[0].value else {
         panic!()
     };
     assert_eq!(t.event.as_str(), "leave");
     let mut parts = out.drain(..);
+    parts.next().unwrap().ack.delivered();
     parts.next().unwrap().ack.delivered();
     assert!(futures_poll(&mut waiter).is_none());
     parts.next().unwrap().ack.delivered();
@@ -288,7 +301,8 @@ fn a_restored_tracker_carries_on_where_the_stored_one_stopped() {
     assert_eq!(b.restore(saved.into_iter().chain([broken])), 2);
     // Inside home already: leaving gives a leave, not an enter; and the
     // office region came back.
-    for (tst, lat, lon) in [(200, 52.51, 13.4), (300, 48.0, 11.0)] {
+    // Munich a day later: a plausible move, not a jump for the filters.
+    for (tst, lat, lon) in [(200, 52.51, 13.4), (86_600, 48.0, 11.0)] {
         a.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
         let from_a: Vec<Record> = out.drain(..).map(|m| m.value).collect();
         b.process(Message::new("k", pos(tst, lat, lon), Ack::none()), &mut out);
@@ -386,4 +400,96 @@ async fn the_running_stage_sends_a_quiet_devices_state_when_due_on_its_clock() {
     assert_eq!(waiter.await, AckStatus::Delivered);
     drop(tx);
     running.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_noisy_track_gives_the_clean_tracks_trips_transitions_and_events() {
+    // An hour at home, a 10-minute drive north at about 66 km/h, an hour
+    // at the office: a fix a minute, dated in the past hours (the clock
+    // is the system's).
+    let t0 = now_ms() / 1000 - 4 * 3600;
+    let mut clean = Vec::new();
+    for i in 0..60 {
+        clean.push((t0 + 60 * i, 52.5, 13.4));
+    }
+    for i in 1..=10 {
+        clean.push((t0 + 3600 + 60 * i, 52.5 + 0.01 * i as f64, 13.4));
+    }
+    for i in 1..=60 {
+        clean.push((t0 + 4200 + 60 * i, 52.6, 13.4));
+    }
+    let fix = |(t, lat, lon): (i64, f64, f64)| pos(t, lat, lon);
+    // The same with what phones send: 0,0; the last fix again 10 s on; a
+    // fix 500 km off mid-drive; one dated next year.
+    let mut noisy: Vec<(i64, f64, f64)> = clean.clone();
+    noisy.insert(20, (t0 + 60 * 19 + 30, 0.0, 0.0));
+    noisy.insert(31, (t0 + 60 * 29 + 10, 52.5, 13.4));
+    noisy.insert(66, (t0 + 3600 + 60 * 5 + 30, 52.5 + 4.5, 13.4));
+    noisy.insert(90, (t0 + 365 * 86_400, 52.6, 13.4));
+    let config = StageConfig {
+        filters: crate::filter::FilterConfig {
+            duplicate_s: 30,
+            ..Default::default()
+        },
+        ..StageConfig::default()
+    };
+    let run = |track: &[(i64, f64, f64)]| {
+        let mut t = Tracker::new(&config, home());
+        let mut out = Vec::new();
+        let (mut caused, mut flagged) = (Vec::new(), Vec::new());
+        for f in track {
+            t.process(Message::new("jane/phone", fix(*f), Ack::none()), &mut out);
+            for m in out.drain(..) {
+                match m.value {
+                    Record::Position(p) => {
+                        if let Some(why) = p.filtered {
+                            flagged.push((p.tst - t0, why.to_string()));
+                        }
+                    }
+                    Record::State(_) => {}
+                    r => caused.push(r),
+                }
+            }
+        }
+        (caused, flagged)
+    };
+    let (from_clean, none) = run(&clean);
+    let (from_noisy, flagged) = run(&noisy);
+    assert_eq!(none, []);
+    assert_eq!(
+        flagged,
+        [
+            (60 * 19 + 30, "zero".to_owned()),
+            (60 * 29 + 10, "duplicate".to_owned()),
+            (3600 + 60 * 5 + 30, "speed".to_owned()),
+            (365 * 86_400, "future".to_owned()),
+        ]
+    );
+    assert_eq!(from_noisy, from_clean);
+    // And what the clean track caused: home entered and a stop begun
+    // there; leaving it (the stop ends and the trip starts at the last fix
+    // at home); the trip; the office stop beginning on arrival.
+    let kinds: Vec<String> = from_clean
+        .iter()
+        .map(|r| match r {
+            Record::Event(e) => format!("{} {}", e.kind.as_str(), e.tst - t0),
+            r => r.type_name().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "transition",
+            "enter 0",
+            "stop_started 0",
+            "transition",
+            "leave 3660",
+            "stop",
+            "stop_ended 3540",
+            "trip_started 3540",
+            "trip",
+            "trip_ended 4260",
+            "stop_started 4260"
+        ]
+    );
 }

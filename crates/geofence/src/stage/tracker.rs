@@ -4,16 +4,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use metrics::Counter;
 use otstream_bus::{Ack, Message};
-use otstream_model::{Record, StateSnapshot, Stop, Text, Trip};
+use otstream_model::{Event, EventKind, Record, StateSnapshot, Stop, Text, Trip};
 use otstream_trips::{Detector, Finished, TripState};
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, SystemClock};
 use super::{KIND_GEO, KIND_REGIONS, StageConfig};
+use crate::events::{EventRules, EventState, started};
+use crate::filter::{FilterState, Filters, Reason};
 use crate::{DeviceState, FenceSet, Geofencer, Region};
 
-/// Everything remembered per device: 248 bytes (80 + 168), plus its key.
+/// Everything remembered per device: 384 bytes (80 + 168 + 56 + 80), plus
+/// its key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceGeo {
     /// Fences it is inside.
@@ -22,6 +26,12 @@ pub struct DeviceGeo {
     /// Trip or stay in progress.
     #[serde(rename = "t", default)]
     pub trip: TripState,
+    /// What the position filters compare a fix with.
+    #[serde(rename = "q", default)]
+    pub filter: FilterState,
+    /// Silence and battery.
+    #[serde(rename = "e", default)]
+    pub events: EventState,
 }
 
 /// The geofence and trip evaluation for every device, with its state.
@@ -29,6 +39,10 @@ pub struct DeviceGeo {
 pub struct Tracker {
     geofencer: Geofencer,
     detector: Detector,
+    filters: Filters,
+    rules: EventRules,
+    /// Fixes set aside, per [`Reason`] (in [`Reason::ALL`] order).
+    filtered: [Counter; Reason::ALL.len()],
     devices: HashMap<String, DeviceGeo>,
     derived_only: bool,
     /// Where the time is read.
@@ -65,6 +79,11 @@ impl Tracker {
         Self {
             geofencer: Geofencer::new(config.geofence.clone(), fences),
             detector: Detector::new(config.trips),
+            filters: Filters::new(config.filters),
+            rules: config.events,
+            filtered: Reason::ALL.map(
+                |r| metrics::counter!("otstream_filtered_positions_total", "reason" => r.as_str()),
+            ),
             devices: HashMap::new(),
             derived_only: config.derived_only,
             clock,
@@ -124,7 +143,8 @@ impl Tracker {
             let key = s.key();
             let ok = match s.kind.as_str() {
                 KIND_GEO => serde_json::from_str::<DeviceGeo>(&s.state)
-                    .map(|d| {
+                    .map(|mut d| {
+                        d.events.name(&s.user, &s.device);
                         self.devices.insert(key.clone(), d);
                     })
                     .is_ok(),
@@ -204,52 +224,7 @@ impl Tracker {
                 self.restore([s.clone()]);
                 msg.ack.delivered();
             }
-            Record::Position(p) => {
-                let key = p.meta.key();
-                let dev = self.devices.entry(key.clone()).or_default();
-                // Both rules ignore a fix no newer than the last one and
-                // advance on any newer one: that alone says whether the
-                // state changed.
-                let fresh = p.tst > dev.fences.last_tst;
-                let mut derived = self.geofencer.evaluate(&key, p, &mut dev.fences);
-                let mut finished = Vec::new();
-                let fix = otstream_trips::Fix {
-                    vel: p.vel.map(f64::from),
-                    acc: p.acc.map(f64::from),
-                    ..otstream_trips::Fix::new(p.tst, p.lat, p.lon)
-                };
-                self.detector.on_fix(&mut dev.trip, fix, &mut finished);
-                let geofencer = &self.geofencer;
-                derived.extend(finished.into_iter().map(|f| {
-                    finished_record(&p.meta, f, |lat, lon| {
-                        geofencer.place(&key, &p.meta.user, &p.meta.device, lat, lon)
-                    })
-                }));
-                let coalesce = fresh && self.state_interval_ms > 0;
-                let state = (fresh && !coalesce).then(|| state_json(&key, &*dev));
-                let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
-                let ack = msg.ack.clone();
-                self.pass(msg, out);
-                for r in derived {
-                    out.push(Message::new(key.clone(), r, ack.clone()));
-                }
-                if coalesce {
-                    let due = self.clock.now_ms().saturating_add(self.state_interval_ms);
-                    let pending = self.pending.entry(key.clone()).or_insert_with(|| {
-                        self.due.push_back((due, key.clone()));
-                        Pending {
-                            user,
-                            device,
-                            acks: Vec::new(),
-                        }
-                    });
-                    pending.acks.push(ack);
-                } else if let Some(state) = state {
-                    self.send_state(out, key, (&user, &device), KIND_GEO, state, ack);
-                } else {
-                    ack.delivered();
-                }
-            }
+            Record::Position(_) => self.position(msg, out),
             Record::Waypoint(w) if self.geofencer.on_waypoint(w) => {
                 let key = w.meta.key();
                 let regions = state_json(&key, &self.geofencer.regions(&key));
@@ -259,6 +234,135 @@ impl Tracker {
                 self.send_state(out, key, (&user, &device), KIND_REGIONS, regions, ack);
             }
             _ => self.pass(msg, out),
+        }
+    }
+}
+
+impl Tracker {
+    /// A position: the filters' verdict; for a fix taken, the transitions,
+    /// trips, stops and events it causes, then the device's state.
+    fn position(&mut self, mut msg: Message<Record>, out: &mut Vec<Message<Record>>) {
+        let Record::Position(p) = &mut msg.value else {
+            return self.pass(msg, out);
+        };
+        let key = p.meta.key();
+        let now_s = self.clock.now_ms().div_euclid(1000);
+        let dev = self.devices.entry(key.clone()).or_default();
+        if let Some(reason) = self.filters.check(&mut dev.filter, p, now_s) {
+            self.filtered[reason as usize].increment(1);
+            p.filtered = Some(Text::from(reason.as_str()));
+            if self.derived_only {
+                // Over Kafka the sink has this fix from `positions`,
+                // unflagged: this copy, a millisecond later, is the version
+                // both stores keep (latest `received_at` wins).
+                p.meta.received_at += 1;
+            }
+            // Only a jump changes what the filters remember (the candidate
+            // the next fix may confirm).
+            let changed = reason == Reason::Speed;
+            let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
+            let ack = msg.ack.clone();
+            out.push(msg);
+            return self.settle(out, key, (user, device), changed, ack);
+        }
+        // Both rules ignore a fix no newer than the last one and advance on
+        // any newer one: that alone says whether the state changed.
+        let fresh = p.tst > dev.fences.last_tst;
+        let mut derived = self.geofencer.evaluate(&key, p, &mut dev.fences);
+        let mut finished = Vec::new();
+        let fix = otstream_trips::Fix {
+            vel: p.vel.map(f64::from),
+            acc: p.acc.map(f64::from),
+            ..otstream_trips::Fix::new(p.tst, p.lat, p.lon)
+        };
+        let (trip_before, stop_before) = (
+            self.detector.open_trip(&dev.trip).map(|f| f.tst),
+            self.detector.open_stop(&dev.trip).map(|f| f.tst),
+        );
+        self.detector.on_fix(&mut dev.trip, fix, &mut finished);
+        let geofencer = &self.geofencer;
+        let place = |lat, lon| geofencer.place(&key, &p.meta.user, &p.meta.device, lat, lon);
+        derived.extend(
+            finished
+                .into_iter()
+                .map(|f| finished_record(&p.meta, f, place)),
+        );
+        if fresh && self.rules.enabled {
+            let mut events: Vec<Event> = derived.iter().filter_map(Event::of_record).collect();
+            if let Some(s) = self.detector.open_stop(&dev.trip)
+                && stop_before != Some(s.tst)
+            {
+                let at = place(s.lat, s.lon);
+                events.push(started(EventKind::StopStarted, &p.meta, &s, at));
+            }
+            if let Some(t) = self.detector.open_trip(&dev.trip)
+                && trip_before != Some(t.tst)
+            {
+                events.push(started(EventKind::TripStarted, &p.meta, &t, None));
+            }
+            self.rules.on_fix(&mut dev.events, p, &mut events);
+            derived.extend(events.into_iter().map(Record::Event));
+        }
+        let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
+        let ack = msg.ack.clone();
+        self.pass(msg, out);
+        for r in derived {
+            out.push(Message::new(key.clone(), r, ack.clone()));
+        }
+        self.settle(out, key, (user, device), fresh, ack);
+    }
+
+    /// Settles the input's `ack` once the device's state is stored: with
+    /// a snapshot now or with the next coalesced one when the state
+    /// `changed`, at once when it did not.
+    fn settle(
+        &mut self,
+        out: &mut Vec<Message<Record>>,
+        key: String,
+        (user, device): (Text, Text),
+        changed: bool,
+        ack: Ack,
+    ) {
+        if !changed {
+            return ack.delivered();
+        }
+        if self.state_interval_ms > 0 {
+            let due = self.clock.now_ms().saturating_add(self.state_interval_ms);
+            let pending = self.pending.entry(key.clone()).or_insert_with(|| {
+                self.due.push_back((due, key.clone()));
+                Pending {
+                    user,
+                    device,
+                    acks: Vec::new(),
+                }
+            });
+            pending.acks.push(ack);
+            return;
+        }
+        let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
+        self.send_state(out, key, (&user, &device), KIND_GEO, state, ack);
+    }
+
+    /// `silent` for every device whose last fix taken is older than the
+    /// rules allow, each followed by its state (which remembers it was
+    /// said): derived from the clock, not from an input, so nothing waits
+    /// on them.
+    pub fn sweep_silent(&mut self, out: &mut Vec<Message<Record>>) {
+        if !self.rules.enabled || self.rules.silent_after_s == 0 {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let rules = self.rules;
+        let silent: Vec<(String, Event)> = self
+            .devices
+            .iter_mut()
+            .filter_map(|(k, d)| rules.silence(&mut d.events, now).map(|e| (k.clone(), e)))
+            .collect();
+        for (key, e) in silent {
+            let (user, device) = (e.meta.user.clone(), e.meta.device.clone());
+            out.push(Message::new(key.clone(), Record::Event(e), Ack::none()));
+            let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
+            self.send_state(out, key, (&user, &device), KIND_GEO, state, Ack::none());
         }
     }
 }

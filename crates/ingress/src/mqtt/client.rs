@@ -89,6 +89,8 @@ pub(super) enum Incoming {
         granted: bool,
     },
     Publish(Delivery),
+    /// The broker has a QoS 1 PUBLISH of ours.
+    PubAck,
     Other,
 }
 
@@ -119,6 +121,20 @@ impl Client {
         }
     }
 
+    /// Queues a QoS 1 PUBLISH (the event loop sends it).
+    pub(super) async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .publish(topic, v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     pub(super) async fn disconnect(&self) {
         let _ = match self {
             Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
@@ -135,6 +151,7 @@ impl Loop {
                     session_present: a.session_present,
                 }),
                 Event::Incoming(Packet::Publish(p)) => Ok(Incoming::Publish(Delivery::V4(p))),
+                Event::Incoming(Packet::PubAck(_)) => Ok(Incoming::PubAck),
                 Event::Incoming(Packet::SubAck(a)) => Ok(Incoming::SubAck {
                     granted: a
                         .return_codes
@@ -152,6 +169,7 @@ impl Loop {
                 v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p)) => {
                     Ok(Incoming::Publish(Delivery::V5(p)))
                 }
+                v5::Event::Incoming(v5::mqttbytes::v5::Packet::PubAck(_)) => Ok(Incoming::PubAck),
                 v5::Event::Incoming(v5::mqttbytes::v5::Packet::SubAck(a)) => Ok(Incoming::SubAck {
                     granted: a
                         .return_codes

@@ -29,6 +29,7 @@ use std::time::Duration;
 use metrics::Counter;
 use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
 pub use otstream_model::BrokerUrl;
+use otstream_model::event::OWN_MARKER;
 use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
 use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Transport};
@@ -41,10 +42,12 @@ use tokio_util::sync::CancellationToken;
 
 mod client;
 mod config;
+mod publisher;
 mod session;
 
 use client::{Client, Delivery, Incoming, Loop, connect};
 pub use config::{MqttConfig, Protocol, SUBTOPICS};
+pub use publisher::Publisher;
 use session::{Session, ack_in_order};
 
 /// Why the MQTT ingress could not start.
@@ -60,6 +63,8 @@ struct Meters {
     received: Counter,
     reconnects: Counter,
     unacked: Counter,
+    /// otstream's own event publications seen and left alone.
+    own: Counter,
 }
 
 /// Runs the MQTT ingress until `shutdown`: subscribes, forwards every
@@ -88,6 +93,7 @@ pub async fn run_mqtt<S: Sender<RawMessage>>(
         received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
         reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
         unacked: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "not_stored"),
+        own: metrics::counter!("otstream_mqtt_own_events_total"),
     };
     let filters = config.filters();
     let prefix = config.topic_prefix.clone();

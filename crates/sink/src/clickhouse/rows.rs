@@ -31,6 +31,8 @@ pub enum Table {
     Trips,
     /// stops
     Stops,
+    /// events
+    Events,
     /// device_state: last in a batch, so a stage's state is never durable
     /// before the rows derived with it.
     DeviceState,
@@ -38,7 +40,7 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Positions,
         Table::Transitions,
         Table::Waypoints,
@@ -50,6 +52,7 @@ impl Table {
         Table::DeadLetters,
         Table::Trips,
         Table::Stops,
+        Table::Events,
         Table::DeviceState,
     ];
 
@@ -68,6 +71,7 @@ impl Table {
             Record::Trip(_) => Table::Trips,
             Record::Stop(_) => Table::Stops,
             Record::State(_) => Table::DeviceState,
+            Record::Event(_) => Table::Events,
         }
     }
 
@@ -85,6 +89,7 @@ impl Table {
             Table::DeadLetters => "dead_letters",
             Table::Trips => "trips",
             Table::Stops => "stops",
+            Table::Events => "events",
             Table::DeviceState => "device_state",
         }
     }
@@ -128,6 +133,7 @@ struct PositionRow<'a> {
     transport: &'a str,
     received_at: i64,
     extra: &'a str,
+    filtered: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -300,6 +306,20 @@ struct StopRow<'a> {
 }
 
 #[derive(Row, Serialize)]
+struct EventRow<'a> {
+    id: &'a str,
+    kind: &'a str,
+    user: &'a str,
+    device: &'a str,
+    tst: u32,
+    lat: f64,
+    lon: f64,
+    fence: &'a str,
+    body: String,
+    received_at: i64,
+}
+
+#[derive(Row, Serialize)]
 struct StateRow<'a> {
     kind: &'a str,
     user: &'a str,
@@ -382,6 +402,7 @@ pub async fn insert(
                     transport: c.transport,
                     received_at: c.received_at,
                     extra: extra(&p.extra),
+                    filtered: p.filtered.as_deref().unwrap_or_default(),
                 }
             }
             _ => continue,
@@ -591,6 +612,21 @@ pub async fn insert(
                 points: t.points,
                 received_at: t.meta.received_at,
                 place: t.place.as_deref().unwrap_or_default(),
+            },
+            _ => continue,
+        }),
+        Table::Events => write_all!(EventRow, |r| match r {
+            Record::Event(e) => EventRow {
+                id: &e.id,
+                kind: e.kind.as_str(),
+                user: &e.meta.user,
+                device: &e.meta.device,
+                tst: dt(Some(e.tst)),
+                lat: e.lat,
+                lon: e.lon,
+                fence: e.fence.as_deref().unwrap_or_default(),
+                body: e.to_json(),
+                received_at: e.meta.received_at,
             },
             _ => continue,
         }),

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "stop_place",
         template: include_str!("../../../../deploy/clickhouse/migrations/0003_stop_place.sql"),
     },
+    Migration {
+        version: 4,
+        name: "filters_events",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0004_filters_events.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.
