@@ -7,6 +7,7 @@ pub mod browser;
 mod clickhouse;
 mod kafka;
 mod mqtt;
+pub mod receiver;
 mod serve;
 
 use std::path::{Path, PathBuf};

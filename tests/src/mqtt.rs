@@ -77,3 +77,84 @@ pub fn publish_qos1(url: &str, client_id: &str, messages: &[(String, Vec<u8>)]) 
         acked
     })
 }
+
+/// A subscriber on a thread of its own, collecting every message on a
+/// topic filter (QoS 1) until dropped.
+pub struct Subscriber {
+    /// `(topic, payload)` in arrival order.
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscriber {
+    /// Subscribes to `filter` at `url`; returns once the broker granted it.
+    pub fn start(url: &str, client_id: &str, filter: &str) -> Subscriber {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let rest = url.trim_start_matches("mqtt://").to_owned();
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(1883)),
+            None => (rest.clone(), 1883),
+        };
+        let (g, s, id, filter) = (
+            got.clone(),
+            stop.clone(),
+            client_id.to_owned(),
+            filter.to_owned(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("runtime: {e}"));
+            rt.block_on(async move {
+                use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+                let mut opts = MqttOptions::new(id, host, port);
+                opts.set_keep_alive(std::time::Duration::from_secs(30));
+                let (client, mut events) = AsyncClient::new(opts, 100);
+                let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+                while !s.load(Ordering::SeqCst) {
+                    let polled =
+                        tokio::time::timeout(std::time::Duration::from_millis(100), events.poll())
+                            .await;
+                    match polled {
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            g.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
+                        }
+                        Ok(Err(_)) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = client.disconnect().await;
+            });
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no SUBACK from {url}: {e}"));
+        Subscriber { got, stop }
+    }
+
+    /// What arrived so far.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.got
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

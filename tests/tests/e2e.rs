@@ -7,6 +7,8 @@ mod api;
 mod clickhouse;
 // `otstream decode` on the payload spec's examples, files and stdin.
 mod decode_cli;
+// Events out (webhooks, MQTT) and the position filters.
+mod events;
 // Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.
 mod geofence;
 // `otstream fleet`, `replay` and `record` against serve, Mosquitto and Tansu.

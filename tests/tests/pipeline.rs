@@ -497,6 +497,49 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
         &[format!("5\t{last}")],
         60,
     );
+    // Over Kafka too: a 0,0 fix is stored with its reason (the flagged copy
+    // the geofence stage sends on `events` replaces the one from
+    // `positions`), and a low battery is an event in the `events` topic
+    // and table.
+    let t = otstream_model::raw::now_ms() / 1000 - 3600;
+    let device = [("X-Limit-U", "ev"), ("X-Limit-D", "k1")];
+    for body in [
+        format!(r#"{{"_type":"location","lat":52.5,"lon":13.4,"tst":{t},"batt":50}}"#),
+        format!(r#"{{"_type":"location","lat":0,"lon":0,"tst":{}}}"#, t + 60),
+        format!(
+            r#"{{"_type":"location","lat":52.5,"lon":13.4,"tst":{},"batt":5}}"#,
+            t + 120
+        ),
+    ] {
+        assert_eq!(
+            otstream_tests::post(&p.url(), &device, body.as_bytes()).status,
+            200
+        );
+    }
+    p.eventually(
+        &format!(
+            "SELECT toUInt32(tst) - {t}, filtered FROM positions FINAL WHERE device = 'k1' ORDER BY tst"
+        ),
+        &["0\t".to_owned(), "60\tzero".to_owned(), "120\t".to_owned()],
+        60,
+    );
+    p.eventually(
+        "SELECT kind, id FROM events FINAL WHERE device = 'k1'",
+        &[format!("battery_low\tbattery_low:ev/k1:{}", t + 120)],
+        60,
+    );
+    let mut kafka = KafkaConfig::new(p.brokers.clone());
+    kafka.topic_prefix = p.prefix.clone();
+    let in_topic: Vec<String> =
+        read_to_end::<Record>(&kafka, "events", &[0, 1], Duration::from_secs(60))
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.value {
+                Record::Event(e) if e.meta.device == "k1" => Some(e.id),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(in_topic, [format!("battery_low:ev/k1:{}", t + 120)]);
     let log = serve.log();
     assert!(
         log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),

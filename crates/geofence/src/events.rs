@@ -84,8 +84,14 @@ pub struct EventState {
 /// Equal when what is stored is: the name comes from the snapshot.
 impl PartialEq for EventState {
     fn eq(&self, o: &Self) -> bool {
-        (self.seen_ms, self.last, self.silent, self.low, &self.tid, self.transport)
-            == (o.seen_ms, o.last, o.silent, o.low, &o.tid, o.transport)
+        (
+            self.seen_ms,
+            self.last,
+            self.silent,
+            self.low,
+            &self.tid,
+            self.transport,
+        ) == (o.seen_ms, o.last, o.silent, o.low, &o.tid, o.transport)
     }
 }
 
