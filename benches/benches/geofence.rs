@@ -245,11 +245,24 @@ fn stage(c: &mut Criterion) {
     let mut group = c.benchmark_group("geofence/stage_per_position");
     group.throughput(Throughput::Elements(msgs.len() as u64));
     group.sample_size(10);
-    group.bench_function("fences_trips_and_state_10000_circles", |b| {
+    // The same stage with the position filters off: the filters' cost is
+    // the difference, measured in the same run.
+    let unfiltered = StageConfig {
+        filters: otstream_geofence::filter::FilterConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..StageConfig::default()
+    };
+    for (name, config) in [
+        ("fences_trips_and_state_10000_circles", StageConfig::default()),
+        ("fences_trips_and_state_10000_circles_no_filters", unfiltered),
+    ] {
+    group.bench_function(name, |b| {
         b.iter_batched(
             || {
                 (
-                    Tracker::new(&StageConfig::default(), set.clone()),
+                    Tracker::new(&config, set.clone()),
                     msgs.iter()
                         .map(|p| Message::new("k", Record::Position(p.clone()), Ack::none()))
                         .collect::<Vec<_>>(),
@@ -261,6 +274,27 @@ fn stage(c: &mut Criterion) {
                     t.process(m, &mut out);
                 }
                 black_box(out)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    }
+    group.finish();
+
+    // The filters alone: one verdict per fix, each device's state kept.
+    let filters = otstream_geofence::filter::Filters::new(Default::default());
+    let mut group = c.benchmark_group("geofence/filters_per_position");
+    group.throughput(Throughput::Elements(msgs.len() as u64));
+    group.bench_function("default_rules_1000_devices", |b| {
+        b.iter_batched(
+            || vec![otstream_geofence::filter::FilterState::default(); 1000],
+            |mut states| {
+                let mut taken = 0u32;
+                for (i, p) in msgs.iter().enumerate() {
+                    let now = 1_700_000_000 + 3600;
+                    taken += u32::from(filters.check(&mut states[i % 1000], p, now).is_none());
+                }
+                black_box(taken)
             },
             criterion::BatchSize::LargeInput,
         )

@@ -61,7 +61,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         format!(
-            "ClickHouse {}: applied migrations [1, 2, 3] in database {db}",
+            "ClickHouse {}: applied migrations [1, 2, 3, 4] in database {db}",
             major_minor.join(".")
         )
     );
@@ -77,7 +77,12 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             &db,
             "SELECT version, name FROM schema_migrations ORDER BY version"
         ),
-        ["1\ttables", "2\tdevice_state", "3\tstop_place"]
+        [
+            "1\ttables",
+            "2\tdevice_state",
+            "3\tstop_place",
+            "4\tfilters_events"
+        ]
     );
     assert_eq!(
         select(
@@ -92,6 +97,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "dead_letters",
             "device_events",
             "device_state",
+            "events",
             "last_positions",
             "last_positions_mv",
             "positions",

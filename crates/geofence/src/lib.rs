@@ -4,9 +4,11 @@
 //!
 //! In: records (positions in per-device order, waypoints, anything else
 //! passes through; a state snapshot is restored). Out: the same records
-//! (unless only derived records are asked for), followed by transitions with
-//! `source = "server"` (written beside the ones the devices report), trips,
-//! stops, and the device's state to persist with them. Phones
+//! (unless only derived records are asked for; a position the filters set
+//! aside is always sent, with its reason in `filtered`), followed by
+//! transitions with `source = "server"` (written beside the ones the
+//! devices report), trips, stops, events (see [`events`]), and the
+//! device's state to persist with them. Phones
 //! report transitions only for regions configured on that phone, and region
 //! monitoring on iOS and Android misses events; evaluating on the server
 //! fixes both.

@@ -3,9 +3,10 @@
 //! In: [`Record`](otstream_model::Record)s from the bus, each with the
 //! [`Ack`](otstream_bus::Ack) of the payload it came from. Out: rows in the
 //! tables (positions, transitions, waypoints, cards, device_events, steps,
-//! trips, stops, device_state,
-//! beacons, configurations, dead_letters), and acks settled as delivered
-//! only once the rows are committed.
+//! trips, stops, events, device_state,
+//! beacons, configurations, dead_letters), events in their outboxes
+//! ([`outbox`]), and acks settled as delivered only once all of it is
+//! committed.
 //!
 //! The embedded store ([`store`]) is SQLite in WAL mode with
 //! `synchronous=FULL`: a commit is on disk before anything is acknowledged.
