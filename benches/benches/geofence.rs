@@ -255,29 +255,35 @@ fn stage(c: &mut Criterion) {
         ..StageConfig::default()
     };
     for (name, config) in [
-        ("fences_trips_and_state_10000_circles", StageConfig::default()),
-        ("fences_trips_and_state_10000_circles_no_filters", unfiltered),
+        (
+            "fences_trips_and_state_10000_circles",
+            StageConfig::default(),
+        ),
+        (
+            "fences_trips_and_state_10000_circles_no_filters",
+            unfiltered,
+        ),
     ] {
-    group.bench_function(name, |b| {
-        b.iter_batched(
-            || {
-                (
-                    Tracker::new(&config, set.clone()),
-                    msgs.iter()
-                        .map(|p| Message::new("k", Record::Position(p.clone()), Ack::none()))
-                        .collect::<Vec<_>>(),
-                )
-            },
-            |(mut t, input)| {
-                let mut out = Vec::with_capacity(input.len() * 2);
-                for m in input {
-                    t.process(m, &mut out);
-                }
-                black_box(out)
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    (
+                        Tracker::new(&config, set.clone()),
+                        msgs.iter()
+                            .map(|p| Message::new("k", Record::Position(p.clone()), Ack::none()))
+                            .collect::<Vec<_>>(),
+                    )
+                },
+                |(mut t, input)| {
+                    let mut out = Vec::with_capacity(input.len() * 2);
+                    for m in input {
+                        t.process(m, &mut out);
+                    }
+                    black_box(out)
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
     }
     group.finish();
 

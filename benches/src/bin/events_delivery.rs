@@ -67,14 +67,16 @@ async fn receiver(count: Arc<AtomicU64>) -> Result<u16> {
         while let Ok((stream, _)) = listener.accept().await {
             let count = count.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let count = count.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        count.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            count.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
@@ -94,10 +96,9 @@ async fn main() -> Result<()> {
     let bodies: Vec<String> = (0..args.events).map(|i| event(i).to_json()).collect();
     for round in 1..=args.rounds {
         // Baseline: plain POSTs, one at a time.
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<Full<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
         let started = Instant::now();
         for b in &bodies {
             let req = hyper::Request::post(url.as_str())

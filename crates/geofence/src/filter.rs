@@ -174,9 +174,11 @@ pub struct FilterState {
     /// The last fix set aside as a jump, which the next may confirm.
     #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
     jump: Option<Seen>,
-    /// Speeds of the last segments between fixes taken, km/h, newest last.
+    /// Speeds of the last segments between fixes taken, whole km/h, newest
+    /// last: whole numbers keep the state (written with every fix) short
+    /// and cheap to write, and a median needs no finer.
     #[serde(rename = "v", default, skip_serializing_if = "Vec::is_empty")]
-    speeds: Vec<f32>,
+    speeds: Vec<u16>,
 }
 
 /// The filters of a [`FilterConfig`].
@@ -262,24 +264,26 @@ impl Filters {
         if state.speeds.len() == SPEEDS {
             state.speeds.remove(0);
         }
-        state.speeds.push(kmh as f32);
+        state
+            .speeds
+            .push(kmh.round().min(f64::from(u16::MAX)) as u16);
         None
     }
 }
 
 /// The median of `speeds` (0 for none).
-fn median(speeds: &[f32]) -> f64 {
+fn median(speeds: &[u16]) -> f64 {
     if speeds.is_empty() {
         return 0.0;
     }
-    let mut s: smallvec::SmallVec<[f32; SPEEDS]> = speeds.iter().copied().collect();
-    s.sort_by(f32::total_cmp);
+    let mut s: smallvec::SmallVec<[u16; SPEEDS]> = speeds.iter().copied().collect();
+    s.sort_unstable();
     let mid = s.len() / 2;
-    f64::from(if s.len() % 2 == 1 {
-        s[mid]
+    if s.len() % 2 == 1 {
+        f64::from(s[mid])
     } else {
-        (s[mid - 1] + s[mid]) / 2.0
-    })
+        (f64::from(s[mid - 1]) + f64::from(s[mid])) / 2.0
+    }
 }
 
 /// Great-circle distance, metres: a filter's threshold needs no more.
