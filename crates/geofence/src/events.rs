@@ -8,14 +8,15 @@
 //! [`BATTERY_HYSTERESIS`] points above the limit, a device is silent again
 //! only after it came back.
 
-use otstream_model::{ConfigError, Event, EventKind, Meta, Position, Text, Transport};
+use otstream_model::{Event, EventKind, Meta, Position, Text, Transport};
 use serde::{Deserialize, Serialize};
 
 /// Points above the limit a battery must rise to be low again later:
 /// without it, a level wobbling around the limit would fire each time.
 pub const BATTERY_HYSTERESIS: i32 = 5;
 
-/// The rules' knobs, from `[events]`.
+/// The rules' knobs, from `[events]` (checked with the rest of that
+/// section, `otstream_events::EventsConfig::validate`).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct EventRules {
@@ -35,19 +36,6 @@ impl Default for EventRules {
             silent_after_s: 3600,
             battery_low_percent: 15,
         }
-    }
-}
-
-impl EventRules {
-    /// Checks the limits make sense.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(0..=100).contains(&self.battery_low_percent) {
-            return Err(ConfigError::new(
-                "events.battery_low_percent",
-                "events.battery_low_percent must be between 0 (off) and 100",
-            ));
-        }
-        Ok(())
     }
 }
 

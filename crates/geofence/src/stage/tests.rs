@@ -493,3 +493,79 @@ fn a_noisy_track_gives_the_clean_tracks_trips_transitions_and_events() {
         ]
     );
 }
+
+/// A clock the test sets.
+#[derive(Debug, Default)]
+struct Hand(std::sync::atomic::AtomicI64);
+
+impl Clock for Hand {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_device_gone_quiet_is_said_silent_once_with_its_state_and_back_at_its_next_fix() {
+    let hand = Arc::new(Hand::default());
+    let set = |ms: i64| hand.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    let mut t = Tracker::with_clock(&StageConfig::default(), home(), hand.clone());
+    let mut out = Vec::new();
+    // A fix received at 1,000 s (received_at is in ms).
+    let at = |tst: i64, received_s: i64| {
+        let Record::Position(mut p) = pos(tst, 48.0, 11.0) else {
+            unreachable!()
+        };
+        p.meta.received_at = received_s * 1000;
+        Record::Position(p)
+    };
+    set(1_000_000);
+    t.process(
+        Message::new("jane/phone", at(900, 1_000), Ack::none()),
+        &mut out,
+    );
+    out.clear();
+    set(1_000_000 + 3_600_000);
+    t.sweep_silent(&mut out);
+    assert!(out.is_empty(), "an hour exactly is not past the limit");
+    set(1_000_000 + 3_600_001);
+    t.sweep_silent(&mut out);
+    let said: Vec<(&str, String)> = out
+        .iter()
+        .map(|m| match &m.value {
+            Record::Event(e) => (e.kind.as_str(), e.id.clone()),
+            r => (r.type_name(), String::new()),
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("silent", "silent:jane/phone:900".to_owned()),
+            ("state", String::new())
+        ]
+    );
+    // The state says it was said: a restored tracker does not say it again.
+    let Record::State(snapshot) = out.pop().unwrap().value else {
+        unreachable!()
+    };
+    out.clear();
+    let mut restored = Tracker::with_clock(&StageConfig::default(), home(), hand.clone());
+    restored.restore([snapshot]);
+    for tracker in [&mut t, &mut restored] {
+        tracker.sweep_silent(&mut out);
+        assert!(out.is_empty());
+        tracker.process(
+            Message::new("jane/phone", at(9_000, 9_000), Ack::none()),
+            &mut out,
+        );
+        let kinds: Vec<&str> = out
+            .iter()
+            .filter_map(|m| match &m.value {
+                Record::Event(e) => Some(e.kind.as_str()),
+                _ => None,
+            })
+            .collect();
+        // Still where it was two hours before: a stop, too.
+        assert_eq!(kinds, ["stop_started", "back"]);
+        out.clear();
+    }
+}
