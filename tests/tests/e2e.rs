@@ -9,6 +9,8 @@ mod clickhouse;
 mod decode_cli;
 // Events out (webhooks, MQTT) and the position filters.
 mod events;
+// `otstream import`: Recorder trees, GPX, GeoJSON, Takeout; re-imports; flat memory.
+mod import;
 // Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.
 mod geofence;
 // `otstream fleet`, `replay` and `record` against serve, Mosquitto and Tansu.

@@ -7,6 +7,7 @@ mod api;
 mod config;
 mod decode;
 mod fault;
+mod import;
 mod kafka;
 mod load;
 mod metrics_server;
@@ -49,6 +50,9 @@ enum Command {
     Replay(load::ReplayArgs),
     /// A synthetic fleet (driving, walking, parked) to a recording, HTTP or MQTT.
     Fleet(load::FleetArgs),
+    /// Import location history (Recorder .rec, GPX, GeoJSON, Google
+    /// Takeout, recordings) through the whole pipeline into the store.
+    Import(import::ImportArgs),
 }
 
 /// Flags of `otstream run`: the stage, then the flags `serve` takes
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Record(args) => load::record(args),
         Command::Replay(args) => load::replay(args),
         Command::Fleet(args) => load::fleet(args),
+        Command::Import(args) => import::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,327 @@
+//! `otstream import`: location history into the store, through the same
+//! decode, filters, geofence, trips and sink as live data.
+//!
+//! ```text
+//! files --(reader thread: otstream-import)--> decode --> geofence --> tally --> sink
+//! ```
+//!
+//! A thread reads the files (one record in memory at a time for the
+//! streaming formats) and hands each point on over bounded links, so
+//! memory stays flat on multi-GB files and the store sets the pace. At the
+//! end the links close in order, every stage drains, and the sink commits
+//! what is left before the summary is printed: what was imported, what the
+//! filters set aside and why, what was skipped and why. History is not
+//! news: no event is delivered (it is stored in `events`), and silence is
+//! not evaluated. Natural keys make a second import of the same files add
+//! no row.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use otstream_bus::{Ack, Message, Prepended, Receiver, Sender, channel};
+use otstream_decode_stage::DecodeStage;
+use otstream_import::{Context, Format, Identity, Item};
+use otstream_model::{RawMessage, Record};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::runtime::block_on;
+use crate::stages::{self, Sink};
+
+/// Flags of `otstream import`.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// Files, or directories read whole (a Recorder `rec/` tree).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// What the files are: auto, rec, gpx, geojson, takeout or recording.
+    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    format: Format,
+    /// File every point under this user (with --device); a `.rec` file
+    /// otherwise takes it from its path.
+    #[arg(long, requires = "device")]
+    user: Option<String>,
+    /// File every point under this device (with --user).
+    #[arg(long, requires = "user")]
+    device: Option<String>,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    common: crate::serve::Args,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}
+
+/// Runs `otstream import`.
+pub fn run(args: ImportArgs) -> Result<()> {
+    let ImportArgs {
+        paths,
+        format,
+        user,
+        device,
+        quiet,
+        common,
+    } = args;
+    let mut config = common.config()?;
+    // History is not news: stored, not delivered; and a device whose
+    // history ended a year ago is not silent now.
+    config.events.webhooks.clear();
+    config.events.mqtt.enabled = false;
+    config.events.silent_after_s = 0;
+    let identity = user
+        .zip(device)
+        .map(|(user, device)| Identity { user, device });
+    let mut files = Vec::new();
+    for p in &paths {
+        files.extend(
+            otstream_import::files(p).with_context(|| format!("cannot read {}", p.display()))?,
+        );
+    }
+    if files.is_empty() {
+        bail!("no files under {paths:?}");
+    }
+    let summary = block_on(import(config, files, format, identity, quiet))?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// What one import did.
+#[derive(Default)]
+struct Tally {
+    files: usize,
+    points: u64,
+    skipped: BTreeMap<String, u64>,
+    positions: u64,
+    filtered: BTreeMap<String, u64>,
+    dead: BTreeMap<String, u64>,
+    derived: BTreeMap<&'static str, u64>,
+    seconds: f64,
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        writeln!(
+            f,
+            "imported {} points from {} files in {:.1} s ({:.0} points/s)",
+            self.points,
+            self.files,
+            self.seconds,
+            self.points as f64 / self.seconds.max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "  positions: {} stored, {} of them set aside by the filters{}",
+            self.positions,
+            sum(&self.filtered),
+            if self.filtered.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list(&self.filtered))
+            }
+        )?;
+        let derived: Vec<String> = self
+            .derived
+            .iter()
+            .map(|(k, v)| format!("{v} {k}s"))
+            .collect();
+        writeln!(
+            f,
+            "  derived: {}",
+            if derived.is_empty() {
+                "nothing".to_owned()
+            } else {
+                derived.join(", ")
+            }
+        )?;
+        writeln!(
+            f,
+            "  dead letters: {}{}",
+            sum(&self.dead),
+            if self.dead.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list(&self.dead))
+            }
+        )?;
+        write!(
+            f,
+            "  skipped: {}{}",
+            sum(&self.skipped),
+            if self.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list(&self.skipped))
+            }
+        )
+    }
+}
+
+async fn import(
+    config: ServeConfig,
+    files: Vec<PathBuf>,
+    format: Format,
+    identity: Option<Identity>,
+    quiet: bool,
+) -> Result<Tally> {
+    let started = Instant::now();
+    // Straight to ClickHouse when it is the store: no 200 waits here, so
+    // the local buffer would only copy everything twice.
+    let (sink, _) = Sink::build(&config, false).await?;
+    let restored = sink.stored_state().await?;
+    let geofence = stages::geofence(config.geo_stage()).await?;
+    let decode = DecodeStage::new(config.decode.clone(), stages::keys(&config)?);
+    let capacity = config.bus.capacity;
+    let (raw_tx, raw_rx) = channel::<RawMessage>(capacity);
+    let (rec_tx, rec_rx) = channel::<Record>(capacity);
+    let (geo_tx, geo_rx) = channel::<Record>(capacity);
+    let (out_tx, out_rx) = channel::<Record>(capacity);
+    // Stopped only when a stage fails; otherwise each ends with its input.
+    let stop = CancellationToken::new();
+    let decoding = tokio::spawn(decode.run(raw_rx, rec_tx, stop.clone()));
+    let evaluating =
+        tokio::spawn(geofence.run(Prepended::new(restored, rec_rx), geo_tx, stop.clone()));
+    let tally = Arc::new(std::sync::Mutex::new(Tally {
+        files: files.len(),
+        ..Tally::default()
+    }));
+    let tallying = tokio::spawn(tally_records(geo_rx, out_tx, tally.clone()));
+    let storing =
+        tokio::spawn(sink.run(out_rx, None, otstream_sink::Events::default(), stop.clone()));
+
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let bytes = Arc::new(AtomicU64::new(0));
+    let ctx = Context {
+        received_at: otstream_model::raw::now_ms(),
+        identity,
+        topic_prefix: config.decode.topic_prefix.clone(),
+        bytes_read: Some(bytes.clone()),
+    };
+    let (item_tx, mut item_rx) = tokio::sync::mpsc::channel::<Item>(4096);
+    let reader = std::thread::spawn(move || -> Result<()> {
+        for f in &files {
+            otstream_import::read(f, format, &ctx, &mut |item| {
+                item_tx.blocking_send(item).is_ok()
+            })?;
+        }
+        Ok(())
+    });
+    let mut last_draw = Instant::now();
+    while let Some(item) = item_rx.recv().await {
+        match item {
+            Item::Message(m) => {
+                let key = identity_key(&m);
+                if raw_tx
+                    .send(Message::new(key, m, Ack::none()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                lock(&tally).points += 1;
+            }
+            Item::Skipped(why) => *lock(&tally).skipped.entry(why).or_default() += 1,
+        }
+        if last_draw.elapsed() > Duration::from_millis(200) {
+            last_draw = Instant::now();
+            progress.set_position(bytes.load(Ordering::Relaxed));
+            progress.set_message(format!("{} points", lock(&tally).points));
+        }
+    }
+    drop(raw_tx);
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the file reader panicked"))?;
+    // The stages drain in order whatever the reader's end: what was read
+    // is stored before an error is reported.
+    let ended = async {
+        decoding.await.context("decode stage panicked")??;
+        evaluating.await.context("geofence stage panicked")??;
+        tallying.await.context("tally panicked")?;
+        storing.await.context("sink panicked")??;
+        anyhow::Ok(())
+    };
+    ended.await?;
+    progress.finish_and_clear();
+    read?;
+    let mut tally = std::mem::take(&mut *lock(&tally));
+    tally.seconds = started.elapsed().as_secs_f64();
+    Ok(tally)
+}
+
+fn lock(t: &std::sync::Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The bus key a message's identity hints give (the decoder decides the
+/// identity itself; the key only groups a device's messages).
+fn identity_key(m: &RawMessage) -> String {
+    match (&m.hints.x_limit_u, &m.hints.x_limit_d, &m.hints.mqtt_topic) {
+        (Some(u), Some(d), _) => format!("{u}/{d}"),
+        (_, _, Some(t)) => t.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Passes every record on to the sink, counting what the pipeline made
+/// of the points.
+async fn tally_records(
+    mut input: impl Receiver<Record>,
+    output: impl Sender<Record>,
+    tally: Arc<std::sync::Mutex<Tally>>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while input.recv_many(&mut batch, 256).await > 0 {
+        {
+            let mut t = lock(&tally);
+            for m in &batch {
+                match &m.value {
+                    Record::Position(p) => {
+                        t.positions += 1;
+                        if let Some(why) = &p.filtered {
+                            *t.filtered.entry(why.to_string()).or_default() += 1;
+                        }
+                    }
+                    Record::DeadLetter(d) => *t.dead.entry(d.kind.to_string()).or_default() += 1,
+                    Record::State(_) => {}
+                    r => *t.derived.entry(r.type_name()).or_default() += 1,
+                }
+            }
+        }
+        for m in batch.drain(..) {
+            if output.send(m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
