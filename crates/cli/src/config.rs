@@ -167,6 +167,7 @@ impl ServeConfig {
                 battery_low_percent: self.events.battery_low_percent,
             },
             derived_only: false,
+            coalesce_state: false,
         }
     }
 

@@ -76,6 +76,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
     config.events.webhooks.clear();
     config.events.mqtt.enabled = false;
     config.events.silent_after_s = 0;
+    // Larger commits: nobody waits on one.
+    config.sink.max_batch_rows = config.sink.max_batch_rows.max(20_000);
     let identity = user
         .zip(device)
         .map(|(user, device)| Identity { user, device });
@@ -183,7 +185,12 @@ async fn import(
     // the local buffer would only copy everything twice.
     let (sink, _) = Sink::build(&config, false).await?;
     let restored = sink.stored_state().await?;
-    let geofence = stages::geofence(config.geo_stage()).await?;
+    // One state snapshot per device a second, not one per fix: nobody
+    // waits on an ack here, and the last is written at the end.
+    let mut geo = config.geo_stage();
+    geo.coalesce_state = true;
+    geo.geofence.state_interval_ms = geo.geofence.state_interval_ms.max(1000);
+    let geofence = stages::geofence(geo).await?;
     let decode = DecodeStage::new(config.decode.clone(), stages::keys(&config)?);
     let capacity = config.bus.capacity;
     let (raw_tx, raw_rx) = channel::<RawMessage>(capacity);

@@ -116,6 +116,12 @@ pub struct StageConfig {
     /// them there.
     #[serde(skip)]
     pub derived_only: bool,
+    /// Snapshot a device's state at most every `state_interval_ms`, as
+    /// over Kafka, though records are passed on: for an import, where
+    /// nobody waits on an ack and a snapshot per fix is half the store's
+    /// work.
+    #[serde(skip)]
+    pub coalesce_state: bool,
 }
 
 struct Meters {

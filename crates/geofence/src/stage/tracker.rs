@@ -88,7 +88,7 @@ impl Tracker {
             derived_only: config.derived_only,
             clock,
             last_updated: 0,
-            state_interval_ms: if config.derived_only {
+            state_interval_ms: if config.derived_only || config.coalesce_state {
                 i64::try_from(config.geofence.state_interval_ms).unwrap_or(i64::MAX)
             } else {
                 0
