@@ -154,6 +154,43 @@ fn a_recorder_tree_imports_with_its_trips_and_a_second_import_adds_nothing() {
         ),
         ["bob|9|10|10", "jane|9|10|10"]
     );
+    // Named by the offline geocoder: positions, trips' ends, stops.
+    assert_eq!(
+        rows(
+            &conn,
+            "SELECT user, start_place, start_cc, end_place, end_cc FROM trips GROUP BY 1, 2, 3, 4, 5 ORDER BY 1"
+        ),
+        [
+            "bob|Paris, Ile-de-France|FR|Fontenay-sous-Bois, Ile-de-France|FR",
+            "jane|Lyon, Rhone-Alpes|FR|Decines-Charpieu, Rhone-Alpes|FR"
+        ]
+    );
+    assert_eq!(
+        rows(
+            &conn,
+            "SELECT user, cc, count(*), count(place) FROM positions GROUP BY 1, 2 ORDER BY 1"
+        ),
+        ["bob|FR|900|900", "jane|FR|900|900"]
+    );
+    assert_eq!(
+        rows(
+            &conn,
+            "SELECT user, place FROM positions WHERE tst = 1704092400 ORDER BY 1"
+        ),
+        ["bob|Paris, Ile-de-France", "jane|Lyon, Rhone-Alpes"]
+    );
+    assert_eq!(
+        rows(
+            &conn,
+            "SELECT DISTINCT user, locality, cc FROM stops ORDER BY 1, 2"
+        ),
+        [
+            "bob|Fontenay-sous-Bois, Ile-de-France|FR",
+            "bob|Paris, Ile-de-France|FR",
+            "jane|Decines-Charpieu, Rhone-Alpes|FR",
+            "jane|Lyon, Rhone-Alpes|FR"
+        ]
+    );
     let again = import(&["--data-dir", &data_arg, &rec]);
     assert!(again.contains("  derived: nothing\n"), "{again}");
     for (table, n) in [("positions", 1800), ("trips", 18)] {
@@ -316,6 +353,10 @@ fn an_import_into_clickhouse_lands_once() {
         ["900\t900"]
     );
     assert_eq!(q("SELECT count() FROM trips FINAL"), ["9"]);
+    assert_eq!(
+        q("SELECT DISTINCT start_place, start_cc FROM trips FINAL"),
+        ["Lyon, Rhone-Alpes\tFR"]
+    );
 }
 
 /// Peak RSS (VmHWM, kB) of a running process.

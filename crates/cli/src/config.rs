@@ -76,6 +76,9 @@ pub struct ServeConfig {
     /// Events: their rules and where they are delivered.
     #[serde(default)]
     pub events: otstream_events::EventsConfig,
+    /// The offline geocoder's places.
+    #[serde(default)]
+    pub geocode: GeocodeConfig,
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -87,6 +90,26 @@ pub struct ServeConfig {
     /// by default) plus the final commit.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+}
+
+/// `[geocode]`: the nearest place of positions, trips' ends and stops,
+/// from the embedded GeoNames set.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeocodeConfig {
+    /// Fill `place` and `cc`.
+    pub enabled: bool,
+    /// A place farther than this is no answer (at sea), km.
+    pub max_km: f64,
+}
+
+impl Default for GeocodeConfig {
+    fn default() -> Self {
+        GeocodeConfig {
+            enabled: true,
+            max_km: 100.0,
+        }
+    }
 }
 
 /// The bus between stages.
@@ -207,6 +230,9 @@ impl ServeConfig {
         self.sink.validate()?;
         self.trips.validate()?;
         self.filters.validate()?;
+        if !(self.geocode.max_km > 0.0 && self.geocode.max_km.is_finite()) {
+            bail!("geocode.max_km must be a positive number of kilometres");
+        }
         self.events.validate()?;
         self.retention.validate()?;
         if let Some(m) = &self.mqtt {

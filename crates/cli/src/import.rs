@@ -207,8 +207,10 @@ async fn import(
         ..Tally::default()
     }));
     let tallying = tokio::spawn(tally_records(geo_rx, out_tx, tally.clone()));
-    let storing =
-        tokio::spawn(sink.run(out_rx, None, otstream_sink::Events::default(), stop.clone()));
+    // Webhooks and MQTT were taken out above: events are stored, places
+    // named, nothing delivered.
+    let events = stages::EventsOut::build(&config).await?;
+    let storing = tokio::spawn(sink.run(out_rx, None, events.sink.clone(), stop.clone()));
 
     let total: u64 = files
         .iter()

@@ -216,6 +216,7 @@ impl EventsOut {
                 outbox: None,
                 device_transitions: ev.enabled,
                 retry_initial_ms: config.sink.retry_initial_ms,
+                geocoder: geocoder(config).await?,
             },
             deliverers: Vec::new(),
         };
@@ -284,6 +285,19 @@ impl EventsOut {
         };
         sup.spawn("events", run).on_stop(move || stop.cancel());
     }
+}
+
+/// The offline geocoder, when `[geocode]` is on: its index built now, on
+/// a blocking thread (a tenth of a second).
+async fn geocoder(config: &ServeConfig) -> Result<Option<Arc<otstream_geocode::Geocoder>>> {
+    if !config.geocode.enabled {
+        return Ok(None);
+    }
+    let max_km = config.geocode.max_km;
+    let g = tokio::task::spawn_blocking(move || otstream_geocode::Geocoder::new(max_km))
+        .await
+        .context("geocoder index builder failed")?;
+    Ok(Some(g))
 }
 
 /// Runs retention on the embedded store as a stage of its own, when the

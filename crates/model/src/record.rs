@@ -121,6 +121,13 @@ pub struct Position {
     /// positions and events. Set by the geofence stage, never decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filtered: Option<Text>,
+    /// The nearest place (`Lyon, Rhone-Alpes`), from the offline
+    /// geocoder; set by the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
+    /// Its ISO country code (`FR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc: Option<Text>,
 }
 
 impl Position {
@@ -154,6 +161,8 @@ impl Position {
             inrids: Vec::new(),
             extra: None,
             filtered: None,
+            place: None,
+            cc: None,
         }
     }
 }
@@ -477,6 +486,19 @@ pub struct Trip {
     pub max_vel: f64,
     /// Fixes in the trip, both ends included.
     pub points: u32,
+    /// The nearest place to the start, and its country code (the offline
+    /// geocoder; set by the sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_place: Option<String>,
+    /// See `start_place`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cc: Option<Text>,
+    /// The nearest place to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_place: Option<String>,
+    /// See `end_place`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_cc: Option<Text>,
 }
 
 /// A stop computed from a device's positions: it was at rest in one place
@@ -502,6 +524,13 @@ pub struct Stop {
     /// the smallest if several; `None` outside every fence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<Text>,
+    /// The nearest populated place (`place` is the fence), from the offline
+    /// geocoder; set by the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Its ISO country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc: Option<Text>,
 }
 
 /// A stage's remembered state for one device, written beside the records

@@ -304,6 +304,9 @@ pub async fn run<B: Backend>(
                 },
             }
         }
+        if let Some(g) = &events.geocoder {
+            places(g, &mut batch);
+        }
         if events.device_transitions {
             outbox::device_transitions(&mut batch);
         }
@@ -348,7 +351,8 @@ pub async fn run<B: Backend>(
     }
 }
 
-/// What the sink does with events besides storing them.
+/// What the sink adds to the records before storing them: the events of
+/// device transitions, the outbox appends, places.
 #[derive(Clone, Default)]
 pub struct Events {
     /// The queues to append them to, before the batch is written.
@@ -357,6 +361,30 @@ pub struct Events {
     pub device_transitions: bool,
     /// First retry delay of a failed append, ms.
     pub retry_initial_ms: u64,
+    /// Names the places of positions, trips' ends and stops.
+    pub geocoder: Option<std::sync::Arc<otstream_geocode::Geocoder>>,
+}
+
+/// Fills the places the offline geocoder knows: every position's, each
+/// trip's start and end, each stop's locality. Here because every record
+/// passes the sink in every mode; a lookup is well under a microsecond.
+pub fn places(g: &otstream_geocode::Geocoder, batch: &mut [Message<Record>]) {
+    let find = |lat, lon| {
+        g.lookup(lat, lon)
+            .map(|p| (p.label(), otstream_model::Text::from(p.cc)))
+            .unzip()
+    };
+    for m in batch {
+        match &mut m.value {
+            Record::Position(p) if p.place.is_none() => (p.place, p.cc) = find(p.lat, p.lon),
+            Record::Trip(t) if t.start_place.is_none() => {
+                (t.start_place, t.start_cc) = find(t.start_lat, t.start_lon);
+                (t.end_place, t.end_cc) = find(t.end_lat, t.end_lon);
+            }
+            Record::Stop(s) if s.locality.is_none() => (s.locality, s.cc) = find(s.lat, s.lon),
+            _ => {}
+        }
+    }
 }
 
 /// A cheap estimate of a record's size on the wire, for `max_bytes`.

@@ -205,6 +205,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_device ON events (user, device, tst);
 "#;
 
+/// Version 5: places, from the offline geocoder.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE positions ADD COLUMN place TEXT;      -- nearest place: name, region
+ALTER TABLE positions ADD COLUMN cc TEXT;         -- its ISO country code
+ALTER TABLE trips ADD COLUMN start_place TEXT;
+ALTER TABLE trips ADD COLUMN start_cc TEXT;
+ALTER TABLE trips ADD COLUMN end_place TEXT;
+ALTER TABLE trips ADD COLUMN end_cc TEXT;
+ALTER TABLE stops ADD COLUMN locality TEXT;       -- nearest place (place is the fence)
+ALTER TABLE stops ADD COLUMN cc TEXT;
+"#;
+
 /// Per-table metric handles, resolved once.
 struct Meters {
     rows: [Counter; TABLES.len()],
@@ -260,6 +272,7 @@ impl Store {
             M::up(SCHEMA_V2),
             M::up(SCHEMA_V3),
             M::up(SCHEMA_V4),
+            M::up(SCHEMA_V5),
         ]);
         let (conn, path) = open_db(data_dir, DB_FILE, &migrations)?;
         let meters = Meters {
@@ -395,14 +408,14 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
                 // ReplacingMergeTree(received_at): over Kafka, the filters'
                 // flagged copy (received a millisecond later) wins over the
                 // copy from `positions`, whichever comes first.
-                "INSERT INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra, filtered) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) ON CONFLICT (user, device, tst) DO UPDATE SET tid = excluded.tid, lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, alt = excluded.alt, vac = excluded.vac, vel = excluded.vel, cog = excluded.cog, batt = excluded.batt, bs = excluded.bs, t = excluded.t, conn = excluded.conn, p = excluded.p, m = excluded.m, ssid = excluded.ssid, bssid = excluded.bssid, created_at = excluded.created_at, inregions = excluded.inregions, inrids = excluded.inrids, topic = excluded.topic, transport = excluded.transport, received_at = excluded.received_at, extra = excluded.extra, filtered = excluded.filtered WHERE excluded.received_at >= positions.received_at",
+                "INSERT INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra, filtered, place, cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) ON CONFLICT (user, device, tst) DO UPDATE SET tid = excluded.tid, lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, alt = excluded.alt, vac = excluded.vac, vel = excluded.vel, cog = excluded.cog, batt = excluded.batt, bs = excluded.bs, t = excluded.t, conn = excluded.conn, p = excluded.p, m = excluded.m, ssid = excluded.ssid, bssid = excluded.bssid, created_at = excluded.created_at, inregions = excluded.inregions, inrids = excluded.inrids, topic = excluded.topic, transport = excluded.transport, received_at = excluded.received_at, extra = excluded.extra, filtered = excluded.filtered, place = excluded.place, cc = excluded.cc WHERE excluded.received_at >= positions.received_at",
             )?
             .execute(params![
                 m.user.as_str(), m.device.as_str(), m.tid.as_deref(), p.tst, p.lat, p.lon,
                 p.acc, p.alt, p.vac, p.vel, p.cog, p.batt, p.bs, p.t.as_deref(), p.conn.as_deref(),
                 p.p, p.m, p.ssid.as_deref(), p.bssid.as_deref(), p.created_at,
                 json_list(&p.inregions), json_list(&p.inrids), m.topic.as_deref(),
-                m.transport.as_str(), m.received_at, p.extra.as_deref(), p.filtered.as_deref(),
+                m.transport.as_str(), m.received_at, p.extra.as_deref(), p.filtered.as_deref(), p.place.as_deref(), p.cc.as_deref(),
             ])?;
         }
         Record::Transition(t) => {
@@ -481,22 +494,24 @@ fn insert(tx: &Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
         Record::Trip(t) => {
             let m = &t.meta;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO trips (user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT OR REPLACE INTO trips (user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, received_at, start_place, start_cc, end_place, end_cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?
             .execute(params![
                 m.user.as_str(), m.device.as_str(), t.start, t.end, t.start_lat, t.start_lon,
                 t.end_lat, t.end_lon, t.distance, t.duration, t.avg_vel, t.max_vel, t.points,
-                m.received_at,
+                m.received_at, t.start_place.as_deref(), t.start_cc.as_deref(),
+                t.end_place.as_deref(), t.end_cc.as_deref(),
             ])?;
         }
         Record::Stop(st) => {
             let m = &st.meta;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at, place) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at, place, locality, cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 m.user.as_str(), m.device.as_str(), st.start, st.end, st.lat, st.lon, st.duration,
-                st.points, m.received_at, st.place.as_deref(),
+                st.points, m.received_at, st.place.as_deref(), st.locality.as_deref(),
+                st.cc.as_deref(),
             ])?;
         }
         Record::State(st) => save_state(tx, st)?,

@@ -78,7 +78,7 @@ fn every_record_type_lands_in_its_table_with_exact_values() {
     assert_eq!(
         query(&db, "SELECT * FROM positions"),
         [format!(
-            r#"jane|phone|JJ|1700000000|52.5|13.4|5|34|3|12|90|80|1|u|w|101.2|1|Home|aa:bb|1700000001|["home"]|["r1"]|{meta}|{{"x":1}}|NULL"#
+            r#"jane|phone|JJ|1700000000|52.5|13.4|5|34|3|12|90|80|1|u|w|101.2|1|Home|aa:bb|1700000001|["home"]|["r1"]|{meta}|{{"x":1}}|NULL|NULL|NULL"#
         )]
     );
     assert_eq!(
@@ -296,6 +296,7 @@ fn a_store_from_before_stop_places_gains_the_column() {
             "CREATE TABLE stops (user TEXT NOT NULL, device TEXT NOT NULL, start INTEGER NOT NULL, \"end\" INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL, duration INTEGER NOT NULL, points INTEGER NOT NULL, received_at INTEGER NOT NULL);
              CREATE UNIQUE INDEX stops_key ON stops (user, device, start);
              CREATE TABLE positions (user TEXT NOT NULL, device TEXT NOT NULL, tst INTEGER NOT NULL);
+             CREATE TABLE trips (user TEXT NOT NULL, device TEXT NOT NULL, start INTEGER NOT NULL);
              INSERT INTO stops VALUES ('jane', 'phone', 100, 400, 52.5, 13.4, 300, 7, 1);
              PRAGMA user_version = 2;",
         )
@@ -320,14 +321,19 @@ fn a_store_from_before_stop_places_gains_the_column() {
         duration: 600,
         points: 9,
         place: Some("Depot".into()),
+        locality: Some("Berlin".into()),
+        cc: Some("DE".into()),
     });
     store.write([&stop].into_iter()).unwrap();
     drop(store);
     assert_eq!(
-        query(&db, "SELECT start, points, place FROM stops ORDER BY start"),
-        ["100|7|NULL", "1000|9|Depot"]
+        query(
+            &db,
+            "SELECT start, points, place, locality, cc FROM stops ORDER BY start"
+        ),
+        ["100|7|NULL|NULL|NULL", "1000|9|Depot|Berlin|DE"]
     );
-    assert_eq!(query(&db, "PRAGMA user_version"), ["4"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["5"]);
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
@@ -336,14 +342,14 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // version's schema.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 5;")
+        .execute_batch("PRAGMA user_version = 6;")
         .unwrap();
     let Err(e) = Store::open(dir.path()) else {
         panic!("a store from a newer version opened");
     };
     assert_eq!(e.code(), "schema");
     assert!(e.to_string().starts_with("store schema: "), "{e}");
-    assert_eq!(query(&db, "PRAGMA user_version"), ["5"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["6"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,6 +397,10 @@ fn finished_record(
             avg_vel: t.avg_kmh,
             max_vel: t.max_kmh,
             points: t.points,
+            start_place: None,
+            start_cc: None,
+            end_place: None,
+            end_cc: None,
         }),
         Finished::Stop(s) => Record::Stop(Stop {
             meta: meta.clone(),
@@ -407,6 +411,8 @@ fn finished_record(
             duration: s.duration_s,
             points: s.points,
             place: place(s.start.lat, s.start.lon),
+            locality: None,
+            cc: None,
         }),
     }
 }

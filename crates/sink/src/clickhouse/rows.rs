@@ -134,6 +134,8 @@ struct PositionRow<'a> {
     received_at: i64,
     extra: &'a str,
     filtered: &'a str,
+    place: &'a str,
+    cc: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -289,6 +291,10 @@ struct TripRow<'a> {
     max_vel: f64,
     points: u32,
     received_at: i64,
+    start_place: &'a str,
+    start_cc: &'a str,
+    end_place: &'a str,
+    end_cc: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -303,6 +309,8 @@ struct StopRow<'a> {
     points: u32,
     received_at: i64,
     place: &'a str,
+    locality: &'a str,
+    cc: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -403,6 +411,8 @@ pub async fn insert(
                     received_at: c.received_at,
                     extra: extra(&p.extra),
                     filtered: p.filtered.as_deref().unwrap_or_default(),
+                    place: p.place.as_deref().unwrap_or_default(),
+                    cc: p.cc.as_deref().unwrap_or_default(),
                 }
             }
             _ => continue,
@@ -597,6 +607,10 @@ pub async fn insert(
                 max_vel: t.max_vel,
                 points: t.points,
                 received_at: t.meta.received_at,
+                start_place: t.start_place.as_deref().unwrap_or_default(),
+                start_cc: t.start_cc.as_deref().unwrap_or_default(),
+                end_place: t.end_place.as_deref().unwrap_or_default(),
+                end_cc: t.end_cc.as_deref().unwrap_or_default(),
             },
             _ => continue,
         }),
@@ -612,6 +626,8 @@ pub async fn insert(
                 points: t.points,
                 received_at: t.meta.received_at,
                 place: t.place.as_deref().unwrap_or_default(),
+                locality: t.locality.as_deref().unwrap_or_default(),
+                cc: t.cc.as_deref().unwrap_or_default(),
             },
             _ => continue,
         }),

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "filters_events",
         template: include_str!("../../../../deploy/clickhouse/migrations/0004_filters_events.sql"),
     },
+    Migration {
+        version: 5,
+        name: "places",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0005_places.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.
