@@ -25,11 +25,11 @@ with tempfile.TemporaryDirectory() as path:
     for stmt in statements:
         sess.query(stmt.rstrip(";"))
     row = ("('jane', 'phone', 'JJ', 1700000000, 52.5, 13.4, 5, NULL, NULL, 12, NULL, 80, NULL,"
-           " 'u', NULL, NULL, NULL, NULL, NULL, NULL, [], [], NULL, 'http', 1700000000123, '', '')")
+           " 'u', NULL, NULL, NULL, NULL, NULL, NULL, [], [], NULL, 'http', 1700000000123, '', '', 'Berlin', 'DE')")
     for _ in range(2):  # the same row twice: FINAL keeps one
         sess.query(f"INSERT INTO otstream.positions VALUES {row}")
     # A fix the filters set aside, dated later: not the last position.
-    flagged = row.replace("1700000000, 52.5", "1800000000, 0.0").replace("'', '')", "'', 'future')")
+    flagged = row.replace("1700000000, 52.5", "1800000000, 0.0").replace("'', '', 'Berlin'", "'', 'future', 'Berlin'")
     sess.query(f"INSERT INTO otstream.positions VALUES {flagged}")
     count = sess.query("SELECT count() FROM otstream.positions FINAL WHERE filtered = ''", "CSV").bytes().decode().strip()
     last = sess.query("SELECT user, device, tst FROM otstream.last_positions FINAL", "CSV").bytes().decode().strip()

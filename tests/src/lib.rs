@@ -101,3 +101,12 @@ fn service_script(script: &str, cmd: &str, dir: &Path) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
+
+/// Taken by the test that loads the machine hardest (a 2 GB import) and
+/// by the tests that measure time (a replay holding a rate): they never
+/// run at the same time, whatever the test threads.
+pub fn quiet_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

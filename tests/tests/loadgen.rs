@@ -307,6 +307,7 @@ fn replay_multiplies_devices_and_shifts_time() {
 /// that rate, within 5%, and the report says the same.
 #[test]
 fn replay_holds_a_target_rate() {
+    let _quiet = otstream_tests::quiet_turn();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.ndjson");
     fleet(&file, &["--devices", "200", "--messages", "10000"]);
