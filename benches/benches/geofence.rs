@@ -20,20 +20,7 @@ use otstream_geofence::{DeviceState, Fence, FenceSet, GeofenceConfig, Geofencer,
 use otstream_model::record::{Meta, Position};
 use otstream_model::{Record, Transport};
 
-/// A deterministic generator (xorshift), so every run measures the same
-/// fences and fixes.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.next()
-    }
-}
+use otstream_benches::Rng;
 
 /// Fences scattered over central Europe, as a national fleet's depots,
 /// customers and sites would be.
