@@ -249,7 +249,7 @@ async fn import(
     while let Some(item) = item_rx.recv().await {
         match item {
             Item::Message(m) => {
-                let key = identity_key(&m);
+                let key = identity_key(&m, &config.decode.topic_prefix);
                 if raw_tx
                     .send(Message::new(key, m, Ack::none()))
                     .await
@@ -292,14 +292,13 @@ fn lock(t: &std::sync::Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The bus key a message's identity hints give (the decoder decides the
-/// identity itself; the key only groups a device's messages).
-fn identity_key(m: &RawMessage) -> String {
-    match (&m.hints.x_limit_u, &m.hints.x_limit_d, &m.hints.mqtt_topic) {
-        (Some(u), Some(d), _) => format!("{u}/{d}"),
-        (_, _, Some(t)) => t.clone(),
-        _ => String::new(),
-    }
+/// The bus key of a message: its device, resolved from the hints as the
+/// MQTT ingress resolves them (the decoder decides the identity itself;
+/// the key only groups a device's messages).
+fn identity_key(m: &RawMessage, prefix: &str) -> String {
+    otstream_model::identity::resolve(&m.hints, prefix, None, None)
+        .map(|i| i.key())
+        .unwrap_or_default()
 }
 
 /// Passes every record on to the sink, counting what the pipeline made
