@@ -1,11 +1,14 @@
 //! Helpers for the end-to-end tests: find (and build, once) the `otstream`
 //! binary, run it, and locate test data; one module per service the tests
-//! talk to (`serve`, `clickhouse`, `kafka`, `mqtt`, `browser`), re-exported
-//! here. The tests themselves are in tests/e2e.rs, one module per area.
+//! talk to (`serve`, `clickhouse`, `kafka`, `mqtt`, `browser`) and the load
+//! tools (`loadgen`), re-exported here. The tests themselves are in
+//! tests/e2e.rs, one module per area, and tests/timing.rs, the measurements
+//! of time that cargo runs alone.
 
 pub mod browser;
 mod clickhouse;
 mod kafka;
+mod loadgen;
 mod mqtt;
 pub mod receiver;
 mod serve;
@@ -18,6 +21,7 @@ use anyhow::{Context, Result, bail};
 
 pub use clickhouse::*;
 pub use kafka::*;
+pub use loadgen::*;
 pub use mqtt::*;
 pub use serve::*;
 
@@ -100,13 +104,4 @@ fn service_script(script: &str, cmd: &str, dir: &Path) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Taken by the test that loads the machine hardest (a 2 GB import) and
-/// by the tests that measure time (a replay holding a rate): they never
-/// run at the same time, whatever the test threads.
-pub fn quiet_turn() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

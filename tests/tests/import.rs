@@ -374,7 +374,6 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 
 #[test]
 fn a_2_gb_takeout_file_imports_in_flat_memory() {
-    let _quiet = otstream_tests::quiet_turn();
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("Records.json");
     // 250,000 records, each carrying 8 KB of activity guesses as real
