@@ -1,6 +1,7 @@
 //! The offline geocoder: lookups per second on one core, for positions
 //! spread over Europe (dense places) and over the whole globe (mostly
-//! sea: the nearest place is far, the search visits more of the tree).
+//! sea: the nearest place is far), against the k-d tree it replaced (the
+//! `reverse_geocoder` crate over the same places) in the same run.
 //!
 //! `cargo bench -p otstream-benches --bench geocode`
 
@@ -19,6 +20,7 @@ fn bench(c: &mut Criterion) {
     let globe: Vec<(f64, f64)> = (0..10_000)
         .map(|_| (r.range(-80.0, 80.0), r.range(-180.0, 180.0)))
         .collect();
+    let kd = reverse_geocoder::ReverseGeocoder::new();
     let mut group = c.benchmark_group("geocode/lookup");
     for (name, points) in [("europe", &europe), ("globe", &globe)] {
         group.throughput(Throughput::Elements(points.len() as u64));
@@ -29,6 +31,15 @@ fn bench(c: &mut Criterion) {
                     found += u32::from(g.lookup(*lat, *lon).is_some());
                 }
                 black_box(found)
+            })
+        });
+        group.bench_function(format!("{name}_kdtree_before"), |b| {
+            b.iter(|| {
+                let mut d = 0.0;
+                for (lat, lon) in points.iter() {
+                    d += kd.search((*lat, *lon)).distance;
+                }
+                black_box(d)
             })
         });
     }

@@ -105,3 +105,16 @@ fn service_script(script: &str, cmd: &str, dir: &Path) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
+
+/// Polls `done` every 100 ms; panics naming `what` unless it holds within
+/// `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

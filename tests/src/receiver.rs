@@ -1,7 +1,8 @@
-//! A webhook receiver: a real HTTP/1.1 server on loopback (keep-alive,
-//! Content-Length bodies) that records what it is sent, answers 503 to as
-//! many requests as it is told to fail, and can be stopped (connections
-//! refused) and started again on the same port.
+//! A webhook receiver, or a geocoding service: a real HTTP/1.1 server on
+//! loopback (keep-alive, Content-Length bodies) that records what it is
+//! sent, answers 503 to as many requests as it is told to fail (else 200,
+//! with the body `respond` gives for the request's target), and can be
+//! stopped (connections refused) and started again on the same port.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +14,10 @@ use std::time::Duration;
 /// One request received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request line's target (path and query).
+    pub target: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// `x-otstream-signature`, if sent.
     pub signature: Option<String>,
     /// The body.
@@ -28,6 +33,8 @@ pub struct Seen {
     pub fail_next: usize,
     /// Every request, in arrival order.
     pub requests: Vec<Received>,
+    /// The body of a 200 for a target (none: empty).
+    pub respond: Option<fn(&str) -> String>,
 }
 
 /// A running receiver.
@@ -119,23 +126,38 @@ fn serve(mut c: TcpStream, seen: &Mutex<Seen>, stop: &AtomicBool) {
             if buf.len() >= end + 4 + len {
                 let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
                 buf.drain(..end + 4 + len);
-                let accepted = {
+                let target = head
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or_default()
+                    .to_owned();
+                let (accepted, content) = {
                     let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
                     let fail = s.fail_next > 0;
                     s.fail_next = s.fail_next.saturating_sub(1);
+                    let content = match s.respond {
+                        Some(f) if !fail => f(&target),
+                        _ => String::new(),
+                    };
                     s.requests.push(Received {
+                        target,
+                        at: std::time::Instant::now(),
                         signature: header("x-otstream-signature"),
                         body,
                         accepted: !fail,
                     });
-                    !fail
+                    (!fail, content)
                 };
                 let status = if accepted {
                     "200 OK"
                 } else {
                     "503 Service Unavailable"
                 };
-                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{content}",
+                    content.len()
+                );
                 if c.write_all(answer.as_bytes()).is_err() {
                     return;
                 }

@@ -61,7 +61,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         format!(
-            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5] in database {db}",
+            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5, 6] in database {db}",
             major_minor.join(".")
         )
     );
@@ -82,7 +82,8 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "2\tdevice_state",
             "3\tstop_place",
             "4\tfilters_events",
-            "5\tplaces"
+            "5\tplaces",
+            "6\taddresses"
         ]
     );
     assert_eq!(
@@ -92,6 +93,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name")
         ),
         [
+            "addresses",
             "beacons",
             "cards",
             "configurations",

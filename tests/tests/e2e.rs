@@ -1,6 +1,8 @@
 //! End-to-end tests of the `otstream` binary, one module per area.
 #![allow(clippy::unwrap_used)] // helpers of a test binary state expectations with unwrap
 
+// Street addresses from an external geocoder, in both stores.
+mod addresses;
 // The read API, the live feed and the map page: both stores, formats, access, a real browser.
 mod api;
 // ClickHouse: migrations, every table, rejections, README queries, outages.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use otstream_tests::receiver::{Receiver, Seen};
-use otstream_tests::{Serve, Subscriber, mqtt_url, rows};
+use otstream_tests::{Serve, Subscriber, mqtt_url, rows, wait_until};
 
 const HOME: (f64, f64) = (52.52, 13.40);
 const M_PER_DEG_LAT: f64 = 111_195.08;
@@ -72,14 +72,6 @@ fn accepted(seen: &Mutex<Seen>, t0: i64) -> BTreeMap<String, Vec<(String, i64)>>
         ));
     }
     out
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

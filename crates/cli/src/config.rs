@@ -93,14 +93,17 @@ pub struct ServeConfig {
 }
 
 /// `[geocode]`: the nearest place of positions, trips' ends and stops,
-/// from the embedded GeoNames set.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// from the embedded GeoNames set; and, when `[geocode.addresses]` names a
+/// service, street addresses of stops and trips' ends.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeocodeConfig {
     /// Fill `place` and `cc`.
     pub enabled: bool,
     /// A place farther than this is no answer (at sea), km.
     pub max_km: f64,
+    /// The external geocoder (Nominatim, Photon); off unless `url` is set.
+    pub addresses: otstream_addresses::AddressesConfig,
 }
 
 impl Default for GeocodeConfig {
@@ -108,6 +111,7 @@ impl Default for GeocodeConfig {
         GeocodeConfig {
             enabled: true,
             max_km: 100.0,
+            addresses: Default::default(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl ServeConfig {
         if !(self.geocode.max_km > 0.0 && self.geocode.max_km.is_finite()) {
             bail!("geocode.max_km must be a positive number of kilometres");
         }
+        self.geocode.addresses.validate()?;
         self.events.validate()?;
         self.retention.validate()?;
         if let Some(m) = &self.mqtt {

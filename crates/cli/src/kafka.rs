@@ -95,6 +95,7 @@ pub async fn run(config: ServeConfig, stages: &[Stage]) -> Result<()> {
                     .on_stop(stop)
                     .then(async move { closed.wait().await });
                 stages::retention(&config, &mut sup);
+                stages::addresses(&config, &mut sup)?;
                 events.spawn(&config, &mut sup);
             }
         }

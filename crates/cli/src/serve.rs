@@ -257,6 +257,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         sink.run(geo_rx, Some(live), events.sink.clone(), hard_stop),
     );
     stages::retention(&config, &mut sup);
+    stages::addresses(&config, &mut sup)?;
     events.spawn(&config, &mut sup);
     // After the sink: what is buffered when it stops stays for the next
     // start; the shipper stops where it is.

@@ -312,6 +312,26 @@ pub(crate) fn retention(config: &ServeConfig, sup: &mut Supervisor) {
         .on_stop(move || stop.cancel());
 }
 
+/// Fills in street addresses as a stage of its own, when
+/// `[geocode.addresses] url` is set, in the store the sink writes to:
+/// `sup` stops it after the sink.
+pub(crate) fn addresses(config: &ServeConfig, sup: &mut Supervisor) -> Result<()> {
+    let a = &config.geocode.addresses;
+    let Some(url) = &a.url else {
+        return Ok(());
+    };
+    let rows = match &config.clickhouse {
+        Some(ch) => otstream_addresses::Rows::clickhouse(ch.client(), &ch.database),
+        None => otstream_addresses::Rows::sqlite(&config.data_dir)?,
+    };
+    let job = otstream_addresses::Addresses::new(a.clone(), rows)?;
+    tracing::info!(%url, provider = ?a.provider, per_second = a.per_second, "street addresses");
+    let stop = CancellationToken::new();
+    sup.spawn("addresses", job.run(stop.clone()))
+        .on_stop(move || stop.cancel());
+    Ok(())
+}
+
 /// Opens the embedded store in `data_dir`.
 pub(crate) async fn open_store(config: &ServeConfig) -> Result<Store> {
     let data_dir = config.data_dir.clone();

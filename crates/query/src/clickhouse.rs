@@ -297,6 +297,12 @@ impl ClickHouseReader {
                 avg_vel: r.avg_vel,
                 max_vel: r.max_vel,
                 points: r.points.into(),
+                start_place: some(r.start_place),
+                start_cc: some(r.start_cc),
+                end_place: some(r.end_place),
+                end_cc: some(r.end_cc),
+                start_address: r.start_address,
+                end_address: r.end_address,
             },
             None,
         )
@@ -319,7 +325,10 @@ impl ClickHouseReader {
                 lon: r.lon,
                 duration: r.duration.into(),
                 points: r.points.into(),
-                place: (!r.place.is_empty()).then_some(r.place),
+                place: some(r.place),
+                locality: some(r.locality),
+                cc: some(r.cc),
+                address: r.address,
             },
             None,
         )
@@ -421,6 +430,11 @@ struct ChTransition {
     received_at: i64,
 }
 
+/// ClickHouse's '' as SQL's NULL.
+fn some(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 #[derive(Row, Deserialize)]
 struct ChTrip {
     user: String,
@@ -436,6 +450,12 @@ struct ChTrip {
     avg_vel: f64,
     max_vel: f64,
     points: u32,
+    start_place: String,
+    start_cc: String,
+    end_place: String,
+    end_cc: String,
+    start_address: Option<String>,
+    end_address: Option<String>,
 }
 
 #[derive(Row, Deserialize)]
@@ -449,4 +469,7 @@ struct ChStop {
     duration: u32,
     points: u32,
     place: String,
+    locality: String,
+    cc: String,
+    address: Option<String>,
 }

@@ -667,6 +667,18 @@ impl Feature for Trip {
         o.float("avg_vel", self.avg_vel);
         o.float("max_vel", self.max_vel);
         o.int("points", self.points);
+        o.opt_str("start_place", self.start_place.as_deref());
+        o.opt_str("start_cc", self.start_cc.as_deref());
+        o.opt_str("end_place", self.end_place.as_deref());
+        o.opt_str("end_cc", self.end_cc.as_deref());
+        o.opt_str(
+            "start_address",
+            self.start_address.as_deref().filter(|a| !a.is_empty()),
+        );
+        o.opt_str(
+            "end_address",
+            self.end_address.as_deref().filter(|a| !a.is_empty()),
+        );
         o.close();
     }
 
@@ -690,6 +702,9 @@ impl Feature for Stop {
         o.int("duration", self.duration);
         o.int("points", self.points);
         o.opt_str("place", self.place.as_deref());
+        o.opt_str("locality", self.locality.as_deref());
+        o.opt_str("cc", self.cc.as_deref());
+        o.opt_str("address", self.address.as_deref().filter(|a| !a.is_empty()));
         o.close();
     }
 

@@ -136,6 +136,18 @@ pub struct Trip {
     pub max_vel: f64,
     /// Positions in the trip.
     pub points: i64,
+    /// Nearest populated place to the start (`name, region`), if geocoded.
+    pub start_place: Option<String>,
+    /// Its ISO country code.
+    pub start_cc: Option<String>,
+    /// Nearest populated place to the end.
+    pub end_place: Option<String>,
+    /// Its ISO country code.
+    pub end_cc: Option<String>,
+    /// Street address of the start, once the addresses job has it.
+    pub start_address: Option<String>,
+    /// Street address of the end.
+    pub end_address: Option<String>,
 }
 
 /// A stop (`stops`).
@@ -159,6 +171,12 @@ pub struct Stop {
     pub points: i64,
     /// The fence it lies in, if any.
     pub place: Option<String>,
+    /// Nearest populated place (`name, region`), if geocoded.
+    pub locality: Option<String>,
+    /// Its ISO country code.
+    pub cc: Option<String>,
+    /// Street address, once the addresses job has it.
+    pub address: Option<String>,
 }
 
 /// A region a device defined itself (`waypoints`): where the app reports

@@ -14,9 +14,9 @@ use crate::{Chunker, Param, Query, QueryError, RowStream};
 pub(crate) const POSITION_COLUMNS: &str = "user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, received_at";
 pub(crate) const TRANSITION_COLUMNS: &str =
     "user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, received_at";
-pub(crate) const TRIP_COLUMNS: &str = "user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points";
+pub(crate) const TRIP_COLUMNS: &str = "user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, start_place, start_cc, end_place, end_cc, start_address, end_address";
 pub(crate) const STOP_COLUMNS: &str =
-    "user, device, start, \"end\", lat, lon, duration, points, place";
+    "user, device, start, \"end\", lat, lon, duration, points, place, locality, cc, address";
 
 /// Reads the store at a path.
 #[derive(Debug, Clone)]
@@ -160,6 +160,12 @@ impl SqliteReader {
                 avg_vel: r.get(10)?,
                 max_vel: r.get(11)?,
                 points: r.get(12)?,
+                start_place: r.get(13)?,
+                start_cc: r.get(14)?,
+                end_place: r.get(15)?,
+                end_cc: r.get(16)?,
+                start_address: r.get(17)?,
+                end_address: r.get(18)?,
             })
         })
     }
@@ -177,6 +183,9 @@ impl SqliteReader {
                 duration: r.get(6)?,
                 points: r.get(7)?,
                 place: r.get(8)?,
+                locality: r.get(9)?,
+                cc: r.get(10)?,
+                address: r.get(11)?,
             })
         })
     }

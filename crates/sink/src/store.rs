@@ -217,6 +217,23 @@ ALTER TABLE stops ADD COLUMN locality TEXT;       -- nearest place (place is the
 ALTER TABLE stops ADD COLUMN cc TEXT;
 "#;
 
+/// Version 6: street addresses, filled in after the fact by the addresses
+/// job (`[geocode.addresses]`) from its cache of geohash cells.
+const SCHEMA_V6: &str = r#"
+ALTER TABLE stops ADD COLUMN address TEXT;        -- NULL: not asked yet; '': none found
+ALTER TABLE trips ADD COLUMN start_address TEXT;
+ALTER TABLE trips ADD COLUMN end_address TEXT;
+-- What the job looks for, newest first: only the rows still lacking one.
+CREATE INDEX IF NOT EXISTS stops_unaddressed ON stops (start) WHERE address IS NULL;
+CREATE INDEX IF NOT EXISTS trips_unaddressed_start ON trips (start) WHERE start_address IS NULL;
+CREATE INDEX IF NOT EXISTS trips_unaddressed_end ON trips (start) WHERE end_address IS NULL;
+CREATE TABLE IF NOT EXISTS addresses (
+    cell TEXT NOT NULL PRIMARY KEY,  -- geohash
+    address TEXT NOT NULL,           -- '' when the geocoder found nothing
+    fetched_at INTEGER NOT NULL      -- UNIX ms
+) WITHOUT ROWID;
+"#;
+
 /// Per-table metric handles, resolved once.
 struct Meters {
     rows: [Counter; TABLES.len()],
@@ -273,6 +290,7 @@ impl Store {
             M::up(SCHEMA_V3),
             M::up(SCHEMA_V4),
             M::up(SCHEMA_V5),
+            M::up(SCHEMA_V6),
         ]);
         let (conn, path) = open_db(data_dir, DB_FILE, &migrations)?;
         let meters = Meters {

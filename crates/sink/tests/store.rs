@@ -333,7 +333,12 @@ fn a_store_from_before_stop_places_gains_the_column() {
         ),
         ["100|7|NULL|NULL|NULL", "1000|9|Depot|Berlin|DE"]
     );
-    assert_eq!(query(&db, "PRAGMA user_version"), ["5"]);
+    // Version 6: no address yet, for the addresses job to find.
+    assert_eq!(
+        query(&db, "SELECT count(*) FROM stops WHERE address IS NULL"),
+        ["2"]
+    );
+    assert_eq!(query(&db, "PRAGMA user_version"), ["6"]);
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
@@ -342,14 +347,14 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // version's schema.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 6;")
+        .execute_batch("PRAGMA user_version = 7;")
         .unwrap();
     let Err(e) = Store::open(dir.path()) else {
         panic!("a store from a newer version opened");
     };
     assert_eq!(e.code(), "schema");
     assert!(e.to_string().starts_with("store schema: "), "{e}");
-    assert_eq!(query(&db, "PRAGMA user_version"), ["6"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["7"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

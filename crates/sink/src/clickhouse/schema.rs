@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "places",
         template: include_str!("../../../../deploy/clickhouse/migrations/0005_places.sql"),
     },
+    Migration {
+        version: 6,
+        name: "addresses",
+        template: include_str!("../../../../deploy/clickhouse/migrations/0006_addresses.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.
