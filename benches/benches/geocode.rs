@@ -20,9 +20,14 @@ fn bench(c: &mut Criterion) {
     let globe: Vec<(f64, f64)> = (0..10_000)
         .map(|_| (r.range(-80.0, 80.0), r.range(-180.0, 180.0)))
         .collect();
+    // A fleet's city: within 0.3° of Paris, where the own cell alone holds
+    // about 50 places.
+    let city: Vec<(f64, f64)> = (0..10_000)
+        .map(|_| (r.range(48.56, 49.16), r.range(2.05, 2.65)))
+        .collect();
     let kd = reverse_geocoder::ReverseGeocoder::new();
     let mut group = c.benchmark_group("geocode/lookup");
-    for (name, points) in [("europe", &europe), ("globe", &globe)] {
+    for (name, points) in [("europe", &europe), ("globe", &globe), ("paris", &city)] {
         group.throughput(Throughput::Elements(points.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {

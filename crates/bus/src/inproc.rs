@@ -41,6 +41,12 @@ impl<T> InProcSender<T> {
         self.send_timeout = Some(timeout);
         self
     }
+
+    /// Sends from a thread outside the runtime (a file reader), waiting
+    /// for room. Panics if called from within an async context.
+    pub fn blocking_send(&self, msg: Message<T>) -> Result<(), BusError> {
+        self.tx.blocking_send(msg).map_err(|_| BusError::Closed)
+    }
 }
 
 impl<T: Send + 'static> Sender<T> for InProcSender<T> {

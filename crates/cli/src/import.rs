@@ -2,11 +2,13 @@
 //! decode, filters, geofence, trips and sink as live data.
 //!
 //! ```text
-//! files --(reader thread: otstream-import)--> decode --> geofence --> tally --> sink
+//! files --(reader thread: otstream-import)--> decode --> geofence --> sink
 //! ```
 //!
 //! A thread reads the files (one record in memory at a time for the
-//! streaming formats) and hands each point on over bounded links, so
+//! streaming formats) and hands each point to the decode stage over a
+//! bounded link, the stages pass it on over bounded links (the summary's
+//! tally counts what the sink takes as it takes it), so
 //! memory stays flat on multi-GB files and the store sets the pace. At the
 //! end the links close in order, every stage drains, and the sink commits
 //! what is left before the summary is printed: what was imported, what the
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use otstream_bus::{Ack, Message, Prepended, Receiver, Sender, channel};
+use otstream_bus::{Ack, Message, Prepended, Receiver, channel};
 use otstream_decode_stage::DecodeStage;
 use otstream_import::{Context, Format, Identity, Item};
 use otstream_model::{RawMessage, Record};
@@ -196,7 +198,6 @@ async fn import(
     let (raw_tx, raw_rx) = channel::<RawMessage>(capacity);
     let (rec_tx, rec_rx) = channel::<Record>(capacity);
     let (geo_tx, geo_rx) = channel::<Record>(capacity);
-    let (out_tx, out_rx) = channel::<Record>(capacity);
     // Stopped only when a stage fails; otherwise each ends with its input.
     let stop = CancellationToken::new();
     let decoding = tokio::spawn(decode.run(raw_rx, rec_tx, stop.clone()));
@@ -206,11 +207,14 @@ async fn import(
         files: files.len(),
         ..Tally::default()
     }));
-    let tallying = tokio::spawn(tally_records(geo_rx, out_tx, tally.clone()));
     // Webhooks and MQTT were taken out above: events are stored, places
     // named, nothing delivered.
     let events = stages::EventsOut::build(&config).await?;
-    let storing = tokio::spawn(sink.run(out_rx, None, events.sink.clone(), stop.clone()));
+    let counted = Tallied {
+        input: geo_rx,
+        tally: tally.clone(),
+    };
+    let storing = tokio::spawn(sink.run(counted, None, events.sink.clone(), stop.clone()));
 
     let total: u64 = files
         .iter()
@@ -230,44 +234,39 @@ async fn import(
         bar
     };
     let bytes = Arc::new(AtomicU64::new(0));
+    let points = Arc::new(AtomicU64::new(0));
     let ctx = Context {
         received_at: otstream_model::raw::now_ms(),
         identity,
         topic_prefix: config.decode.topic_prefix.clone(),
         bytes_read: Some(bytes.clone()),
     };
-    let (item_tx, mut item_rx) = tokio::sync::mpsc::channel::<Item>(4096);
+    // The reader thread hands each point straight to the decode stage.
+    let (read_points, read_tally) = (points.clone(), tally.clone());
+    let prefix = config.decode.topic_prefix.clone();
     let reader = std::thread::spawn(move || -> Result<()> {
         for f in &files {
-            otstream_import::read(f, format, &ctx, &mut |item| {
-                item_tx.blocking_send(item).is_ok()
+            otstream_import::read(f, format, &ctx, &mut |item| match item {
+                Item::Message(m) => {
+                    let key = identity_key(&m, &prefix);
+                    read_points.fetch_add(1, Ordering::Relaxed);
+                    raw_tx
+                        .blocking_send(Message::new(key, m, Ack::none()))
+                        .is_ok()
+                }
+                Item::Skipped(why) => {
+                    *lock(&read_tally).skipped.entry(why).or_default() += 1;
+                    true
+                }
             })?;
         }
         Ok(())
     });
-    let mut last_draw = Instant::now();
-    while let Some(item) = item_rx.recv().await {
-        match item {
-            Item::Message(m) => {
-                let key = identity_key(&m, &config.decode.topic_prefix);
-                if raw_tx
-                    .send(Message::new(key, m, Ack::none()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                lock(&tally).points += 1;
-            }
-            Item::Skipped(why) => *lock(&tally).skipped.entry(why).or_default() += 1,
-        }
-        if last_draw.elapsed() > Duration::from_millis(200) {
-            last_draw = Instant::now();
-            progress.set_position(bytes.load(Ordering::Relaxed));
-            progress.set_message(format!("{} points", lock(&tally).points));
-        }
+    while !reader.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        progress.set_position(bytes.load(Ordering::Relaxed));
+        progress.set_message(format!("{} points", points.load(Ordering::Relaxed)));
     }
-    drop(raw_tx);
     let read = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the file reader panicked"))?;
@@ -276,7 +275,6 @@ async fn import(
     let ended = async {
         decoding.await.context("decode stage panicked")??;
         evaluating.await.context("geofence stage panicked")??;
-        tallying.await.context("tally panicked")?;
         storing.await.context("sink panicked")??;
         anyhow::Ok(())
     };
@@ -284,6 +282,7 @@ async fn import(
     progress.finish_and_clear();
     read?;
     let mut tally = std::mem::take(&mut *lock(&tally));
+    tally.points = points.load(Ordering::Relaxed);
     tally.seconds = started.elapsed().as_secs_f64();
     Ok(tally)
 }
@@ -301,35 +300,31 @@ fn identity_key(m: &RawMessage, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Passes every record on to the sink, counting what the pipeline made
-/// of the points.
-async fn tally_records(
-    mut input: impl Receiver<Record>,
-    output: impl Sender<Record>,
+/// The sink's input, counting what the pipeline made of the points as the
+/// sink takes them.
+struct Tallied<R> {
+    input: R,
     tally: Arc<std::sync::Mutex<Tally>>,
-) {
-    let mut batch = Vec::with_capacity(256);
-    while input.recv_many(&mut batch, 256).await > 0 {
-        {
-            let mut t = lock(&tally);
-            for m in &batch {
-                match &m.value {
-                    Record::Position(p) => {
-                        t.positions += 1;
-                        if let Some(why) = &p.filtered {
-                            *t.filtered.entry(why.to_string()).or_default() += 1;
-                        }
+}
+
+impl<R: Receiver<Record>> Receiver<Record> for Tallied<R> {
+    async fn recv_many(&mut self, buf: &mut Vec<Message<Record>>, limit: usize) -> usize {
+        let from = buf.len();
+        let n = self.input.recv_many(buf, limit).await;
+        let mut t = lock(&self.tally);
+        for m in &buf[from..] {
+            match &m.value {
+                Record::Position(p) => {
+                    t.positions += 1;
+                    if let Some(why) = &p.filtered {
+                        *t.filtered.entry(why.to_string()).or_default() += 1;
                     }
-                    Record::DeadLetter(d) => *t.dead.entry(d.kind.to_string()).or_default() += 1,
-                    Record::State(_) => {}
-                    r => *t.derived.entry(r.type_name()).or_default() += 1,
                 }
+                Record::DeadLetter(d) => *t.dead.entry(d.kind.to_string()).or_default() += 1,
+                Record::State(_) => {}
+                r => *t.derived.entry(r.type_name()).or_default() += 1,
             }
         }
-        for m in batch.drain(..) {
-            if output.send(m).await.is_err() {
-                return;
-            }
-        }
+        n
     }
 }

@@ -12,10 +12,10 @@
 //!
 //! The index is a grid of 0.25° cells over latitude and longitude, its
 //! places stored cell after cell as unit vectors (compressed sparse rows).
-//! A lookup reads the position's cell and its eight neighbours, which in
-//! populated land holds the answer; the best distance found (or `max_km`)
-//! then bounds a spherical cap whose bounding box names every other cell
-//! that could hold something nearer. At sea that box is the `max_km` cap's,
+//! A lookup reads the position's cell (and its eight neighbours when it is
+//! empty), which in populated land holds the answer; the best distance
+//! found (or `max_km`) then bounds a spherical cap whose bounding box names
+//! every other cell that could hold something nearer. At sea that box is the `max_km` cap's,
 //! about a hundred mostly empty cells. A k-d tree (the `reverse_geocoder`
 //! crate, which this replaced) spent 1.7 µs over land and 4 µs at sea.
 
@@ -217,11 +217,19 @@ impl Geocoder {
             d2: (2.0 * (reach / 2.0).sin()).powi(2) as f32 * 1.000_01,
             i: None,
         };
+        // The position's own cell; its eight neighbours too when it is
+        // empty. In a dense city the own cell alone holds tens of places
+        // and the nearest is a kilometre away: the cap below stays inside.
         let (r0, c0) = (row(lat), col(lon));
-        let rows_near = r0.saturating_sub(1)..=(r0 + 1).min(ROWS - 1);
-        for r in rows_near.clone() {
-            self.scan(r, c0 - 1, c0 + 1, &q, &mut best);
+        self.scan(r0, c0, c0, &q, &mut best);
+        let mut span = 0;
+        if best.i.is_none() {
+            span = 1;
+            for r in r0.saturating_sub(1)..=(r0 + 1).min(ROWS - 1) {
+                self.scan(r, c0 - 1, c0 + 1, &q, &mut best);
+            }
         }
+        let rows_near = r0.saturating_sub(span as usize)..=(r0 + span as usize).min(ROWS - 1);
         // The cap that could hold something nearer, and its bounding box
         // (J. P. Matuschek, "Finding points within a distance of a
         // latitude/longitude using bounding coordinates").
@@ -242,8 +250,8 @@ impl Geocoder {
         // Over land the cap is usually inside the cells already read.
         let inside = rows_near.contains(rows_cap.start())
             && rows_near.contains(rows_cap.end())
-            && a >= c0 - 1
-            && b <= c0 + 1;
+            && a >= c0 - span
+            && b <= c0 + span;
         if !inside {
             for r in rows_cap {
                 self.scan(r, a, b, &q, &mut best);

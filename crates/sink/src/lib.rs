@@ -271,20 +271,33 @@ pub async fn run<B: Backend>(
         linger,
     } = backend.batching();
     let mut batch: Vec<Message<Record>> = Vec::new();
+    // What arrives while `batch` is written: the next batch's start, its
+    // places already named. Receiving (and geocoding) beside the write,
+    // rather than after it, keeps the stages upstream moving during a
+    // commit and takes the sink's own work off the commit's critical path.
+    let mut next: Vec<Message<Record>> = Vec::new();
+    let mut closed = false;
     loop {
-        let n = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            n = input.recv_many(&mut batch, max_rows) => n,
-        };
-        if n == 0 {
-            return Ok(());
+        std::mem::swap(&mut batch, &mut next);
+        // Records that came during the last write were prepared then.
+        let prepared = batch.len();
+        if batch.is_empty() {
+            if closed {
+                return Ok(());
+            }
+            let n = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                n = input.recv_many(&mut batch, max_rows) => n,
+            };
+            if n == 0 {
+                return Ok(());
+            }
         }
         // Let the batch gather company for at most `linger`.
         let deadline = tokio::time::Instant::now() + linger;
         let (mut bytes, mut counted) = (0usize, 0);
-        let mut closed = false;
-        loop {
+        while !closed {
             bytes += batch[counted..]
                 .iter()
                 .map(|m| estimate(&m.value))
@@ -304,9 +317,7 @@ pub async fn run<B: Backend>(
                 },
             }
         }
-        if let Some(g) = &events.geocoder {
-            places(g, &mut batch);
-        }
+        prepare(&events, &mut batch[prepared..]);
         if events.device_transitions {
             outbox::device_transitions(&mut batch);
         }
@@ -328,7 +339,26 @@ pub async fn run<B: Backend>(
                 Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
             }
         }
-        let refused = match backend.write(&mut batch, &shutdown).await {
+        let written = {
+            let write = backend.write(&mut batch, &shutdown);
+            tokio::pin!(write);
+            loop {
+                let room = max_rows.saturating_sub(next.len());
+                tokio::select! {
+                    biased;
+                    r = &mut write => break r,
+                    n = input.recv_many(&mut next, room), if room > 0 && !closed => {
+                        if n == 0 {
+                            closed = true;
+                        } else {
+                            let from = next.len() - n;
+                            prepare(&events, &mut next[from..]);
+                        }
+                    }
+                }
+            }
+        };
+        let refused = match written {
             Ok(refused) => refused,
             Err(Unwritten::Stopped) => return Ok(()),
             Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
@@ -345,9 +375,6 @@ pub async fn run<B: Backend>(
         for m in batch.drain(..) {
             m.ack.delivered();
         }
-        if closed {
-            return Ok(());
-        }
     }
 }
 
@@ -363,6 +390,13 @@ pub struct Events {
     pub retry_initial_ms: u64,
     /// Names the places of positions, trips' ends and stops.
     pub geocoder: Option<std::sync::Arc<otstream_geocode::Geocoder>>,
+}
+
+/// What the sink does to each record before it is stored: its places.
+fn prepare(events: &Events, records: &mut [Message<Record>]) {
+    if let Some(g) = &events.geocoder {
+        places(g, records);
+    }
 }
 
 /// Fills the places the offline geocoder knows: every position's, each
