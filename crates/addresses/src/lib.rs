@@ -21,7 +21,9 @@ pub mod remote;
 pub mod store;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use otstream_model::raw::now_ms;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,12 +56,6 @@ pub struct Addresses {
     config: AddressesConfig,
     remote: Remote,
     rows: Rows,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Sleeps until `t`; false when shutdown came first.

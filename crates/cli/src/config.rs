@@ -116,6 +116,17 @@ impl Default for GeocodeConfig {
     }
 }
 
+impl GeocodeConfig {
+    /// Checks the reach and the external geocoder's settings.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.max_km > 0.0 && self.max_km.is_finite()) {
+            bail!("geocode.max_km must be a positive number of kilometres");
+        }
+        self.addresses.validate()?;
+        Ok(())
+    }
+}
+
 /// The bus between stages.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,10 +245,7 @@ impl ServeConfig {
         self.sink.validate()?;
         self.trips.validate()?;
         self.filters.validate()?;
-        if !(self.geocode.max_km > 0.0 && self.geocode.max_km.is_finite()) {
-            bail!("geocode.max_km must be a positive number of kilometres");
-        }
-        self.geocode.addresses.validate()?;
+        self.geocode.validate()?;
         self.events.validate()?;
         self.retention.validate()?;
         if let Some(m) = &self.mqtt {

@@ -119,6 +119,14 @@ impl std::fmt::Display for Tally {
                 .join(", ")
         };
         let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        // " (why: n, ...)", or nothing when there is none.
+        let detail = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list(m))
+            }
+        };
         writeln!(
             f,
             "imported {} points from {} files in {:.1} s ({:.0} points/s)",
@@ -132,11 +140,7 @@ impl std::fmt::Display for Tally {
             "  positions: {} stored, {} of them set aside by the filters{}",
             self.positions,
             sum(&self.filtered),
-            if self.filtered.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", list(&self.filtered))
-            }
+            detail(&self.filtered)
         )?;
         let derived: Vec<String> = self
             .derived
@@ -156,21 +160,13 @@ impl std::fmt::Display for Tally {
             f,
             "  dead letters: {}{}",
             sum(&self.dead),
-            if self.dead.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", list(&self.dead))
-            }
+            detail(&self.dead)
         )?;
         write!(
             f,
             "  skipped: {}{}",
             sum(&self.skipped),
-            if self.skipped.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", list(&self.skipped))
-            }
+            detail(&self.skipped)
         )
     }
 }

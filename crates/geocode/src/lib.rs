@@ -98,6 +98,11 @@ fn unit(lat: f64, lon: f64) -> [f32; 3] {
     [(cl * co) as f32, (cl * so) as f32, sl as f32]
 }
 
+/// The angle (radians) between two unit vectors `d2` apart (squared chord).
+fn angle(d2: f32) -> f64 {
+    2.0 * (f64::from(d2).sqrt() / 2.0).min(1.0).asin()
+}
+
 fn chord2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
     let (x, y, z) = (a[0] - b[0], a[1] - b[1], a[2] - b[2]);
     x * x + y * y + z * z
@@ -233,7 +238,7 @@ impl Geocoder {
         // The cap that could hold something nearer, and its bounding box
         // (J. P. Matuschek, "Finding points within a distance of a
         // latitude/longitude using bounding coordinates").
-        let radius = 2.0 * (f64::from(best.d2).sqrt() / 2.0).min(1.0).asin() + 1e-6;
+        let radius = angle(best.d2) + 1e-6;
         let (phi, lam) = (lat.to_radians(), lon.to_radians());
         let (lo, hi) = (phi - radius, phi + radius);
         let rows_cap = row(lo.to_degrees())..=row(hi.to_degrees());
@@ -258,7 +263,7 @@ impl Geocoder {
             }
         }
         let i = best.i?;
-        let km = 2.0 * (f64::from(best.d2).sqrt() / 2.0).min(1.0).asin() * R_KM;
+        let km = angle(best.d2) * R_KM;
         let n = &self.names[i];
         (km <= self.max_km).then_some(Place {
             name: &n.name,
@@ -358,7 +363,7 @@ mod tests {
             let scan = (0..g.xyz.len())
                 .map(|i| (chord2(&q, &g.xyz[i]), i))
                 .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(d2, _)| 2.0 * (f64::from(d2).sqrt() / 2.0).asin() * R_KM)
+                .map(|(d2, _)| angle(d2) * R_KM)
                 .filter(|km| *km <= 500.0);
             let grid = g.lookup(lat, lon).map(|p| p.km);
             match (scan, grid) {
