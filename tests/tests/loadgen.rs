@@ -16,7 +16,7 @@ fn read(path: &Path) -> Vec<RawMessage> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .map(|l| RecordingLine::parse(l).unwrap().into_message(0).unwrap())
+        .map(|l| RecordingLine::message(l, 0).unwrap())
         .collect()
 }
 

@@ -85,6 +85,23 @@ pub trait Sender<T>: Clone + Send + Sync + 'static {
     /// value's durability is reported through its [`Ack`]).
     fn send(&self, msg: Message<T>) -> impl Future<Output = Result<(), BusError>> + Send;
 
+    /// Hands messages to the bus in their order: returns once the bus has
+    /// taken them all. On an error the ones not yet taken are dropped (and
+    /// so their acks, which then say "not delivered"). A stage that makes
+    /// records in batches sends them this way: the in-process bus takes a
+    /// batch's room at once instead of a message at a time.
+    fn send_all(&self, msgs: Vec<Message<T>>) -> impl Future<Output = Result<(), BusError>> + Send
+    where
+        T: Send,
+    {
+        async move {
+            for m in msgs {
+                self.send(m).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Messages waiting to be received, for the bus depth gauge.
     fn depth(&self) -> usize;
 }

@@ -178,9 +178,7 @@ fn to_message(text: &[u8], topic: Option<&str>) -> Result<RawMessage, LineError>
     let now = now_ms();
     if is_recording_line(text) {
         let text = std::str::from_utf8(text).map_err(|e| LineError::Recording(e.to_string()))?;
-        return RecordingLine::parse(text)
-            .and_then(|r| r.into_message(now))
-            .map_err(|e| LineError::Recording(e.to_string()));
+        return RecordingLine::message(text, now).map_err(|e| LineError::Recording(e.to_string()));
     }
     let hints = IdentityHints {
         mqtt_topic: topic.map(str::to_owned),

@@ -81,29 +81,41 @@ impl DecodeStage {
     }
 
     /// Decodes `inputs`, each record and dead letter carrying its input's
-    /// ack, and the kinds of the errors met.
+    /// ack, and the kinds of the errors met; `inputs` is left empty.
     fn decode(
         &mut self,
-        inputs: Vec<Message<RawMessage>>,
+        inputs: &mut Vec<Message<RawMessage>>,
     ) -> (Vec<Message<Record>>, Vec<ErrorKind>) {
         let mut out: Vec<Message<Record>> = Vec::with_capacity(inputs.len());
         let mut errors = Vec::new();
         let mut records = Vec::new();
-        for m in inputs {
+        for Message { key, value, ack } in inputs.drain(..) {
             records.clear();
-            match self.decoder.decode(&m.value, &mut records) {
+            match self.decoder.decode(&value, &mut records) {
                 Ok(_) => {
-                    for r in records.drain(..) {
-                        out.push(Message::new(r.key(), r, m.ack.clone()));
+                    // The input's key is the records' key unless the
+                    // payload named another device; the last record takes
+                    // it rather than a copy.
+                    let last = records.len().saturating_sub(1);
+                    let mut key = key;
+                    for (i, r) in records.drain(..).enumerate() {
+                        let k = if !r.has_key(&key) {
+                            r.key()
+                        } else if i == last {
+                            std::mem::take(&mut key)
+                        } else {
+                            key.clone()
+                        };
+                        out.push(Message::new(k, r, ack.clone()));
                     }
                     // Nothing derived (an empty "clear" body) means
                     // nothing left to wait for.
-                    m.ack.delivered();
+                    ack.delivered();
                 }
                 Err(e) => {
                     errors.push(e.kind);
-                    let dl = Record::DeadLetter(e.dead_letter(m.value, &self.topic_prefix));
-                    out.push(Message::new(m.key, dl, m.ack));
+                    let dl = Record::DeadLetter(e.dead_letter(value, &self.topic_prefix));
+                    out.push(Message::new(key, dl, ack));
                 }
             }
         }
@@ -130,25 +142,26 @@ impl DecodeStage {
                 return Ok(());
             }
             self.meters.received.increment(n as u64);
-            let inputs = std::mem::take(&mut batch);
+            let mut inputs = std::mem::take(&mut batch);
             // The stage itself goes to the blocking pool with its batch and
-            // comes back with the results.
-            let (stage, out, errors) = tokio::task::spawn_blocking(move || {
-                let (out, errors) = self.decode(inputs);
-                (self, out, errors)
+            // comes back with the results (and the emptied batch, to fill
+            // again without a new allocation).
+            let (stage, emptied, out, errors) = tokio::task::spawn_blocking(move || {
+                let (out, errors) = self.decode(&mut inputs);
+                (self, inputs, out, errors)
             })
             .await
             .map_err(|e| StageError::Panicked(e.to_string()))?;
             self = stage;
+            batch = emptied;
             for k in errors {
                 self.meters.error(k);
             }
-            for m in out {
-                if output.send(m).await.is_err() {
-                    return Err(StageError::OutputClosed);
-                }
-                self.meters.sent.increment(1);
+            let sent = out.len() as u64;
+            if output.send_all(out).await.is_err() {
+                return Err(StageError::OutputClosed);
             }
+            self.meters.sent.increment(sent);
         }
     }
 }

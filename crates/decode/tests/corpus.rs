@@ -50,10 +50,7 @@ fn corpus() -> Vec<Line> {
                 Some(raw) => raw.clone(),
                 None => Value::String(entry["payload"].to_string()),
             };
-            let msg = RecordingLine::parse(&rec.to_string())
-                .expect("recording line")
-                .into_message(0)
-                .expect("message");
+            let msg = RecordingLine::message(&rec.to_string(), 0).expect("recording line");
             Line {
                 n: i + 1,
                 entry,

@@ -339,12 +339,19 @@ fn read_recording(
     ctx: &Context,
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> std::io::Result<()> {
-    for line in reader.lines() {
-        let line = line?;
+    let mut reader = reader;
+    // One line buffer for the whole file: a fresh String per line was a
+    // malloc and a free per point on the reader thread.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let item = match RecordingLine::parse(&line).and_then(|l| l.into_message(ctx.received_at)) {
+        let item = match RecordingLine::message(&line, ctx.received_at) {
             Ok(mut m) => {
                 if let Some(id) = &ctx.identity {
                     m.hints = ctx.message(id, Vec::new()).hints;

@@ -47,8 +47,7 @@ pub fn read_recording<R: std::io::BufRead>(
         .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
         .map(move |(i, line)| {
             let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
-            let parsed = otstream_model::RecordingLine::parse(&line)
-                .and_then(|l| l.into_message(now))
+            let parsed = otstream_model::RecordingLine::message(&line, now)
                 .map_err(|e| format!("line {}: {e}", i + 1))?;
             Ok(parsed)
         })

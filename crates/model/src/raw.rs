@@ -22,6 +22,7 @@
 //!
 //! Every tool that captures or replays traffic reads and writes this format.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -84,26 +85,26 @@ pub mod header {
     pub const AUTH_USER: &str = "auth_user";
 }
 
-/// One line of a recording, as read from or written to NDJSON.
-#[derive(Debug, Serialize, Deserialize)]
+/// One line of a recording, as written to NDJSON ([`RecordingLine::message`]
+/// reads one back).
+#[derive(Debug, Serialize)]
 pub struct RecordingLine {
     /// Milliseconds since the UNIX epoch; optional on input so that
     /// hand-written test data can leave it out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub received_at: Option<i64>,
     /// `http` or `mqtt`.
     pub transport: Transport,
     /// The MQTT topic, or null.
-    #[serde(default)]
     pub topic: Option<String>,
     /// Identity headers (`X-Limit-U`, `X-Limit-D`, `auth_user`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// The body: embedded JSON, or a string holding the raw body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Box<RawValue>>,
     /// The body in standard base64, for bodies that are not UTF-8.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
 }
 
@@ -122,23 +123,105 @@ pub enum RecordingError {
     BadBase64,
 }
 
-fn header<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// A recording line as read: borrowed from the line wherever JSON allows
+/// (a text without escapes).
+#[derive(Deserialize)]
+struct LineRef<'a> {
+    #[serde(default)]
+    received_at: Option<i64>,
+    transport: Transport,
+    #[serde(default, borrow)]
+    topic: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    headers: Headers<'a>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    payload_base64: Option<Str<'a>>,
+}
+
+/// A JSON text, borrowed unless it had escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The identity headers of a line, names matched without regard to case
+/// (the first of a name wins); other headers are passed over.
+#[derive(Default)]
+struct Headers<'a> {
+    x_limit_u: Option<Str<'a>>,
+    x_limit_d: Option<Str<'a>>,
+    auth_user: Option<Str<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Headers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of header names to texts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Headers<'de>, A::Error> {
+                let mut h = Headers::default();
+                while let Some(name) = map.next_key::<Str<'de>>()? {
+                    let value = map.next_value::<Str<'de>>()?;
+                    let slot = if name.eq_ignore_ascii_case(header::X_LIMIT_U) {
+                        &mut h.x_limit_u
+                    } else if name.eq_ignore_ascii_case(header::X_LIMIT_D) {
+                        &mut h.x_limit_d
+                    } else if name.eq_ignore_ascii_case(header::AUTH_USER) {
+                        &mut h.auth_user
+                    } else {
+                        continue;
+                    };
+                    slot.get_or_insert(value);
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl RecordingLine {
-    /// Parses one NDJSON line.
-    pub fn parse(line: &str) -> Result<Self, RecordingError> {
-        Ok(serde_json::from_str(line)?)
-    }
-
-    /// The message this line records; `default_received_at` stands in for a
-    /// missing `received_at`.
-    pub fn into_message(self, default_received_at: i64) -> Result<RawMessage, RecordingError> {
-        let payload = match (&self.payload, &self.payload_base64) {
+    /// The message one NDJSON line records; `default_received_at` stands
+    /// in for a missing `received_at`. The line is read in place (only the
+    /// payload and the identity facts are copied out): an import reads
+    /// millions of these on one thread.
+    pub fn message(line: &str, default_received_at: i64) -> Result<RawMessage, RecordingError> {
+        let l: LineRef<'_> = serde_json::from_str(line)?;
+        let payload = match (l.payload, &l.payload_base64) {
             (_, Some(b64)) => decode_base64(b64).ok_or(RecordingError::BadBase64)?,
             (Some(raw), None) => {
                 let text = raw.get();
@@ -150,15 +233,15 @@ impl RecordingLine {
             }
             (None, None) => return Err(RecordingError::NoPayload),
         };
-        let get = |name| header(&self.headers, name).map(str::to_owned);
+        let owned = |s: Option<Str<'_>>| s.map(|s| s.0.into_owned());
         Ok(RawMessage {
-            received_at: self.received_at.unwrap_or(default_received_at),
-            transport: self.transport,
+            received_at: l.received_at.unwrap_or(default_received_at),
+            transport: l.transport,
             hints: IdentityHints {
-                mqtt_topic: self.topic.clone(),
-                x_limit_u: get(header::X_LIMIT_U),
-                x_limit_d: get(header::X_LIMIT_D),
-                auth_user: get(header::AUTH_USER),
+                mqtt_topic: owned(l.topic),
+                x_limit_u: owned(l.headers.x_limit_u),
+                x_limit_d: owned(l.headers.x_limit_d),
+                auth_user: owned(l.headers.auth_user),
             },
             remote_addr: None,
             payload,
@@ -233,10 +316,7 @@ mod tests {
     fn roundtrip(msg: &RawMessage) -> RawMessage {
         let line = RecordingLine::from_message(msg).to_line();
         assert!(!line.contains('\n'), "one line: {line}");
-        RecordingLine::parse(&line)
-            .unwrap()
-            .into_message(0)
-            .unwrap()
+        RecordingLine::message(&line, 0).unwrap()
     }
 
     fn msg(payload: &[u8]) -> RawMessage {
@@ -283,14 +363,44 @@ mod tests {
     #[test]
     fn headers_are_case_insensitive() {
         let line = r#"{"transport":"http","topic":null,"headers":{"X-Limit-u":"Paulus","x-limit-d":"Pixel"},"payload":{}}"#;
-        let m = RecordingLine::parse(line)
-            .unwrap()
-            .into_message(42)
-            .unwrap();
+        let m = RecordingLine::message(line, 42).unwrap();
         assert_eq!(m.hints.x_limit_u.as_deref(), Some("Paulus"));
         assert_eq!(m.hints.x_limit_d.as_deref(), Some("Pixel"));
         assert_eq!(m.received_at, 42);
         assert_eq!(m.payload, b"{}");
+    }
+
+    #[test]
+    fn headers_first_of_a_name_wins_others_are_passed_over_and_escapes_are_read() {
+        let line = r#"{"transport":"mqtt","topic":"owntracks/j\u00e9/p\"1","headers":{"Accept":"x","X-LIMIT-U":"first","X-Limit-U":"second","auth_user":"a\tb"},"payload":"{\"_type\":\"lwt\"}"}"#;
+        let m = RecordingLine::message(line, 7).unwrap();
+        assert_eq!(m.hints.mqtt_topic.as_deref(), Some("owntracks/jé/p\"1"));
+        assert_eq!(m.hints.x_limit_u.as_deref(), Some("first"));
+        assert_eq!(m.hints.x_limit_d, None);
+        assert_eq!(m.hints.auth_user.as_deref(), Some("a\tb"));
+        assert_eq!(m.transport, Transport::Mqtt);
+        assert_eq!(m.payload, br#"{"_type":"lwt"}"#);
+    }
+
+    #[test]
+    fn a_line_without_a_payload_or_with_bad_base64_is_refused() {
+        let no_payload = RecordingLine::message(r#"{"transport":"http"}"#, 0);
+        assert_eq!(
+            no_payload.unwrap_err().to_string(),
+            "recording line has no payload"
+        );
+        let bad = RecordingLine::message(r#"{"transport":"http","payload_base64":"@@"}"#, 0);
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "payload_base64 is not valid base64"
+        );
+        let not_line = RecordingLine::message(r#"{"transport":"pigeon"}"#, 0);
+        assert!(
+            not_line
+                .unwrap_err()
+                .to_string()
+                .starts_with("not a recording line: unknown variant `pigeon`"),
+        );
     }
 
     #[test]

@@ -628,6 +628,23 @@ impl Record {
         }
     }
 
+    /// Whether `key` is this record's [`Record::key`], found without
+    /// building the key.
+    pub fn has_key(&self, key: &str) -> bool {
+        let (user, device) = match self {
+            Record::DeadLetter(d) => (d.user.as_str(), d.device.as_str()),
+            Record::State(s) => (s.user.as_str(), s.device.as_str()),
+            r => match r.meta() {
+                Some(m) => (m.user.as_str(), m.device.as_str()),
+                None => ("", ""),
+            },
+        };
+        key.len() == user.len() + 1 + device.len()
+            && key.starts_with(user)
+            && key.ends_with(device)
+            && key.as_bytes()[user.len()] == b'/'
+    }
+
     /// The common sender and transport facts, for the decoder to complete.
     pub fn meta_mut(&mut self) -> Option<&mut Meta> {
         Some(match self {
@@ -680,6 +697,38 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_key_agrees_with_key() {
+        let state = |user: &str, device: &str| {
+            Record::State(StateSnapshot {
+                user: user.into(),
+                device: device.into(),
+                kind: "geofence".into(),
+                state: String::new(),
+                updated_at: 0,
+            })
+        };
+        let r = state("jane", "phone");
+        assert_eq!(r.key(), "jane/phone");
+        assert!(r.has_key("jane/phone"));
+        for other in [
+            "jane/phon",
+            "jane/phones",
+            "janephone",
+            "jane:phone",
+            "jan/ephone",
+            "",
+            "/",
+        ] {
+            assert!(!r.has_key(other), "{other}");
+        }
+        // A slash inside a name: only the exact split is the key.
+        let r = state("a/b", "c");
+        assert!(r.has_key("a/b/c"));
+        assert!(!state("a", "b/c").has_key("a/b/d"));
+        assert!(state("", "").has_key("/"));
+    }
 
     #[test]
     fn json_form_is_tagged_flat_and_omits_absent_fields() {

@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clickhouse::{ClickHouseBackend, ClickHouseConfig};
-use crate::store::{StoreError, load_states, open_db, save_state};
+use crate::store::{Statements, StoreError, load_states, open_db, save_state};
 use crate::{Backend, Batching, SinkConfig, SinkError, Unwritten, commit_until_done};
 
 /// The buffer's file in the data directory.
@@ -184,15 +184,17 @@ impl Outbox {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut bytes = 0;
-        for r in records {
-            let body = r.to_json();
-            bytes += body.len() as u64;
-            tx.prepare_cached(
-                "INSERT INTO outbox (appended_at, schema_version, body) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![now, SCHEMA_VERSION, body.as_bytes()])?;
-            if let Record::State(s) = r {
-                save_state(&tx, s)?;
+        {
+            let mut statements = Statements::new(&tx);
+            for r in records {
+                let body = r.to_json();
+                bytes += body.len() as u64;
+                statements
+                    .get("INSERT INTO outbox (appended_at, schema_version, body) VALUES (?1, ?2, ?3)")?
+                    .execute(params![now, SCHEMA_VERSION, body.as_bytes()])?;
+                if let Record::State(s) = r {
+                    save_state(&mut statements, s)?;
+                }
             }
         }
         tx.commit()?;

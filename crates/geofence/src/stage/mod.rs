@@ -148,19 +148,26 @@ impl Meters {
     /// Sends `out` in order, counting what is derived and what is sent;
     /// false once the output is closed.
     async fn send(&self, out: Vec<Message<Record>>, output: &impl Sender<Record>) -> bool {
-        for m in out {
+        let mut derived = [0u64; 4];
+        for m in &out {
             match &m.value {
-                Record::Transition(_) => self.derived[0].increment(1),
-                Record::Trip(_) => self.derived[1].increment(1),
-                Record::Stop(_) => self.derived[2].increment(1),
-                Record::Event(_) => self.derived[3].increment(1),
+                Record::Transition(_) => derived[0] += 1,
+                Record::Trip(_) => derived[1] += 1,
+                Record::Stop(_) => derived[2] += 1,
+                Record::Event(_) => derived[3] += 1,
                 _ => {}
             }
-            if output.send(m).await.is_err() {
-                return false;
-            }
-            self.sent.increment(1);
         }
+        let sent = out.len() as u64;
+        if output.send_all(out).await.is_err() {
+            return false;
+        }
+        for (c, n) in self.derived.iter().zip(derived) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        self.sent.increment(sent);
         true
     }
 }
@@ -282,21 +289,21 @@ impl GeofenceStage {
                 return Ok(());
             }
             meters.received.increment(n as u64);
-            let inputs = std::mem::take(&mut batch);
+            let mut inputs = std::mem::take(&mut batch);
             // The tracker goes with its batch and comes back with the
-            // results.
+            // results (and the emptied batch, to fill again).
             let work = move || {
                 let mut out = Vec::with_capacity(inputs.len() * 2);
-                for m in inputs {
+                for m in inputs.drain(..) {
                     tracker.process(m, &mut out);
                 }
                 tracker.flush(false, &mut out);
-                (tracker, out)
+                (tracker, inputs, out)
             };
             // A few microseconds a record: a small batch costs less here than
             // the hand-off to the blocking pool (measured: -10% end to end at
             // 256 clients when every batch went there).
-            let (t, out) = if n <= INLINE_BATCH {
+            let (t, emptied, out) = if n <= INLINE_BATCH {
                 work()
             } else {
                 tokio::task::spawn_blocking(work)
@@ -304,6 +311,7 @@ impl GeofenceStage {
                     .map_err(|e| StageError::Thread(e.to_string()))?
             };
             tracker = t;
+            batch = emptied;
             device_gauge.set(tracker.devices() as f64);
             if !meters.send(out, &output).await {
                 return Err(StageError::OutputClosed);
