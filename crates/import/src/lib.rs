@@ -339,19 +339,8 @@ fn read_recording(
     ctx: &Context,
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> std::io::Result<()> {
-    let mut reader = reader;
-    // One line buffer for the whole file: a fresh String per line was a
-    // malloc and a free per point on the reader thread.
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item = match RecordingLine::message(&line, ctx.received_at) {
+    each_line(reader, &mut |line| {
+        let item = match RecordingLine::message(line, ctx.received_at) {
             Ok(mut m) => {
                 if let Some(id) = &ctx.identity {
                     m.hints = ctx.message(id, Vec::new()).hints;
@@ -360,11 +349,28 @@ fn read_recording(
             }
             Err(e) => Item::Skipped(format!("recording line: {e}")),
         };
-        if !emit(item) {
-            break;
+        emit(item)
+    })
+}
+
+/// Hands each non-blank line to `f` (without its line end) until the end
+/// or until `f` returns false. One buffer serves the whole file: a fresh
+/// String per line was a malloc and a free per point on the reader thread.
+fn each_line(mut reader: impl BufRead, f: &mut dyn FnMut(&str) -> bool) -> std::io::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let l = line.trim_end_matches(['\n', '\r']);
+        if l.trim().is_empty() {
+            continue;
+        }
+        if !f(l) {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Every file under `path` (itself if a file), sorted, so that a

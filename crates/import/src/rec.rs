@@ -57,14 +57,5 @@ pub fn read(
     ctx: &Context,
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> std::io::Result<()> {
-    for l in reader.lines() {
-        let l = l?;
-        if l.trim().is_empty() {
-            continue;
-        }
-        if !emit(line(&l, identity, ctx)) {
-            break;
-        }
-    }
-    Ok(())
+    crate::each_line(reader, &mut |l| emit(line(l, identity, ctx)))
 }
