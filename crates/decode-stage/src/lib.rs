@@ -89,7 +89,12 @@ impl DecodeStage {
         let mut out: Vec<Message<Record>> = Vec::with_capacity(inputs.len());
         let mut errors = Vec::new();
         let mut records = Vec::new();
-        for Message { key, value, ack } in inputs.drain(..) {
+        for Message {
+            mut key,
+            value,
+            ack,
+        } in inputs.drain(..)
+        {
             records.clear();
             match self.decoder.decode(&value, &mut records) {
                 Ok(_) => {
@@ -97,7 +102,6 @@ impl DecodeStage {
                     // payload named another device; the last record takes
                     // it rather than a copy.
                     let last = records.len().saturating_sub(1);
-                    let mut key = key;
                     for (i, r) in records.drain(..).enumerate() {
                         let k = if !r.has_key(&key) {
                             r.key()

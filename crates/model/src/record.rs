@@ -621,28 +621,27 @@ impl Record {
     /// The bus key: the device identity `user/device` (empty parts for a
     /// dead letter whose sender is unknown).
     pub fn key(&self) -> String {
-        match self {
-            Record::DeadLetter(d) => format!("{}/{}", d.user, d.device),
-            Record::State(s) => s.key(),
-            r => r.meta().map(Meta::key).unwrap_or_default(),
-        }
+        let (user, device) = self.device();
+        format!("{user}/{device}")
     }
 
     /// Whether `key` is this record's [`Record::key`], found without
     /// building the key.
     pub fn has_key(&self, key: &str) -> bool {
-        let (user, device) = match self {
-            Record::DeadLetter(d) => (d.user.as_str(), d.device.as_str()),
-            Record::State(s) => (s.user.as_str(), s.device.as_str()),
-            r => match r.meta() {
-                Some(m) => (m.user.as_str(), m.device.as_str()),
-                None => ("", ""),
-            },
-        };
+        let (user, device) = self.device();
         key.len() == user.len() + 1 + device.len()
             && key.starts_with(user)
             && key.ends_with(device)
             && key.as_bytes()[user.len()] == b'/'
+    }
+
+    /// The record's user and device (a dead letter's may be empty).
+    fn device(&self) -> (&str, &str) {
+        match self {
+            Record::DeadLetter(d) => (&d.user, &d.device),
+            Record::State(s) => (&s.user, &s.device),
+            r => r.meta().map_or(("", ""), |m| (&m.user, &m.device)),
+        }
     }
 
     /// The common sender and transport facts, for the decoder to complete.

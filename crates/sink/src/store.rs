@@ -406,7 +406,6 @@ pub(crate) fn load_states(conn: &Connection) -> Result<Vec<StateSnapshot>, Store
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Keeps `st` as its device's latest state of its kind.
 /// A transaction's prepared statements, each looked up in rusqlite's
 /// cache once per transaction rather than once per row: the cache hashes
 /// and compares the whole SQL text on every lookup, and for the 29-column
@@ -442,8 +441,9 @@ impl<'c> Statements<'c> {
     }
 }
 
-pub(crate) fn save_state(tx: &mut Statements<'_>, st: &StateSnapshot) -> rusqlite::Result<()> {
-    tx.get(
+/// Keeps `st` as its device's latest state of its kind.
+pub(crate) fn save_state(stmts: &mut Statements<'_>, st: &StateSnapshot) -> rusqlite::Result<()> {
+    stmts.get(
         "INSERT OR REPLACE INTO device_state (kind, user, device, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
@@ -465,11 +465,11 @@ pub(crate) fn command_extra(action: &str, extra: Option<&str>) -> String {
     }
 }
 
-fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
+fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
     match r {
         Record::Position(p) => {
             let m = &p.meta;
-            tx.get(
+            stmts.get(
                 // The latest received version of a fix wins, as in ClickHouse's
                 // ReplacingMergeTree(received_at): over Kafka, the filters'
                 // flagged copy (received a millisecond later) wins over the
@@ -486,7 +486,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Transition(t) => {
             let m = &t.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO transitions (user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
@@ -498,7 +498,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Waypoint(w) => {
             let m = &w.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO waypoints (user, device, tid, tst, lat, lon, rad, desc, rid, uuid, major, minor, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
@@ -509,7 +509,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Card(c) => {
             let m = &c.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO cards (user, device, tid, name, face, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
@@ -518,15 +518,17 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
                 c.extra.as_deref(),
             ])?;
         }
-        Record::DeviceEvent(e) => device_event(tx, &e.meta, &e.event, e.tst, e.extra.as_deref())?,
+        Record::DeviceEvent(e) => {
+            device_event(stmts, &e.meta, &e.event, e.tst, e.extra.as_deref())?
+        }
         Record::Command(c) => {
             let extra = command_extra(&c.action, c.extra.as_deref());
-            device_event(tx, &c.meta, "cmd", c.tst, Some(&extra))?;
+            device_event(stmts, &c.meta, "cmd", c.tst, Some(&extra))?;
         }
-        Record::Unknown(u) => device_event(tx, &u.meta, &u.kind, u.tst, u.extra.as_deref())?,
+        Record::Unknown(u) => device_event(stmts, &u.meta, &u.kind, u.tst, u.extra.as_deref())?,
         Record::Steps(s) => {
             let m = &s.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO steps (user, device, tid, tst, steps, \"from\", \"to\", distance, floorsup, floorsdown, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
@@ -537,7 +539,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Beacon(b) => {
             let m = &b.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO beacons (user, device, tid, tst, uuid, major, minor, acc, rssi, prox, desc, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
@@ -548,7 +550,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Configuration(c) => {
             let m = &c.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO configurations (user, device, tid, mode, host, port, url, username, device_id, waypoints, config, topic, transport, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
@@ -559,7 +561,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Trip(t) => {
             let m = &t.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO trips (user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, received_at, start_place, start_cc, end_place, end_cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?
             .execute(params![
@@ -571,7 +573,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         }
         Record::Stop(st) => {
             let m = &st.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at, place, locality, cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
@@ -580,10 +582,10 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
                 st.cc.as_deref(),
             ])?;
         }
-        Record::State(st) => save_state(tx, st)?,
+        Record::State(st) => save_state(stmts, st)?,
         Record::Event(e) => {
             let m = &e.meta;
-            tx.get(
+            stmts.get(
                 "INSERT OR IGNORE INTO events (id, kind, user, device, tst, lat, lon, fence, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
@@ -592,7 +594,7 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
             ])?;
         }
         Record::DeadLetter(d) => {
-            tx.get(
+            stmts.get(
                 "INSERT INTO dead_letters (received_at, transport, topic, user, device, remote_addr, kind, field, message, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
@@ -606,13 +608,13 @@ fn insert(tx: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
 }
 
 fn device_event(
-    tx: &mut Statements<'_>,
+    stmts: &mut Statements<'_>,
     m: &otstream_model::Meta,
     event: &str,
     tst: Option<i64>,
     extra: Option<&str>,
 ) -> rusqlite::Result<()> {
-    tx.get(
+    stmts.get(
         "INSERT OR REPLACE INTO device_events (user, device, tid, event, tst, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
