@@ -13,6 +13,7 @@ use simd_json::{Buffers, ErrorType, INPUT_PADDING, fill_tape_padded};
 
 use crate::crypto::{self, KeyRing};
 use crate::error::{DecodeError, ErrorKind};
+use crate::fast;
 use crate::normalize::normalize;
 use crate::tape::{Val, missing, wrong_type};
 
@@ -138,6 +139,9 @@ pub struct Decoder {
     buffers: Buffers,
     tape: Option<Tape<'static>>,
     sealed: Vec<u8>,
+    /// Whether the typical location takes [`fast::location`]; off only to
+    /// compare the two paths in tests.
+    fast: bool,
 }
 
 impl Decoder {
@@ -152,7 +156,15 @@ impl Decoder {
             buffers,
             tape: None,
             sealed: Vec::new(),
+            fast: true,
         }
+    }
+
+    /// This decoder with the fast path off: every message takes the tape.
+    #[cfg(test)]
+    pub(crate) fn general_only(mut self) -> Self {
+        self.fast = false;
+        self
     }
 
     /// The limits in force.
@@ -203,6 +215,27 @@ impl Decoder {
             return Ok(());
         }
 
+        let walker = Walker {
+            config: &self.config,
+            msg,
+            outer_topic,
+        };
+        // The typical location skips the tape; anything else, and any
+        // location the fast path declines or whose sender is refused, takes
+        // the general path, which words every error.
+        if self.fast
+            && outer_topic.is_none()
+            && let Some(found) = fast::location(body, msg.received_at, msg.transport, out)
+        {
+            let identified = walker.identify(found.topic, found.tid);
+            if let (Ok(id), Some(Record::Position(p))) = (identified, out.last_mut()) {
+                p.meta.topic = walker.topic(found.topic).map(Text::from);
+                (p.meta.user, p.meta.device) = (id.user, id.device);
+                return Ok(());
+            }
+            out.pop();
+        }
+
         let len = body.len();
         self.input.clear();
         self.input.extend_from_slice(body);
@@ -210,14 +243,7 @@ impl Decoder {
         let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let mut sealed = Vec::new();
         let result = match fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
-            Ok(()) => {
-                let walker = Walker {
-                    config: &self.config,
-                    msg,
-                    outer_topic,
-                };
-                walker.root(Val(&tape.0), &mut sealed, out)
-            }
+            Ok(()) => walker.root(Val(&tape.0), &mut sealed, out),
             Err(e) => Err(json_error(&e, body)),
         };
         self.tape = Some(tape.reset());
@@ -308,6 +334,33 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// The topic a record keeps: the MQTT one, else the payload's.
+    fn topic<'t>(&'t self, payload_topic: Option<&'t str>) -> Option<&'t str> {
+        self.msg.hints.mqtt_topic.as_deref().or(payload_topic)
+    }
+
+    /// Who sent the message (HTTP without any identity: the configured
+    /// default), if they may publish.
+    fn identify(&self, topic: Option<&str>, tid: Option<&str>) -> Result<DeviceId, DecodeError> {
+        let id = identity::resolve(&self.msg.hints, &self.config.topic_prefix, topic, tid)
+            .or_else(|e| match e {
+                // HTTP only: an MQTT message always has its topic.
+                IdentityError::Missing if self.msg.transport == Transport::Http => {
+                    self.config.default_identity().ok_or(e)
+                }
+                e => Err(e),
+            })
+            .map_err(|e| {
+                let kind = match e {
+                    IdentityError::Invalid { .. } => ErrorKind::InvalidIdentity,
+                    _ => ErrorKind::Identity,
+                };
+                DecodeError::new(kind, e.to_string())
+            })?;
+        self.admit(&id)?;
+        Ok(id)
+    }
+
     fn root(
         &self,
         root: Val<'_, '_>,
@@ -368,9 +421,6 @@ impl Walker<'_> {
             }
         };
         let topic = topic.or(self.outer_topic.flatten());
-        let hints = &self.msg.hints;
-        let prefix = &self.config.topic_prefix;
-        let id = identity::resolve(hints, prefix, topic, tid);
 
         if kind == "encrypted" {
             if self.outer_topic.is_some() {
@@ -385,6 +435,7 @@ impl Walker<'_> {
             let text = data
                 .as_str()
                 .ok_or_else(|| wrong_type("data", "a base64 string", data))?;
+            let id = identity::resolve(&self.msg.hints, &self.config.topic_prefix, topic, tid);
             sealed.push(Sealed {
                 data: text.to_owned(),
                 id: id.ok(),
@@ -402,26 +453,11 @@ impl Walker<'_> {
             tid: tid.map(Text::from),
             received_at: self.msg.received_at,
             transport: self.msg.transport,
-            topic: hints.mqtt_topic.as_deref().or(topic).map(Text::from),
+            topic: self.topic(topic).map(Text::from),
         };
         let start = out.len();
         normalize(kind, obj, meta, out)?;
-        let id = id
-            .or_else(|e| match e {
-                // HTTP only: an MQTT message always has its topic.
-                IdentityError::Missing if self.msg.transport == Transport::Http => {
-                    self.config.default_identity().ok_or(e)
-                }
-                e => Err(e),
-            })
-            .map_err(|e| {
-                let kind = match e {
-                    IdentityError::Invalid { .. } => ErrorKind::InvalidIdentity,
-                    _ => ErrorKind::Identity,
-                };
-                DecodeError::new(kind, e.to_string())
-            })?;
-        self.admit(&id)?;
+        let id = self.identify(topic, tid)?;
         if let Some((last, rest)) = out[start..].split_last_mut() {
             for m in rest.iter_mut().filter_map(Record::meta_mut) {
                 m.user.clone_from(&id.user);

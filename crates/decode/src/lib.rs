@@ -8,9 +8,13 @@
 //! whose [`ErrorKind`] is a bounded code fit for a metric label and a dead
 //! letter, and whose message names the field and the problem.
 //!
-//! Parsing is simd-json's tape, read in place: the decoder keeps its input
-//! copy, simd-json's buffers and the tape between messages, so decoding
-//! allocates nothing but the records themselves. Real phones send messy
+//! The typical location (a flat object of the fields the apps write) is
+//! read in one pass over its bytes, straight into its record; everything
+//! else, and any location that path declines, is parsed to simd-json's
+//! tape and read in place: the decoder keeps its input copy, simd-json's
+//! buffers and the tape between messages, so decoding allocates nothing
+//! but the records themselves. A differential property test holds the two
+//! paths to the same records. Real phones send messy
 //! JSON, and the rules here are the apps' own: numbers as strings are
 //! parsed, floats in integer fields are truncated, `-1` means unknown,
 //! `SSID` and `ssid` are the same field, unknown fields are kept verbatim in
@@ -22,6 +26,7 @@
 //!
 //! Layout:
 //! - [`decoder`]: [`Decoder`] and [`DecodeConfig`].
+//! - `fast`: the typical location in one pass over its bytes, no tape.
 //! - `normalize`: one function per `_type`.
 //! - `tape`: walking simd-json's tape, lenient coercions, the `extra` writer.
 //! - [`crypto`]: secretbox and the key ring.
@@ -34,6 +39,7 @@
 pub mod crypto;
 pub mod decoder;
 pub mod error;
+mod fast;
 mod normalize;
 mod tape;
 #[cfg(test)]

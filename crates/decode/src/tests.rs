@@ -922,3 +922,202 @@ fn a_message_with_no_identity_lands_under_the_default_and_bad_names_are_refused(
         "decode.default_user and decode.default_device are both set or both empty"
     );
 }
+
+/// The fast path against the general one: the same records, or the same
+/// error, for location-shaped bodies of every kind the fast path reads and
+/// declines.
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    /// What a decoder made of a body: the records, or the error.
+    fn outcome(d: &mut Decoder, hints: &IdentityHints, body: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        d.decode(&message(hints.clone(), body.as_bytes()), &mut out)
+            .map(|_| out.iter().map(|r| format!("{r:?}")).collect())
+            .map_err(|e| format!("{:?} {:?} {}", e.kind, e.field, e.message))
+    }
+
+    /// A value as the apps (and broken clients) write it.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (-5i64..400).prop_map(|i| i.to_string()),
+            1 => any::<i64>().prop_map(|i| i.to_string()),
+            1 => prop_oneof![Just(i32::MAX as i64), Just(i32::MIN as i64), Just(i32::MAX as i64 + 1), Just(-1), Just(0), Just(1_709_283_789_000), Just(1_709_283_789_000_000)].prop_map(|i| i.to_string()),
+            3 => (-180.0f64..180.0).prop_map(|f| f.to_string()),
+            2 => "-?[0-9]{1,3}\\.[0-9]{1,19}",
+            1 => prop_oneof![Just("-0"), Just("-0.0"), Just("0.0"), Just("1e2"), Just("5.6"), Just("1E-3"), Just("01"), Just("1."), Just(".5"), Just("-"), Just("12345678901234567890"), Just("1e400")].prop_map(str::to_owned),
+            2 => "[ -~]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+            1 => prop_oneof![Just(r#""é ü""#), Just(r#""a\"b""#), Just(r#""\u0041""#), Just("\"a\tb\""), Just(r#""42""#), Just(r#""p""#), Just(r#""w""#)].prop_map(str::to_owned),
+            1 => prop_oneof![Just("null"), Just("true"), Just("false"), Just("[]"), Just(r#"["home"]"#), Just(r#"[ "a" , "b" ]"#), Just("[1]"), Just(r#"{"a":1}"#)].prop_map(str::to_owned),
+        ]
+    }
+
+    /// A field: mostly a key with a value of its own type, sometimes any
+    /// value at all.
+    fn field() -> impl Strategy<Value = (&'static str, String)> {
+        let key = prop::sample::select(vec![
+            "acc",
+            "alt",
+            "vac",
+            "vel",
+            "cog",
+            "batt",
+            "bs",
+            "m",
+            "created_at",
+            "t",
+            "conn",
+            "SSID",
+            "ssid",
+            "BSSID",
+            "bssid",
+            "topic",
+            "tid",
+            "p",
+            "inregions",
+            "inrids",
+            "_id",
+            "lat",
+            "tst",
+            "_type",
+        ]);
+        let typed = (key.clone(), (-5i64..400), "[ -~]{0,8}", -1000.0f64..1000.0).prop_map(
+            |(k, i, s, f)| {
+                let v = match k {
+                    "t" | "conn" | "SSID" | "ssid" | "BSSID" | "bssid" | "topic" | "tid" => {
+                        serde_json::to_string(&s).unwrap_or_default()
+                    }
+                    "p" => f.to_string(),
+                    "inregions" | "inrids" => serde_json::to_string(&[s]).unwrap_or_default(),
+                    _ => i.to_string(),
+                };
+                (k, v)
+            },
+        );
+        prop_oneof![8 => typed, 1 => (key, value())]
+    }
+
+    fn space() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", "", " ", "\n\t ", "\r\n"])
+    }
+
+    /// A location-shaped body: mostly a good `_type`, `lat`, `lon` and
+    /// `tst`, then fields drawn from the keys above, in any order.
+    fn body() -> impl Strategy<Value = String> {
+        let head = (
+            prop_oneof![8 => Just("\"location\"".to_owned()), 1 => value()],
+            prop_oneof![6 => (-90.0f64..90.0).prop_map(|f| f.to_string()), 1 => value()],
+            prop_oneof![6 => (-180.0f64..180.0).prop_map(|f| f.to_string()), 1 => value()],
+            prop_oneof![6 => (1i64..2_000_000_000).prop_map(|i| i.to_string()), 1 => value()],
+        );
+        let rest = proptest::collection::vec(field(), 0..6);
+        (
+            head,
+            rest,
+            proptest::collection::vec(space(), 64),
+            any::<bool>(),
+        )
+            .prop_map(|((kind, lat, lon, tst), rest, spaces, trailing)| {
+                let mut fields = vec![("_type", kind), ("lat", lat), ("lon", lon), ("tst", tst)];
+                fields.extend(rest);
+                let mut sp = spaces.into_iter().cycle();
+                let mut s = format!("{}{{", sp.next().unwrap_or_default());
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    let (a, b, c) = (sp.next(), sp.next(), sp.next());
+                    let (a, b, c) = (
+                        a.unwrap_or_default(),
+                        b.unwrap_or_default(),
+                        c.unwrap_or_default(),
+                    );
+                    s.push_str(&format!("{a}\"{k}\"{b}:{c}{v}"));
+                }
+                s.push('}');
+                if trailing {
+                    s.push_str(sp.next().unwrap_or_default());
+                }
+                s
+            })
+    }
+
+    fn hints() -> impl Strategy<Value = IdentityHints> {
+        prop_oneof![
+            Just(http()),
+            Just(mqtt("owntracks/jane/phone")),
+            Just(IdentityHints {
+                x_limit_u: Some("bob".into()),
+                x_limit_d: Some("car".into()),
+                ..Default::default()
+            }),
+            Just(IdentityHints {
+                auth_user: Some("jane".into()),
+                ..Default::default()
+            }),
+        ]
+    }
+
+    /// Both paths agree on every body, and the generated bodies exercise
+    /// both: at least a quarter taken by the fast path, a quarter declined.
+    #[test]
+    fn the_fast_path_gives_what_the_general_path_gives() {
+        // The runner's closure is `Fn`: the decoders and counts are cells.
+        let fast = std::cell::RefCell::new(decoder());
+        let general = std::cell::RefCell::new(decoder().general_only());
+        let (taken, declined) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+        let mut runner = TestRunner::new(Config {
+            cases: 4000,
+            ..Config::default()
+        });
+        runner
+            .run(&(body(), hints()), |(body, hints)| {
+                let want = outcome(&mut general.borrow_mut(), &hints, &body);
+                let got = outcome(&mut fast.borrow_mut(), &hints, &body);
+                prop_assert_eq!(&got, &want, "body {}", body);
+                let trimmed = body.trim_matches([' ', '\t', '\n', '\r']).as_bytes();
+                let counter = match crate::fast::location(
+                    trimmed,
+                    RECEIVED,
+                    Transport::Http,
+                    &mut Vec::new(),
+                ) {
+                    Some(_) => &taken,
+                    None => &declined,
+                };
+                counter.set(counter.get() + 1);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (taken, declined) = (taken.get(), declined.get());
+        assert!(
+            taken >= 1000 && declined >= 1000,
+            "taken {taken}, declined {declined}"
+        );
+    }
+
+    /// The apps' typical locations are all read by the fast path.
+    #[test]
+    fn the_apps_typical_locations_take_the_fast_path() {
+        for body in [
+            r#"{"_type":"location","BSSID":"b0:f2:8:45:94:33","SSID":"Home Wifi","acc":10,"alt":36,"batt":94,"bs":2,"cog":98,"conn":"w","created_at":1709283790,"lat":52.225314,"lon":13.332127,"m":1,"p":100.266,"t":"p","tid":"RO","tst":1709283789,"vac":4,"vel":5}"#,
+            r#"{"_type":"location","acc":12,"alt":80,"batt":71,"bs":1,"conn":"w","created_at":1729344894,"lat":57.7133554,"lon":-5.6817552,"m":2,"tid":"01","tst":1729344893,"vac":3,"vel":0,"inregions":["home"],"topic":"owntracks/jane/phone"}"#,
+        ] {
+            let mut out = Vec::new();
+            let found = crate::fast::location(body.as_bytes(), RECEIVED, Transport::Http, &mut out);
+            assert!(found.is_some() && out.len() == 1, "{body}");
+        }
+        // And the general path's rules hold on it: -1 unknown, ms to s.
+        assert_eq!(
+            one(
+                mqtt("owntracks/jane/phone"),
+                r#"{"_type":"location","lat":1.5,"lon":-2,"tst":1700000000123,"acc":-1,"alt":-1,"vel":7}"#
+            ),
+            format!(
+                r#"{{"type":"position",{J},{M},"tst":1700000000,"lat":1.5,"lon":-2.0,"vel":7}}"#
+            )
+        );
+    }
+}
