@@ -17,9 +17,18 @@ pub enum AckStatus {
     Failed,
 }
 
+/// Who hears how a message ended.
+enum Notify {
+    /// A sender awaiting the [`AckWaiter`].
+    Waiter(oneshot::Sender<AckStatus>),
+    /// A function called where the last clone settles (see
+    /// [`Ack::on_settle`]).
+    Call(Box<dyn FnOnce(AckStatus) + Send + Sync>),
+}
+
 struct Shared {
     failed: AtomicBool,
-    tx: Option<oneshot::Sender<AckStatus>>,
+    notify: Option<Notify>,
     /// The acks this one settles (see [`Ack::join`]).
     parts: Vec<Ack>,
 }
@@ -35,14 +44,16 @@ impl Drop for Shared {
                 part.delivered();
             }
         }
-        if let Some(tx) = self.tx.take() {
-            let status = if failed {
-                AckStatus::Failed
-            } else {
-                AckStatus::Delivered
-            };
+        let status = if failed {
+            AckStatus::Failed
+        } else {
+            AckStatus::Delivered
+        };
+        match self.notify.take() {
             // Nobody waiting (the client gave up) is fine.
-            let _ = tx.send(status);
+            Some(Notify::Waiter(tx)) => drop(tx.send(status)),
+            Some(Notify::Call(f)) => f(status),
+            None => {}
         }
     }
 }
@@ -61,7 +72,7 @@ impl Ack {
         let (tx, rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
-            tx: Some(tx),
+            notify: Some(Notify::Waiter(tx)),
             parts: Vec::new(),
         });
         (
@@ -73,6 +84,22 @@ impl Ack {
         )
     }
 
+    /// An ack that calls `settled` with the outcome, on the thread where
+    /// its last clone settles, instead of waking a waiter: for a consumer
+    /// that books each message it hands out (a Kafka receiver), one call
+    /// rather than a oneshot channel and a task per message. `settled`
+    /// should be quick and must not block on the stages downstream.
+    pub fn on_settle(settled: impl FnOnce(AckStatus) + Send + Sync + 'static) -> Ack {
+        Ack {
+            shared: Some(Arc::new(Shared {
+                failed: AtomicBool::new(false),
+                notify: Some(Notify::Call(Box::new(settled))),
+                parts: Vec::new(),
+            })),
+            settled: false,
+        }
+    }
+
     /// One ack standing for several: settling it settles every part the
     /// same way (delivered, or failed). A record that accounts for several
     /// inputs (one state snapshot after a device's many fixes) carries it,
@@ -81,7 +108,7 @@ impl Ack {
         Ack {
             shared: Some(Arc::new(Shared {
                 failed: AtomicBool::new(false),
-                tx: None,
+                notify: None,
                 parts,
             })),
             settled: false,
@@ -170,6 +197,31 @@ mod tests {
         ack.delivered();
         drop(part);
         assert_eq!(waiter.await, AckStatus::Failed);
+    }
+
+    #[test]
+    fn on_settle_is_called_once_with_the_outcome_when_the_last_clone_settles() {
+        use std::sync::Mutex;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        for fail_one in [false, true] {
+            let h = heard.clone();
+            let ack = Ack::on_settle(move |s| h.lock().unwrap().push(s));
+            let part = ack.clone();
+            ack.delivered();
+            assert!(
+                heard.lock().unwrap().len() == usize::from(fail_one),
+                "a clone is unsettled"
+            );
+            if fail_one {
+                part.fail();
+            } else {
+                part.delivered();
+            }
+        }
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [AckStatus::Delivered, AckStatus::Failed]
+        );
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@ use std::borrow::Cow;
 use otstream_model::topics::{self, SCHEMA_VERSION};
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
 
-/// A message value and its headers, (name, value).
-pub type Encoded<'a> = (Cow<'a, [u8]>, Vec<(&'static str, Vec<u8>)>);
+/// A message value and its headers, (name, value), each borrowed from the
+/// value where it holds the bytes already (librdkafka copies them anyway).
+pub type Encoded<'a> = (Cow<'a, [u8]>, Vec<(&'static str, Cow<'a, [u8]>)>);
 
 /// A value a stage sends over Kafka.
 pub trait KafkaCodec: Sized + Send + 'static {
@@ -33,6 +34,10 @@ const H_AUTH_USER: &str = "auth_user";
 const H_REMOTE_ADDR: &str = "remote_addr";
 const H_SCHEMA: &str = "schema_version";
 
+/// The schema version header's value, written once.
+static SCHEMA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| SCHEMA_VERSION.to_string());
+
 fn text<'a>(header: &dyn Fn(&str) -> Option<&'a [u8]>, name: &str) -> Option<String> {
     header(name).map(|v| String::from_utf8_lossy(v).into_owned())
 }
@@ -43,10 +48,15 @@ impl KafkaCodec for RawMessage {
     }
 
     fn encode(&self) -> Encoded<'_> {
-        let mut h = vec![
-            (H_TRANSPORT, self.transport.as_str().as_bytes().to_vec()),
-            (H_RECEIVED_AT, self.received_at.to_string().into_bytes()),
-        ];
+        let mut h = Vec::with_capacity(7);
+        h.push((
+            H_TRANSPORT,
+            Cow::Borrowed(self.transport.as_str().as_bytes()),
+        ));
+        h.push((
+            H_RECEIVED_AT,
+            Cow::Owned(self.received_at.to_string().into_bytes()),
+        ));
         let hints = &self.hints;
         for (name, v) in [
             (H_MQTT_TOPIC, &hints.mqtt_topic),
@@ -56,7 +66,7 @@ impl KafkaCodec for RawMessage {
             (H_REMOTE_ADDR, &self.remote_addr),
         ] {
             if let Some(v) = v {
-                h.push((name, v.as_bytes().to_vec()));
+                h.push((name, Cow::Borrowed(v.as_bytes())));
             }
         }
         (Cow::Borrowed(&self.payload), h)
@@ -71,7 +81,8 @@ impl KafkaCodec for RawMessage {
             Some(b"mqtt") => Transport::Mqtt,
             other => return Err(format!("raw message with transport header {other:?}")),
         };
-        let received_at = text(header, H_RECEIVED_AT)
+        let received_at = header(H_RECEIVED_AT)
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|s| s.parse().ok())
             .ok_or("raw message without a numeric received_at header")?;
         Ok(RawMessage {
@@ -97,7 +108,7 @@ impl KafkaCodec for Record {
     fn encode(&self) -> Encoded<'_> {
         (
             Cow::Owned(self.to_json().into_bytes()),
-            vec![(H_SCHEMA, SCHEMA_VERSION.to_string().into_bytes())],
+            vec![(H_SCHEMA, Cow::Borrowed(SCHEMA.as_bytes()))],
         )
     }
 
@@ -105,10 +116,11 @@ impl KafkaCodec for Record {
         payload: &[u8],
         header: &dyn Fn(&str) -> Option<&'a [u8]>,
     ) -> Result<Self, String> {
-        let version = text(header, H_SCHEMA).unwrap_or_default();
-        if version != SCHEMA_VERSION.to_string() {
+        let version = header(H_SCHEMA).unwrap_or_default();
+        if version != SCHEMA.as_bytes() {
             return Err(format!(
-                "record of schema version {version:?}; this build reads {SCHEMA_VERSION}"
+                "record of schema version {:?}; this build reads {SCHEMA_VERSION}",
+                String::from_utf8_lossy(version)
             ));
         }
         serde_json::from_slice(payload).map_err(|e| format!("record is not valid JSON: {e}"))
@@ -125,7 +137,7 @@ mod tests {
             headers
                 .iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.as_slice())
+                .map(|(_, v)| v.as_ref())
         };
         T::decode(&payload, &lookup).unwrap()
     }

@@ -364,7 +364,7 @@ impl<T: KafkaCodec> Sender<T> for KafkaSender<T> {
         for (key, value) in &headers {
             h = h.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(value.as_ref()),
             });
         }
         let deadline = self.send_timeout.map(|t| tokio::time::Instant::now() + t);

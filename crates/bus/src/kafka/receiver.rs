@@ -170,8 +170,7 @@ pub struct KafkaReceiver<T> {
 
 impl<T: KafkaCodec> KafkaReceiver<T> {
     /// A member of `group` reading `topics` (names without prefix), from
-    /// the earliest offset when the group has none. Must be called inside
-    /// a tokio runtime.
+    /// the earliest offset when the group has none.
     pub fn new(config: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, KafkaBusError> {
         Self::with_assign_hook(config, group, topics, None)
     }
@@ -217,7 +216,6 @@ impl<T: KafkaCodec> KafkaReceiver<T> {
             consumer,
             shared,
             tx,
-            runtime: tokio::runtime::Handle::current(),
             stop: stop.clone(),
             max_in_flight: config.max_in_flight,
             topics: names.into_iter().map(Arc::from).collect(),
@@ -264,7 +262,6 @@ struct Poller<T: Send + 'static> {
     consumer: BaseConsumer<Ctx<T>>,
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Message<T>>,
-    runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     max_in_flight: usize,
     topics: Vec<Arc<str>>,
@@ -374,12 +371,10 @@ impl<T: KafkaCodec> Poller<T> {
                 return;
             }
         };
-        let (ack, waiter) = Ack::new();
+        // Booked where the last holder settles it (a sink's writer thread,
+        // a producer's delivery report): no task or channel per message.
         let shared = self.shared.clone();
-        self.runtime.spawn(async move {
-            let status = waiter.await;
-            shared.settle(&tp, offset, status);
-        });
+        let ack = Ack::on_settle(move |status| shared.settle(&tp, offset, status));
         // The stage is gone: the ack drops with the message, as failed.
         let _ = self.tx.send(Message::new(key, value, ack));
     }
