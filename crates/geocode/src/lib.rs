@@ -48,11 +48,20 @@ pub struct Place<'a> {
 impl Place<'_> {
     /// `name, region` (or the name alone): the `place` column.
     pub fn label(&self) -> String {
-        if self.region.is_empty() || self.region == self.name {
-            self.name.to_owned()
-        } else {
-            format!("{}, {}", self.name, self.region)
+        let mut s = String::new();
+        let _ = self.write_label(&mut s);
+        s
+    }
+
+    /// Writes the label to `out`: into a small-string type it costs no
+    /// allocation, which counts when every position is labelled.
+    pub fn write_label(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        out.write_str(self.name)?;
+        if !(self.region.is_empty() || self.region == self.name) {
+            out.write_str(", ")?;
+            out.write_str(self.region)?;
         }
+        Ok(())
     }
 }
 

@@ -246,13 +246,22 @@ async fn handle<I: Intake>(
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes(status, Bytes::from(body.to_string()))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// 200 with `[]`: nothing to tell the device.
+fn empty_list() -> Response<Full<Bytes>> {
+    json_bytes(StatusCode::OK, Bytes::from_static(b"[]"))
 }
 
 fn error_response(
@@ -355,7 +364,11 @@ async fn respond<I: Intake>(
             &format!("body exceeds the limit of {max} bytes"),
         )
     };
-    let declared = header_str(&req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     let body_timeout = Duration::from_millis(state.config.body_timeout_ms);
     if let Some(n) = declared.filter(|n| *n > max) {
         // A body of moderate size is read (and dropped) first: answering
@@ -445,7 +458,8 @@ async fn respond<I: Intake>(
                     f.update(&records);
                     serde_json::Value::Array(f.response(&key))
                 }
-                _ => serde_json::Value::Array(Vec::new()),
+                // The common answer, without building a JSON value.
+                _ => return empty_list(),
             };
             json_response(StatusCode::OK, &body)
         }

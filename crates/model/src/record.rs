@@ -124,7 +124,7 @@ pub struct Position {
     /// The nearest place (`Lyon, Rhone-Alpes`), from the offline
     /// geocoder; set by the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub place: Option<String>,
+    pub place: Option<Text>,
     /// Its ISO country code (`FR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc: Option<Text>,
@@ -489,13 +489,13 @@ pub struct Trip {
     /// The nearest place to the start, and its country code (the offline
     /// geocoder; set by the sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_place: Option<String>,
+    pub start_place: Option<Text>,
     /// See `start_place`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cc: Option<Text>,
     /// The nearest place to the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_place: Option<String>,
+    pub end_place: Option<Text>,
     /// See `end_place`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_cc: Option<Text>,
@@ -527,7 +527,7 @@ pub struct Stop {
     /// The nearest populated place (`place` is the fence), from the offline
     /// geocoder; set by the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<String>,
+    pub locality: Option<Text>,
     /// Its ISO country code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc: Option<Text>,

@@ -405,7 +405,12 @@ fn prepare(events: &Events, records: &mut [Message<Record>]) {
 pub fn places(g: &otstream_geocode::Geocoder, batch: &mut [Message<Record>]) {
     let find = |lat, lon| {
         g.lookup(lat, lon)
-            .map(|p| (p.label(), otstream_model::Text::from(p.cc)))
+            .map(|p| {
+                let mut label = otstream_model::Text::default();
+                // Writing to a Text cannot fail.
+                let _ = p.write_label(&mut label);
+                (label, otstream_model::Text::from(p.cc))
+            })
             .unzip()
     };
     for m in batch {

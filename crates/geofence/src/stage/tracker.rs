@@ -371,9 +371,14 @@ impl Tracker {
 /// written, and then the input is failed rather than an empty state stored
 /// in its place: a restart would resume from nothing.
 fn state_json(key: &str, state: &impl Serialize) -> Option<String> {
-    serde_json::to_string(state)
+    // Sized for a typical state (~400 bytes) up front: growing from empty
+    // reallocated six times per fix.
+    let mut buf = Vec::with_capacity(512);
+    serde_json::to_writer(&mut buf, state)
         .inspect_err(|e| tracing::error!(device = key, error = %e, "cannot serialize the device's state; the input is not acknowledged"))
-        .ok()
+        .ok()?;
+    // serde_json writes UTF-8 only.
+    String::from_utf8(buf).ok()
 }
 
 /// The record of what the trip rules finished; a stop is named by the
