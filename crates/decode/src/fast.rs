@@ -4,11 +4,13 @@
 //! themselves: known keys, integers, plain decimals and short strings
 //! without escapes. For those, building simd-json's tape and then walking
 //! it costs more than reading the bytes once, field by field, straight
-//! into a [`Position`]. [`location`] does that, and declines (returns
-//! `None`) at the first thing it was not written for: another `_type`, a
-//! key it does not know (which would go to `extra`), an escape, a null, a
-//! float in an integer field, a number as a string, a repeated key, a
-//! value out of range, anything after the object. A declined message goes
+//! into a [`Position`]. [`location`] does that, other keys' plain values
+//! (strings, integers, booleans, null: Android's `_id`, Recorder's
+//! `_http`) copied into `extra`, and declines (returns `None`) at the first
+//! thing it was not written for: another `_type`, an escape, a null in a
+//! column, a float in an integer field, a number as a string, a repeated
+//! known key, an array or object or float in `extra`, a value out of
+//! range, anything after the object. A declined message goes
 //! through the general path, which also words every error; so this path
 //! never refuses anything, and a differential property test holds it to
 //! the general path's records, field for field.
@@ -65,6 +67,7 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
     let (mut lat, mut lon, mut tst) = (None, None, None);
     let (mut topic, mut tid, mut located) = (None, None, false);
     let mut seen = 0u32;
+    let mut extra: Vec<u8> = Vec::new();
     s.ws();
     s.eat(b'{')?;
     s.ws();
@@ -170,7 +173,16 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
                 tid = Some(s.string()?);
                 bit(21)?
             }
-            _ => return None,
+            // Any other key goes to `extra`, as the general path writes it
+            // back; repeated, each copy, as there.
+            _ => {
+                extra.push(if extra.is_empty() { b'{' } else { b',' });
+                extra.push(b'"');
+                extra.extend_from_slice(key);
+                extra.extend_from_slice(b"\":");
+                s.scalar_into(&mut extra)?;
+                0
+            }
         };
         s.ws();
         match s.next()? {
@@ -185,6 +197,11 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
     }
     (p.lat, p.lon, p.tst) = (lat?, lon?, tst?);
     p.meta.tid = tid.map(Text::from);
+    if !extra.is_empty() {
+        extra.push(b'}');
+        // Made of slices of the validated body and ASCII: always UTF-8.
+        p.extra = Some(String::from_utf8(extra).ok()?);
+    }
     Some(Found { topic, tid })
 }
 
@@ -352,6 +369,34 @@ impl<'i> Scan<'i> {
     /// `extra` on the general path).
     fn int32(&mut self) -> Option<i32> {
         i32::try_from(self.integer()?).ok()
+    }
+
+    /// A value kept in `extra`, written as the general path writes it
+    /// back: a plain string, `true`, `false`, `null` or an integer
+    /// (canonical already, but `-0`, which is written `0`). Floats (which
+    /// serde_json may write differently than sent), arrays and objects
+    /// decline.
+    fn scalar_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        let start = self.i;
+        match self.peek()? {
+            b'"' => {
+                self.plain()?;
+            }
+            b't' | b'f' | b'n' => {
+                let word = [&b"true"[..], b"false", b"null"]
+                    .into_iter()
+                    .find(|w| self.b[start..].starts_with(w))?;
+                self.i += word.len();
+            }
+            _ => {
+                let n = self.number()?;
+                if n.int.is_none() || n.text == "-0" {
+                    return None;
+                }
+            }
+        }
+        out.extend_from_slice(&self.b[start..self.i]);
+        Some(())
     }
 
     /// An array of plain strings.

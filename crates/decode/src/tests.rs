@@ -979,6 +979,8 @@ mod fast_path {
             "inregions",
             "inrids",
             "_id",
+            "_http",
+            "poi",
             "lat",
             "tst",
             "_type",
@@ -991,6 +993,7 @@ mod fast_path {
                     }
                     "p" => f.to_string(),
                     "inregions" | "inrids" => serde_json::to_string(&[s]).unwrap_or_default(),
+                    "_http" => (i % 2 == 0).to_string(),
                     _ => i.to_string(),
                 };
                 (k, v)
@@ -1104,6 +1107,7 @@ mod fast_path {
         for body in [
             r#"{"_type":"location","BSSID":"b0:f2:8:45:94:33","SSID":"Home Wifi","acc":10,"alt":36,"batt":94,"bs":2,"cog":98,"conn":"w","created_at":1709283790,"lat":52.225314,"lon":13.332127,"m":1,"p":100.266,"t":"p","tid":"RO","tst":1709283789,"vac":4,"vel":5}"#,
             r#"{"_type":"location","acc":12,"alt":80,"batt":71,"bs":1,"conn":"w","created_at":1729344894,"lat":57.7133554,"lon":-5.6817552,"m":2,"tid":"01","tst":1729344893,"vac":3,"vel":0,"inregions":["home"],"topic":"owntracks/jane/phone"}"#,
+            r#"{"_type":"location","_id":"82486537","acc":12,"lat":57.7,"lon":-5.6,"tst":1729344893,"_http":true,"poi":null}"#,
         ] {
             let mut out = Vec::new();
             let found = crate::fast::location(body.as_bytes(), RECEIVED, Transport::Http, &mut out);
