@@ -1,8 +1,8 @@
 //! The typical location, read in one pass over its bytes.
 //!
-//! Nine in ten messages are a flat `location` object the apps wrote
-//! themselves: known keys, integers, plain decimals and short strings
-//! without escapes. For those, building simd-json's tape and then walking
+//! Most messages are a flat `location` object the apps wrote themselves:
+//! known keys, integers, plain decimals and short strings without
+//! escapes. For those, building simd-json's tape and then walking
 //! it costs more than reading the bytes once, field by field, straight
 //! into a [`Position`]. [`location`] does that, other keys' plain values
 //! (strings, integers, booleans, null: Android's `_id`, Recorder's
@@ -17,6 +17,9 @@
 
 use otstream_model::record::{Meta, Position};
 use otstream_model::{Record, Text, Transport};
+
+use crate::normalize::non_negative;
+use crate::tape::as_seconds;
 
 /// The identity facts a location read by the fast path carried.
 pub(crate) struct Found<'i> {
@@ -59,11 +62,7 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
     // per string: every slice taken below starts and ends at an ASCII
     // delimiter, so it is a valid `str` too.
     let text = std::str::from_utf8(body).ok()?;
-    let mut s = Scan {
-        text,
-        b: body,
-        i: 0,
-    };
+    let mut s = Scan { text, i: 0 };
     let (mut lat, mut lon, mut tst) = (None, None, None);
     let (mut topic, mut tid, mut located) = (None, None, false);
     let mut seen = 0u32;
@@ -96,12 +95,12 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
                 bit(2)?
             }
             b"tst" => {
-                tst = Some(seconds(s.integer()?)).filter(|t| *t > 0);
+                tst = Some(as_seconds(s.integer()?)).filter(|t| *t > 0);
                 tst?;
                 bit(3)?
             }
             b"acc" => {
-                p.acc = non_negative(s.int32()?);
+                p.acc = non_negative(Some(s.int32()?));
                 bit(4)?
             }
             // -1 is the unknown-altitude sentinel; other negatives are real.
@@ -110,19 +109,19 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
                 bit(5)?
             }
             b"vac" => {
-                p.vac = non_negative(s.int32()?);
+                p.vac = non_negative(Some(s.int32()?));
                 bit(6)?
             }
             b"vel" => {
-                p.vel = non_negative(s.int32()?);
+                p.vel = non_negative(Some(s.int32()?));
                 bit(7)?
             }
             b"cog" => {
-                p.cog = non_negative(s.int32()?);
+                p.cog = non_negative(Some(s.int32()?));
                 bit(8)?
             }
             b"batt" => {
-                p.batt = non_negative(s.int32()?);
+                p.batt = non_negative(Some(s.int32()?));
                 bit(9)?
             }
             b"bs" => {
@@ -154,7 +153,7 @@ fn fill<'i>(body: &'i [u8], p: &mut Position) -> Option<Found<'i>> {
                 bit(16)?
             }
             b"created_at" => {
-                p.created_at = Some(seconds(s.integer()?));
+                p.created_at = Some(as_seconds(s.integer()?));
                 bit(17)?
             }
             b"inregions" => {
@@ -229,30 +228,21 @@ fn coord(n: Number<'_>, limit: f64) -> Option<f64> {
     number_value(n).filter(|f| (-limit..=limit).contains(f))
 }
 
-/// The general path's `seconds`: past 1e11 s a time is milliseconds (or
-/// microseconds past 1e14).
-fn seconds(mut t: i64) -> i64 {
-    while t > 100_000_000_000 {
-        t /= 1000;
-    }
-    t
-}
-
-fn non_negative(x: i32) -> Option<i32> {
-    (x >= 0).then_some(x)
-}
-
-/// A cursor over the body, as text and as bytes.
+/// A cursor over the body.
 struct Scan<'i> {
     text: &'i str,
-    b: &'i [u8],
     i: usize,
 }
 
 impl<'i> Scan<'i> {
     #[inline]
+    fn bytes(&self) -> &'i [u8] {
+        self.text.as_bytes()
+    }
+
+    #[inline]
     fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+        self.bytes().get(self.i).copied()
     }
 
     #[inline]
@@ -279,7 +269,7 @@ impl<'i> Scan<'i> {
     #[inline]
     fn key(&mut self) -> Option<&'i [u8]> {
         let (start, end) = self.plain()?;
-        Some(&self.b[start..end])
+        Some(&self.bytes()[start..end])
     }
 
     /// A string without escapes or control characters.
@@ -295,8 +285,8 @@ impl<'i> Scan<'i> {
     fn plain(&mut self) -> Option<(usize, usize)> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start + stop(&self.b[start..])?;
-        if self.b[end] != b'"' {
+        let end = start + stop(&self.bytes()[start..])?;
+        if self.bytes()[end] != b'"' {
             return None;
         }
         self.i = end + 1;
@@ -385,7 +375,7 @@ impl<'i> Scan<'i> {
             b't' | b'f' | b'n' => {
                 let word = [&b"true"[..], b"false", b"null"]
                     .into_iter()
-                    .find(|w| self.b[start..].starts_with(w))?;
+                    .find(|w| self.bytes()[start..].starts_with(w))?;
                 self.i += word.len();
             }
             _ => {
@@ -395,7 +385,7 @@ impl<'i> Scan<'i> {
                 }
             }
         }
-        out.extend_from_slice(&self.b[start..self.i]);
+        out.extend_from_slice(&self.bytes()[start..self.i]);
         Some(())
     }
 

@@ -39,7 +39,7 @@ fn col<T>(l: Lenient<T>, key: &str, v: Val<'_, '_>, extra: &mut JsonObject) -> O
 /// The apps send -1 (and iOS omits negatives) for an unknown accuracy,
 /// speed, course or battery level.
 #[inline]
-fn non_negative(x: Option<i32>) -> Option<i32> {
+pub(crate) fn non_negative(x: Option<i32>) -> Option<i32> {
     x.filter(|x| *x >= 0)
 }
 

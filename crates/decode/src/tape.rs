@@ -223,20 +223,24 @@ pub(crate) fn int32(v: Val<'_, '_>) -> Lenient<i32> {
     }
 }
 
-/// Reads a time in UNIX seconds. Some Android builds send milliseconds (a
-/// waypoint `tst` of 1505910709000); anything past 1e11 s (year 5138) is
-/// taken as milliseconds, or microseconds past 1e14.
+/// Reads a time in UNIX seconds (see [`as_seconds`]).
 #[inline]
 pub(crate) fn seconds(v: Val<'_, '_>) -> Lenient<i64> {
     match integer(v) {
-        Lenient::Value(mut t) => {
-            while t > 100_000_000_000 {
-                t /= 1000;
-            }
-            Lenient::Value(t)
-        }
+        Lenient::Value(t) => Lenient::Value(as_seconds(t)),
         other => other,
     }
+}
+
+/// A time sent as an integer, in UNIX seconds. Some Android builds send
+/// milliseconds (a waypoint `tst` of 1505910709000); anything past 1e11 s
+/// (year 5138) is taken as milliseconds, or microseconds past 1e14.
+#[inline]
+pub(crate) fn as_seconds(mut t: i64) -> i64 {
+    while t > 100_000_000_000 {
+        t /= 1000;
+    }
+    t
 }
 
 /// Reads a string column; other scalars are unusable (kept in extra).

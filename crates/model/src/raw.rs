@@ -89,8 +89,9 @@ pub mod header {
 /// reads one back).
 #[derive(Debug, Serialize)]
 pub struct RecordingLine {
-    /// Milliseconds since the UNIX epoch; optional on input so that
-    /// hand-written test data can leave it out.
+    /// Milliseconds since the UNIX epoch; left out when unknown (a line
+    /// read without one takes the reader's default, so hand-written test
+    /// data may omit it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received_at: Option<i64>,
     /// `http` or `mqtt`.
