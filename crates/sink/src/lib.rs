@@ -277,11 +277,15 @@ pub async fn run<B: Backend>(
     // commit and takes the sink's own work off the commit's critical path.
     let mut next: Vec<Message<Record>> = Vec::new();
     let mut closed = false;
+    // The last batch committed, its acks settled while the next is written.
+    let mut durable = Durable(Vec::new());
     loop {
         std::mem::swap(&mut batch, &mut next);
         // Records that came during the last write were prepared then.
         let prepared = batch.len();
         if batch.is_empty() {
+            // Nothing to write next: nobody waits for a write to start.
+            durable.settle();
             if closed {
                 return Ok(());
             }
@@ -307,6 +311,18 @@ pub async fn run<B: Backend>(
                 break;
             }
             let room = max_rows - batch.len();
+            if linger.is_zero() {
+                // What is waiting now, without a timer: an elapsed deadline
+                // still waits for the time driver's next tick, measured at
+                // about a millisecond per commit, a quarter of serve's
+                // commit cycle at 256 clients.
+                match waiting(&mut input, &mut batch, room).await {
+                    Some(0) => closed = true,
+                    Some(_) => continue,
+                    None => {}
+                }
+                break;
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -322,6 +338,7 @@ pub async fn run<B: Backend>(
             outbox::device_transitions(&mut batch);
         }
         if let Some(ob) = &events.outbox {
+            durable.settle();
             // Durable in the queues before the rows: a crash between the two
             // delivers an event again, never loses one.
             let ob = ob.clone();
@@ -347,6 +364,8 @@ pub async fn run<B: Backend>(
                 tokio::select! {
                     biased;
                     r = &mut write => break r,
+                    // Once the write is under way (the first poll started it).
+                    () = std::future::ready(()), if !durable.0.is_empty() => durable.settle(),
                     n = input.recv_many(&mut next, room), if room > 0 && !closed => {
                         if n == 0 {
                             closed = true;
@@ -372,10 +391,46 @@ pub async fn run<B: Backend>(
                 .filter(|(i, _)| !refused.contains(i))
                 .map(|(_, m)| &m.value),
         );
-        for m in batch.drain(..) {
+        durable.settle();
+        std::mem::swap(&mut durable.0, &mut batch);
+    }
+}
+
+/// A committed batch. Its acks are settled while the next batch is
+/// written: delivering a hundred acks, each waking a waiting request,
+/// took 8 % of serve's commit cycle when it came between two commits
+/// (measured). Settled when dropped too, so that no way out of the loop
+/// leaves a durable message unacknowledged.
+struct Durable(Vec<Message<Record>>);
+
+impl Durable {
+    fn settle(&mut self) {
+        for m in self.0.drain(..) {
             m.ack.delivered();
         }
     }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// Up to `limit` records that are waiting in `input` now, appended to
+/// `buf`: `Some(n)` (0 when the input is closed), `None` when nothing is
+/// waiting. Never waits.
+async fn waiting<T, R: Receiver<T>>(
+    input: &mut R,
+    buf: &mut Vec<Message<T>>,
+    limit: usize,
+) -> Option<usize> {
+    let mut recv = std::pin::pin!(input.recv_many(buf, limit));
+    std::future::poll_fn(|cx| match recv.as_mut().poll(cx) {
+        std::task::Poll::Ready(n) => std::task::Poll::Ready(Some(n)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// What the sink adds to the records before storing them: the events of
