@@ -211,6 +211,13 @@ struct Number<'i> {
     text: &'i str,
     /// No fraction, no exponent.
     integral: bool,
+    /// The value of a decimal without exponent, when Clinger's fast path
+    /// gives it: its digits, read as one integer, are exact in an `f64`
+    /// (at most 2^53) and its fraction has at most 22 digits, so the value
+    /// is that integer divided by an exact power of ten, which one IEEE
+    /// division rounds correctly: the value `str::parse` gives, without
+    /// its general algorithm.
+    decimal: Option<f64>,
     int: Option<i64>,
 }
 
@@ -221,8 +228,17 @@ fn number_value(n: Number<'_>) -> Option<f64> {
     if n.integral {
         return n.int.map(|i| i as f64);
     }
+    if let Some(f) = n.decimal {
+        return Some(f);
+    }
     n.text.parse::<f64>().ok().filter(|f| f.is_finite())
 }
+
+/// The powers of ten an `f64` holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 fn coord(n: Number<'_>, limit: f64) -> Option<f64> {
     number_value(n).filter(|f| (-limit..=limit).contains(f))
@@ -301,38 +317,59 @@ impl<'i> Scan<'i> {
             self.i += 1;
         }
         let first = self.i;
-        let mut int = 0i64;
+        // Every digit, read as one integer: wrapping, as past 19 digits it
+        // is not used.
+        let mut m = 0u64;
         match self.next()? {
             b'0' => {}
             d @ b'1'..=b'9' => {
-                int = i64::from(d - b'0');
+                m = u64::from(d - b'0');
                 while let Some(d @ b'0'..=b'9') = self.peek() {
-                    // Wrapping: past 18 digits the value is not used.
-                    int = int.wrapping_mul(10).wrapping_add(i64::from(d - b'0'));
+                    m = m.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
                     self.i += 1;
                 }
             }
             _ => return None,
         }
-        let short = self.i - first <= 18;
-        let mut integral = true;
+        let int_digits = self.i - first;
+        let mut fraction = 0;
         if self.peek() == Some(b'.') {
             self.i += 1;
-            self.some_digits()?;
-            integral = false;
+            let from = self.i;
+            while let Some(d @ b'0'..=b'9') = self.peek() {
+                m = m.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                self.i += 1;
+            }
+            fraction = self.i - from;
+            if fraction == 0 {
+                return None;
+            }
         }
+        let mut exponent = false;
         if matches!(self.peek(), Some(b'e' | b'E')) {
             self.i += 1;
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.i += 1;
             }
             self.some_digits()?;
-            integral = false;
+            exponent = true;
         }
+        let integral = fraction == 0 && !exponent;
+        let sign = |v: f64| if negative { -v } else { v };
         Some(Number {
             text: self.text.get(start..self.i)?,
             integral,
-            int: (integral && short).then_some(if negative { -int } else { int }),
+            // At most 18 digits: always an i64.
+            int: (integral && int_digits <= 18).then(|| {
+                let v = m as i64;
+                if negative { -v } else { v }
+            }),
+            decimal: (fraction > 0
+                && !exponent
+                && int_digits + fraction <= 19
+                && fraction < POW10.len()
+                && m <= 1 << 53)
+                .then(|| sign(m as f64 / POW10[fraction])),
         })
     }
 
@@ -453,5 +490,40 @@ mod tests {
             let want = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
             prop_assert_eq!(super::stop(&bytes), want);
         }
+
+        /// Clinger's fast path gives what `str::parse` gives, bit for bit
+        /// (the sign of zero included), or leaves the number to it.
+        #[test]
+        fn decimal_is_parse(
+            negative in any::<bool>(),
+            int in prop_oneof![Just(0u64), 0..1000u64, any::<u64>()],
+            frac in "[0-9]{1,24}",
+        ) {
+            let text = format!("{}{int}.{frac}", if negative { "-" } else { "" });
+            let want: f64 = text.parse().unwrap_or(f64::NAN);
+            if let Some(got) = decimal(&text) {
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", text);
+            }
+        }
+    }
+
+    /// What the scanner's fast path makes of `text`, if it takes it.
+    fn decimal(text: &str) -> Option<f64> {
+        let mut scan = super::Scan { text, i: 0 };
+        let n = scan.number()?;
+        assert_eq!(scan.i, text.len());
+        n.decimal
+    }
+
+    #[test]
+    fn decimal_takes_the_coordinates_phones_send_and_leaves_long_ones() {
+        assert_eq!(decimal("52.225314"), Some(52.225314));
+        assert_eq!(decimal("-5.6817552"), Some(-5.6817552));
+        assert_eq!(decimal("-0.0").map(f64::to_bits), Some((-0.0f64).to_bits()));
+        // 9007199254740993 (2^53 + 1) is not exact in an f64.
+        assert_eq!(decimal("900719925474099.3"), None);
+        assert_eq!(decimal("0.12345678901234567890"), None);
+        assert_eq!(decimal("1.5e3"), None);
+        assert_eq!(decimal("15"), None);
     }
 }
