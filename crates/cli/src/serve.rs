@@ -200,8 +200,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let decode = DecodeStage::new(config.decode.clone(), keys.clone());
     let events = stages::EventsOut::build(&config).await?;
 
-    let listener = tokio::net::TcpListener::bind(config.http.addr)
-        .await
+    let listener = otstream_ingress::http::listen(config.http.addr)
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     let http_addr = listener.local_addr()?;
     let (raw_tx, raw_rx) = channel::<RawMessage>(config.bus.capacity);

@@ -129,6 +129,27 @@ struct State<I> {
     meters: Meters,
 }
 
+/// Connections the kernel queues for the accept loop. A fleet's phones
+/// come back together (after a network blip, a restart of the server): with
+/// tokio's default of 1,024, a replay opening 1,024 connections at once
+/// overflowed the queue, and every dropped handshake waited out the
+/// client's one-second SYN retry (measured: the open-loop p99 of a second).
+/// The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 8192;
+
+/// Binds the ingress's listening socket at `addr`, with [`BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind`: a restarted server binds its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves OwnTracks HTTP on `listener` until `shutdown` is cancelled, then
 /// stops accepting, lets in-flight requests finish (each still waits for
 /// its message to be durable) and returns once every connection is closed.
