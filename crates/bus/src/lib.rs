@@ -110,6 +110,8 @@ pub trait Sender<T>: Clone + Send + Sync + 'static {
 pub trait Receiver<T>: Send + 'static {
     /// Appends up to `limit` waiting messages to `buf`, waiting for at least
     /// one; returns 0 once every sender is gone and nothing is left.
+    /// Cancel safe: a future dropped before it is ready has taken nothing
+    /// (the sink polls one once to take only what is already waiting).
     fn recv_many(
         &mut self,
         buf: &mut Vec<Message<T>>,
