@@ -113,10 +113,11 @@ struct Level {
 
 /// Shared by the backend (appends) and the shipper (removes).
 struct Shared {
-    /// The backend's connection: appends and device state.
+    /// The one writing connection: the backend's appends and device
+    /// state, the shipper's removals.
     appender: Mutex<Outbox>,
-    /// The shipper's own: reading 50,000 rows must not hold up an append
-    /// (WAL lets it read beside the writer).
+    /// The shipper's own, for reading only: reading 50,000 rows must not
+    /// hold up an append (WAL lets it read beside the writer).
     shipping: Mutex<Outbox>,
     level: Level,
     /// Wakes the shipper after an append, the backend after a removal.
@@ -215,22 +216,17 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes every row up to `seq`; when the oldest row left was
-    /// appended (0: none). In transactions of at most 5,000 rows: each
-    /// holds SQLite's write lock, which appends wait for.
-    fn remove_through(&mut self, seq: i64) -> Result<i64, StoreError> {
-        const CHUNK: i64 = 5_000;
-        let mut from: i64 =
-            self.conn
-                .query_row("SELECT coalesce(min(seq), 0) FROM outbox", [], |r| r.get(0))?;
-        while from <= seq {
-            let to = seq.min(from.saturating_add(CHUNK - 1));
-            self.conn
-                .prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
-                .execute([from, to])?;
-            from = to.saturating_add(1);
-        }
-        self.oldest_appended()
+    /// Deletes the oldest rows up to `seq`, at most 5,000 of them (one
+    /// transaction, which appends wait for); true when none is left.
+    fn remove_some(&mut self, seq: i64) -> Result<bool, StoreError> {
+        const CHUNK: usize = 5_000;
+        let removed = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![seq, CHUNK as i64])?;
+        Ok(removed < CHUNK)
     }
 }
 
@@ -463,7 +459,12 @@ impl Shipper {
             }
             let shared = self.shared.clone();
             let oldest_left = tokio::task::spawn_blocking(move || {
-                Shared::lock(&shared.shipping).remove_through(last)
+                // On the appender's connection, a chunk per turn of its
+                // lock: with two writers, a sink committing back to back
+                // left the shipper's own connection no gap before its
+                // 200 ms busy timeout, and the refused delete stopped serve.
+                while !Shared::lock(&shared.appender).remove_some(last)? {}
+                Shared::lock(&shared.shipping).oldest_appended()
             })
             .await
             .map_err(|e| SinkError::Thread(e.to_string()))??;
