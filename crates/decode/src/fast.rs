@@ -355,21 +355,21 @@ impl<'i> Scan<'i> {
             exponent = true;
         }
         let integral = fraction == 0 && !exponent;
-        let sign = |v: f64| if negative { -v } else { v };
+        // The one place the sign is applied, to either value.
+        fn signed<T: std::ops::Neg<Output = T>>(negative: bool, v: T) -> T {
+            if negative { -v } else { v }
+        }
         Some(Number {
             text: self.text.get(start..self.i)?,
             integral,
             // At most 18 digits: always an i64.
-            int: (integral && int_digits <= 18).then(|| {
-                let v = m as i64;
-                if negative { -v } else { v }
-            }),
+            int: (integral && int_digits <= 18).then(|| signed(negative, m as i64)),
             decimal: (fraction > 0
                 && !exponent
                 && int_digits + fraction <= 19
                 && fraction < POW10.len()
                 && m <= 1 << 53)
-                .then(|| sign(m as f64 / POW10[fraction])),
+                .then(|| signed(negative, m as f64 / POW10[fraction])),
         })
     }
 
