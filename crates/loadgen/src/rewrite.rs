@@ -102,6 +102,12 @@ fn splice(payload: &[u8], mut edits: Vec<(Range<usize>, String)>) -> Vec<u8> {
     out
 }
 
+/// The device a server names an HTTP message of `user` by: `X-Limit-D`,
+/// else the payload's `tid`, else the user.
+fn http_device<'a>(hints: &'a IdentityHints, user: &'a str, tid: Option<&'a str>) -> &'a str {
+    hints.x_limit_d.as_deref().or(tid).unwrap_or(user)
+}
+
 /// The copy's device name: the recorded one for a single copy, else
 /// suffixed with the copy's number.
 fn device_name(device: &str, copy: u32, rewrite: &Rewrite) -> String {
@@ -155,13 +161,7 @@ impl Rewrite {
             if let Some(user) = &msg.hints.x_limit_u {
                 // The device the server would resolve, made explicit so the
                 // copy can be renamed even when only the tid named it.
-                let device = msg
-                    .hints
-                    .x_limit_d
-                    .as_deref()
-                    .or(tid.as_deref())
-                    .unwrap_or(user);
-                out.hints.x_limit_d = Some(rename(device));
+                out.hints.x_limit_d = Some(rename(http_device(&msg.hints, user, tid.as_deref())));
             }
         }
         if let Some(body) = body {
@@ -202,12 +202,7 @@ impl Rewrite {
             .or(msg.hints.auth_user.as_deref())
             .ok_or(NoTopic)?;
         let tid = field("tid");
-        let device = msg
-            .hints
-            .x_limit_d
-            .as_deref()
-            .or(tid.as_deref())
-            .unwrap_or(user);
+        let device = http_device(&msg.hints, user, tid.as_deref());
         let base = format!("{}/{user}/{device}", self.prefix);
         Ok(match subtopic(field("_type").as_deref()) {
             "" => base,
