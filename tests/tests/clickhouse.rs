@@ -606,8 +606,23 @@ fn clickhouse_outage_is_buffered_and_every_acknowledged_fix_lands_once() {
         full.body
     );
 
-    // ClickHouse back: the buffer ships, makes room, and 200s return.
+    // ClickHouse back: the buffer ships, makes room, and 200s return. Its
+    // file write-locked by someone else meanwhile: the shipper's delete is
+    // refused and retried, never the end of shipping.
+    let lock = rusqlite::Connection::open(dir.path().join("buffer.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     server.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve.log().contains("buffer delete failed; retrying") {
+        assert!(
+            Instant::now() < deadline,
+            "the shipper's delete never met the lock:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
     let phones = Phones::start(&serve.url, 1_700_200_000);
     phones.wait_for(100, &serve);
     let (more, _) = phones.stop();

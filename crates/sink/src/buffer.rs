@@ -16,6 +16,8 @@
 //!   content), and only then deletes them from the buffer. A crash between
 //!   the insert and the delete ships them again; the tables are
 //!   ReplacingMergeTree on natural keys, so `FINAL` shows each once. A
+//!   read or delete SQLite refuses (the file locked by someone else) is
+//!   retried with backoff like the insert, never the end of shipping. A
 //!   restart resumes from the oldest row still there.
 //! - **Bounded.** Past `buffer.max_bytes` of buffered records the backend
 //!   stops taking batches until the shipper makes room: the bus fills and
@@ -426,6 +428,7 @@ impl Shipper {
         };
         let max_rows = self.clickhouse.max_rows;
         let period = Duration::from_millis(self.clickhouse.period_ms);
+        let retry_initial_ms = self.clickhouse.retry_initial_ms;
         loop {
             // A batch fills for up to `period` unless there is a full one.
             let deadline = tokio::time::Instant::now() + period;
@@ -437,12 +440,23 @@ impl Shipper {
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            // A read or delete SQLite refuses (a lock held too long by
+            // someone else, an I/O error) is retried, never the end of
+            // shipping: what is buffered stays until it is in ClickHouse.
             let shared = self.shared.clone();
-            let oldest = tokio::task::spawn_blocking(move || {
-                Shared::lock(&shared.shipping).oldest(max_rows)
-            })
+            let oldest = match commit_until_done(
+                &mut (),
+                retry_initial_ms,
+                &shutdown,
+                "buffer read",
+                move |()| Shared::lock(&shared.shipping).oldest(max_rows),
+            )
             .await
-            .map_err(|e| SinkError::Thread(e.to_string()))??;
+            {
+                Ok(oldest) => oldest,
+                Err(Unwritten::Stopped) => return Ok(()),
+                Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
+            };
             let Some(last) = oldest.last().map(|r| r.0) else {
                 continue;
             };
@@ -458,16 +472,29 @@ impl Shipper {
                 Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
             }
             let shared = self.shared.clone();
-            let oldest_left = tokio::task::spawn_blocking(move || {
-                // On the appender's connection, a chunk per turn of its
-                // lock: with two writers, a sink committing back to back
-                // left the shipper's own connection no gap before its
-                // 200 ms busy timeout, and the refused delete stopped serve.
-                while !Shared::lock(&shared.appender).remove_some(last)? {}
-                Shared::lock(&shared.shipping).oldest_appended()
-            })
+            let oldest_left = match commit_until_done(
+                &mut (),
+                retry_initial_ms,
+                &shutdown,
+                "buffer delete",
+                move |()| {
+                    // On the appender's connection, a chunk per turn of its
+                    // lock: with two writers, a sink committing back to back
+                    // left the shipper's own connection no gap before its
+                    // 200 ms busy timeout, and the refused delete stopped
+                    // serve. A retry after a failure deletes what is left.
+                    while !Shared::lock(&shared.appender).remove_some(last)? {}
+                    Shared::lock(&shared.shipping).oldest_appended()
+                },
+            )
             .await
-            .map_err(|e| SinkError::Thread(e.to_string()))??;
+            {
+                Ok(left) => left,
+                // Shipped but not deleted: shipped again at the next start,
+                // one row after ClickHouse's merges.
+                Err(Unwritten::Stopped) => return Ok(()),
+                Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
+            };
             let level = &self.shared.level;
             level.bytes.fetch_sub(bytes, Ordering::AcqRel);
             level.rows.fetch_sub(rows, Ordering::AcqRel);

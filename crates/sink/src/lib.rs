@@ -193,22 +193,23 @@ pub trait Backend: Send + 'static {
     ) -> impl std::future::Future<Output = Result<Vec<StateSnapshot>, SinkError>> + Send;
 }
 
-/// Runs `commit` on the records of `batch` on the blocking pool until it
-/// succeeds, retrying with backoff from `retry_initial_ms` (logged as
-/// `what`) until `shutdown`; `batch` is given back as it came. The one
-/// retry loop of the SQLite-backed writers (the store, the ClickHouse
-/// buffer).
-pub(crate) async fn commit_until_done<T: Send + 'static>(
-    batch: &mut Vec<Message<Record>>,
+/// Runs `commit` on `carried` (a batch of records, or nothing) on the
+/// blocking pool until it succeeds, retrying with backoff from
+/// `retry_initial_ms` (logged as `what`) until `shutdown`; `carried` is
+/// given back as it came. The one retry loop of the SQLite-backed writers
+/// and readers (the store, the outbox, the ClickHouse buffer and its
+/// shipper).
+pub(crate) async fn commit_until_done<S: Default + Send + 'static, T: Send + 'static>(
+    carried: &mut S,
     retry_initial_ms: u64,
     shutdown: &CancellationToken,
     what: &'static str,
-    commit: impl Fn(&[Message<Record>]) -> Result<T, StoreError> + Clone + Send + 'static,
+    commit: impl Fn(&S) -> Result<T, StoreError> + Clone + Send + 'static,
 ) -> Result<T, Unwritten> {
     let mut delays =
         otstream_model::retry::backoff(Duration::from_millis(retry_initial_ms), MAX_RETRY);
     loop {
-        let values = std::mem::take(batch);
+        let values = std::mem::take(carried);
         let attempt = commit.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let result = attempt(&values);
@@ -217,7 +218,7 @@ pub(crate) async fn commit_until_done<T: Send + 'static>(
         .await;
         let result = match joined {
             Ok((values, result)) => {
-                *batch = values;
+                *carried = values;
                 result
             }
             // The batch (and its acks) went down with the thread.
@@ -227,7 +228,7 @@ pub(crate) async fn commit_until_done<T: Send + 'static>(
             Ok(t) => return Ok(t),
             Err(e) => {
                 let delay = delays.next().unwrap_or(MAX_RETRY);
-                tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
                 metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
                 tokio::select! {
                     () = shutdown.cancelled() => return Err(Unwritten::Stopped),
