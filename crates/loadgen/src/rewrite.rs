@@ -4,9 +4,10 @@
 //! can be multiplied into N devices (copy k of `jane/phone` is
 //! `jane/phone-k`) so one recording simulates a fleet, and its `tst` values
 //! can be shifted so the messages look current. Even then only the values
-//! rewritten change: the rest of the payload goes out byte for byte. Over HTTP a message carries
-//! its identity in the `X-Limit-U`/`X-Limit-D` headers, over MQTT in its
-//! topic; a message recorded on one transport can be replayed on the other.
+//! rewritten change: the rest of the payload goes out byte for byte. Over
+//! HTTP a message carries its identity in the `X-Limit-U`/`X-Limit-D`
+//! headers, over MQTT in its topic; a message recorded on one transport
+//! can be replayed on the other.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 

@@ -454,8 +454,7 @@ impl Shipper {
             .await
             {
                 Ok(oldest) => oldest,
-                Err(Unwritten::Stopped) => return Ok(()),
-                Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
+                Err(e) => return e.end(),
             };
             let Some(last) = oldest.last().map(|r| r.0) else {
                 continue;
@@ -466,10 +465,8 @@ impl Shipper {
                 .into_iter()
                 .map(|(_, _, r)| Message::new(r.key(), r, Ack::none()))
                 .collect();
-            match backend.write(&mut batch, &shutdown).await {
-                Ok(_) => {}
-                Err(Unwritten::Stopped) => return Ok(()),
-                Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
+            if let Err(e) = backend.write(&mut batch, &shutdown).await {
+                return e.end();
             }
             let shared = self.shared.clone();
             let oldest_left = match commit_until_done(
@@ -492,8 +489,7 @@ impl Shipper {
                 Ok(left) => left,
                 // Shipped but not deleted: shipped again at the next start,
                 // one row after ClickHouse's merges.
-                Err(Unwritten::Stopped) => return Ok(()),
-                Err(Unwritten::Thread(e)) => return Err(SinkError::Thread(e)),
+                Err(e) => return e.end(),
             };
             let level = &self.shared.level;
             level.bytes.fetch_sub(bytes, Ordering::AcqRel);

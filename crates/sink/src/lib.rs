@@ -168,6 +168,17 @@ pub enum Unwritten {
     Thread(String),
 }
 
+impl Unwritten {
+    /// How a stage that met it ends: cleanly when stopped, with the
+    /// thread's failure otherwise.
+    pub(crate) fn end(self) -> Result<(), SinkError> {
+        match self {
+            Unwritten::Stopped => Ok(()),
+            Unwritten::Thread(why) => Err(SinkError::Thread(why)),
+        }
+    }
+}
+
 /// Where the sink stage writes: the embedded store ([`SqliteBackend`]) or
 /// ClickHouse ([`clickhouse::ClickHouseBackend`]).
 pub trait Backend: Send + 'static {
@@ -351,10 +362,8 @@ pub async fn run<B: Backend>(
                 move |values| ob.append(values, otstream_model::raw::now_ms()),
             )
             .await;
-            match appended {
-                Ok(_) => {}
-                Err(Unwritten::Stopped) => return Ok(()),
-                Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
+            if let Err(e) = appended {
+                return e.end();
             }
         }
         let written = {
@@ -380,8 +389,7 @@ pub async fn run<B: Backend>(
         };
         let refused = match written {
             Ok(refused) => refused,
-            Err(Unwritten::Stopped) => return Ok(()),
-            Err(Unwritten::Thread(why)) => return Err(SinkError::Thread(why)),
+            Err(e) => return e.end(),
         };
         let refused: std::collections::HashSet<usize> = refused.into_iter().collect();
         announce(
