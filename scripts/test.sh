@@ -3,7 +3,8 @@
 # against real services. CI runs exactly this (through .ci/run). It installs
 # what is missing (Debian's clickhouse-server, mosquitto, chromium (the map
 # page's tests drive it headless) and docker-compose
-# (only to validate docker-compose.yml: no engine runs here), PyPI's chdb,
+# (only to validate docker-compose.yml: no engine runs here), sqlite3 (the
+# README's examples use its shell), PyPI's chdb,
 # crates.io's Tansu: about 15 minutes to build the first time), starts a
 # private ClickHouse, Mosquitto and Tansu on free loopback ports,
 # and stops them at the end. Tests that need
@@ -29,6 +30,7 @@ command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -58,8 +60,13 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "ClickHouse DDL for a current release, and the dashboard's queries, in chDB"
-cargo run -q --locked -p otstream-cli -- migrate --print-ddl --server-version 26.9 --database otstream \
+# A bare `cargo run`, as the README's main command: it must pick the
+# otstream binary (the workspace's default-members), or this step fails.
+cargo run -q --locked -- migrate --print-ddl --server-version 26.9 --database otstream \
   | python3 scripts/chdb_check.py deploy/grafana/dashboards/otstream.json
+
+step "the README's examples, as written (scripts/readme_check.py)"
+python3 scripts/readme_check.py "${CARGO_TARGET_DIR:-target}/debug/otstream"
 
 step "deployment: docker-compose.yml, Prometheus, Grafana, Kubernetes"
 python3 scripts/deploy_check.py "${CARGO_TARGET_DIR:-target}/debug/otstream"
