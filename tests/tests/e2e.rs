@@ -11,6 +11,8 @@ mod clickhouse;
 mod decode_cli;
 // Events out (webhooks, MQTT) and the position filters.
 mod events;
+// The attacker's tests: device text in pages, bounds at every door, access.
+mod hostile;
 // `otstream import`: Recorder trees, GPX, GeoJSON, Takeout; re-imports; flat memory.
 mod import;
 // Server-side geofences, trips and stops: store, ClickHouse, reloads, restarts.

@@ -2,6 +2,9 @@
 // the live feed, the server's fences and the devices' own regions; a click
 // shows the device's track and trips of the day.
 // Plain JavaScript over Leaflet; everything it loads comes from this server.
+// Everything a device sends (names, ids, descriptions) is data: it reaches
+// the page only as text (textContent, or a text element handed to Leaflet,
+// which would write a string as HTML). Nothing here assigns innerHTML.
 (function () {
   'use strict';
 
@@ -36,6 +39,20 @@
 
   function label(d) { return d.name || d.tid || keyOf(d); }
 
+  // A text-only element for Leaflet's tooltips (a string is HTML to them).
+  function textEl(text) {
+    var span = document.createElement('span');
+    span.textContent = text;
+    return span;
+  }
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text) { e.textContent = text; }
+    return e;
+  }
+
   function query(params) {
     return Object.keys(params).map(function (k) {
       return encodeURIComponent(k) + '=' + encodeURIComponent(params[k]);
@@ -63,7 +80,7 @@
     li.querySelector('.age').textContent = ago(fixAge);
     li.querySelector('.where').textContent = d.inregions && d.inregions.length ? ' · in ' + d.inregions.join(', ') : '';
     entry.marker.setLatLng([d.lat, d.lon]);
-    entry.marker.setTooltipContent(label(d) + ' · ' + ago(fixAge));
+    entry.marker.setTooltipContent(textEl(label(d) + ' · ' + ago(fixAge)));
   }
 
   function upsert(d) {
@@ -71,15 +88,15 @@
     var entry = devices.get(key);
     if (entry && entry.data.tst > d.tst) { return entry; }
     if (!entry) {
-      var li = document.createElement('li');
-      li.innerHTML = '<span class="dot"></span><span class="name"></span><span class="batt"></span>' +
-        '<span class="meta"><span class="key"></span> · <span class="age"></span><span class="where"></span></span>';
+      var li = el('li');
+      var meta = el('span', 'meta');
+      meta.append(el('span', 'key', key), ' · ', el('span', 'age'), el('span', 'where'));
+      li.append(el('span', 'dot'), el('span', 'name'), el('span', 'batt'), meta);
       li.querySelector('.dot').style.background = colorOf(key);
-      li.querySelector('.key').textContent = key;
       li.addEventListener('click', function () { select(key); });
       var marker = L.circleMarker([d.lat, d.lon], {
         radius: 8, weight: 2, color: '#fff', fillColor: colorOf(key), fillOpacity: 0.95
-      }).bindTooltip('', { direction: 'top' }).addTo(map);
+      }).bindTooltip(textEl(''), { direction: 'top' }).addTo(map);
       marker.on('click', function () { select(key); });
       entry = { data: {}, li: li, marker: marker };
       devices.set(key, entry);
@@ -166,7 +183,7 @@
       },
       onEachFeature: function (feature, layer) {
         var text = name(feature.properties || {}, feature);
-        if (text) { layer.bindTooltip(text); }
+        if (text) { layer.bindTooltip(textEl(text)); }
       }
     });
     layer.addTo(fenceLayer);
@@ -210,7 +227,7 @@
       var t = JSON.parse(ev.data);
       var entry = devices.get(keyOf(t));
       if (entry) {
-        entry.marker.setTooltipContent(label(entry.data) + ' · ' + t.event + ' ' + (t.desc || t.rid || ''));
+        entry.marker.setTooltipContent(textEl(label(entry.data) + ' · ' + t.event + ' ' + (t.desc || t.rid || '')));
         entry.marker.openTooltip();
       }
     });

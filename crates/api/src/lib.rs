@@ -95,6 +95,13 @@ fn default_tile_attribution() -> String {
     "&copy; OpenStreetMap contributors".to_owned()
 }
 
+impl ApiConfig {
+    /// Checks the tile URL (it becomes part of the page's policy).
+    pub fn validate(&self) -> Result<(), otstream_model::ConfigError> {
+        page::tile_source(&self.tile_url).map(|_| ())
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -121,6 +128,8 @@ struct Inner {
     live: Option<broadcast::Sender<Record>>,
     fences: Option<PathBuf>,
     shutdown: CancellationToken,
+    /// The page's Content-Security-Policy, from the tile URL.
+    page_policy: HeaderValue,
 }
 
 /// The read API: cheap to clone, one per process.
@@ -141,6 +150,7 @@ impl Api {
         shutdown: CancellationToken,
     ) -> Self {
         Self(Arc::new(Inner {
+            page_policy: page::page_policy(&config),
             config,
             reader,
             access,
@@ -159,10 +169,12 @@ impl Api {
         let started = Instant::now();
         let path = req.uri().path().to_owned();
         let endpoint = endpoint_label(&path);
-        let response = match self.route(req, remote, &path).await {
+        let mut response = match self.route(req, remote, &path).await {
             Ok(r) => r,
             Err(e) => e.response(),
         };
+        let page = page::is_page(&path, response.status()).then_some(&self.0.page_policy);
+        page::secure(response.headers_mut(), page);
         metrics::counter!("otstream_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_str().to_owned()).increment(1);
         metrics::histogram!("otstream_api_request_duration_seconds", "endpoint" => endpoint)
             .record(started.elapsed().as_secs_f64());

@@ -248,6 +248,7 @@ impl ServeConfig {
         self.geocode.validate()?;
         self.events.validate()?;
         self.retention.validate()?;
+        self.api.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;
         }
