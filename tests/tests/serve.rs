@@ -197,7 +197,7 @@ fn statuses_and_bodies_for_every_case() {
         (a.status, body_json(&a)),
         (
             401,
-            json!({"error": {"kind": "unauthorized", "field": null, "message": "valid HTTP Basic credentials are required"}})
+            json!({"error": {"kind": "unauthorized", "field": null, "message": "valid HTTP Basic credentials (or a token) are required"}})
         )
     );
     let a = post(

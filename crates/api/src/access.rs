@@ -1,114 +1,92 @@
-//! Who may read what.
+//! Who reads what, applied to the read API: the facts of a request for
+//! [`otstream_auth::Authenticator::reader`], and what its [`Grant`] allows
+//! of each endpoint.
 //!
-//! With authentication on (an htpasswd file), every read needs valid
-//! Basic credentials (401 otherwise); a user reads their own devices and
-//! every device of a friends group that one of their devices is in; the
-//! users in `http.admins` read everything. With authentication off, reads
-//! are answered to loopback clients only, unless `api.public` is set:
-//! `serve` listens on every interface for the phones, and a fresh install
-//! must not show everyone's locations to the network.
+//! - A user, token or loopback client with history reads every endpoint,
+//!   for the devices its grant names.
+//! - A token of last positions only reads `/api/v1/devices`, the live
+//!   feed and Recorder's `/api/0/last`.
+//! - A share link reads `/api/v1/devices` and the live feed, and, when it
+//!   shares a track, `/api/v1/positions`, `/trips` and `/stops` from the
+//!   time it was made; nothing else.
+//! - The operator's fences are shown only where they apply: a fence
+//!   scoped to a user or device (its `user`, `device` properties) to those
+//!   who may read that device; a fence for everyone to everyone but share
+//!   links.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use otstream_ingress::auth::{AuthFailure, Htpasswd, authenticate};
-use otstream_ingress::config::FriendsConfig;
-use otstream_query::Visible;
+use hyper::Request;
+use hyper::header::{self, HeaderMap};
+use otstream_auth::{Facts, Grant, Refusal};
+use otstream_model::Visible;
+use serde_json::Value;
 
-/// Why a read is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// No or wrong credentials: 401.
-    Unauthorized,
-    /// Not for this client: 403, with the reason.
-    Forbidden(&'static str),
-    /// Too many failed logins just now from this address or for this
-    /// user: 429.
-    TooManyAttempts,
+use crate::Params;
+
+/// The facts of `req` from `remote`; the token may be the `access_token`
+/// parameter (an `EventSource` cannot set a header).
+pub fn facts<'a, B>(req: &'a Request<B>, remote: SocketAddr, params: &'a Params) -> Facts<'a> {
+    let headers = req.headers();
+    Facts {
+        remote,
+        authorization: text(headers, header::AUTHORIZATION.as_str()),
+        query_token: params.get("access_token"),
+        host: text(headers, header::HOST.as_str()),
+        forwarded: ["forwarded", "x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|h| headers.contains_key(*h)),
+    }
 }
 
-/// The access rules.
-pub struct Access {
-    auth: Option<Arc<Htpasswd>>,
-    admins: Vec<String>,
-    /// Each group's members as `(user, device)`.
-    groups: Vec<Vec<(String, String)>>,
-    public: bool,
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-impl Access {
-    /// Rules from the htpasswd file (if any), the admins, the friends
-    /// groups and `api.public`.
-    pub fn new(
-        auth: Option<Arc<Htpasswd>>,
-        admins: Vec<String>,
-        friends: &FriendsConfig,
-        public: bool,
-    ) -> Self {
-        let groups = friends
-            .groups
-            .values()
-            .map(|members| {
-                members
-                    .iter()
-                    .filter_map(|m| m.split_once('/'))
-                    .map(|(u, d)| (u.to_owned(), d.to_owned()))
-                    .collect()
-            })
-            .collect();
-        Self {
-            auth,
-            admins,
-            groups,
-            public,
-        }
+/// Whether `grant` may call `path` at all.
+pub fn admits(grant: &Grant, path: &str) -> Result<(), Refusal> {
+    let history = grant.history_since.is_some();
+    let shared = match path {
+        "/" | "/map" | "/api/v1/devices" | "/api/v1/live" => true,
+        "/api/v1/positions" | "/api/v1/trips" | "/api/v1/stops" => history,
+        _ => false,
+    };
+    if grant.share && !shared {
+        return Err(Refusal::Forbidden(
+            "a share link reads its devices' last positions (and, when it shares a track, their positions, trips and stops) and nothing else",
+        ));
     }
-
-    /// What `user` may read.
-    pub fn visible_to(&self, user: &str) -> Visible {
-        if self.admins.iter().any(|a| a == user) {
-            return Visible::All;
-        }
-        let mut devices = Vec::new();
-        for g in &self.groups {
-            if g.iter().any(|(u, _)| u == user) {
-                for (u, d) in g {
-                    if u != user && !devices.iter().any(|(x, y)| x == u && y == d) {
-                        devices.push((u.clone(), d.clone()));
-                    }
-                }
-            }
-        }
-        Visible::Some {
-            users: vec![user.to_owned()],
-            devices,
-        }
+    let last_only = matches!(
+        path,
+        "/" | "/map" | "/api/v1/devices" | "/api/v1/live" | "/api/v1/fences" | "/api/0/last"
+    );
+    if !history && !last_only {
+        return Err(Refusal::Forbidden("this token reads last positions only"));
     }
+    Ok(())
+}
 
-    /// What the client at `remote` with this `Authorization` header may
-    /// read. bcrypt runs on the blocking pool the first time a header is
-    /// seen; later requests with it are a lookup.
-    pub async fn check(
-        &self,
-        remote: SocketAddr,
-        authorization: Option<&str>,
-    ) -> Result<Visible, Refusal> {
-        let Some(auth) = &self.auth else {
-            if self.public || remote.ip().is_loopback() {
-                return Ok(Visible::All);
-            }
-            return Err(Refusal::Forbidden(
-                "reads are answered to loopback clients only while authentication is off; set api.public = true (or http.htpasswd) to serve them to the network",
-            ));
+/// The fences of the operator's file that `visible` may see: those for
+/// everyone, and those scoped (`user`, `device` properties) to a device it
+/// may read. `None` when the file is not a FeatureCollection.
+pub fn fences_for(file: &[u8], visible: &Visible) -> Option<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(file).ok()?;
+    let features = doc.get_mut("features")?.as_array_mut()?;
+    features.retain(|f| {
+        let prop = |k: &str| {
+            f.get("properties")
+                .and_then(|p| p.get(k))
+                .and_then(Value::as_str)
         };
-        let user = authenticate(auth, authorization, remote.ip())
-            .await
-            .map_err(|e| match e {
-                AuthFailure::Invalid => Refusal::Unauthorized,
-                AuthFailure::Limited => Refusal::TooManyAttempts,
-            })?;
-        Ok(self.visible_to(&user))
-    }
+        match (prop("user"), prop("device")) {
+            (None, None) => true,
+            (Some(u), Some(d)) => visible.allows(u, d),
+            (Some(u), None) => visible.allows_user(u),
+            // A fence for a device name of any user.
+            (None, Some(_)) => *visible == Visible::All,
+        }
+    });
+    serde_json::to_vec(&doc).ok()
 }
 
 #[cfg(test)]
@@ -116,54 +94,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_and_admins() {
-        let friends = FriendsConfig {
-            enabled: false,
-            groups: [
-                (
-                    "family".to_owned(),
-                    vec!["jane/phone".to_owned(), "bob/phone".to_owned()],
-                ),
-                (
-                    "work".to_owned(),
-                    vec!["bob/car".to_owned(), "eve/van".to_owned()],
-                ),
-            ]
-            .into(),
+    fn share_links_and_last_only_tokens_reach_only_their_endpoints() {
+        let full = Grant::all("jane");
+        let share = Grant {
+            share: true,
+            history_since: None,
+            ..Grant::all("share:k")
         };
-        let a = Access::new(None, vec!["root".into()], &friends, false);
-        assert_eq!(a.visible_to("root"), Visible::All);
-        assert_eq!(
-            a.visible_to("jane"),
-            Visible::Some {
-                users: vec!["jane".into()],
-                devices: vec![("bob".into(), "phone".into())]
-            }
-        );
-        let bob = a.visible_to("bob");
+        let track = Grant {
+            history_since: Some(100),
+            ..share.clone()
+        };
+        let last = Grant {
+            history_since: None,
+            ..Grant::all("token:ha")
+        };
+        for p in [
+            "/api/v1/positions",
+            "/api/0/locations",
+            "/api/v1/fences",
+            "/api/v1/waypoints",
+        ] {
+            assert!(admits(&full, p).is_ok(), "{p}");
+        }
         assert!(
-            bob.allows("eve", "van") && bob.allows("jane", "phone") && !bob.allows("eve", "car")
+            admits(&share, "/api/v1/devices").is_ok() && admits(&share, "/api/v1/live").is_ok()
         );
+        assert!(admits(&share, "/api/v1/positions").is_err());
+        assert!(
+            admits(&track, "/api/v1/positions").is_ok() && admits(&track, "/api/v1/trips").is_ok()
+        );
+        for p in [
+            "/api/v1/fences",
+            "/api/0/last",
+            "/api/v1/summary",
+            "/api/0/list",
+        ] {
+            assert!(admits(&track, p).is_err(), "{p}");
+        }
+        assert!(admits(&last, "/api/0/last").is_ok() && admits(&last, "/api/v1/fences").is_ok());
         assert_eq!(
-            a.visible_to("mallory"),
-            Visible::Some {
-                users: vec!["mallory".into()],
-                devices: vec![]
-            }
+            admits(&last, "/api/v1/positions"),
+            Err(Refusal::Forbidden("this token reads last positions only"))
         );
     }
 
-    #[tokio::test]
-    async fn without_authentication_only_loopback_unless_public() {
-        let private = Access::new(None, vec![], &FriendsConfig::default(), false);
-        let lan: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(private.check(lo, None).await, Ok(Visible::All));
-        assert!(matches!(
-            private.check(lan, None).await,
-            Err(Refusal::Forbidden(_))
-        ));
-        let public = Access::new(None, vec![], &FriendsConfig::default(), true);
-        assert_eq!(public.check(lan, None).await, Ok(Visible::All));
+    #[test]
+    fn fences_are_shown_where_they_apply() {
+        let file = br#"{"type":"FeatureCollection","features":[
+            {"type":"Feature","properties":{"id":"all"},"geometry":null},
+            {"type":"Feature","properties":{"id":"j","user":"jane"},"geometry":null},
+            {"type":"Feature","properties":{"id":"jp","user":"jane","device":"phone"},"geometry":null},
+            {"type":"Feature","properties":{"id":"b","user":"bob"},"geometry":null},
+            {"type":"Feature","properties":{"id":"d","device":"van"},"geometry":null}]}"#;
+        let ids = |v: &Visible| -> Vec<String> {
+            let out: Value = serde_json::from_slice(&fences_for(file, v).unwrap()).unwrap();
+            out["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["properties"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(ids(&Visible::All), ["all", "j", "jp", "b", "d"]);
+        let jane_phone = Visible::Some {
+            users: vec![],
+            devices: vec![("jane".into(), "phone".into())],
+        };
+        assert_eq!(ids(&jane_phone), ["all", "j", "jp"]);
+        let bob = Visible::Some {
+            users: vec!["bob".into()],
+            devices: vec![],
+        };
+        assert_eq!(ids(&bob), ["all", "b"]);
+        assert_eq!(fences_for(b"[]", &bob), None);
     }
 }

@@ -42,6 +42,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use otstream_auth::{Authenticator, Grant, Refusal};
 use otstream_ingress::{Fallback, FallbackBody};
 use otstream_model::Record;
 use otstream_query::format::{
@@ -54,7 +55,6 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use access::Access;
 pub use params::{BadParam, Params};
 
 /// How the read API and the map are served.
@@ -124,7 +124,7 @@ const SUMMARY_SPAN_S: i64 = 7 * 86_400;
 struct Inner {
     config: ApiConfig,
     reader: Reader,
-    access: Access,
+    auth: Arc<Authenticator>,
     live: Option<broadcast::Sender<Record>>,
     fences: Option<PathBuf>,
     shutdown: CancellationToken,
@@ -137,14 +137,14 @@ struct Inner {
 pub struct Api(Arc<Inner>);
 
 impl Api {
-    /// An API reading through `reader`, checking reads with `access`,
+    /// An API reading through `reader`, checking reads with `auth`,
     /// feeding `/api/v1/live` from `live` (committed records; none: the
     /// feed answers 503) and serving the operator's `fences` file to the
     /// map. Live streams end when `shutdown` is cancelled.
     pub fn new(
         config: ApiConfig,
         reader: Reader,
-        access: Access,
+        auth: Arc<Authenticator>,
         live: Option<broadcast::Sender<Record>>,
         fences: Option<PathBuf>,
         shutdown: CancellationToken,
@@ -153,7 +153,7 @@ impl Api {
             page_policy: page::page_policy(&config),
             config,
             reader,
-            access,
+            auth,
             live,
             fences,
             shutdown,
@@ -193,6 +193,7 @@ impl Api {
         let known = matches!(
             path,
             "/" | "/map"
+                | "/share"
                 | "/api/v1/devices"
                 | "/api/v1/positions"
                 | "/api/v1/trips"
@@ -219,17 +220,21 @@ impl Api {
         if let Some(asset) = asset {
             return Ok(asset);
         }
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let visible = self
+        // The page a share link opens holds no data (its token stays in
+        // the link's fragment, read by the page's script): anyone may
+        // load it.
+        if path == "/share" {
+            return Ok(page::index(&self.0.config));
+        }
+        let mut params = Params::parse(req.uri().query().unwrap_or(""));
+        let grant = self
             .0
-            .access
-            .check(remote, authorization)
+            .auth
+            .reader(&access::facts(&req, remote, &params))
             .await
             .map_err(ApiError::Refused)?;
-        let mut params = Params::parse(req.uri().query().unwrap_or(""));
+        access::admits(&grant, path).map_err(ApiError::Refused)?;
+        let visible = grant.visible.clone();
         if recorder {
             let header = |name: &str| {
                 req.headers()
@@ -259,7 +264,7 @@ impl Api {
                 Ok(ok_json(devices_json(&devices)))
             }
             "/api/v1/positions" => {
-                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let format = match params.get("format") {
                     None => Format::Json,
                     Some(f) => Format::parse(f).ok_or_else(|| {
@@ -270,7 +275,7 @@ impl Api {
                 streamed(rows, PositionEncoder::new(format, Shape::Otstream, None)).await
             }
             "/api/v1/trips" | "/api/v1/stops" | "/api/v1/transitions" => {
-                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let encoder = FeatureEncoder::new(event_format(&params)?);
                 match path {
                     "/api/v1/trips" => streamed(self.0.reader.trips(&q).await?, encoder).await,
@@ -279,7 +284,7 @@ impl Api {
                 }
             }
             "/api/v1/summary" => {
-                let q = query(&params, visible, now, SUMMARY_SPAN_S)?;
+                let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;
                 Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))
             }
             "/api/v1/live" => {
@@ -294,9 +299,9 @@ impl Api {
                 set(&mut r, header::CACHE_CONTROL, "no-store");
                 Ok(r)
             }
-            "/api/v1/fences" => self.fences().await,
+            "/api/v1/fences" => self.fences(&visible).await,
             "/api/v1/waypoints" => {
-                let q = query(&params, visible, now, V1_SPAN_S)?;
+                let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let encoder = FeatureEncoder::new(event_format(&params)?);
                 let rows = self.0.reader.waypoints(&q).await?;
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -371,7 +376,7 @@ impl Api {
                         return Err(BadParam::new(name, "user and device are required").into());
                     }
                 }
-                let q = query(&params, visible, now, RECORDER_SPAN_S)?;
+                let q = query(&params, &grant, now, RECORDER_SPAN_S)?;
                 let format = match params.get("format") {
                     None => Format::Json,
                     Some(f @ ("json" | "csv" | "geojson" | "linestring" | "gpx")) => {
@@ -396,16 +401,23 @@ impl Api {
         }
     }
 
-    /// The operator's fences file as it is (the map draws it), or an
-    /// empty collection.
-    async fn fences(&self) -> Result<Response<FallbackBody>, ApiError> {
+    /// The fences of the operator's file that apply to what the client
+    /// may read ([`access::fences_for`]), or an empty collection.
+    async fn fences(&self, visible: &Visible) -> Result<Response<FallbackBody>, ApiError> {
         let Some(path) = self.0.fences.clone() else {
             return Ok(ok_json(
                 br#"{"type":"FeatureCollection","features":[]}"#.to_vec(),
             ));
         };
         match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(ok_json(bytes)),
+            Ok(bytes) => access::fences_for(&bytes, visible)
+                .map(ok_json)
+                .ok_or_else(|| {
+                    ApiError::Unavailable(format!(
+                        "the fences file {} is not a FeatureCollection",
+                        path.display()
+                    ))
+                }),
             Err(e) => Err(ApiError::Unavailable(format!(
                 "cannot read the fences file {}: {e}",
                 path.display()
@@ -417,7 +429,7 @@ impl Api {
 impl Fallback for Api {
     fn serves(&self, method: &Method, path: &str) -> bool {
         (*method == Method::GET || *method == Method::HEAD)
-            && (matches!(path, "/" | "/map")
+            && (matches!(path, "/" | "/map" | "/share")
                 || path.starts_with("/api/")
                 || path.starts_with("/assets/"))
     }
@@ -483,7 +495,7 @@ enum ApiError {
     #[error(transparent)]
     BadParam(#[from] BadParam),
     #[error("refused")]
-    Refused(access::Refusal),
+    Refused(Refusal),
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed")]
@@ -503,20 +515,11 @@ impl ApiError {
                 Some(b.field),
                 b.message.clone(),
             ),
-            ApiError::Refused(access::Refusal::Unauthorized) => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+            ApiError::Refused(r) => (
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN),
+                r.kind(),
                 None,
-                "valid HTTP Basic credentials are required".into(),
-            ),
-            ApiError::Refused(access::Refusal::Forbidden(why)) => {
-                (StatusCode::FORBIDDEN, "forbidden", None, (*why).to_owned())
-            }
-            ApiError::Refused(access::Refusal::TooManyAttempts) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                None,
-                "too many failed logins from this address or for this user; retry in a second".into(),
+                r.message().to_owned(),
             ),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
@@ -546,13 +549,13 @@ impl ApiError {
         *r.status_mut() = status;
         set(&mut r, header::CONTENT_TYPE, "application/json");
         match self {
-            ApiError::Refused(access::Refusal::Unauthorized) => {
+            ApiError::Refused(Refusal::Unauthorized(_)) => {
                 set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"otstream\"");
             }
             ApiError::MethodNotAllowed => set(&mut r, header::ALLOW, "GET, HEAD"),
             ApiError::Unavailable(_)
             | ApiError::Query(_)
-            | ApiError::Refused(access::Refusal::TooManyAttempts) => {
+            | ApiError::Refused(Refusal::Limited | Refusal::Busy) => {
                 set(&mut r, header::RETRY_AFTER, "1");
             }
             _ => {}
@@ -613,24 +616,26 @@ fn scope<'a>(
     let device = params.get("device");
     match (user, device) {
         (None, Some(_)) => Err(BadParam::new("user", "device is given without its user").into()),
-        (Some(u), Some(d)) if !visible.allows(u, d) => Err(ApiError::Refused(
-            access::Refusal::Forbidden("that device is not yours to read"),
-        )),
-        (Some(u), None) if !visible.allows_user(u) => Err(ApiError::Refused(
-            access::Refusal::Forbidden("that user's devices are not yours to read"),
-        )),
+        (Some(u), Some(d)) if !visible.allows(u, d) => Err(ApiError::Refused(Refusal::Forbidden(
+            "that device is not yours to read",
+        ))),
+        (Some(u), None) if !visible.allows_user(u) => Err(ApiError::Refused(Refusal::Forbidden(
+            "that user's devices are not yours to read",
+        ))),
         _ => Ok((user, device)),
     }
 }
 
-/// The read a request asks for.
-fn query(params: &Params, visible: Visible, now: i64, span_s: i64) -> Result<Query, ApiError> {
+/// The read a request asks for, within what `grant` may read: its
+/// devices, and no history before it may see it.
+fn query(params: &Params, grant: &Grant, now: i64, span_s: i64) -> Result<Query, ApiError> {
+    let visible = grant.visible.clone();
     let (user, device) = scope(params, &visible)?;
     let (from, to) = params.window(now, span_s)?;
     Ok(Query {
         user: user.map(str::to_owned),
         device: device.map(str::to_owned),
-        from,
+        from: from.max(grant.history_since.unwrap_or(i64::MAX)),
         to,
         limit: params.count("limit")?,
         visible,
@@ -670,7 +675,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/api/0/locations" => "recorder_locations",
         "/api/0/list" => "recorder_list",
         "/api/0/version" => "recorder_version",
-        "/" | "/map" => "page",
+        "/" | "/map" | "/share" => "page",
         p if p.starts_with("/assets/") => "assets",
         _ => "other",
     }

@@ -145,7 +145,7 @@ pub fn index(config: &ApiConfig) -> Response<FallbackBody> {
 
 /// Whether an answer to `path` is the page (and takes the page's policy).
 pub fn is_page(path: &str, status: StatusCode) -> bool {
-    status.is_success() && matches!(path, "/" | "/map")
+    status.is_success() && matches!(path, "/" | "/map" | "/share")
 }
 
 #[cfg(test)]

@@ -4,6 +4,13 @@
 
 use otstream_query::format::days_from_civil;
 
+/// The earliest time a read may name: the UNIX epoch (ClickHouse's
+/// `DateTime` starts there).
+pub const MIN_TIME: i64 = 0;
+/// The latest: the end of ClickHouse's `DateTime` (an unsigned 32-bit
+/// count of seconds), which would wrap past it.
+pub const MAX_TIME: i64 = u32::MAX as i64;
+
 /// A parameter that cannot be used: answered 400 with the JSON error
 /// object naming it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +70,10 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
-    /// A time parameter, or `default`.
+    /// A time parameter, or `default`; within [`MIN_TIME`, `MAX_TIME`].
     pub fn time(&self, name: &'static str, default: i64) -> Result<i64, BadParam> {
-        match self.get(name) {
-            None => Ok(default),
+        let t = match self.get(name) {
+            None => return Ok(default.clamp(MIN_TIME, MAX_TIME)),
             Some(v) => parse_time(v).ok_or_else(|| {
                 BadParam::new(
                     name,
@@ -74,8 +81,17 @@ impl Params {
                         "{v:?} is not a time: give UNIX seconds or ISO-8601 (2024-05-01, 2024-05-01T08:30:00Z, 2024-05-01T10:30+02:00)"
                     ),
                 )
-            }),
+            })?,
+        };
+        if !(MIN_TIME..=MAX_TIME).contains(&t) {
+            return Err(BadParam::new(
+                name,
+                format!(
+                    "{t} is outside the times stored: from 1970-01-01T00:00:00Z (0) to 2106-02-07T06:28:15Z ({MAX_TIME})"
+                ),
+            ));
         }
+        Ok(t)
     }
 
     /// A positive integer parameter, if given.

@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use otstream_api::{Access, Api};
+use otstream_api::Api;
+use otstream_auth::{Authenticator, Htpasswd};
 use otstream_ingress::Fallback;
-use otstream_ingress::auth::Htpasswd;
 use otstream_ingress::friends::{Fix, Friends, Stored};
 use otstream_query::Reader;
 use otstream_query::clickhouse::ClickHouseReader;
@@ -25,7 +25,7 @@ use crate::supervisor::Supervisor;
 /// in this process; `None` when `api.enabled` is off.
 pub(crate) fn build(
     config: &ServeConfig,
-    auth: Option<Arc<Htpasswd>>,
+    auth: Arc<Authenticator>,
     live: Option<Committed>,
     shutdown: CancellationToken,
 ) -> Result<Option<Api>> {
@@ -33,21 +33,15 @@ pub(crate) fn build(
         return Ok(None);
     }
     let reader = reader(config);
-    if auth.is_none() && !config.api.public {
+    if !auth.required() && !config.api.public {
         tracing::info!(
             "read API and map answer loopback clients only (no htpasswd, api.public = false)"
         );
     }
-    let access = Access::new(
-        auth,
-        config.http.admins.clone(),
-        &config.http.friends,
-        config.api.public,
-    );
     Ok(Some(Api::new(
         config.api.clone(),
         reader,
-        access,
+        auth,
         live,
         config.geofence.fences.clone(),
         shutdown,
@@ -68,8 +62,13 @@ pub(crate) fn reader(config: &ServeConfig) -> Reader {
 /// 5 s until `stop`, every group member's last fix and card name, so that
 /// it survives a restart and shows fixes other processes stored (Kafka
 /// mode, several ingress replicas, MQTT).
-pub(crate) async fn friends(config: &ServeConfig, stop: CancellationToken) -> Option<Arc<Friends>> {
-    let friends = Arc::new(Friends::new(&config.http.friends)?);
+pub(crate) async fn friends(
+    config: &ServeConfig,
+    auth: &Authenticator,
+    stop: CancellationToken,
+) -> Option<Arc<Friends>> {
+    let groups = auth.policy().device_groups();
+    let friends = Arc::new(Friends::new(&config.http.friends, &groups)?);
     let reader = reader(config);
     feed_friends(&friends, &reader).await;
     let fed = friends.clone();
@@ -125,18 +124,24 @@ pub(crate) struct Started {
     pub(crate) fallback: Option<Arc<dyn Fallback>>,
     /// The API's own listener, to run as a stage.
     pub(crate) task: Option<Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
-    /// `http.htpasswd`, read once: the ingress checks the same credentials.
-    pub(crate) auth: Option<Arc<Htpasswd>>,
+    /// The access rules, built once: the ingress checks the same ones.
+    pub(crate) auth: Arc<Authenticator>,
 }
 
-/// The credentials of `http.htpasswd`, when set.
-pub(crate) fn credentials(config: &ServeConfig) -> Result<Option<Arc<Htpasswd>>> {
-    match &config.http.htpasswd {
-        Some(path) => Ok(Some(Arc::new(Htpasswd::from_file(path).with_context(
-            || format!("cannot read http.htpasswd {}", path.display()),
-        )?))),
-        None => Ok(None),
-    }
+/// The access rules: the users of `http.htpasswd` (when set), `[access]`,
+/// `api.public`.
+pub(crate) fn authenticator(config: &ServeConfig) -> Result<Arc<Authenticator>> {
+    let users = match &config.http.htpasswd {
+        Some(path) => Some(
+            Htpasswd::from_file(path)
+                .with_context(|| format!("cannot read http.htpasswd {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Arc::new(
+        Authenticator::new(&config.access(), users, config.api.public)
+            .context("invalid access rules")?,
+    ))
 }
 
 /// Builds the API ([`build`]) and starts it where the configuration says.
@@ -145,7 +150,7 @@ pub(crate) async fn start(
     live: Option<Committed>,
     shutdown: CancellationToken,
 ) -> Result<Started> {
-    let auth = credentials(config)?;
+    let auth = authenticator(config)?;
     let Some(api) = build(config, auth.clone(), live, shutdown.clone())? else {
         return Ok(Started {
             fallback: None,

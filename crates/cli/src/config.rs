@@ -85,6 +85,9 @@ pub struct ServeConfig {
     /// The read API, the live feed and the map page.
     #[serde(default)]
     pub api: otstream_api::ApiConfig,
+    /// Who reads what: device groups, roles, tokens, loopback trust.
+    #[serde(default)]
+    pub access: otstream_auth::AccessConfig,
     /// Longest a graceful shutdown may take before stages are stopped hard,
     /// ms. Covers the in-flight requests' wait for their acks (10 s at most
     /// by default) plus the final commit.
@@ -231,6 +234,26 @@ impl ServeConfig {
         layers.merge(env).extract().context("invalid configuration")
     }
 
+    /// `[access]` with what the older keys say folded in:
+    /// `http.friends.groups` are access groups, `http.admins` admins.
+    pub fn access(&self) -> otstream_auth::AccessConfig {
+        let mut access = self.access.clone();
+        for (name, members) in &self.http.friends.groups {
+            let group = access.groups.entry(name.clone()).or_default();
+            for m in members {
+                if !group.contains(m) {
+                    group.push(m.clone());
+                }
+            }
+        }
+        for a in &self.http.admins {
+            if !access.admins.contains(a) {
+                access.admins.push(a.clone());
+            }
+        }
+        access
+    }
+
     /// The Kafka section, which must be there (with brokers) to use Kafka.
     pub fn kafka(&self) -> Result<&KafkaConfig> {
         self.kafka.as_ref().context(
@@ -249,6 +272,12 @@ impl ServeConfig {
         self.events.validate()?;
         self.retention.validate()?;
         self.api.validate()?;
+        self.access().validate()?;
+        if !self.http.friends.groups.is_empty() || !self.http.admins.is_empty() {
+            tracing::warn!(
+                "http.friends.groups and http.admins are read as access.groups and access.admins; move them there"
+            );
+        }
         if let Some(m) = &self.mqtt {
             m.validate()?;
         }

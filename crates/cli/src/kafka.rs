@@ -193,8 +193,8 @@ async fn ingress(
         // The payload as received goes to `raw`, see otstream_ingress::intake.
         otstream_ingress::Raw(tx.clone().with_send_timeout(send_timeout)),
         api.fallback,
-        api.auth,
-        crate::api::friends(config, front.clone()).await,
+        api.auth.clone(),
+        crate::api::friends(config, &api.auth, front.clone()).await,
         front.clone(),
     );
     if let Some(m) = config.mqtt.clone() {

@@ -229,8 +229,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
                 config.decode.topic_prefix.clone(),
             ),
             api.fallback,
-            api.auth,
-            crate::api::friends(&config, front.clone()).await,
+            api.auth.clone(),
+            crate::api::friends(&config, &api.auth, front.clone()).await,
             front.clone(),
         ),
     );

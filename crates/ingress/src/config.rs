@@ -48,11 +48,9 @@ pub struct HttpConfig {
     #[serde(default)]
     pub htpasswd: Option<PathBuf>,
     /// Friends: the last location and card of group members in each 200.
-    /// The same groups decide who reads whose devices in the read API.
     #[serde(default)]
     pub friends: FriendsConfig,
-    /// Users (of the htpasswd file) who read every device through the
-    /// read API; everyone else reads their own and their groups'.
+    /// Before `access.admins`: read as part of it (deprecated).
     #[serde(default)]
     pub admins: Vec<String>,
 }
@@ -64,8 +62,8 @@ pub struct FriendsConfig {
     /// Off by default: the answer is `[]`.
     #[serde(default)]
     pub enabled: bool,
-    /// Groups by name, each a list of devices (`user/device`); a device sees
-    /// every other member of each group it is in.
+    /// Before `access.groups`: read as part of it (deprecated). A device
+    /// sees every other member of each access group it is in.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
 }

@@ -98,13 +98,15 @@ fn remember_fix(last: &mut HashMap<String, Last>, key: String, tid: Option<&str>
 }
 
 impl Friends {
-    /// Friends per the configuration; `None` when the feature is off.
-    pub fn new(config: &FriendsConfig) -> Option<Self> {
+    /// Friends of the members of `groups` (each a list of `user/device`:
+    /// the access groups' single devices); `None` when `config` has the
+    /// feature off.
+    pub fn new(config: &FriendsConfig, groups: &BTreeMap<String, Vec<String>>) -> Option<Self> {
         if !config.enabled {
             return None;
         }
         let mut peers: HashMap<String, Vec<String>> = HashMap::new();
-        for members in config.groups.values() {
+        for members in groups.values() {
             for m in members {
                 let entry = peers.entry(m.clone()).or_default();
                 for other in members.iter().filter(|o| *o != m) {

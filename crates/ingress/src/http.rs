@@ -28,18 +28,15 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthFailure, Htpasswd, HtpasswdError, authenticate};
 use crate::config::HttpConfig;
 use crate::friends::Friends;
 use crate::intake::Intake;
+use otstream_auth::{Authenticator, Facts};
 
 /// Why the ingress could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngressError {
-    /// The htpasswd file is unusable.
-    #[error(transparent)]
-    Htpasswd(#[from] HtpasswdError),
     /// Accepting connections failed.
     #[error("accept failed: {0}")]
     Accept(std::io::Error),
@@ -48,7 +45,7 @@ pub enum IngressError {
     Config(#[from] ConfigError),
 }
 
-const STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 413, 500, 503];
+const STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 405, 408, 413, 429, 500, 503];
 
 struct Meters {
     received: Counter,
@@ -124,7 +121,7 @@ struct State<I> {
     /// Decoders keep parser scratch; a small pool avoids rebuilding it per
     /// request. Held only for the microsecond a validation takes.
     decoders: Mutex<Vec<Decoder>>,
-    auth: Option<Arc<Htpasswd>>,
+    auth: Arc<Authenticator>,
     friends: Option<Arc<Friends>>,
     meters: Meters,
 }
@@ -158,9 +155,9 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// have a send deadline: a full bus turns into 503, not into waiting
 /// forever. Every request that is not an
 /// OwnTracks POST goes to `fallback` (the read API), when there is one.
-/// `auth` holds the credentials of `config.htpasswd`, loaded by the caller
-/// ([`Htpasswd::from_file`]) so that the read API checks the same ones; it
-/// must be given when `config.htpasswd` is set. `friends` (built from
+/// `auth` holds the access rules (the credentials of `config.htpasswd`,
+/// loaded by the caller so that the read API checks the same ones; they
+/// must be loaded when it is set). `friends` (built from
 /// `config.friends` by the caller, who may also feed it from the store)
 /// answers each 200.
 #[allow(clippy::too_many_arguments)]
@@ -171,12 +168,12 @@ pub async fn run_http<I: Intake>(
     keys: Arc<KeyRing>,
     output: I,
     fallback: Option<Arc<dyn Fallback>>,
-    auth: Option<Arc<Htpasswd>>,
+    auth: Arc<Authenticator>,
     friends: Option<Arc<Friends>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
     config.validate()?;
-    if let (Some(path), None) = (&config.htpasswd, &auth) {
+    if let (Some(path), false) = (&config.htpasswd, auth.required()) {
         return Err(IngressError::Config(ConfigError::new(
             "http.htpasswd",
             format!(
@@ -307,16 +304,20 @@ fn overloaded<S>(state: &State<S>, message: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// 429: too many failed logins just now (see [`crate::auth`]).
-pub fn too_many_attempts() -> Response<Full<Bytes>> {
-    let mut r = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_attempts",
-        None,
-        "too many failed logins from this address or for this user; retry in a second",
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+/// The answer to a request the access rules refused.
+fn refused(refusal: otstream_auth::Refusal) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut r = error_response(status, refusal.kind(), None, refusal.message());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"otstream\""),
+        );
+    }
+    if let Some(s) = refusal.retry_after_s() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
     r
 }
 
@@ -352,28 +353,19 @@ async fn respond<I: Intake>(
         return r;
     }
 
-    let auth_user = match &state.auth {
-        None => None,
-        Some(auth) => {
-            let header = header_str(&req, "authorization");
-            match authenticate(auth, header.as_deref(), remote.ip()).await {
-                Ok(user) => Some(user),
-                Err(AuthFailure::Invalid) => {
-                    let mut r = error_response(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        None,
-                        "valid HTTP Basic credentials are required",
-                    );
-                    r.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"otstream\""),
-                    );
-                    return r;
-                }
-                Err(AuthFailure::Limited) => return too_many_attempts(),
-            }
-        }
+    let facts = Facts {
+        remote,
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        query_token: None,
+        host: None,
+        forwarded: false,
+    };
+    let auth_user = match state.auth.publisher(&facts).await {
+        Ok(user) => user,
+        Err(refusal) => return refused(refusal),
     };
 
     let max = state.config.max_body_bytes;

@@ -35,14 +35,12 @@
 //!
 //! Layout:
 //! - [`config`]: [`HttpConfig`] and its parts.
-//! - [`auth`]: htpasswd (bcrypt) Basic authentication.
 //! - [`friends`]: the friends list returned to the apps.
 //! - [`http`]: the server and the request handler.
 //! - [`intake`]: where it hands a message: raw (over Kafka) or decoded
 //!   (in one process, so that a message is decoded once).
 //! - [`mqtt`]: the MQTT subscriber (persistent session, PUBACK after storage).
 
-pub mod auth;
 pub mod config;
 pub mod friends;
 pub mod http;

@@ -18,6 +18,7 @@
 //! - [`raw`]: a message as received, and the NDJSON recording format.
 //! - [`topics`]: bus topic names and their configurable prefix.
 //! - [`broker`]: MQTT broker URLs.
+//! - [`visible`]: which devices a reader may see.
 
 pub mod broker;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod raw;
 pub mod record;
 pub mod retry;
 pub mod topics;
+pub mod visible;
 
 pub use broker::BrokerUrl;
 pub use config::ConfigError;
@@ -37,3 +39,4 @@ pub use record::{
     Beacon, Card, Command, Configuration, DeadLetter, DeviceEvent, Meta, Position, Record,
     StateSnapshot, Steps, Stop, Text, Transition, Trip, Unknown, Waypoint,
 };
+pub use visible::Visible;

@@ -75,44 +75,10 @@ impl QueryError {
     }
 }
 
-/// The devices a reader may see: everything, or the devices of some users
-/// plus some single devices (a friends group's members).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Visible {
-    /// Every device (an admin, or no authentication).
-    #[default]
-    All,
-    /// Only these.
-    Some {
-        /// Every device of these users.
-        users: Vec<String>,
-        /// These `(user, device)` pairs.
-        devices: Vec<(String, String)>,
-    },
-}
+pub use otstream_model::Visible;
 
-impl Visible {
-    /// Whether `user`'s `device` may be read.
-    pub fn allows(&self, user: &str, device: &str) -> bool {
-        match self {
-            Visible::All => true,
-            Visible::Some { users, devices } => {
-                users.iter().any(|u| u == user)
-                    || devices.iter().any(|(u, d)| u == user && d == device)
-            }
-        }
-    }
-
-    /// Whether any device of `user` may be read.
-    pub fn allows_user(&self, user: &str) -> bool {
-        match self {
-            Visible::All => true,
-            Visible::Some { users, devices } => {
-                users.iter().any(|u| u == user) || devices.iter().any(|(u, _)| u == user)
-            }
-        }
-    }
-}
+/// Months [`Reader::months`] lists at most.
+pub const MAX_MONTHS: usize = 1200;
 
 /// What to read: whose rows, over which window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +237,8 @@ impl Reader {
     pub async fn months(&self, q: &Query) -> Result<Vec<String>, QueryError> {
         let mut months = Vec::new();
         let mut from = q.from;
-        loop {
+        // A query per month with data: a century of them at most.
+        while months.len() < MAX_MONTHS {
             let window = Query { from, ..q.clone() };
             let first = match self {
                 Reader::Sqlite(r) => r.first_tst(&window).await?,
