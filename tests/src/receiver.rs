@@ -20,6 +20,8 @@ pub struct Received {
     pub at: std::time::Instant,
     /// `x-otstream-signature`, if sent.
     pub signature: Option<String>,
+    /// `x-otstream-timestamp`, if sent.
+    pub timestamp: Option<String>,
     /// The body.
     pub body: String,
     /// Whether it was answered 2xx.
@@ -144,6 +146,7 @@ fn serve(mut c: TcpStream, seen: &Mutex<Seen>, stop: &AtomicBool) {
                         target,
                         at: std::time::Instant::now(),
                         signature: header("x-otstream-signature"),
+                        timestamp: header("x-otstream-timestamp"),
                         body,
                         accepted: !fail,
                     });

@@ -175,13 +175,28 @@ secret = "s3cret"
             ),
         ])
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     for r in seen.lock().unwrap().requests.iter() {
-        assert_eq!(
-            r.signature.as_deref(),
-            Some(otstream_events::signature(b"s3cret", r.body.as_bytes()).as_str()),
-            "{}",
+        let (ts, sig) = (
+            r.timestamp.as_deref().unwrap(),
+            r.signature.as_deref().unwrap(),
+        );
+        assert!(
+            otstream_events::verify(b"s3cret", ts, sig, r.body.as_bytes(), now),
+            "{ts} {sig} {}",
             r.body
         );
+        // The same request replayed past the tolerance is refused.
+        assert!(!otstream_events::verify(
+            b"s3cret",
+            ts,
+            sig,
+            r.body.as_bytes(),
+            now + otstream_events::TOLERANCE_S + 60
+        ));
     }
     // The events table has each once.
     assert_eq!(

@@ -97,3 +97,38 @@ where
     });
     Ok(body)
 }
+
+/// `body`, holding `place` until its last byte is sent (or the client
+/// goes): a read's place in its budget.
+pub fn holding(body: FallbackBody, place: tokio::sync::OwnedSemaphorePermit) -> FallbackBody {
+    Holding {
+        body,
+        _place: place,
+    }
+    .boxed()
+}
+
+struct Holding {
+    body: FallbackBody,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

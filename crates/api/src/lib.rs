@@ -43,6 +43,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use otstream_auth::{Authenticator, Grant, Refusal};
+use otstream_http::Budget;
 use otstream_ingress::{Fallback, FallbackBody};
 use otstream_model::Record;
 use otstream_query::format::{
@@ -83,6 +84,20 @@ pub struct ApiConfig {
     /// The tiles' attribution, shown on the map.
     #[serde(default = "default_tile_attribution")]
     pub tile_attribution: String,
+    /// Connections its own listener (`addr`) serves at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Reads answered at once (an export holds its place until its last
+    /// byte is sent); past it, 503 with `Retry-After`. Each holds a store
+    /// reader: enough for a team's dashboards, not for one script to take
+    /// every reader of the store.
+    #[serde(default = "default_max_reads")]
+    pub max_reads: usize,
+    /// Live streams (`/api/v1/live`) open at once; past it, 503. A live
+    /// stream holds none of its listener's connection places, so phones
+    /// keep theirs however many watch.
+    #[serde(default = "default_max_live_streams")]
+    pub max_live_streams: usize,
 }
 
 fn default_true() -> bool {
@@ -94,10 +109,26 @@ fn default_tile_url() -> String {
 fn default_tile_attribution() -> String {
     "&copy; OpenStreetMap contributors".to_owned()
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_reads() -> usize {
+    64
+}
+fn default_max_live_streams() -> usize {
+    256
+}
 
 impl ApiConfig {
-    /// Checks the tile URL (it becomes part of the page's policy).
+    /// Checks the tile URL (it becomes part of the page's policy) and
+    /// the budgets.
     pub fn validate(&self) -> Result<(), otstream_model::ConfigError> {
+        if self.max_connections == 0 || self.max_reads == 0 || self.max_live_streams == 0 {
+            return Err(otstream_model::ConfigError::new(
+                "api.max_reads",
+                "api.max_connections, api.max_reads and api.max_live_streams must be at least 1",
+            ));
+        }
         page::tile_source(&self.tile_url).map(|_| ())
     }
 }
@@ -110,6 +141,9 @@ impl Default for ApiConfig {
             addr: None,
             tile_url: default_tile_url(),
             tile_attribution: default_tile_attribution(),
+            max_connections: default_max_connections(),
+            max_reads: default_max_reads(),
+            max_live_streams: default_max_live_streams(),
         }
     }
 }
@@ -130,6 +164,10 @@ struct Inner {
     shutdown: CancellationToken,
     /// The page's Content-Security-Policy, from the tile URL.
     page_policy: HeaderValue,
+    /// Reads answered at once.
+    reads: Budget,
+    /// Live streams open at once.
+    live_streams: Budget,
 }
 
 /// The read API: cheap to clone, one per process.
@@ -151,6 +189,8 @@ impl Api {
     ) -> Self {
         Self(Arc::new(Inner {
             page_policy: page::page_policy(&config),
+            reads: Budget::new(config.max_reads),
+            live_streams: Budget::new(config.max_live_streams),
             config,
             reader,
             auth,
@@ -169,10 +209,23 @@ impl Api {
         let started = Instant::now();
         let path = req.uri().path().to_owned();
         let endpoint = endpoint_label(&path);
-        let mut response = match self.route(req, remote, &path).await {
-            Ok(r) => r,
-            Err(e) => e.response(),
+        // A read holds its place until its answer's last byte is sent.
+        let read = path.starts_with("/api/") && path != "/api/v1/live";
+        let place = if read { self.0.reads.take() } else { None };
+        let mut response = if read && place.is_none() {
+            ApiError::Unavailable(
+                "too many reads at once (api.max_reads); retry in a second".into(),
+            )
+            .response()
+        } else {
+            match self.route(req, remote, &path).await {
+                Ok(r) => r,
+                Err(e) => e.response(),
+            }
         };
+        if let Some(place) = place {
+            response = response.map(|b| body::holding(b, place));
+        }
         let page = page::is_page(&path, response.status()).then_some(&self.0.page_policy);
         page::secure(response.headers_mut(), page);
         metrics::counter!("otstream_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_str().to_owned()).increment(1);
@@ -188,6 +241,7 @@ impl Api {
         path: &str,
     ) -> Result<Response<FallbackBody>, ApiError> {
         let method = req.method().clone();
+        let slot = req.extensions().get::<otstream_http::Slot>().cloned();
         let get = method == Method::GET || method == Method::HEAD;
         let recorder = path.starts_with("/api/0/");
         let known = matches!(
@@ -293,7 +347,17 @@ impl Api {
                         "this process has no live feed (it stores nothing itself)".into(),
                     ));
                 };
-                let body = live::stream(live, visible, self.0.shutdown.clone());
+                let Some(place) = self.0.live_streams.take() else {
+                    return Err(ApiError::Unavailable(
+                        "too many live streams open (api.max_live_streams); retry later".into(),
+                    ));
+                };
+                // From here the stream counts in the live budget, not in
+                // its listener's connections.
+                if let Some(slot) = slot {
+                    slot.release();
+                }
+                let body = live::stream(live, visible, self.0.shutdown.clone(), place);
                 let mut r = Response::new(body);
                 set(&mut r, header::CONTENT_TYPE, "text/event-stream");
                 set(&mut r, header::CACHE_CONTROL, "no-store");
@@ -445,47 +509,32 @@ impl Fallback for Api {
 }
 
 /// Serves the API alone on `listener` until `shutdown` (its own
-/// `--api-addr`, or `otstream run api`).
+/// `--api-addr`, or `otstream run api`), at most `api.max_connections`
+/// at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        let service = service_fn(move |req| {
+    let limits = otstream_http::Limits {
+        max_connections: api.0.config.max_connections,
+        header_timeout: Duration::from_secs(30),
+        // Live streams end with the shutdown token; the rest finish.
+        drain: Duration::from_secs(10),
+    };
+    otstream_http::serve(
+        listener,
+        limits,
+        move |remote| {
             let api = api.clone();
-            async move { Ok::<_, std::convert::Infallible>(api.handle(req, remote).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "api connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Live streams end with the shutdown token; the rest finish.
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+            hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req, remote).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use otstream_model::Record;
 use otstream_query::format::{Feature, position_json};
 use otstream_query::rows::Str;
 use otstream_query::{Position, Transition, Visible};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::body;
@@ -108,10 +108,13 @@ pub fn stream(
     live: &broadcast::Sender<Record>,
     visible: Visible,
     shutdown: CancellationToken,
+    place: OwnedSemaphorePermit,
 ) -> FallbackBody {
     let mut rx = live.subscribe();
     let (tx, body) = body::channel();
     tokio::spawn(async move {
+        // The stream's place in the live budget, given back when it ends.
+        let _place = place;
         let hello = Bytes::from_static(b"retry: 2000\n: connected\n\n");
         if tx.send(Ok(hello)).await.is_err() {
             return;

@@ -151,7 +151,7 @@ async fn ingress(
     keys: Arc<KeyRing>,
     live: Option<otstream_sink::Committed>,
 ) -> Result<()> {
-    let listener = otstream_ingress::http::listen(config.http.addr)
+    let listener = otstream_http::listen(config.http.addr)
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     tracing::info!(http_addr = %listener.local_addr()?, "http ingress listening");
     let front = sup.front();

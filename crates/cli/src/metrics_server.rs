@@ -11,10 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, seconds: from 0.5 ms (a cached commit) to 10 s (the
@@ -22,6 +20,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Connections the metrics listener serves at once: Prometheus, a probe
+/// or two, an operator's curl.
+const METRICS_CONNECTIONS: usize = 64;
 
 /// Installs the Prometheus recorder and serves the endpoints on `addr`.
 /// Returns the bound address.
@@ -44,18 +46,23 @@ pub async fn start(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<SocketAdd
             upkeep.run_upkeep();
         }
     });
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let handle = handle.clone();
-            let ready = ready.clone();
-            let service = service_fn(move |req| respond(handle.clone(), ready.clone(), req));
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-        }
-    });
+    // Scrapes and probes are few; a client that opens more, or holds
+    // them idle, is cut off rather than let it starve them.
+    let limits = otstream_http::Limits {
+        max_connections: METRICS_CONNECTIONS,
+        header_timeout: Duration::from_secs(10),
+        drain: Duration::from_secs(1),
+    };
+    tokio::spawn(otstream_http::serve(
+        listener,
+        limits,
+        move |_| {
+            let (handle, ready) = (handle.clone(), ready.clone());
+            service_fn(move |req| respond(handle.clone(), ready.clone(), req))
+        },
+        // Served until the process ends: /readyz tells of the stop.
+        tokio_util::sync::CancellationToken::new(),
+    ));
     Ok(bound)
 }
 

@@ -200,7 +200,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let decode = DecodeStage::new(config.decode.clone(), keys.clone());
     let events = stages::EventsOut::build(&config).await?;
 
-    let listener = otstream_ingress::http::listen(config.http.addr)
+    let listener = otstream_http::listen(config.http.addr)
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     let http_addr = listener.local_addr()?;
     let (raw_tx, raw_rx) = channel::<RawMessage>(config.bus.capacity);

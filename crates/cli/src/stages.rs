@@ -235,12 +235,13 @@ impl EventsOut {
                 )
             })?;
         for w in &ev.webhooks {
-            let name = w.name();
-            let reader = outbox.reader(&name)?;
+            let reader = outbox.reader(&w.name())?;
             let hook = otstream_events::Webhook::new(w)?;
-            tracing::info!(route = %name, url = %w.url, "events webhook");
+            // Labelled, never named by its URL (a hook's URL can be its secret).
+            let label = w.label();
+            tracing::info!(route = %label, origin = %w.origin(), "events webhook");
             out.deliverers
-                .push((name, Deliverer::Webhook(reader, Box::new(hook))));
+                .push((label, Deliverer::Webhook(reader, Box::new(hook))));
         }
         if ev.mqtt.enabled {
             let reader = outbox.reader(MQTT_ROUTE)?;

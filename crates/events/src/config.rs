@@ -112,6 +112,30 @@ impl WebhookConfig {
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.url.clone())
     }
+
+    /// What metrics and logs call it: its `name`, else `webhook-` and
+    /// the first 8 hex digits of the URL's SHA-256. Never the URL: a
+    /// Slack-style hook's URL is its secret, and metrics are scraped and
+    /// kept elsewhere.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, self.url.as_bytes());
+            let hex: String = digest.as_ref()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("webhook-{hex}")
+        })
+    }
+
+    /// Its URL's scheme, host and port, for logs.
+    pub fn origin(&self) -> String {
+        self.url
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
+            .unwrap_or_default()
+    }
 }
 
 /// `[events.mqtt]`: off by default.
@@ -295,5 +319,27 @@ mod tests {
 
     fn toml_like(json: &str) -> EventsConfig {
         serde_json::from_str(json).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_is_labelled_by_its_name_or_a_hash_never_its_url() {
+        let mut w: WebhookConfig = serde_json::from_str(
+            r#"{"url": "https://hooks.slack.com/services/T000/B000/XXXXSECRET"}"#,
+        )
+        .unwrap();
+        let label = w.label();
+        assert!(
+            label.starts_with("webhook-") && label.len() == 16,
+            "{label}"
+        );
+        assert!(!label.contains("SECRET"));
+        assert_eq!(w.origin(), "https://hooks.slack.com");
+        w.name = Some("ops".into());
+        assert_eq!(w.label(), "ops");
     }
 }

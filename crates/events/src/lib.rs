@@ -28,7 +28,7 @@ pub mod webhook;
 
 pub use config::{EventsConfig, EventsMqttConfig, WebhookConfig};
 pub use deliver::{Destination, Sent, deliver};
-pub use webhook::{Webhook, signature};
+pub use webhook::{TIMESTAMP_HEADER, TOLERANCE_S, Webhook, signature, verify};
 
 /// Why a deliverer stopped.
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics::{Counter, Histogram};
 use otstream_bus::{Ack, AckStatus};
 use otstream_decode::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
@@ -25,7 +22,6 @@ use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpConfig;
@@ -126,27 +122,6 @@ struct State<I> {
     meters: Meters,
 }
 
-/// Connections the kernel queues for the accept loop. A fleet's phones
-/// come back together (after a network blip, a restart of the server): with
-/// tokio's default of 1,024, a replay opening 1,024 connections at once
-/// overflowed the queue, and every dropped handshake waited out the
-/// client's one-second SYN retry (measured: the open-loop p99 of a second).
-/// The kernel caps it at `net.core.somaxconn`.
-const BACKLOG: u32 = 8192;
-
-/// Binds the ingress's listening socket at `addr`, with [`BACKLOG`].
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As `TcpListener::bind`: a restarted server binds its port at once.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
 /// Serves OwnTracks HTTP on `listener` until `shutdown` is cancelled, then
 /// stops accepting, lets in-flight requests finish (each still waits for
 /// its message to be durable) and returns once every connection is closed.
@@ -182,8 +157,16 @@ pub async fn run_http<I: Intake>(
             ),
         )));
     }
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let header_timeout = Duration::from_millis(config.header_timeout_ms);
+    let limits = otstream_http::Limits {
+        max_connections: config.max_connections,
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        // In-flight requests may still be reading their body and then
+        // waiting for their ack; the supervisor's own deadline names a
+        // stage that hangs past it.
+        drain: Duration::from_millis(
+            config.header_timeout_ms + config.body_timeout_ms + config.ack_timeout_ms,
+        ),
+    };
     let state = Arc::new(State {
         config,
         fallback,
@@ -195,47 +178,16 @@ pub async fn run_http<I: Intake>(
         friends,
         meters: Meters::new(),
     });
-    let graceful = GracefulShutdown::new();
-    loop {
-        // A permit first: at the connection cap, stop accepting and let the
-        // kernel queue new connections rather than overcommit.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause, don't spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| handle(state.clone(), remote, req));
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
+    otstream_http::serve(
+        listener,
+        limits,
+        move |remote| {
+            let state = state.clone();
+            service_fn(move |req| handle(state.clone(), remote, req))
+        },
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

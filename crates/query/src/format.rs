@@ -395,7 +395,20 @@ impl PositionEncoder {
 
 const CSV_HEADER: &str = "user,device,tid,tst,isotst,lat,lon,acc,alt,vac,vel,cog,batt,bs,t,conn,p,m,ssid,bssid,created_at,inregions,inrids,topic,received_at\n";
 
+/// A text cell. One a spreadsheet would read as a formula (starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return: a device may call itself
+/// `=HYPERLINK(...)`) gets a leading `'`, which spreadsheets show as text
+/// (OWASP's CSV injection advice); numbers are written elsewhere, as they
+/// are.
 fn csv_field(out: &mut Vec<u8>, s: &str) {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let neutral;
+    let s = if formula {
+        neutral = format!("'{s}");
+        neutral.as_str()
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         out.push(b'"');
         out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
@@ -1050,5 +1063,24 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"tst\":1700000000,\"isotst\":\"2023-11-14T22:13:20Z\"}"
         );
+    }
+
+    #[test]
+    fn csv_text_a_spreadsheet_would_run_is_neutralised() {
+        let cell = |s: &str| {
+            let mut out = Vec::new();
+            csv_field(&mut out, s);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(cell("+1"), "'+1");
+        assert_eq!(cell("-2+3"), "'-2+3");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("\tx"), "'\tx");
+        assert_eq!(cell("jane"), "jane");
+        assert_eq!(cell("a,b"), "\"a,b\"");
     }
 }
