@@ -37,6 +37,18 @@ pub struct GeofenceConfig {
     /// phone's 200 waits for it. 0: a snapshot per fix everywhere.
     #[serde(default = "default_state_interval_ms")]
     pub state_interval_ms: u64,
+    /// Regions a device may define for itself (its waypoints); one more
+    /// with a new id is stored as a waypoint but not evaluated (counted in
+    /// `otstream_rejected_total{stage="geofence",reason="too_many_regions"}`).
+    /// A replaced region (same id) never counts twice. The apps monitor
+    /// 20 (iOS) to a few dozen; 256 leaves room and bounds the state a
+    /// device can make the server keep and write.
+    #[serde(default = "default_max_regions_per_device")]
+    pub max_regions_per_device: usize,
+}
+
+fn default_max_regions_per_device() -> usize {
+    256
 }
 
 fn default_state_interval_ms() -> u64 {
@@ -62,6 +74,7 @@ impl Default for GeofenceConfig {
             fences: None,
             reload_ms: default_reload_ms(),
             state_interval_ms: default_state_interval_ms(),
+            max_regions_per_device: default_max_regions_per_device(),
         }
     }
 }
@@ -221,7 +234,42 @@ pub struct Region {
 pub struct Geofencer {
     config: GeofenceConfig,
     fences: Arc<FenceSet>,
-    waypoints: HashMap<String, Vec<Fence>>,
+    waypoints: HashMap<String, Regions>,
+}
+
+/// What a waypoint did to its device's regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Not a region (no centre or radius).
+    Nothing,
+    /// A region added, or one replaced by its id.
+    Region,
+    /// A new region past `max_regions_per_device`: not kept.
+    Full,
+}
+
+/// A device's own regions in the order they came, each found by its id's
+/// key in O(1): a `waypoints` message of thousands of regions costs
+/// thousands of steps, not millions.
+#[derive(Debug, Default)]
+struct Regions {
+    fences: Vec<Fence>,
+    by_key: HashMap<u64, usize>,
+}
+
+impl Regions {
+    fn upsert(&mut self, fence: Fence, max: usize) -> Learned {
+        if let Some(&i) = self.by_key.get(&fence.key) {
+            self.fences[i] = fence;
+            return Learned::Region;
+        }
+        if self.fences.len() >= max {
+            return Learned::Full;
+        }
+        self.by_key.insert(fence.key, self.fences.len());
+        self.fences.push(fence);
+        Learned::Region
+    }
 }
 
 impl Geofencer {
@@ -239,14 +287,13 @@ impl Geofencer {
         self.fences = fences;
     }
 
-    /// Learns a device's own region (a waypoint with a centre and radius);
-    /// returns whether it was one.
-    pub fn on_waypoint(&mut self, w: &Waypoint) -> bool {
+    /// Learns a device's own region (a waypoint with a centre and radius).
+    pub fn on_waypoint(&mut self, w: &Waypoint) -> Learned {
         let (Some(lat), Some(lon), Some(rad)) = (w.lat, w.lon, w.rad) else {
-            return false;
+            return Learned::Nothing;
         };
         if rad <= 0 {
-            return false;
+            return Learned::Nothing;
         }
         let name = w.desc.clone().unwrap_or_default();
         let id = match &w.rid {
@@ -263,11 +310,10 @@ impl Geofencer {
                 radius_m: f64::from(rad),
                 wtst: w.tst,
             },
-        );
-        true
+        )
     }
 
-    fn add_region(&mut self, key: String, r: Region) {
+    fn add_region(&mut self, key: String, r: Region) -> Learned {
         let mut fence = Fence::new(
             r.id,
             r.name,
@@ -278,9 +324,8 @@ impl Geofencer {
             },
         );
         fence.wtst = r.wtst;
-        let list = self.waypoints.entry(key).or_default();
-        list.retain(|f| f.key != fence.key);
-        list.push(fence);
+        let max = self.config.max_regions_per_device;
+        self.waypoints.entry(key).or_default().upsert(fence, max)
     }
 
     /// A device's own regions, for persistence.
@@ -288,7 +333,7 @@ impl Geofencer {
         self.waypoints
             .get(key)
             .into_iter()
-            .flatten()
+            .flat_map(|r| &r.fences)
             .filter_map(|f| match f.shape {
                 Shape::Circle { lat, lon, radius_m } => Some(Region {
                     id: f.id.clone(),
@@ -308,6 +353,7 @@ impl Geofencer {
     pub fn restore_regions(&mut self, key: &str, regions: Vec<Region>) {
         self.waypoints.remove(key);
         for r in regions {
+            // A state stored under a higher limit keeps its first regions.
             self.add_region(key.to_owned(), r);
         }
     }
@@ -319,7 +365,7 @@ impl Geofencer {
         let own = self
             .waypoints
             .get(key)
-            .map(Vec::as_slice)
+            .map(|r| r.fences.as_slice())
             .unwrap_or_default();
         let fix = Fix {
             lat: p.lat,
@@ -369,7 +415,7 @@ impl Geofencer {
         let own = self
             .waypoints
             .get(key)
-            .map(Vec::as_slice)
+            .map(|r| r.fences.as_slice())
             .unwrap_or_default();
         self.fences
             .candidates(lat, lon)

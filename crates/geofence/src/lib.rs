@@ -47,5 +47,5 @@ pub mod fence;
 pub mod filter;
 pub mod stage;
 
-pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer, Region};
+pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer, Learned, Region};
 pub use fence::{Fence, FenceError, FenceSet, Shape};

@@ -287,6 +287,8 @@ fn a_restored_tracker_carries_on_where_the_stored_one_stopped() {
         Message::new("jane/phone", pos(100, 52.5, 13.4), Ack::none()),
         &mut out,
     );
+    // The batch ends: the changed regions are snapshotted.
+    a.flush(false, &mut out);
     let saved: Vec<StateSnapshot> = out
         .drain(..)
         .filter_map(|m| match m.value {
@@ -568,4 +570,73 @@ fn a_device_gone_quiet_is_said_silent_once_with_its_state_and_back_at_its_next_f
         assert_eq!(kinds, ["stop_started", "back"]);
         out.clear();
     }
+}
+
+#[tokio::test]
+async fn a_flood_of_regions_is_bounded_and_snapshotted_once_per_batch() {
+    let config = StageConfig::default();
+    let max = config.geofence.max_regions_per_device;
+    let mut t = Tracker::new(&config, home());
+    let meta = match pos(0, 0.0, 0.0) {
+        Record::Position(p) => p.meta,
+        _ => unreachable!(),
+    };
+    let region = |i: usize, rad: i32| Waypoint {
+        meta: meta.clone(),
+        tst: Some(i as i64),
+        lat: Some(48.0 + i as f64 * 1e-4),
+        lon: Some(11.0),
+        rad: Some(rad),
+        desc: Some(format!("r{i}").into()),
+        rid: Some(format!("rid{i}").into()),
+        uuid: None,
+        major: None,
+        minor: None,
+        extra: None,
+    };
+    // One waypoints message of 3,200 regions, in one batch: every
+    // waypoint passed on, one snapshot of the first `max`, which every
+    // waypoint's ack waits for.
+    let mut out = Vec::new();
+    let (ack, waiter) = Ack::new();
+    let mut acks = vec![ack; 3_200];
+    for i in 0..3_200 {
+        let ack = acks.pop().unwrap();
+        t.process(
+            Message::new("jane/phone", Record::Waypoint(region(i, 50)), ack),
+            &mut out,
+        );
+    }
+    t.flush(false, &mut out);
+    let states: Vec<&StateSnapshot> = out
+        .iter()
+        .filter_map(|m| match &m.value {
+            Record::State(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states.len(), 1);
+    let regions: Vec<serde_json::Value> = serde_json::from_str(&states[0].state).unwrap();
+    assert_eq!(regions.len(), max);
+    assert_eq!(out.len(), 3_200 + 1);
+    for m in out.drain(..) {
+        m.ack.delivered();
+    }
+    assert_eq!(waiter.await, AckStatus::Delivered);
+    // A region sent again under its id replaces it: still `max`, the new
+    // radius kept; nothing is snapshotted for a batch that changed nothing.
+    t.process(
+        Message::new("jane/phone", Record::Waypoint(region(7, 80)), Ack::none()),
+        &mut out,
+    );
+    t.flush(false, &mut out);
+    let Record::State(s) = &out.last().unwrap().value else {
+        panic!("no snapshot")
+    };
+    let regions: Vec<serde_json::Value> = serde_json::from_str(&s.state).unwrap();
+    assert_eq!(regions.len(), max);
+    assert_eq!(regions[7]["radius_m"], 80.0);
+    out.clear();
+    t.flush(false, &mut out);
+    assert!(out.is_empty());
 }

@@ -14,7 +14,7 @@ use super::clock::{Clock, SystemClock};
 use super::{KIND_GEO, KIND_REGIONS, StageConfig};
 use crate::events::{EventRules, EventState, started};
 use crate::filter::{FilterState, Filters, Reason};
-use crate::{DeviceState, FenceSet, Geofencer, Region};
+use crate::{DeviceState, FenceSet, Geofencer, Learned, Region};
 
 /// Everything remembered per device: 384 bytes (80 + 168 + 56 + 80), plus
 /// its key.
@@ -58,6 +58,13 @@ pub struct Tracker {
     pending: HashMap<String, Pending>,
     /// When each pending device is due, in the order they became pending.
     due: VecDeque<(i64, String)>,
+    /// Devices whose own regions changed in this batch, with the acks of
+    /// the waypoints that changed them: one snapshot each at its end,
+    /// however many waypoints a message or batch held.
+    regions_changed: HashMap<String, Pending>,
+    /// Regions past the limit in this batch, per device (said once each).
+    regions_refused: HashMap<String, u64>,
+    too_many_regions: Counter,
 }
 
 /// A device's snapshot to come.
@@ -95,6 +102,9 @@ impl Tracker {
             },
             pending: HashMap::new(),
             due: VecDeque::new(),
+            regions_changed: HashMap::new(),
+            regions_refused: HashMap::new(),
+            too_many_regions: metrics::counter!("otstream_rejected_total", "stage" => "geofence", "reason" => "too_many_regions"),
         }
     }
 
@@ -111,8 +121,17 @@ impl Tracker {
     }
 
     /// Sends the snapshots due at `now` (ms; every pending one with
-    /// `all`), each with the joined acks of the fixes it accounts for.
+    /// `all`), each with the joined acks of the fixes it accounts for, and
+    /// every device's changed regions.
     pub fn flush_due(&mut self, now: i64, all: bool, out: &mut Vec<Message<Record>>) {
+        for (key, p) in std::mem::take(&mut self.regions_changed) {
+            let regions = state_json(&key, &self.geofencer.regions(&key));
+            let ack = Ack::join(p.acks);
+            self.send_state(out, key, (&p.user, &p.device), KIND_REGIONS, regions, ack);
+        }
+        for (key, n) in self.regions_refused.drain() {
+            tracing::warn!(device = %key, refused = n, "waypoints past geofence.max_regions_per_device: stored, not evaluated");
+        }
         while let Some((at, _)) = self.due.front() {
             if !all && *at > now {
                 break;
@@ -225,14 +244,28 @@ impl Tracker {
                 msg.ack.delivered();
             }
             Record::Position(_) => self.position(msg, out),
-            Record::Waypoint(w) if self.geofencer.on_waypoint(w) => {
-                let key = w.meta.key();
-                let regions = state_json(&key, &self.geofencer.regions(&key));
-                let (user, device) = (w.meta.user.clone(), w.meta.device.clone());
-                let ack = msg.ack.clone();
-                self.pass(msg, out);
-                self.send_state(out, key, (&user, &device), KIND_REGIONS, regions, ack);
-            }
+            Record::Waypoint(w) => match self.geofencer.on_waypoint(w) {
+                Learned::Region => {
+                    // Its regions are snapshotted once, when the batch ends
+                    // (flush), and this waypoint is acknowledged with them.
+                    let pending =
+                        self.regions_changed
+                            .entry(w.meta.key())
+                            .or_insert_with(|| Pending {
+                                user: w.meta.user.clone(),
+                                device: w.meta.device.clone(),
+                                acks: Vec::new(),
+                            });
+                    pending.acks.push(msg.ack.clone());
+                    self.pass(msg, out);
+                }
+                Learned::Full => {
+                    self.too_many_regions.increment(1);
+                    *self.regions_refused.entry(w.meta.key()).or_default() += 1;
+                    self.pass(msg, out);
+                }
+                Learned::Nothing => self.pass(msg, out),
+            },
             _ => self.pass(msg, out),
         }
     }
