@@ -10,6 +10,7 @@ mod clickhouse;
 mod kafka;
 mod loadgen;
 mod mqtt;
+pub mod raw;
 pub mod receiver;
 mod serve;
 

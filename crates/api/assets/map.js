@@ -9,6 +9,11 @@
   'use strict';
 
   var settings = JSON.parse(document.getElementById('settings').textContent);
+  // A share link (/share#TOKEN): the token comes from the fragment, which
+  // browsers never send to a server, and goes with every read as a bearer
+  // token. Its claims (the middle part, base64url JSON) say what it shares.
+  var share = location.pathname === '/share' ? location.hash.slice(1) : '';
+  var shared = share ? claimsOf(share) : null;
   var map = L.map('map', { worldCopyJump: true }).setView([20, 0], 2);
   if (settings.tileUrl) {
     L.tileLayer(settings.tileUrl, { maxZoom: 19, attribution: settings.tileAttribution }).addTo(map);
@@ -59,8 +64,20 @@
     }).join('&');
   }
 
+  function claimsOf(token) {
+    try {
+      var part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(part));
+    } catch (e) {
+      return {};
+    }
+  }
+
   function getJSON(url) {
-    return fetch(url, { credentials: 'same-origin' }).then(function (r) {
+    var init = { credentials: 'same-origin' };
+    if (share) { init.headers = { Authorization: 'Bearer ' + share }; }
+    return fetch(url, init).then(function (r) {
+      if (r.status === 401 && share) { throw new Error('this link expired or was revoked'); }
       if (!r.ok) { throw new Error(url + ': HTTP ' + r.status); }
       return r.json();
     });
@@ -135,6 +152,7 @@
     var midnight = new Date();
     midnight.setHours(0, 0, 0, 0);
     var from = Math.floor(midnight.getTime() / 1000);
+    if (shared && shared.since) { from = Math.max(from, shared.since); }
     var scope = { user: d.user, device: d.device, from: from };
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = label(d) + ' — today';
@@ -142,6 +160,10 @@
     trackLayer.clearLayers();
     var trips = document.getElementById('trips');
     trips.textContent = '';
+    if (shared && shared.last_only) {
+      document.getElementById('detail-summary').textContent = 'last position shared';
+      return;
+    }
     getJSON('/api/v1/positions?' + query(Object.assign({ format: 'linestring' }, scope))).then(function (geo) {
       if (selected !== key) { return; }
       var line = L.geoJSON(geo, { style: { color: colorOf(key), weight: 4, opacity: 0.8 } });
@@ -214,8 +236,10 @@
   function showError(e) { setStatus(String(e.message || e), 'down'); }
 
   function connect() {
-    var es = new EventSource('/api/v1/live');
-    es.onopen = function () { setStatus('live', 'live'); };
+    var es = new EventSource('/api/v1/live' + (share ? '?access_token=' + encodeURIComponent(share) : ''));
+    es.onopen = function () {
+      setStatus(shared ? 'shared until ' + clock(shared.exp) : 'live', 'live');
+    };
     es.onerror = function () { setStatus('reconnecting…', 'down'); };
     es.addEventListener('position', function (ev) {
       var p = JSON.parse(ev.data);
@@ -244,6 +268,8 @@
     fit();
     document.body.dataset.loaded = String(rows.length);
   }).catch(showError);
-  getJSON('/api/v1/fences').then(drawFences).catch(showError);
-  getJSON('/api/v1/waypoints?format=geojson').then(drawWaypoints).catch(showError);
+  if (!share) {
+    getJSON('/api/v1/fences').then(drawFences).catch(showError);
+    getJSON('/api/v1/waypoints?format=geojson').then(drawWaypoints).catch(showError);
+  }
 })();

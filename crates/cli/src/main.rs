@@ -16,6 +16,7 @@ mod runtime;
 mod serve;
 mod stages;
 mod supervisor;
+mod token;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,12 @@ enum Command {
     /// Import location history (Recorder .rec, GPX, GeoJSON, Google
     /// Takeout, recordings) through the whole pipeline into the store.
     Import(import::ImportArgs),
+    /// Make signed tokens (bearer credentials scoped to devices or groups,
+    /// reading and/or publishing, with an expiry), or a key to sign them.
+    Token(token::TokenArgs),
+    /// Make a share link: a device or group, its last position or its
+    /// track from now on, for a while, opened without a password.
+    Share(token::ShareArgs),
 }
 
 /// Flags of `otstream run`: the stage, then the flags `serve` takes
@@ -82,6 +89,8 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => load::replay(args),
         Command::Fleet(args) => load::fleet(args),
         Command::Import(args) => import::run(args),
+        Command::Token(args) => token::token(args),
+        Command::Share(args) => token::share(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
