@@ -241,6 +241,9 @@ fn mqtt_subscribers_get_transitions_and_serve_does_not_take_its_own_back() {
     )
     .unwrap();
     let t0 = otstream_model::raw::now_ms() / 1000 - 3600;
+    // A device whose name makes no valid topic (`+`) enters first: its
+    // event is set aside, and the queue goes on.
+    fix(&serve, ("fleet", "ev+il"), t0 - 10, HOME, 80);
     // The server sees the van enter the depot; the phone reports leaving
     // its own region over MQTT.
     fix(&serve, ("fleet", "van1"), t0, HOME, 80);
@@ -277,6 +280,10 @@ fn mqtt_subscribers_get_transitions_and_serve_does_not_take_its_own_back() {
         .collect();
     published.sort();
     assert_eq!(
+        serve.metric(r#"otstream_events_refused_total{route="mqtt"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
         published,
         [
             format!("{prefix}/fleet/van1/event transition enter Depot server 0"),
@@ -290,7 +297,11 @@ fn mqtt_subscribers_get_transitions_and_serve_does_not_take_its_own_back() {
             &serve.db(),
             "SELECT source, event, desc FROM transitions ORDER BY source"
         ),
-        ["device|leave|Office", "server|enter|Depot"]
+        [
+            "device|leave|Office",
+            "server|enter|Depot",
+            "server|enter|Depot"
+        ]
     );
 }
 

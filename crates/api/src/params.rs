@@ -254,6 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn times_outside_what_is_stored_are_refused_not_wrapped() {
+        let t = |q: &str| Params::parse(q).time("from", 0);
+        assert_eq!(t("from=0"), Ok(0));
+        assert_eq!(t("from=4294967295"), Ok(MAX_TIME));
+        assert_eq!(t("from=2106-02-07T06:28:15Z"), Ok(MAX_TIME));
+        for bad in [
+            "from=-1",
+            "from=4294967296",
+            "from=2106-02-07T06:28:16Z",
+            "from=1969-12-31",
+        ] {
+            let e = t(bad).unwrap_err();
+            assert_eq!(e.field, "from", "{bad}");
+            assert!(
+                e.message.contains("outside the times stored"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        // A default past the bound is clamped, not refused.
+        assert_eq!(Params::parse("").time("to", i64::MAX), Ok(MAX_TIME));
+    }
+
+    #[test]
     fn window_defaults_and_errors_name_the_parameter() {
         let p = Params::parse("from=2023-11-14&limit=0&format=csv&user=jane+doe");
         assert_eq!(p.get("user"), Some("jane doe"));
