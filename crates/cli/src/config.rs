@@ -314,6 +314,26 @@ mod tests {
         });
     }
 
+    /// The README's "Configuration" block is a configuration `serve` takes:
+    /// every key it shows exists (sections deny unknown keys).
+    #[test]
+    fn the_readme_configuration_loads() {
+        let readme = include_str!("../../../README.md");
+        let from = readme
+            .find("### Configuration")
+            .and_then(|i| readme[i..].find("```toml\n").map(|j| i + j + 8))
+            .expect("a toml block under ### Configuration");
+        let block = &readme[from..from + readme[from..].find("```").unwrap_or(0)];
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("readme.toml", block)?;
+            let c = ServeConfig::load(Some(Path::new("readme.toml"))).unwrap();
+            assert_eq!(c.access.viewers["dispatch"], ["vans"]);
+            assert_eq!(c.geofence.max_regions_per_device, 256);
+            assert_eq!(c.api.max_live_streams, 256);
+            Ok(())
+        });
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
