@@ -73,7 +73,9 @@ async fn phone(server: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> Result<Ve
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         tst += 1;
-        let body = format!(r#"{{"_type":"location","lat":52.5,"lon":13.4,"acc":10,"tid":"ph","tst":{tst}}}"#);
+        let body = format!(
+            r#"{{"_type":"location","lat":52.5,"lon":13.4,"acc":10,"tid":"ph","tst":{tst}}}"#
+        );
         let req = Request::post("/pub")
             .header("host", server.to_string())
             .header("authorization", auth.as_str())
