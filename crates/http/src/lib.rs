@@ -27,10 +27,10 @@ use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What one listener allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,8 @@ pub async fn serve<F, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    // Every connection's task, to wait for at shutdown.
+    let tasks = TaskTracker::new();
     loop {
         // A place first: at the cap, stop accepting and let the kernel
         // queue new connections rather than overcommit.
@@ -156,17 +157,30 @@ pub async fn serve<F, S, B>(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            .serve_connection(TokioIo::new(stream), service)
+            // A WebSocket (`/ws/last`) takes the connection over once its
+            // 101 is sent; the socket's own task ends it at shutdown.
+            .with_upgrades();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    // The request in flight is answered; no other is read.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
+    tasks.close();
+    if tokio::time::timeout(limits.drain, tasks.wait())
         .await
         .is_err()
     {
