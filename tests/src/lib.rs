@@ -7,6 +7,7 @@
 
 pub mod browser;
 mod clickhouse;
+pub mod front;
 mod kafka;
 mod loadgen;
 mod mqtt;

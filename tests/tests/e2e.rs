@@ -25,5 +25,7 @@ mod kafka;
 mod mqtt;
 // Stages as separate processes over Kafka: kills, rebalances, backpressure.
 mod pipeline;
+// Recorder's clients: /ws/last, /api/0/last as Recorder writes it, CORS, its web frontend in a browser.
+mod recorder_clients;
 // `otstream serve`: HTTP in, embedded store out, overload, shutdown, crashes.
 mod serve;

@@ -58,7 +58,12 @@ pub fn admits(grant: &Grant, path: &str) -> Result<(), Refusal> {
     }
     let last_only = matches!(
         path,
-        "/" | "/map" | "/api/v1/devices" | "/api/v1/live" | "/api/v1/fences" | "/api/0/last"
+        "/" | "/map"
+            | "/api/v1/devices"
+            | "/api/v1/live"
+            | "/api/v1/fences"
+            | "/api/0/last"
+            | "/ws/last"
     );
     if !history && !last_only {
         return Err(Refusal::Forbidden("this token reads last positions only"));

@@ -17,7 +17,8 @@
 //! Endpoints (see the README for each with curl):
 //! - `/api/v1/devices`, `/positions`, `/trips`, `/stops`,
 //!   `/transitions`, `/summary`, `/live`, `/fences`;
-//! - Recorder's `/api/0/last`, `/locations`, `/list`, `/version`;
+//! - Recorder's `/api/0/last`, `/locations`, `/list`, `/version`, and its
+//!   WebSocket `/ws/last` ([`ws`]);
 //! - the map: `/` and `/map`, its assets under `/assets/`.
 //!
 //! Layout:
@@ -26,12 +27,16 @@
 //! - [`body`]: streamed bodies.
 //! - [`live`]: the live feed.
 //! - [`page`]: the map page and its bundled assets.
+//! - [`cors`]: cross-origin reads for an allow-list of origins.
+//! - [`ws`]: Recorder's `/ws/last` WebSocket.
 
 pub mod access;
 pub mod body;
+pub mod cors;
 pub mod live;
 pub mod page;
 pub mod params;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +52,7 @@ use otstream_http::Budget;
 use otstream_ingress::{Fallback, FallbackBody};
 use otstream_model::Record;
 use otstream_query::format::{
-    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_location,
+    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
     summary_json,
 };
 use otstream_query::{Query, QueryError, Reader, Visible};
@@ -98,6 +103,12 @@ pub struct ApiConfig {
     /// keep theirs however many watch.
     #[serde(default = "default_max_live_streams")]
     pub max_live_streams: usize,
+    /// Web origins (`https://frontend.example.com`) whose pages may read
+    /// the API (CORS) and open `/ws/last`; `*` for any, refused where
+    /// reads are trusted by address (no htpasswd). Empty by default: only
+    /// the API's own origin.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -129,6 +140,7 @@ impl ApiConfig {
                 "api.max_connections, api.max_reads and api.max_live_streams must be at least 1",
             ));
         }
+        cors::Cors::new(&self.cors_origins)?;
         page::tile_source(&self.tile_url).map(|_| ())
     }
 }
@@ -144,6 +156,7 @@ impl Default for ApiConfig {
             max_connections: default_max_connections(),
             max_reads: default_max_reads(),
             max_live_streams: default_max_live_streams(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -166,8 +179,10 @@ struct Inner {
     page_policy: HeaderValue,
     /// Reads answered at once.
     reads: Budget,
-    /// Live streams open at once.
+    /// Live streams (and `/ws/last` sockets) open at once.
     live_streams: Budget,
+    /// Origins allowed to read across origins.
+    cors: cors::Cors,
 }
 
 /// The read API: cheap to clone, one per process.
@@ -191,6 +206,8 @@ impl Api {
             page_policy: page::page_policy(&config),
             reads: Budget::new(config.max_reads),
             live_streams: Budget::new(config.max_live_streams),
+            // Checked by ApiConfig::validate; an invalid list allows nothing.
+            cors: cors::Cors::new(&config.cors_origins).unwrap_or_default(),
             config,
             reader,
             auth,
@@ -209,6 +226,16 @@ impl Api {
         let started = Instant::now();
         let path = req.uri().path().to_owned();
         let endpoint = endpoint_label(&path);
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if req.method() == Method::OPTIONS && path.starts_with("/api/") {
+            let mut r = self.0.cors.preflight(origin.as_deref());
+            page::secure(r.headers_mut(), None);
+            return r;
+        }
         // A read holds its place until its answer's last byte is sent.
         let read = path.starts_with("/api/") && path != "/api/v1/live";
         let place = if read { self.0.reads.take() } else { None };
@@ -228,10 +255,64 @@ impl Api {
         }
         let page = page::is_page(&path, response.status()).then_some(&self.0.page_policy);
         page::secure(response.headers_mut(), page);
+        if path.starts_with("/api/") {
+            self.0
+                .cors
+                .decorate(origin.as_deref(), response.headers_mut());
+        }
         metrics::counter!("otstream_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_str().to_owned()).increment(1);
         metrics::histogram!("otstream_api_request_duration_seconds", "endpoint" => endpoint)
             .record(started.elapsed().as_secs_f64());
         response
+    }
+
+    /// `/ws/last`: checks the upgrade, takes a place in the live budget,
+    /// and leaves the socket to [`ws::Socket`] once the 101 is sent.
+    fn socket(
+        &self,
+        mut req: Request<Incoming>,
+        visible: Visible,
+        slot: Option<otstream_http::Slot>,
+    ) -> Result<Response<FallbackBody>, ApiError> {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if !self.0.cors.allows_socket(
+            header(header::ORIGIN).as_deref(),
+            header(header::HOST).as_deref(),
+        ) {
+            return Err(ApiError::Refused(Refusal::Forbidden(
+                "a page of another origin may not open /ws/last unless api.cors_origins lists it",
+            )));
+        }
+        let Some(live) = &self.0.live else {
+            return Err(ApiError::Unavailable(
+                "this process has no live feed (it stores nothing itself)".into(),
+            ));
+        };
+        let accept = ws::check_handshake(&req)
+            .map_err(|why| ApiError::BadParam(BadParam::new("upgrade", why)))?;
+        let Some(place) = self.0.live_streams.take() else {
+            return Err(ApiError::Unavailable(
+                "too many live streams open (api.max_live_streams); retry later".into(),
+            ));
+        };
+        if let Some(slot) = slot {
+            slot.release();
+        }
+        let socket = ws::Socket {
+            upgrade: hyper::upgrade::on(&mut req),
+            live: live.subscribe(),
+            reader: self.0.reader.clone(),
+            visible,
+            shutdown: self.0.shutdown.clone(),
+            place,
+        };
+        tokio::spawn(socket.run());
+        Ok(ws::switching(accept))
     }
 
     async fn route(
@@ -261,6 +342,7 @@ impl Api {
                 | "/api/0/locations"
                 | "/api/0/list"
                 | "/api/0/version"
+                | "/ws/last"
         );
         // Another path is a 404 whatever the method (as the ingress
         // answers it), a known one with another method a 405.
@@ -289,6 +371,9 @@ impl Api {
             .map_err(ApiError::Refused)?;
         access::admits(&grant, path).map_err(ApiError::Refused)?;
         let visible = grant.visible.clone();
+        if path == "/ws/last" {
+            return self.socket(req, visible, slot);
+        }
         if recorder {
             let header = |name: &str| {
                 req.headers()
@@ -422,14 +507,7 @@ impl Api {
                     if i > 0 {
                         out.push(b',');
                     }
-                    recorder_location(&mut out, &d.last, fields.as_deref());
-                    if let (Some(name), true) = (&d.name, fields.is_none()) {
-                        // Recorder copies the device's card into its last position.
-                        out.pop();
-                        out.extend_from_slice(b",\"name\":");
-                        out.extend_from_slice(json!(name).to_string().as_bytes());
-                        out.push(b'}');
-                    }
+                    recorder_last(&mut out, d, fields.as_deref());
                 }
                 out.push(b']');
                 Ok(ok_json(out))
@@ -724,6 +802,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/api/0/locations" => "recorder_locations",
         "/api/0/list" => "recorder_list",
         "/api/0/version" => "recorder_version",
+        "/ws/last" => "recorder_ws",
         "/" | "/map" | "/share" => "page",
         p if p.starts_with("/assets/") => "assets",
         _ => "other",

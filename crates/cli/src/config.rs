@@ -273,6 +273,14 @@ impl ServeConfig {
         self.retention.validate()?;
         self.api.validate()?;
         self.access().validate()?;
+        // Without htpasswd, reads are trusted by address (loopback, or
+        // anyone with api.public): a CORS `*` would let any web page a
+        // local user opens read every device through the browser.
+        if self.http.htpasswd.is_none() && self.api.cors_origins.iter().any(|o| o == "*") {
+            bail!(
+                "api.cors_origins = [\"*\"] needs http.htpasswd: without it reads are trusted by address, and any web page could read every device; list the frontend's origin instead"
+            );
+        }
         if !self.http.friends.groups.is_empty() || !self.http.admins.is_empty() {
             tracing::warn!(
                 "http.friends.groups and http.admins are read as access.groups and access.admins; move them there"

@@ -377,24 +377,25 @@ impl ClickHouseReader {
             user: String,
             device: String,
             name: Option<String>,
+            face: Option<String>,
         }
         let cards: Vec<Card> = self
             .client
-            .query("SELECT user, device, name FROM cards FINAL")
+            .query("SELECT user, device, name, face FROM cards FINAL")
             .fetch_all()
             .await?;
-        let names: std::collections::HashMap<(Str, Str), Option<String>> = cards
-            .into_iter()
-            .map(|c| ((c.user.into(), c.device.into()), c.name))
-            .collect();
+        let mut cards: std::collections::HashMap<(Str, Str), (Option<String>, Option<String>)> =
+            cards
+                .into_iter()
+                .map(|c| ((c.user.into(), c.device.into()), (c.name, c.face)))
+                .collect();
         Ok(rows
             .into_iter()
             .map(|last| {
-                let name = names
-                    .get(&(last.user.clone(), last.device.clone()))
-                    .cloned()
-                    .flatten();
-                Device { last, name }
+                let (name, face) = cards
+                    .remove(&(last.user.clone(), last.device.clone()))
+                    .unwrap_or_default();
+                Device { last, name, face }
             })
             .collect())
     }

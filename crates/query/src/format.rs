@@ -336,17 +336,42 @@ fn position_members(o: &mut Obj<'_>, p: &Position, coordinates: bool) {
 }
 
 /// One position as Recorder writes a location: the payload's own fields
-/// (`_type`, `tid`, `tst`, `lat`, `lon`, ...) plus `isorcv`, `isotst`,
-/// `disptst`, `username` and `device`.
+/// (`_type`, `tid`, `tst`, `lat`, `lon`, ...) plus `topic`, `isorcv`,
+/// `isotst`, `disptst`, `username` and `device`. A fix that came without
+/// a topic (over HTTP) gets the one Recorder gives it,
+/// `owntracks/<user>/<device>`: its web frontend keys devices by it.
 pub fn recorder_location(out: &mut Vec<u8>, p: &Position, fields: Option<&[String]>) {
     let mut o = Obj::open(out, fields);
+    recorder_members(&mut o, p);
+    o.close();
+}
+
+/// A device's last position as Recorder's `/api/0/last` writes it: the
+/// location ([`recorder_location`]) with the device's card merged in
+/// (`name`, `face`).
+pub fn recorder_last(out: &mut Vec<u8>, d: &Device, fields: Option<&[String]>) {
+    let mut o = Obj::open(out, fields);
+    recorder_members(&mut o, &d.last);
+    o.opt_str("name", d.name.as_deref());
+    o.opt_str("face", d.face.as_deref());
+    o.close();
+}
+
+fn recorder_members(o: &mut Obj<'_>, p: &Position) {
     o.str("_type", "location");
     o.opt_str("tid", p.tid.as_deref());
     o.int("tst", p.tst);
     o.float("lat", p.lat);
     o.float("lon", p.lon);
-    fix_members(&mut o, p, ["SSID", "BSSID"]);
-    o.opt_str("topic", p.topic.as_deref());
+    fix_members(o, p, ["SSID", "BSSID"]);
+    match p.topic.as_deref() {
+        Some(topic) => o.str("topic", topic),
+        None => {
+            if o.key("topic") {
+                json_str(o.out, &format!("owntracks/{}/{}", p.user, p.device));
+            }
+        }
+    }
     for (key, t, sep, zulu) in [
         ("isorcv", p.received_at.div_euclid(1000), b'T', true),
         ("isotst", p.tst, b'T', true),
@@ -360,7 +385,6 @@ pub fn recorder_location(out: &mut Vec<u8>, p: &Position, fields: Option<&[Strin
     }
     o.str("username", &p.user);
     o.str("device", &p.device);
-    o.close();
 }
 
 /// Positions in a [`Format`] and [`Shape`].

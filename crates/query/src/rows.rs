@@ -71,6 +71,8 @@ pub struct Device {
     pub last: Position,
     /// The name on its card, if it sent one.
     pub name: Option<String>,
+    /// The picture on its card (base64 PNG or JPEG, as the apps send it).
+    pub face: Option<String>,
 }
 
 /// A transition (`transitions`), reported by the device or evaluated by

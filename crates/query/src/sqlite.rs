@@ -212,7 +212,7 @@ impl SqliteReader {
         })
     }
 
-    /// Every device with its last position and card name. The devices are
+    /// Every device with its last position and card (name, face). The devices are
     /// found by hopping along the `(user, device, tst)` key from one device
     /// to the next (two index seeks per device), so the cost grows with
     /// the number of devices, not of positions. A fix the position filters
@@ -228,17 +228,22 @@ impl SqliteReader {
             let mut last = conn.prepare_cached(&format!(
                 "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 AND filtered IS NULL ORDER BY tst DESC LIMIT 1"
             ))?;
-            let mut card = conn.prepare_cached("SELECT name FROM cards WHERE user = ?1 AND device = ?2")?;
+            let mut card = conn
+                .prepare_cached("SELECT name, face FROM cards WHERE user = ?1 AND device = ?2")?;
             let pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
             let mut out = Vec::new();
             let mut at = first.query_row([], pair).optional()?;
             while let Some((user, device)) = at {
                 if let Some(p) = last.query_row([&user, &device], position).optional()? {
-                    let name = card
-                        .query_row([&user, &device], |r| r.get::<_, Option<String>>(0))
+                    let (name, face) = card
+                        .query_row([&user, &device], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?
-                        .flatten();
-                    out.push(Device { last: p, name });
+                        .unwrap_or((None, None));
+                    out.push(Device {
+                        last: p,
+                        name,
+                        face,
+                    });
                 }
                 at = next.query_row([&user, &device], pair).optional()?;
             }
