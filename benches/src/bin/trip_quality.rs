@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use otstream_benches::traccar_trips as traccar;
-use otstream_loadgen::{Detected, Fleet, FleetConfig, Score, Sent, TruthTrip, locations, score};
+use otstream_loadgen::{
+    Detected, Fleet, FleetConfig, Score, Sent, TruthTrip, locations, rests_inside, score,
+};
 use otstream_trips::{Detector, Finished, Fix, TripConfig, TripState};
 
 #[derive(Parser)]
@@ -126,9 +128,11 @@ fn best(mut f: impl FnMut() -> (Vec<Detected>, f64)) -> (Vec<Detected>, f64) {
     (trips, secs)
 }
 
-fn line(name: &str, s: &Score, fixes: usize, secs: f64) {
+/// One row: the score, the trips that ran through a true rest of
+/// `min_stop_s` (180 s), and the rate.
+fn line(name: &str, s: &Score, through: usize, fixes: usize, secs: f64) {
     println!(
-        "{name:<34} {:>6} {:>8} {:>9.3} {:>6.3} {:>8.0} {:>6.0} {:>7.1}% {:>9.2}",
+        "{name:<34} {:>6} {:>8} {:>9.3} {:>6.3} {:>8.0} {:>6.0} {:>7.1}% {:>8} {:>9.2}",
         s.truth,
         s.detected,
         s.precision,
@@ -136,6 +140,7 @@ fn line(name: &str, s: &Score, fixes: usize, secs: f64) {
         s.start_error_s,
         s.end_error_s,
         s.distance_error * 100.0,
+        through,
         fixes as f64 / secs / 1e6,
     );
 }
@@ -157,7 +162,7 @@ fn main() {
         truth.len()
     );
     println!(
-        "{:<34} {:>6} {:>8} {:>9} {:>6} {:>8} {:>6} {:>8} {:>9}",
+        "{:<34} {:>6} {:>8} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>9}",
         "rules",
         "truth",
         "detected",
@@ -166,6 +171,7 @@ fn main() {
         "start_s",
         "end_s",
         "dist",
+        "thru rest",
         "M fixes/s"
     );
     let configs: Vec<TripConfig> = if args.sweep {
@@ -190,6 +196,7 @@ fn main() {
     line(
         "traccar 200 m 180 s (before)",
         &score(&truth, &trips),
+        rests_inside(&truth, &trips, 180),
         sent.len(),
         secs,
     );
@@ -199,6 +206,7 @@ fn main() {
             "current {} m {} s {} km/h",
             c.min_distance_m, c.min_stop_s, c.moving_kmh
         );
-        line(&name, &score(&truth, &trips), sent.len(), secs);
+        let through = rests_inside(&truth, &trips, c.min_stop_s);
+        line(&name, &score(&truth, &trips), through, sent.len(), secs);
     }
 }

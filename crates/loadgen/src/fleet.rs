@@ -32,8 +32,10 @@
 //!   Wi-Fi fixes 250 to 500 m off (some honest with `acc` 400 to 800, some
 //!   claiming 50 to 80), cell fixes 1 to 3 km off with `acc` over 1000.
 //! - Traffic lights (20 to 90 s halted, `vel` 0), bus stops, tunnels
-//!   (1 to 5 minutes without a fix while driving on), and errands (a walk
-//!   of 60 to 120 m from where it is parked and back: no trip).
+//!   (1 to 5 minutes without a fix while driving on), errands (a walk
+//!   of 60 to 120 m from where it is parked and back: no trip), and moves
+//!   across the car park (a walk of 60 to 120 m, then the rest of the stop
+//!   there: no trip either).
 //! - The first fix after leaving comes one interval later, as a phone
 //!   notices movement; the trip's truth starts when the device left.
 
@@ -195,6 +197,14 @@ struct Phone {
     /// stays parked after.
     errand_from: Option<Point>,
     errand_until: i64,
+    /// The errand is a move across the car park: it stays where it walked.
+    errand_stays: bool,
+    /// When each move across the car park began.
+    moves: Vec<i64>,
+    /// It moved across the car park in this stop already: no more errands
+    /// until it leaves (two chained could take it beyond the stop's
+    /// reach, which would be a trip).
+    moved: bool,
     /// The trip in progress: when it left, metres so far.
     trip: Option<(i64, f64)>,
 }
@@ -268,6 +278,16 @@ impl Fleet {
             pending: Default::default(),
             truth: Vec::new(),
         }
+    }
+
+    /// The moves across a car park so far (a walk of 60 to 120 m within a
+    /// stop, and the rest of the stop there: no trip), each device's with
+    /// when it began (with [`FleetConfig::phones`]; empty otherwise).
+    pub fn moves(&self) -> Vec<(String, i64)> {
+        self.devices
+            .iter()
+            .flat_map(|d| d.phone.moves.iter().map(|t| (d.name.clone(), *t)))
+            .collect()
     }
 
     /// The trips finished so far, as they really happened, in the order
@@ -491,9 +511,16 @@ fn phone_step(
     let mut finished = None;
     let next = match d.mode {
         Mode::Parked { until } if now < until => {
-            if d.phone.errand_from.is_none() && until - now > 900 && d.rng.random::<f64>() < 0.08 {
-                // An errand: a short walk away and back, no trip.
+            let roll = d.rng.random::<f64>();
+            if d.phone.errand_from.is_none() && !d.phone.moved && until - now > 900 && roll < 0.12 {
+                // An errand: a short walk away and back; or, one time in
+                // three, a move across the car park, staying there. No trip.
                 d.phone.errand_from = Some(d.at);
+                d.phone.errand_stays = roll >= 0.08;
+                if d.phone.errand_stays {
+                    d.phone.moves.push(now);
+                    d.phone.moved = true;
+                }
                 d.target = Haversine.destination(
                     d.at,
                     d.rng.random_range(0.0..360.0),
@@ -544,6 +571,7 @@ fn phone_step(
             };
             d.phone.kind = Some(kind);
             d.phone.trip = Some((now, 0.0));
+            d.phone.moved = false;
             d.phone.err = (0.0, 0.0);
             d.mode = if kind == Kind::Walk {
                 Mode::Walking
@@ -566,7 +594,7 @@ fn phone_step(
                 d.at = d.target;
                 match d.phone.errand_from.take() {
                     // Back from an errand, or at its turning point.
-                    Some(from) if Haversine.distance(from, d.at) > 1.0 => {
+                    Some(from) if Haversine.distance(from, d.at) > 1.0 && !d.phone.errand_stays => {
                         d.target = from;
                         d.phone.errand_from = Some(from);
                     }

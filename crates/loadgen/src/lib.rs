@@ -32,7 +32,7 @@ pub use record::{RecordError, Source, record, write_recording_line};
 pub use replay::{Outcome, ReplayConfig, ReplayError, Target, replay};
 pub use report::{Latencies, Report};
 pub use rewrite::Rewrite;
-pub use truth::{Detected, Score, Sent, locations, score};
+pub use truth::{Detected, Score, Sent, locations, rests_inside, score};
 
 /// Reads a recording (or bare payloads, one per line, as HTTP bodies
 /// without headers) as messages; a line that is neither is an error naming

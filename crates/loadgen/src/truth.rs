@@ -105,6 +105,33 @@ pub fn score(truth: &[TruthTrip], detected: &[Detected]) -> Score {
     }
 }
 
+/// Detected trips with a true rest of `min_rest_s` or more inside them:
+/// trips that ran through a stop (a rest is the time a device spent
+/// between two true trips, or before its first, or after its last). The
+/// failure it counts: a short move within a stop opening a trip that the
+/// rest after it does not close.
+pub fn rests_inside(truth: &[TruthTrip], detected: &[Detected], min_rest_s: i64) -> usize {
+    let mut trips: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    for t in truth {
+        trips.entry(&t.device).or_default().push((t.start, t.end));
+    }
+    for v in trips.values_mut() {
+        v.sort_unstable();
+    }
+    detected
+        .iter()
+        .filter(|d| {
+            let ts = trips.get(d.device.as_str()).map_or(&[][..], Vec::as_slice);
+            // The rests: before the first trip, between two, after the last.
+            let starts = std::iter::once(i64::MIN).chain(ts.iter().map(|t| t.1));
+            let ends = ts.iter().map(|t| t.0).chain(std::iter::once(i64::MAX));
+            starts
+                .zip(ends)
+                .any(|(from, to)| d.end.min(to).saturating_sub(d.start.max(from)) >= min_rest_s)
+        })
+        .count()
+}
+
 /// A location as a device sent it: what a detector is given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
@@ -186,6 +213,29 @@ mod tests {
             end,
             distance_m,
         }
+    }
+
+    #[test]
+    fn a_trip_through_a_rest_of_a_stop_s_length_is_counted() {
+        let t = [
+            truth("a", 1000, 2000, 5_000.0),
+            truth("a", 3000, 4000, 5_000.0),
+        ];
+        let d = [
+            // The trips, a minute off at each end: no rest inside.
+            detected("a", 1060, 1940, 5_000.0),
+            detected("a", 2940, 4060, 5_000.0),
+            // From a walk at 500 through the rest before the first trip.
+            detected("a", 500, 2000, 5_000.0),
+            // Through the 1,000 s rest between them.
+            detected("a", 1000, 4000, 10_000.0),
+            // 179 s into the rest after the last: under the threshold.
+            detected("a", 3000, 4179, 5_000.0),
+            // A device without true trips rests all day.
+            detected("b", 0, 180, 50.0),
+        ];
+        assert_eq!(rests_inside(&t, &d, 180), 3);
+        assert_eq!(rests_inside(&t, &d[..2], 180), 0);
     }
 
     #[test]

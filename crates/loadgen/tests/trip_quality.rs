@@ -2,12 +2,15 @@
 //!
 //! Each seed is a simulated day of 24 devices walking, cycling, driving
 //! and riding buses, with GPS noise, Wi-Fi and cell outliers while parked,
-//! traffic lights, bus stops, tunnels and errands. The detector sees what
+//! traffic lights, bus stops, tunnels, errands and moves across the car
+//! park. The detector sees what
 //! the phones sent; the fleet knows what happened.
 
 use std::collections::HashMap;
 
-use otstream_loadgen::{Detected, Fleet, FleetConfig, Kind, Score, TruthTrip, locations, score};
+use otstream_loadgen::{
+    Detected, Fleet, FleetConfig, Kind, Score, TruthTrip, locations, rests_inside, score,
+};
 use otstream_trips::{Detector, Finished, Fix, TripConfig, TripState};
 
 const DAY_S: i64 = 86_400;
@@ -15,7 +18,7 @@ const DAY_S: i64 = 86_400;
 /// One day of `devices` phones, its truth, and what the detector made of it.
 /// Trips are compared up to an hour before the day's end, so that a trip
 /// whose arrival the detector has not yet confirmed is not counted.
-fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Detected>) {
+fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Detected>, Vec<(String, i64)>) {
     let config = FleetConfig::day_of_phones(seed, devices);
     let start = config.start_ms / 1000;
     let mut fleet = Fleet::new(config);
@@ -50,7 +53,7 @@ fn day(seed: u64, devices: u32) -> (Vec<TruthTrip>, Vec<Detected>) {
         .cloned()
         .collect();
     detected.retain(|d| d.end < cut);
-    (truth, detected)
+    (truth, detected, fleet.moves())
 }
 
 fn check(seed: u64, s: &Score) {
@@ -65,22 +68,56 @@ fn check(seed: u64, s: &Score) {
 #[test]
 fn detection_matches_the_truth_on_days_of_phones() {
     let mut kinds = HashMap::new();
+    let mut throughs = Vec::new();
     for seed in [1, 2, 3] {
-        let (truth, detected) = day(seed, 24);
+        let (truth, detected, moves) = day(seed, 24);
         for t in &truth {
             *kinds.entry(t.kind).or_insert(0) += 1;
         }
         let s = score(&truth, &detected);
-        eprintln!("seed {seed}: {s:?}");
+        let through = rests_inside(&truth, &detected, TripConfig::default().min_stop_s);
+        eprintln!("seed {seed}: {s:?}; trips through a rest: {through}");
         check(seed, &s);
+        throughs.push(through);
+        // A move across the car park and the rest of the stop after it
+        // open no trip that runs through that rest (the issue-36 failure: a
+        // trip from the walk to the next departure, the rest inside).
+        let from_moves: Vec<Detected> = detected
+            .iter()
+            .filter(|d| {
+                moves
+                    .iter()
+                    .any(|(m, t)| *m == d.device && (d.start - t).abs() <= 120)
+            })
+            .cloned()
+            .collect();
+        assert!(moves.len() >= 50, "seed {seed}: {} moves", moves.len());
+        let min_stop_s = TripConfig::default().min_stop_s;
+        assert_eq!(
+            rests_inside(&truth, &from_moves, min_stop_s),
+            0,
+            "seed {seed}: trips from a move within a stop through the rest after it"
+        );
     }
+    // What still runs through a rest has other causes (a device's first
+    // fix an outlier, an arrival fix lost to a cell fix whose circle
+    // reaches the stay left): known, and left to issue 36. Fixed values:
+    // the days are deterministic, and a change here is a change of rules.
+    // What still runs through a rest has other causes (a device's first
+    // fix an outlier, an arrival fix taken for an outlier when a cell
+    // fix's circle reaches the stay left): known, left to issue 36. Exact
+    // values: the days are deterministic, a change here is a change of
+    // rules (before the move fix: 21, 22, 20, of which 14, 8, 10 from a
+    // move).
+    assert_eq!(throughs, [7, 14, 10], "trips through a rest, by seed");
     // Every way of moving was in the test.
     for k in [Kind::Walk, Kind::Cycle, Kind::Drive, Kind::Transit] {
         assert!(kinds.get(&k).copied().unwrap_or(0) >= 10, "{kinds:?}");
     }
 }
 
-/// One phone's fixes over six hours, outliers, lights and errands included.
+/// One phone's fixes over six hours, outliers, lights, errands and a move
+/// across a car park included.
 fn one_phone() -> Vec<Fix> {
     let config = FleetConfig {
         devices: 3,
@@ -93,7 +130,7 @@ fn one_phone() -> Vec<Fix> {
     let messages: Vec<_> = Fleet::new(config).collect();
     locations(&messages)
         .into_iter()
-        .filter(|s| s.device == "d00001")
+        .filter(|s| s.device == "d00000")
         .map(|s| Fix {
             vel: s.vel,
             acc: s.acc,
@@ -132,19 +169,24 @@ proptest::proptest! {
 }
 
 /// The phone above passes through every kind of state the property cuts
-/// at: an outlier waiting, a second place settled at, a trip open.
+/// at: an outlier waiting, a second place settled at, a trip open, a rest
+/// after a move within a stop.
 #[test]
 fn the_phone_passes_through_every_kind_of_state() {
     let d = Detector::new(TripConfig::default());
     let (mut state, mut out) = (TripState::default(), Vec::new());
-    let mut seen = [false; 3];
+    let mut seen = [false; 4];
     for f in one_phone() {
         d.on_fix(&mut state, f, &mut out);
         let json = serde_json::to_string(&state).unwrap();
-        // `x`: a stay's second place, as the stay is stored.
-        for (i, key) in ["\"pending\"", "\"x\"", "\"trip\""].iter().enumerate() {
+        // `x`: a stay's second place, `r`: the rest after a move within
+        // it, as the stay is stored.
+        for (i, key) in ["\"pending\"", "\"x\"", "\"trip\"", "\"r\""]
+            .iter()
+            .enumerate()
+        {
             seen[i] |= json.contains(key);
         }
     }
-    assert_eq!(seen, [true; 3]);
+    assert_eq!(seen, [true; 4]);
 }

@@ -35,6 +35,10 @@
 //!   and its distance runs along every fix from the last settled fix of
 //!   the stop it left to the first of the stop it reached: the first and
 //!   last hundred metres included.
+//! - A move within a stop that stays within reach of it (a walk across
+//!   the car park, a drift at walking pace) followed by a rest of
+//!   `min_stop_s` there, up to a fix or up to when it left, is part of the
+//!   stop, which goes on at the new place: no trip starts at the walk.
 //! - A stay too short to be a stop (a red light, a jam shorter than
 //!   `min_stop_s`) is part of the trip; so is a tunnel or a data gap up to
 //!   `max_gap_s`. A longer gap ends an open trip at the last fix before it;
@@ -291,6 +295,12 @@ struct Stay {
     /// Where it settled before settling again elsewhere in the stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     alt: Option<Box<Anchor>>,
+    /// Its first fix at rest again after a move within a stop, away from
+    /// its centre (a walk across a car park): at rest there for
+    /// `min_stop_s`, until a fix or until it left, the move was part of
+    /// the stop. Boxed: rare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resumed: Option<Box<Mark>>,
 }
 
 /// A stay as stored, without what repeats its first fix: on the move (a
@@ -313,6 +323,8 @@ struct StayRepr {
     m: Option<(f64, f64, f64)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     x: Option<Box<Anchor>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<Box<Mark>>,
 }
 
 impl From<Stay> for StayRepr {
@@ -326,6 +338,7 @@ impl From<Stay> for StayRepr {
             m: (s.max != 0.0 || s.head_max != 0.0 || s.tail_max != 0.0)
                 .then_some((s.max, s.head_max, s.tail_max)),
             x: s.alt,
+            r: s.resumed,
         }
     }
 }
@@ -346,6 +359,7 @@ impl From<StayRepr> for Stay {
             head_max,
             tail_max,
             alt: r.x,
+            resumed: r.r,
         }
     }
 }
@@ -657,6 +671,7 @@ impl Detector {
             head_max: 0.0,
             tail_max: 0.0,
             alt: None,
+            resumed: None,
         };
         if !self.moving(last, &fix, segment) {
             self.add_settled(&mut stay, last, &fix, mark);
@@ -673,6 +688,7 @@ impl Detector {
         }
         stay.settled = mark;
         stay.departed = None;
+        stay.resumed = None;
         stay.tail_max = 0.0;
         let w = 1.0 / fix.acc().max(5.0).powi(2);
         let total = stay.w + w;
@@ -715,6 +731,7 @@ impl Detector {
                 stay.head_max = stay.head_max.max(speed);
             }
             stay.tail_max = stay.tail_max.max(speed);
+            self.rest_before(&mut stay, &fix);
             if stay.departed.is_none() {
                 stay.departed = Some(self.departure_time(&stay.settled, &fix));
             }
@@ -742,9 +759,22 @@ impl Detector {
             stay.w = 0.0;
             (stay.lat, stay.lon) = (fix.lat, fix.lon);
             self.add_settled(&mut stay, Some(&last), &fix, mark);
+        } else if stay.departed.is_some() {
+            match stay.resumed.as_deref() {
+                // At rest for a stop's length after a move that stayed
+                // within reach (a walk across a car park, a drift at
+                // walking pace): the move was part of the stop, which goes
+                // on here.
+                Some(r) if fix.tst - r.t >= self.config.min_stop_s => {
+                    self.rests_here(&mut stay, &fix, mark);
+                }
+                // Otherwise a pause on the way out of a stop (a light
+                // round the corner): the departure stands, unless the
+                // pause lasts.
+                Some(_) => {}
+                None => stay.resumed = Some(Box::new(mark)),
+            }
         }
-        // Otherwise a pause on the way out of a stop (a light round the
-        // corner): the departure stands.
         state.last = Some(fix);
         if stay.is_stop(self.config.min_stop_s) {
             if let Some(trip) = state.trip.take() {
@@ -754,11 +784,32 @@ impl Detector {
         state.stay = Some(stay);
     }
 
+    /// The stop goes on at `fix` after a move within it: the place before
+    /// is kept in case the device comes back to it.
+    fn rests_here(&self, stay: &mut Stay, fix: &Fix, mark: Mark) {
+        stay.alt = Some(Box::new(stay.anchor()));
+        stay.w = 0.0;
+        (stay.lat, stay.lon) = (fix.lat, fix.lon);
+        self.add_settled(stay, None, fix, mark);
+    }
+
+    /// At rest after a move within the stop until `fix` moves on (a
+    /// parked phone may send nothing in between): a stop's length of rest
+    /// makes the move part of the stop, which ends when `fix` left.
+    fn rest_before(&self, stay: &mut Stay, fix: &Fix) {
+        if let Some(r) = stay.resumed.take() {
+            if self.departure_time(&r, fix) - r.t >= self.config.min_stop_s {
+                self.rests_here(stay, &Fix::new(r.t, r.lat, r.lon), *r);
+            }
+        }
+    }
+
     /// A fix out of the stay, accepted: the device left it.
     fn leave(&self, state: &mut TripState, fix: Fix, out: &mut Vec<Finished>) {
         let (Some(last), Some(mut stay)) = (state.last, state.stay.take()) else {
             return;
         };
+        self.rest_before(&mut stay, &fix);
         let (segment, speed) = state.advance(&last, &fix);
         let departed = *stay
             .departed

@@ -442,6 +442,46 @@ fn a_short_walk_is_one_trip_with_its_whole_length_and_an_errand_none() {
 }
 
 #[test]
+fn a_walk_within_the_stay_then_a_long_rest_is_part_of_the_stop_not_a_trip() {
+    // Parked 20 minutes (a fix a minute), then a walk of 100 m across the
+    // car park at 5 km/h (within the 150 m a stay is measured by), then two
+    // hours of rest there with a ping every 15 minutes, then a drive away.
+    let mut tr = Track::new(T0, 52.0, 13.0);
+    tr.stay(1200, 60, 3.0);
+    tr.drive(&[(90.0, 100.0)], 5.0, 10);
+    tr.stay(7200, 900, 3.0);
+    let parked_until = tr.t;
+    tr.t += 20;
+    // Its first moving fix is 10 s on, 111 m away at 40 km/h.
+    let left = tr.t;
+    tr.drive(&[(0.0, 3000.0)], 40.0, 10);
+    let arrived = tr.t;
+    tr.stay(1200, 60, 3.0);
+    let (out, _) = run(TripConfig::default(), &tr.fixes);
+    // One trip: the drive, from when it left (within a second's jitter),
+    // not from the walk.
+    let t = trips(&out);
+    assert_eq!(t.len(), 1, "{t:#?}");
+    assert!(
+        (t[0].start.tst - left).abs() <= 1,
+        "{:?} left at {left}",
+        t[0].start
+    );
+    assert!((t[0].end.tst - arrived).abs() <= 2, "{:?}", t[0].end);
+    // One stop: from the first fix to the departure, the walk and the two
+    // hours after it inside; its points are every fix of the stay (21
+    // settled, 7 of the walk, 8 pings).
+    let s = stops(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, T0);
+    assert!(
+        (parked_until..=parked_until + 20).contains(&s[0].1),
+        "{s:?}"
+    );
+    assert_eq!(s[0].2, 21 + 7 + 8);
+}
+
+#[test]
 fn a_tunnel_and_a_short_gap_do_not_split_a_trip() {
     let mut tr = Track::new(T0, 48.0, 11.0);
     tr.stay(600, 60, 5.0);
