@@ -108,7 +108,7 @@ fn post_fleet(serve: &Serve) -> Vec<Fix> {
     for f in &ordered {
         post_fix(serve, f);
     }
-    let card = r#"{"_type":"card","name":"Jane's phone"}"#;
+    let card = r#"{"_type":"card","name":"Jane's phone","face":"iVBORw0KGgo="}"#;
     let a = serve.post(
         "/pub",
         &[("X-Limit-U", "jane"), ("X-Limit-D", "phone")],
@@ -564,15 +564,23 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
             &last[0]["tst"],
             &last[0]["username"],
             &last[0]["name"],
+            &last[0]["face"],
+            &last[0]["topic"],
             &last[0]["_type"]
         ),
         (
             &json!(jane.last().unwrap().tst),
             &json!("jane"),
             &json!("Jane's phone"),
+            &json!("iVBORw0KGgo="),
+            &json!("owntracks/jane/phone"),
             &json!("location")
         )
     );
+    // The picture only where Recorder shows it: not in /api/v1/devices.
+    let devices = get_json(serve, "/api/v1/devices?user=jane&device=phone");
+    assert_eq!(devices[0]["name"], "Jane's phone");
+    assert!(devices[0].get("face").is_none(), "{devices}");
     assert_eq!(
         get_json(serve, "/api/0/list"),
         json!({"results": ["bob", "eve", "jane"]})

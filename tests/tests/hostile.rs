@@ -700,6 +700,28 @@ tile_url = ""
         "the shared page reported errors: {errors:#?}"
     );
 
+    // Streams opened with the token before it is revoked: a socket and
+    // a live feed.
+    let mut ws = {
+        use tungstenite::client::IntoClientRequest as _;
+        let mut req = format!("{}/ws/last", serve.url.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", ha.parse().unwrap());
+        let (ws, _) = tungstenite::connect(req).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        }
+        ws
+    };
+    let feed = ureq::get(&format!("{}/api/v1/live", serve.url))
+        .set("Authorization", &ha)
+        .timeout(Duration::from_secs(20))
+        .call()
+        .unwrap();
+    let mut feed = std::io::BufReader::new(feed.into_reader());
+
     // Revoked: the next read after the list changes is refused.
     std::fs::write(path("revoked"), "# revoked tokens\nha\ncustomer\n").unwrap();
     otstream_tests::wait_until("the revocation to be read", Duration::from_secs(5), || {
@@ -710,6 +732,26 @@ tile_url = ""
         get_with(&serve, "/api/v1/devices", &basic("boss:boss-pw")).0,
         200
     );
+    // The open streams end too (they check again every 5 s): the socket
+    // with a policy close, the feed with a last `revoked` event.
+    let close = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("/ws/last was not closed: {e}"),
+        }
+    };
+    assert_eq!(close, Some(1008));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        use std::io::BufRead as _;
+        let n = feed.read_line(&mut line).unwrap();
+        assert!(n > 0, "the live feed ended without saying it was revoked");
+        if line.trim() == "event: revoked" {
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

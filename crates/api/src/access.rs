@@ -13,12 +13,15 @@
 //!   scoped to a user or device (its `user`, `device` properties) to those
 //!   who may read that device; a fence for everyone to everyone but share
 //!   links.
+//! - A stream (the live feed, `/ws/last`) checks its credentials again
+//!   every [`RECHECK`] ([`Recheck`]): a revoked or expired token ends it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::Request;
 use hyper::header::{self, HeaderMap};
-use otstream_auth::{Facts, Grant, Refusal};
+use otstream_auth::{Authenticator, Facts, Grant, Refusal};
 use otstream_model::Visible;
 use serde_json::Value;
 
@@ -38,6 +41,52 @@ pub fn facts<'a, B>(req: &'a Request<B>, remote: SocketAddr, params: &'a Params)
             .any(|h| headers.contains_key(*h)),
     }
 }
+
+/// A request's credentials, kept by a stream that outlives the request
+/// (a live feed, a socket) to check them again while it lasts: a revoked
+/// or expired token, a removed user, ends it.
+#[derive(Clone)]
+pub struct Recheck {
+    auth: Arc<Authenticator>,
+    remote: SocketAddr,
+    authorization: Option<String>,
+    query_token: Option<String>,
+    host: Option<String>,
+    forwarded: bool,
+}
+
+impl Recheck {
+    /// The credentials of `facts`, checked by `auth`.
+    pub fn new(auth: Arc<Authenticator>, facts: &Facts<'_>) -> Self {
+        Recheck {
+            auth,
+            remote: facts.remote,
+            authorization: facts.authorization.map(str::to_owned),
+            query_token: facts.query_token.map(str::to_owned),
+            host: facts.host.map(str::to_owned),
+            forwarded: facts.forwarded,
+        }
+    }
+
+    /// Whether they still let the stream read. A passing overload (too
+    /// many password checks at once) is not an answer: the stream goes on.
+    pub async fn holds(&self) -> bool {
+        let facts = Facts {
+            remote: self.remote,
+            authorization: self.authorization.as_deref(),
+            query_token: self.query_token.as_deref(),
+            host: self.host.as_deref(),
+            forwarded: self.forwarded,
+        };
+        match self.auth.reader(&facts).await {
+            Ok(_) | Err(Refusal::Limited | Refusal::Busy) => true,
+            Err(Refusal::Unauthorized(_) | Refusal::Forbidden(_)) => false,
+        }
+    }
+}
+
+/// How often a stream checks its credentials again.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

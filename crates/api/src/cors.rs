@@ -69,9 +69,11 @@ impl Cors {
 
     /// Whether a WebSocket upgrade with `origin` (the request's `Origin`
     /// header, if any) may proceed: a client that is not a browser sends
-    /// none; a page of the API's own origin (`host`) or of an allowed one
-    /// may; any other page may not (browsers do not apply CORS to
-    /// WebSockets: the server has to check).
+    /// none; a page of the API's own origin (`host`) or of one listed by
+    /// name may; any other page may not. `*` does not count here: browsers
+    /// apply no CORS to WebSockets and send saved Basic credentials with
+    /// the handshake, so `*` would let any page a signed-in user opens read
+    /// what that user reads.
     pub fn allows_socket(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         let Some(origin) = origin else {
             return true;
@@ -83,7 +85,7 @@ impl Cors {
                     .is_some_and(|o| o.eq_ignore_ascii_case(h))
             })
         });
-        same || self.allows(origin)
+        same || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// Adds the allow headers for `origin` to an answer, if it is allowed.
@@ -170,6 +172,8 @@ mod tests {
     fn any_origin_is_star_without_credentials_and_paths_are_not_origins() {
         let cors = Cors::new(&["*".to_owned()]).unwrap();
         assert!(cors.allows_any() && cors.allows("https://anything.example"));
+        // Never a socket: the browser would send the user's credentials.
+        assert!(!cors.allows_socket(Some("https://anything.example"), Some("fleet.example.com")));
         let mut h = HeaderMap::new();
         cors.decorate(Some("https://anything.example"), &mut h);
         assert_eq!(h["access-control-allow-origin"], "*");

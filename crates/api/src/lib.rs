@@ -273,6 +273,7 @@ impl Api {
         mut req: Request<Incoming>,
         visible: Visible,
         slot: Option<otstream_http::Slot>,
+        recheck: access::Recheck,
     ) -> Result<Response<FallbackBody>, ApiError> {
         let header = |name: header::HeaderName| {
             req.headers()
@@ -307,7 +308,9 @@ impl Api {
             upgrade: hyper::upgrade::on(&mut req),
             live: live.subscribe(),
             reader: self.0.reader.clone(),
+            reads: self.0.reads.clone(),
             visible,
+            recheck,
             shutdown: self.0.shutdown.clone(),
             place,
         };
@@ -363,16 +366,21 @@ impl Api {
             return Ok(page::index(&self.0.config));
         }
         let mut params = Params::parse(req.uri().query().unwrap_or(""));
+        let facts = access::facts(&req, remote, &params);
+        // A stream outlives its request: it keeps the credentials to check
+        // them again.
+        let recheck = matches!(path, "/api/v1/live" | "/ws/last")
+            .then(|| access::Recheck::new(self.0.auth.clone(), &facts));
         let grant = self
             .0
             .auth
-            .reader(&access::facts(&req, remote, &params))
+            .reader(&facts)
             .await
             .map_err(ApiError::Refused)?;
         access::admits(&grant, path).map_err(ApiError::Refused)?;
         let visible = grant.visible.clone();
-        if path == "/ws/last" {
-            return self.socket(req, visible, slot);
+        if let (Some(recheck), "/ws/last") = (&recheck, path) {
+            return self.socket(req, visible, slot, recheck.clone());
         }
         if recorder {
             let header = |name: &str| {
@@ -442,7 +450,10 @@ impl Api {
                 if let Some(slot) = slot {
                     slot.release();
                 }
-                let body = live::stream(live, visible, self.0.shutdown.clone(), place);
+                let Some(recheck) = recheck else {
+                    return Err(ApiError::NotFound);
+                };
+                let body = live::stream(live, visible, self.0.shutdown.clone(), place, recheck);
                 let mut r = Response::new(body);
                 set(&mut r, header::CONTENT_TYPE, "text/event-stream");
                 set(&mut r, header::CACHE_CONTROL, "no-store");
@@ -501,7 +512,13 @@ impl Api {
             "/api/0/last" => {
                 let (user, device) = scope(&params, &visible)?;
                 let fields = fields(&params);
-                let devices = self.0.reader.devices(user, device, &visible).await?;
+                let mut devices = self.0.reader.devices(user, device, &visible).await?;
+                if fields
+                    .as_ref()
+                    .is_none_or(|f| f.iter().any(|x| x == "face"))
+                {
+                    self.0.reader.faces(&mut devices).await?;
+                }
                 let mut out = vec![b'['];
                 for (i, d) in devices.iter().enumerate() {
                     if i > 0 {

@@ -109,6 +109,7 @@ pub fn stream(
     visible: Visible,
     shutdown: CancellationToken,
     place: OwnedSemaphorePermit,
+    recheck: crate::access::Recheck,
 ) -> FallbackBody {
     let mut rx = live.subscribe();
     let (tx, body) = body::channel();
@@ -121,9 +122,20 @@ pub fn stream(
         }
         let mut tick = tokio::time::interval(KEEP_ALIVE);
         tick.tick().await;
+        let mut again = tokio::time::interval(crate::access::RECHECK);
+        again.tick().await;
         loop {
             let out = tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = again.tick() => {
+                    if recheck.holds().await {
+                        continue;
+                    }
+                    // Revoked or expired: said, then the stream ends (the
+                    // browser's reconnection meets the 401).
+                    let _ = tx.send(Ok(Bytes::from_static(b"event: revoked\ndata: {}\n\n"))).await;
+                    return;
+                }
                 _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 r = rx.recv() => match r {
                     Ok(record) => match event(&record, &visible) {

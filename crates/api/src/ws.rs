@@ -7,9 +7,11 @@
 //! broadcast channel; the text `LAST` from the client. Out: each committed
 //! location the client may read, as Recorder's location object (the
 //! payload's members, `topic`, `username`, `device`, `isotst`, ...), one
-//! text message each; on `LAST`, the last location of every device it
-//! may read, with its card (`name`, `face`), as `/api/0/last` writes
-//! them; protocol pings every 15 s.
+//! text message each; on `LAST` (one a second at most, each in the API's
+//! read budget), the last location of every device it may read, with its
+//! card (`name`, `face`), as `/api/0/last` writes them; protocol pings
+//! every 15 s; a close (1008) once its credentials no longer hold
+//! (checked every 5 s: a revoked or expired token, a removed user).
 //!
 //! Guarantees: a client sees nothing `/api/0/last` would not show it; a
 //! socket holds a place in `api.max_live_streams` (none of its listener's
@@ -20,7 +22,7 @@
 //! client sends is read in frames of 64 KiB at most; at shutdown every
 //! socket gets a close frame (1001, going away).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::body::Incoming;
@@ -40,13 +42,18 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{RECHECK, Recheck};
 use crate::live::position_row;
+use otstream_http::Budget;
 
 /// Protocol pings this often keep proxies from closing an idle socket.
 const PING: Duration = Duration::from_secs(15);
 
 /// Longest a client may take to accept one message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client's `LAST`s are answered this often at most.
+const LAST_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an upgrade request is not one.
 pub(crate) fn check_handshake(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
@@ -88,7 +95,10 @@ pub(crate) struct Socket {
     pub upgrade: OnUpgrade,
     pub live: broadcast::Receiver<Record>,
     pub reader: Reader,
+    /// The read API's budget of reads: a `LAST` takes a place of it.
+    pub reads: Budget,
     pub visible: Visible,
+    pub recheck: Recheck,
     pub shutdown: CancellationToken,
     /// Its place in the live budget, given back when it ends.
     pub place: OwnedSemaphorePermit,
@@ -102,7 +112,9 @@ impl Socket {
             upgrade,
             mut live,
             reader,
+            reads,
             visible,
+            recheck,
             shutdown,
             place,
         } = self;
@@ -121,8 +133,19 @@ impl Socket {
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
+        let mut again = tokio::time::interval(RECHECK);
+        again.tick().await;
+        let mut last_asked: Option<Instant> = None;
         loop {
             let out = tokio::select! {
+                _ = again.tick() => {
+                    if recheck.holds().await {
+                        continue;
+                    }
+                    let bye = CloseFrame { code: CloseCode::Policy, reason: "access revoked or expired".into() };
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(bye))).await;
+                    return;
+                }
                 () = shutdown.cancelled() => {
                     let bye = CloseFrame { code: CloseCode::Away, reason: "otstream is shutting down".into() };
                     let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(bye))).await;
@@ -142,7 +165,22 @@ impl Socket {
                 },
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) if t.as_str() == "LAST" => {
-                        match reader.devices(None, None, &visible).await {
+                        // One a second at most, each a read of the API's
+                        // budget: a loop of LASTs is not a way around it.
+                        if last_asked.is_some_and(|at| at.elapsed() < LAST_EVERY) {
+                            continue;
+                        }
+                        last_asked = Some(Instant::now());
+                        let Some(_read) = reads.take() else {
+                            continue;
+                        };
+                        let mut devices = reader.devices(None, None, &visible).await;
+                        if let Ok(d) = &mut devices {
+                            if let Err(e) = reader.faces(d).await {
+                                tracing::warn!(error = %e, "/ws/last could not read the cards' pictures");
+                            }
+                        }
+                        match devices {
                             Ok(devices) => devices
                                 .iter()
                                 .map(|d| {

@@ -377,27 +377,57 @@ impl ClickHouseReader {
             user: String,
             device: String,
             name: Option<String>,
-            face: Option<String>,
         }
         let cards: Vec<Card> = self
             .client
-            .query("SELECT user, device, name, face FROM cards FINAL")
+            .query("SELECT user, device, name FROM cards FINAL")
             .fetch_all()
             .await?;
-        let mut cards: std::collections::HashMap<(Str, Str), (Option<String>, Option<String>)> =
-            cards
-                .into_iter()
-                .map(|c| ((c.user.into(), c.device.into()), (c.name, c.face)))
-                .collect();
+        let mut names: std::collections::HashMap<(Str, Str), Option<String>> = cards
+            .into_iter()
+            .map(|c| ((c.user.into(), c.device.into()), c.name))
+            .collect();
         Ok(rows
             .into_iter()
             .map(|last| {
-                let (name, face) = cards
+                let name = names
                     .remove(&(last.user.clone(), last.device.clone()))
-                    .unwrap_or_default();
-                Device { last, name, face }
+                    .flatten();
+                Device {
+                    last,
+                    name,
+                    face: None,
+                }
             })
             .collect())
+    }
+
+    /// The pictures on the cards of `keys` (user, device), in order: one
+    /// query over their users, pictures of other devices dropped.
+    pub async fn faces(
+        &self,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<Option<String>>, QueryError> {
+        #[derive(Row, Deserialize)]
+        struct Face {
+            user: String,
+            device: String,
+            face: Option<String>,
+        }
+        let mut users: Vec<&str> = keys.iter().map(|(u, _)| u.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let rows: Vec<Face> = self
+            .client
+            .query("SELECT user, device, face FROM cards FINAL WHERE has(?, user) AND face IS NOT NULL")
+            .bind(users)
+            .fetch_all()
+            .await?;
+        let mut faces: std::collections::HashMap<(String, String), String> = rows
+            .into_iter()
+            .filter_map(|f| Some(((f.user, f.device), f.face?)))
+            .collect();
+        Ok(keys.into_iter().map(|k| faces.remove(&k)).collect())
     }
 }
 

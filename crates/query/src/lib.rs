@@ -229,6 +229,24 @@ impl Reader {
         Ok(all)
     }
 
+    /// Fills in the pictures of `devices`' cards (read only where an
+    /// answer shows them, for the devices it shows: a picture is up to a
+    /// payload's size).
+    pub async fn faces(&self, devices: &mut [Device]) -> Result<(), QueryError> {
+        let keys: Vec<(String, String)> = devices
+            .iter()
+            .map(|d| (d.last.user.to_string(), d.last.device.to_string()))
+            .collect();
+        let faces = match self {
+            Reader::Sqlite(r) => r.faces(keys).await?,
+            Reader::ClickHouse(r) => r.faces(keys).await?,
+        };
+        for (d, f) in devices.iter_mut().zip(faces) {
+            d.face = f;
+        }
+        Ok(())
+    }
+
     /// The UTC months (`YYYY-MM`) in which `q`'s device has positions in
     /// `q`'s window, in order: what Recorder lists as a device's monthly
     /// `.rec` files. Found by hopping from month to month along the

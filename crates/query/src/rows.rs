@@ -71,7 +71,8 @@ pub struct Device {
     pub last: Position,
     /// The name on its card, if it sent one.
     pub name: Option<String>,
-    /// The picture on its card (base64 PNG or JPEG, as the apps send it).
+    /// The picture on its card (base64 PNG or JPEG, as the apps send it),
+    /// where the reader filled it in ([`Reader::faces`](crate::Reader::faces)).
     pub face: Option<String>,
 }
 

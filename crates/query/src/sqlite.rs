@@ -212,7 +212,27 @@ impl SqliteReader {
         })
     }
 
-    /// Every device with its last position and card (name, face). The devices are
+    /// The pictures on the cards of `keys` (user, device), in order.
+    pub async fn faces(
+        &self,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<Option<String>>, QueryError> {
+        self.read(move |conn| {
+            let mut face =
+                conn.prepare_cached("SELECT face FROM cards WHERE user = ?1 AND device = ?2")?;
+            keys.iter()
+                .map(|(u, d)| {
+                    Ok(face
+                        .query_row([u, d], |r| r.get::<_, Option<String>>(0))
+                        .optional()?
+                        .flatten())
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Every device with its last position and card name. The devices are
     /// found by hopping along the `(user, device, tst)` key from one device
     /// to the next (two index seeks per device), so the cost grows with
     /// the number of devices, not of positions. A fix the position filters
@@ -228,21 +248,21 @@ impl SqliteReader {
             let mut last = conn.prepare_cached(&format!(
                 "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 AND filtered IS NULL ORDER BY tst DESC LIMIT 1"
             ))?;
-            let mut card = conn
-                .prepare_cached("SELECT name, face FROM cards WHERE user = ?1 AND device = ?2")?;
+            let mut card =
+                conn.prepare_cached("SELECT name FROM cards WHERE user = ?1 AND device = ?2")?;
             let pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
             let mut out = Vec::new();
             let mut at = first.query_row([], pair).optional()?;
             while let Some((user, device)) = at {
                 if let Some(p) = last.query_row([&user, &device], position).optional()? {
-                    let (name, face) = card
-                        .query_row([&user, &device], |r| Ok((r.get(0)?, r.get(1)?)))
+                    let name = card
+                        .query_row([&user, &device], |r| r.get::<_, Option<String>>(0))
                         .optional()?
-                        .unwrap_or((None, None));
+                        .flatten();
                     out.push(Device {
                         last: p,
                         name,
-                        face,
+                        face: None,
                     });
                 }
                 at = next.query_row([&user, &device], pair).optional()?;
