@@ -1,6 +1,6 @@
 //! MQTT: each event published at QoS 1 to the topic its entry names.
 
-use otstream_ingress::{MqttConfig, Publisher};
+use otstream_mqtt::{MqttConfig, Publisher};
 use otstream_sink::outbox::Entry;
 
 use crate::EventsError;

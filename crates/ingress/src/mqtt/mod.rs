@@ -18,36 +18,28 @@
 //! acknowledged; the session is dropped and resumed so that the broker
 //! delivers it again.
 //!
-//! Layout: `config` (the `[mqtt]` section), `client` (rumqttc's two
-//! clients behind one adapter, TLS), `session` (the event loop, PUBACKs in
-//! order, reconnects), and here [`run_mqtt`].
+//! Layout: the client, its `[mqtt]` section and TLS are
+//! [`otstream_mqtt`]'s (shared with the events' publisher); here
+//! `session` (the event loop, PUBACKs in order, reconnects) and
+//! [`run_mqtt`].
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
 use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
 pub use otstream_model::BrokerUrl;
 use otstream_model::event::OWN_MARKER;
-use otstream_model::identity::{self, DEFAULT_TOPIC_PREFIX};
+use otstream_model::identity;
 use otstream_model::raw::now_ms;
 use otstream_model::{IdentityHints, RawMessage, Transport};
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, v5,
-};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-mod client;
-mod config;
-mod publisher;
 mod session;
 
-use client::{Client, Delivery, Incoming, Loop, connect};
-pub use config::{MqttConfig, Protocol, SUBTOPICS};
-pub use publisher::Publisher;
+use otstream_mqtt::{Client, Delivery, Incoming, Loop, connect};
+pub use otstream_mqtt::{MqttConfig, Protocol, Publisher, SUBTOPICS};
 use session::{Session, ack_in_order};
 
 /// Why the MQTT ingress could not start.

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Connects (lazily: the event loop dials) with the configured protocol.
-pub(super) fn connect(config: &MqttConfig) -> Result<(Client, Loop), String> {
+pub fn connect(config: &MqttConfig) -> Result<(Client, Loop), String> {
     let url = BrokerUrl::parse(&config.url)?;
     let user = config.username.clone().or(url.username.clone());
     let pass = config
@@ -61,41 +61,53 @@ pub(super) fn connect(config: &MqttConfig) -> Result<(Client, Loop), String> {
 
 /// The client half, for either protocol.
 #[derive(Clone)]
-pub(super) enum Client {
+pub enum Client {
+    /// MQTT 3.1.1.
     V4(AsyncClient),
+    /// MQTT 5.
     V5(v5::AsyncClient),
 }
 
 /// The event loop, for either protocol.
-pub(super) enum Loop {
+pub enum Loop {
+    /// MQTT 3.1.1.
     V4(Box<EventLoop>),
+    /// MQTT 5.
     V5(Box<v5::EventLoop>),
 }
 
 /// A received PUBLISH, for either protocol.
-pub(super) enum Delivery {
+pub enum Delivery {
+    /// MQTT 3.1.1.
     V4(Publish),
+    /// MQTT 5.
     V5(v5::mqttbytes::v5::Publish),
 }
 
 /// What the session loop cares about.
 #[allow(clippy::large_enum_variant)] // one at a time, moved straight on: boxing would allocate per message
-pub(super) enum Incoming {
+pub enum Incoming {
+    /// Connected.
     ConnAck {
+        /// The broker kept the session (and what it had not delivered).
         session_present: bool,
     },
     /// The broker's answer to one SUBSCRIBE: whether every filter was granted.
     SubAck {
+        /// Every filter of it.
         granted: bool,
     },
+    /// A message for a subscription.
     Publish(Delivery),
     /// The broker has a QoS 1 PUBLISH of ours.
     PubAck,
+    /// Anything else (pings, other acks).
     Other,
 }
 
 impl Client {
-    pub(super) async fn subscribe(&self, filter: &str) -> Result<(), String> {
+    /// Subscribes to `filter` at QoS 1.
+    pub async fn subscribe(&self, filter: &str) -> Result<(), String> {
         match self {
             Client::V4(c) => c
                 .subscribe(filter, QoS::AtLeastOnce)
@@ -109,7 +121,7 @@ impl Client {
     }
 
     /// Sends the PUBACK of a QoS 1 delivery (nothing for QoS 0).
-    pub(super) async fn ack(&self, d: &Delivery) -> Result<(), String> {
+    pub async fn ack(&self, d: &Delivery) -> Result<(), String> {
         match (self, d) {
             (Client::V4(c), Delivery::V4(p)) if p.qos != QoS::AtMostOnce => {
                 c.ack(p).await.map_err(|e| e.to_string())
@@ -122,7 +134,7 @@ impl Client {
     }
 
     /// Queues a QoS 1 PUBLISH (the event loop sends it).
-    pub(super) async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
         match self {
             Client::V4(c) => c
                 .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -135,7 +147,8 @@ impl Client {
         }
     }
 
-    pub(super) async fn disconnect(&self) {
+    /// Says goodbye to the broker.
+    pub async fn disconnect(&self) {
         let _ = match self {
             Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
             Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
@@ -144,7 +157,8 @@ impl Client {
 }
 
 impl Loop {
-    pub(super) async fn poll(&mut self) -> Result<Incoming, String> {
+    /// The next event the session cares about (dialling as needed).
+    pub async fn poll(&mut self) -> Result<Incoming, String> {
         match self {
             Loop::V4(l) => match l.poll().await.map_err(|e| e.to_string())? {
                 Event::Incoming(Packet::ConnAck(a)) => Ok(Incoming::ConnAck {
@@ -183,14 +197,16 @@ impl Loop {
 }
 
 impl Delivery {
-    pub(super) fn topic(&self) -> String {
+    /// Its topic.
+    pub fn topic(&self) -> String {
         match self {
             Delivery::V4(p) => p.topic.clone(),
             Delivery::V5(p) => String::from_utf8_lossy(&p.topic).into_owned(),
         }
     }
 
-    pub(super) fn payload(&self) -> &[u8] {
+    /// Its payload.
+    pub fn payload(&self) -> &[u8] {
         match self {
             Delivery::V4(p) => &p.payload,
             Delivery::V5(p) => &p.payload,
@@ -198,7 +214,7 @@ impl Delivery {
     }
 }
 
-pub(super) fn tls_config(config: &MqttConfig) -> Result<TlsConfiguration, String> {
+fn tls_config(config: &MqttConfig) -> Result<TlsConfiguration, String> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(path) => {
@@ -225,9 +241,7 @@ pub(super) fn tls_config(config: &MqttConfig) -> Result<TlsConfiguration, String
     Ok(TlsConfiguration::Rustls(Arc::new(tls)))
 }
 
-pub(super) fn rustls_native_certs_pem(
-    pem: &[u8],
-) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+fn rustls_native_certs_pem(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
