@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use otstream_ingress::FallbackBody;
+use otstream_http::FallbackBody;
 use otstream_query::format::Encoder;
 use otstream_query::{QueryError, RowStream};
 use tokio::sync::mpsc;

@@ -13,7 +13,7 @@
 
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
-use otstream_ingress::FallbackBody;
+use otstream_http::FallbackBody;
 use otstream_model::ConfigError;
 
 /// Headers a cross-origin page may send: credentials and Recorder's

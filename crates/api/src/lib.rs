@@ -2,7 +2,7 @@
 //! live feed and the fleet map page.
 //!
 //! In: HTTP requests, on the phones' listener (every request that is not
-//! an OwnTracks POST, through [`otstream_ingress::Fallback`]) or on a
+//! an OwnTracks POST, through [`otstream_http::Fallback`]) or on a
 //! listener of its own ([`serve`]); the tables, through an
 //! [`otstream_query::Reader`]; committed positions and transitions, on a
 //! broadcast channel from the sink ([`live`]). Out: JSON, NDJSON,
@@ -49,7 +49,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use otstream_auth::{Authenticator, Grant, Refusal};
 use otstream_http::Budget;
-use otstream_ingress::{Fallback, FallbackBody};
+use otstream_http::{Fallback, FallbackBody};
 use otstream_model::Record;
 use otstream_query::format::{
     EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use otstream_ingress::FallbackBody;
+use otstream_http::FallbackBody;
 use otstream_model::Record;
 use otstream_query::format::{Feature, position_json};
 use otstream_query::rows::Str;

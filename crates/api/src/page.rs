@@ -5,7 +5,7 @@
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
-use otstream_ingress::FallbackBody;
+use otstream_http::FallbackBody;
 use otstream_model::ConfigError;
 
 use crate::{ApiConfig, body};

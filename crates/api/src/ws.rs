@@ -30,7 +30,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use otstream_ingress::FallbackBody;
+use otstream_http::FallbackBody;
 use otstream_model::Record;
 use otstream_query::format::{recorder_last, recorder_location};
 use otstream_query::{Reader, Visible};

@@ -16,7 +16,8 @@
 //! never hold slots meant for short requests.
 //!
 //! Layout: this file ([`serve`], [`listen`], [`Limits`], [`Budget`],
-//! [`Slot`]).
+//! [`Slot`], and [`Fallback`]: what answers the requests a listener's own
+//! service does not take, such as the read API on the phones' port).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,29 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// The body of an answer another service gives on a listener it shares
+/// (the read API on the phones' port): streamed, and ended with an error
+/// (the connection is cut) when the stream fails half-way.
+pub type FallbackBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
+
+/// What answers the requests on the ingest listener that are not
+/// OwnTracks POSTs (the read API and the map page share the phones'
+/// port): every request to a path that is not one of `http.paths`, and
+/// those of its requests to them that [`Fallback::serves`] claims (a GET
+/// of `/` is the map; a GET of `/pub` stays the ingress's 405). Here, not
+/// in the ingress, so that the API needs only this serving layer.
+pub trait Fallback: Send + Sync + 'static {
+    /// Whether a request other than a POST to an ingest path is its own.
+    fn serves(&self, method: &hyper::Method, path: &str) -> bool;
+
+    /// The answer to `req` from `remote`.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<FallbackBody>> + Send>>;
 }
 
 /// A connection's place in its listener's budget, in every request's

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -81,27 +80,7 @@ impl Meters {
     }
 }
 
-/// The body of an answer another service gives on the ingest listener:
-/// streamed, and ended with an error (the connection is cut) when the
-/// stream fails half-way.
-pub type FallbackBody = BoxBody<Bytes, std::io::Error>;
-
-/// What answers the requests on the ingest listener that are not
-/// OwnTracks POSTs (the read API and the map page share the phones'
-/// port): every request to a path that is not one of `http.paths`, and
-/// those of its requests to them that [`Fallback::serves`] claims (a GET
-/// of `/` is the map; a GET of `/pub` stays the ingress's 405).
-pub trait Fallback: Send + Sync + 'static {
-    /// Whether a request other than a POST to an ingest path is its own.
-    fn serves(&self, method: &Method, path: &str) -> bool;
-
-    /// The answer to `req` from `remote`.
-    fn call(
-        &self,
-        req: Request<Incoming>,
-        remote: SocketAddr,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<FallbackBody>> + Send>>;
-}
+pub use otstream_http::{Fallback, FallbackBody};
 
 type Answer = Response<Either<Full<Bytes>, FallbackBody>>;
 
