@@ -238,6 +238,25 @@ async fn phones_posting(
     phones_posting_until(server, source, auth, span, tst0, Default::default()).await
 }
 
+/// [`phones_posting`] on a thread and runtime of its own: the phone's
+/// latencies are the server's, not the test's own tasks' (400 guesses
+/// being spawned on the test's runtime would delay the phone's client).
+fn phone_thread(
+    server: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    auth: String,
+    span: Duration,
+    tst0: i64,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(phones_posting(server, source, &auth, span, tst0))
+    })
+}
+
 /// [`phones_posting`], stopped early once `stop` is set.
 async fn phones_posting_until(
     server: std::net::SocketAddr,
@@ -302,19 +321,23 @@ async fn a_burst_of_guesses_is_counted_before_bcrypt_and_never_locks_out_the_own
     )
     .await;
     assert!(!warm.is_empty());
-    // A p99 of a millisecond or two on a shared 2-core machine moves with
-    // the machine: the bound must hold in one of three trials, each with
-    // its own baseline around the burst. A server that checked every guess
-    // (400 bcrypt runs, 20 s of CPU) fails all three; the exact statuses
-    // and counts hold in every one.
+    // The exact statuses and counts hold in every trial. The phones' p99
+    // must stay within twice the same trial's baseline plus 5 ms, in one
+    // of three trials: accepting and refusing 400 connections at once is
+    // work on a 2-core machine that the phones share (their p99 goes from
+    // 1.5 ms to 3-5 ms here; benches/login_burst.sh measures it, see
+    // BENCHMARKS.md), where a server that checked every guess (400 bcrypt
+    // runs, 20 s of CPU) kept them waiting for seconds. Twice the baseline
+    // alone failed one CI run in three on this noise.
     let mut trials = Vec::new();
     for trial in 0..3u8 {
         let attacker = std::net::IpAddr::from([127, 0, 1, trial]);
         let owner = std::net::IpAddr::from([127, 0, 2, trial]);
         let tst0 = now - 19_000 + i64::from(trial) * 5_000;
         let checked_before = metric0(&serve, "otstream_auth_checks_total{outcome=\"failed\"}");
-        let mut baseline =
-            phones_posting(server, phone, &fleet, Duration::from_secs(1), tst0).await;
+        let mut baseline = phone_thread(server, phone, fleet.clone(), Duration::from_secs(1), tst0)
+            .join()
+            .unwrap();
         // 400 wrong passwords for jane at once from one address, while
         // the phone goes on posting.
         let wrong = basic("jane:guess");
@@ -335,17 +358,20 @@ async fn a_burst_of_guesses_is_counted_before_bcrypt_and_never_locks_out_the_own
                 })
             })
             .collect();
-        let during = tokio::spawn({
-            let fleet = fleet.clone();
-            async move {
-                phones_posting(server, phone, &fleet, Duration::from_secs(2), tst0 + 1_000).await
-            }
-        });
+        let during = phone_thread(
+            server,
+            phone,
+            fleet.clone(),
+            Duration::from_secs(2),
+            tst0 + 1_000,
+        );
         let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
         for g in guesses {
             *statuses.entry(g.await.unwrap()).or_default() += 1;
         }
-        let during = during.await.unwrap();
+        let during = tokio::task::spawn_blocking(move || during.join().unwrap())
+            .await
+            .unwrap();
         let checked = statuses.get(&401).copied().unwrap_or(0);
         // Only refusals: ten checks (a few more as the bucket refills
         // while the burst lands), the rest 429 unchecked.
@@ -393,7 +419,15 @@ async fn a_burst_of_guesses_is_counted_before_bcrypt_and_never_locks_out_the_own
             failed + 1.0
         );
         baseline.extend(
-            phones_posting(server, phone, &fleet, Duration::from_secs(1), tst0 + 3_000).await,
+            phone_thread(
+                server,
+                phone,
+                fleet.clone(),
+                Duration::from_secs(1),
+                tst0 + 3_000,
+            )
+            .join()
+            .unwrap(),
         );
         let (p99_base, p99_during) = (quantile(&baseline, 0.99), quantile(&during, 0.99));
         eprintln!(
@@ -404,11 +438,13 @@ async fn a_burst_of_guesses_is_counted_before_bcrypt_and_never_locks_out_the_own
             during.len()
         );
         trials.push((p99_base, p99_during));
-        if p99_during <= p99_base * 2 {
+        if p99_during <= p99_base * 2 + Duration::from_millis(5) {
             return;
         }
     }
-    panic!("the phones' p99 more than doubled during each burst (baseline, during): {trials:?}");
+    panic!(
+        "the phones' p99 passed twice the baseline plus 5 ms during each burst (baseline, during): {trials:?}"
+    );
 }
 
 /// GET `path` with an `Authorization` header: status and body.
