@@ -120,3 +120,35 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A GET of `url` with `headers`, whatever its status: the status, the
+/// answer's headers, and its body.
+pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let mut req = ureq::get(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or_default().to_owned();
+            (n, v)
+        })
+        .collect();
+    let status = resp.status();
+    (status, headers, resp.into_string().unwrap_or_default())
+}
+
+/// The value of the header `name` among `headers` (any case).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}

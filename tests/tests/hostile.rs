@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use otstream_tests::browser::Browser;
 use otstream_tests::raw::{quantile, request_from};
-use otstream_tests::{Serve, root};
+use otstream_tests::{Serve, get, header, root};
 use serde_json::{Value, json};
 
 fn now_s() -> i64 {
@@ -27,30 +27,6 @@ fn xss(tag: &str) -> String {
 /// The same for a user or device name, which cannot hold a `/`.
 fn xss_id(tag: &str) -> String {
     format!("{tag}<img src=x class=pwn onerror=\"window.__pwned=3\">")
-}
-
-fn get(url: &str) -> (u16, Vec<(String, String)>, String) {
-    let resp = match ureq::get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{url}: {e}"),
-    };
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = resp.header(&n).unwrap_or_default().to_owned();
-            (n, v)
-        })
-        .collect();
-    (resp.status(), headers, resp.into_string().unwrap())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -99,7 +75,7 @@ fn device_text_in_every_field_the_apps_send_is_shown_as_text_never_run_in_the_ma
     post(json!({"_type": "status", "android": {"hib": xss("status")}}));
 
     // The page's answer carries a policy that would stop a slip.
-    let (status, headers, _) = get(&format!("{}/map", serve.url));
+    let (status, headers, _) = get(&format!("{}/map", serve.url), &[]);
     assert_eq!(status, 200);
     assert_eq!(
         header(&headers, "content-security-policy"),
@@ -111,7 +87,7 @@ fn device_text_in_every_field_the_apps_send_is_shown_as_text_never_run_in_the_ma
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     assert_eq!(header(&headers, "referrer-policy"), Some("no-referrer"));
     assert_eq!(header(&headers, "x-frame-options"), Some("DENY"));
-    let (_, headers, _) = get(&format!("{}/api/v1/devices", serve.url));
+    let (_, headers, _) = get(&format!("{}/api/v1/devices", serve.url), &[]);
     assert_eq!(
         header(&headers, "content-security-policy"),
         Some("default-src 'none'; frame-ancestors 'none'; sandbox")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use otstream_tests::browser::Browser;
 use otstream_tests::front::Front;
-use otstream_tests::{Serve, root, wait_until};
+use otstream_tests::{Serve, get, header, root, wait_until};
 use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest as _;
 use tungstenite::stream::MaybeTlsStream;
@@ -82,31 +82,6 @@ fn next_json(ws: &mut Socket) -> Value {
             other => panic!("unexpected {other:?}"),
         }
     }
-}
-
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-    let mut req = ureq::get(url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let resp = match req.call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{url}: {e}"),
-    };
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|n| (n.clone(), resp.header(&n).unwrap_or_default().to_owned()))
-        .collect();
-    (resp.status(), headers, resp.into_string().unwrap())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]
