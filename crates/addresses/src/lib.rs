@@ -23,6 +23,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use otstream_bus::Stage;
 use otstream_model::raw::now_ms;
 
 use tokio::time::Instant;
@@ -76,10 +77,19 @@ impl Addresses {
             rows,
         })
     }
+}
 
+impl Stage<(), ()> for Addresses {
     /// Fills in addresses until `shutdown`. Store errors are logged and
     /// retried at the next look: the job never stops the pipeline.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AddressError> {
+    type Error = AddressError;
+
+    async fn run(
+        self,
+        _input: (),
+        _output: (),
+        shutdown: CancellationToken,
+    ) -> Result<(), AddressError> {
         let interval = Duration::from_secs(self.config.interval_s.max(1));
         let gap = Duration::from_secs_f64(1.0 / self.config.per_second);
         let mut cache = loop {

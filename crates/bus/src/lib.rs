@@ -23,16 +23,19 @@
 //! - [`ack`]: [`Ack`], [`AckWaiter`], [`AckStatus`].
 //! - [`inproc`]: the bounded in-process channel.
 //! - `kafka`: topics between processes (rdkafka), feature `kafka`.
+//! - [`stage`]: [`Stage`], the one trait every unit of the topology has.
 
 pub mod ack;
 pub mod inproc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod stage;
 
 use std::future::Future;
 
 pub use ack::{Ack, AckStatus, AckWaiter};
 pub use inproc::{InProcReceiver, InProcSender, channel};
+pub use stage::Stage;
 
 /// One record on the bus.
 #[derive(Debug)]

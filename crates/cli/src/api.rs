@@ -2,14 +2,13 @@
 //! ingest listener or on `api.addr`, and `otstream run api` (the API
 //! alone, in front of ClickHouse).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use otstream_api::Api;
 use otstream_auth::{Authenticator, Htpasswd};
-use otstream_ingress::Fallback;
+use otstream_bus::Stage;
+use otstream_http::Fallback;
 use otstream_ingress::friends::{Fix, Friends, Stored};
 use otstream_query::Reader;
 use otstream_query::clickhouse::ClickHouseReader;
@@ -18,7 +17,6 @@ use otstream_sink::Committed;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::supervisor::Supervisor;
 
 /// The API over whatever this configuration writes to (ClickHouse, else
 /// the embedded store), with the live feed from `live` when the sink runs
@@ -57,31 +55,44 @@ pub(crate) fn reader(config: &ServeConfig) -> Reader {
     }
 }
 
-/// The friends answer of the ingress, when `http.friends` is on: fed
-/// what this process stores, and, read from the store at start and every
-/// 5 s until `stop`, every group member's last fix and card name, so that
-/// it survives a restart and shows fixes other processes stored (Kafka
-/// mode, several ingress replicas, MQTT).
-pub(crate) async fn friends(
-    config: &ServeConfig,
-    auth: &Authenticator,
-    stop: CancellationToken,
-) -> Option<Arc<Friends>> {
+/// The friends answer of the ingress, when `http.friends` is on, with
+/// the side job that feeds it: fed what this process stores, and, read
+/// from the store at start and every 5 s, every group member's last fix
+/// and card name, so that it survives a restart and shows fixes other
+/// processes stored (Kafka mode, several ingress replicas, MQTT).
+pub(crate) async fn friends(config: &ServeConfig, auth: &Authenticator) -> Option<FriendsFeed> {
     let groups = auth.policy().device_groups();
     let friends = Arc::new(Friends::new(&config.http.friends, &groups)?);
     let reader = reader(config);
     feed_friends(&friends, &reader).await;
-    let fed = friends.clone();
-    tokio::spawn(async move {
+    Some(FriendsFeed { friends, reader })
+}
+
+/// The friends lists' last fixes, from the store every 5 s.
+pub(crate) struct FriendsFeed {
+    friends: Arc<Friends>,
+    reader: Reader,
+}
+
+impl FriendsFeed {
+    /// What the ingress answers from.
+    pub(crate) fn friends(&self) -> Arc<Friends> {
+        self.friends.clone()
+    }
+}
+
+impl Stage<(), ()> for FriendsFeed {
+    type Error = std::convert::Infallible;
+
+    async fn run(self, _: (), _: (), shutdown: CancellationToken) -> Result<(), Self::Error> {
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
             }
-            feed_friends(&fed, &reader).await;
+            feed_friends(&self.friends, &self.reader).await;
         }
-    });
-    Some(friends)
+    }
 }
 
 async fn feed_friends(friends: &Friends, reader: &Reader) {
@@ -119,13 +130,27 @@ async fn feed_friends(friends: &Friends, reader: &Reader) {
 }
 
 /// Where the API answers: the ingest listener's fallback, or its own
-/// listener's task when `api.addr` is set (neither when it is off).
+/// listener when `api.addr` is set (neither when it is off).
 pub(crate) struct Started {
     pub(crate) fallback: Option<Arc<dyn Fallback>>,
-    /// The API's own listener, to run as a stage.
-    pub(crate) task: Option<Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
+    /// The API's own listener, to run as a unit.
+    pub(crate) own: Option<ApiListener>,
     /// The access rules, built once: the ingress checks the same ones.
     pub(crate) auth: Arc<Authenticator>,
+}
+
+/// The read API on a listener of its own.
+pub(crate) struct ApiListener {
+    listener: tokio::net::TcpListener,
+    api: Api,
+}
+
+impl Stage<(), ()> for ApiListener {
+    type Error = std::io::Error;
+
+    async fn run(self, _: (), _: (), shutdown: CancellationToken) -> std::io::Result<()> {
+        otstream_api::serve(self.listener, self.api, shutdown).await
+    }
 }
 
 /// The access rules: the users of `http.htpasswd` (when set), `[access]`,
@@ -154,14 +179,14 @@ pub(crate) async fn start(
     let Some(api) = build(config, auth.clone(), live, shutdown.clone())? else {
         return Ok(Started {
             fallback: None,
-            task: None,
+            own: None,
             auth,
         });
     };
     let Some(addr) = config.api.addr else {
         return Ok(Started {
             fallback: Some(Arc::new(api)),
-            task: None,
+            own: None,
             auth,
         });
     };
@@ -171,7 +196,7 @@ pub(crate) async fn start(
     tracing::info!(%addr, "read API and map listening");
     Ok(Started {
         fallback: None,
-        task: Some(Box::pin(otstream_api::serve(listener, api, shutdown))),
+        own: Some(ApiListener { listener, api }),
         auth,
     })
 }
@@ -179,16 +204,9 @@ pub(crate) async fn start(
 /// `otstream run api`: the read API and the map alone, reading ClickHouse
 /// (or the embedded store), on `api.addr`, else `http.addr`. It stores
 /// nothing itself, so it has no live feed.
-pub(crate) async fn run_alone(mut config: ServeConfig) -> Result<()> {
-    let mut sup = Supervisor::start(&config).await?;
+pub(crate) fn alone(config: &mut ServeConfig) {
     config.api.enabled = true;
     if config.api.addr.is_none() {
         config.api.addr = Some(config.http.addr);
     }
-    let task = start(&config, None, sup.front())
-        .await?
-        .task
-        .context("the API has no listener")?;
-    sup.spawn("api", task);
-    sup.run("api").await
 }

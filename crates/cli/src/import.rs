@@ -5,6 +5,9 @@
 //! files --(reader thread: otstream-import)--> decode --> geofence --> sink
 //! ```
 //!
+//! It is a selection of the one topology ([`crate::topology`]): the
+//! reader in place of the ingress, no side job, run to its end.
+//!
 //! A thread reads the files (one record in memory at a time for the
 //! streaming formats) and hands each point to the decode stage over a
 //! bounded link, the stages pass it on over bounded links (the summary's
@@ -25,15 +28,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use otstream_bus::{Ack, Message, Prepended, Receiver, channel};
-use otstream_decode_stage::DecodeStage;
+use otstream_bus::{Ack, Message, Sender, Stage};
 use otstream_import::{Context, Format, Identity, Item};
 use otstream_model::{RawMessage, Record};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::links::InProcess;
 use crate::runtime::block_on;
-use crate::stages::{self, Sink};
+use crate::supervisor::Supervisor;
+use crate::topology::{self, Selection};
 
 /// Flags of `otstream import`.
 #[derive(clap::Args)]
@@ -179,39 +183,10 @@ async fn import(
     quiet: bool,
 ) -> Result<Tally> {
     let started = Instant::now();
-    // Straight to ClickHouse when it is the store: no 200 waits here, so
-    // the local buffer would only copy everything twice.
-    let (sink, _) = Sink::build(&config, false).await?;
-    let restored = sink.stored_state().await?;
-    // One state snapshot per device a second, not one per fix: nobody
-    // waits on an ack here, and the last is written at the end.
-    let mut geo = config.geo_stage();
-    geo.coalesce_state = true;
-    geo.geofence.state_interval_ms = geo.geofence.state_interval_ms.max(1000);
-    let geofence = stages::geofence(geo).await?;
-    let decode = DecodeStage::new(config.decode.clone(), stages::keys(&config)?);
-    let capacity = config.bus.capacity;
-    let (raw_tx, raw_rx) = channel::<RawMessage>(capacity);
-    let (rec_tx, rec_rx) = channel::<Record>(capacity);
-    let (geo_tx, geo_rx) = channel::<Record>(capacity);
-    // Stopped only when a stage fails; otherwise each ends with its input.
-    let stop = CancellationToken::new();
-    let decoding = tokio::spawn(decode.run(raw_rx, rec_tx, stop.clone()));
-    let evaluating =
-        tokio::spawn(geofence.run(Prepended::new(restored, rec_rx), geo_tx, stop.clone()));
     let tally = Arc::new(std::sync::Mutex::new(Tally {
         files: files.len(),
         ..Tally::default()
     }));
-    // Webhooks and MQTT were taken out above: events are stored, places
-    // named, nothing delivered.
-    let events = stages::EventsOut::build(&config).await?;
-    let counted = Tallied {
-        input: geo_rx,
-        tally: tally.clone(),
-    };
-    let storing = tokio::spawn(sink.run(counted, None, events.sink.clone(), stop.clone()));
-
     let total: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -229,58 +204,99 @@ async fn import(
         );
         bar
     };
-    let bytes = Arc::new(AtomicU64::new(0));
     let points = Arc::new(AtomicU64::new(0));
-    let ctx = Context {
-        received_at: otstream_model::raw::now_ms(),
-        identity,
-        topic_prefix: config.decode.topic_prefix.clone(),
-        bytes_read: Some(bytes.clone()),
+    let reader = Files {
+        files,
+        format,
+        ctx: Context {
+            received_at: otstream_model::raw::now_ms(),
+            identity,
+            topic_prefix: config.decode.topic_prefix.clone(),
+            bytes_read: Some(Arc::new(AtomicU64::new(0))),
+        },
+        points: points.clone(),
+        tally: tally.clone(),
+        progress: progress.clone(),
     };
-    // The reader thread hands each point straight to the decode stage.
-    let (read_points, read_tally) = (points.clone(), tally.clone());
-    let prefix = config.decode.topic_prefix.clone();
-    let reader = std::thread::spawn(move || -> Result<()> {
-        for f in &files {
-            otstream_import::read(f, format, &ctx, &mut |item| match item {
-                Item::Message(m) => {
-                    let key = identity_key(&m, &prefix);
-                    read_points.fetch_add(1, Ordering::Relaxed);
-                    raw_tx
-                        .blocking_send(Message::new(key, m, Ack::none()))
-                        .is_ok()
-                }
-                Item::Skipped(why) => {
-                    *lock(&read_tally).skipped.entry(why).or_default() += 1;
-                    true
-                }
-            })?;
-        }
-        Ok(())
-    });
-    while !reader.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        progress.set_position(bytes.load(Ordering::Relaxed));
-        progress.set_message(format!("{} points", points.load(Ordering::Relaxed)));
-    }
-    let read = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the file reader panicked"))?;
-    // The stages drain in order whatever the reader's end: what was read
-    // is stored before an error is reported.
-    let ended = async {
-        decoding.await.context("decode stage panicked")??;
-        evaluating.await.context("geofence stage panicked")??;
-        storing.await.context("sink panicked")??;
-        anyhow::Ok(())
-    };
-    ended.await?;
+    // Straight to ClickHouse when it is the store (no 200 waits here, so
+    // the local buffer would only copy everything twice); the sink's
+    // input counted as it takes it; the stages drain in order whatever
+    // the reader's end, so what was read is stored before an error is
+    // reported.
+    let counted = tally.clone();
+    let mut links = InProcess::new(&config).observed(Arc::new(move |batch| count(&counted, batch)));
+    let mut sup = Supervisor::new(Duration::from_millis(config.shutdown_timeout_ms));
+    topology::build(&config, Selection::import(reader), &mut links, &mut sup).await?;
+    drop(links);
+    let ended = sup.finish().await;
     progress.finish_and_clear();
-    read?;
+    ended?;
     let mut tally = std::mem::take(&mut *lock(&tally));
     tally.points = points.load(Ordering::Relaxed);
     tally.seconds = started.elapsed().as_secs_f64();
     Ok(tally)
+}
+
+/// import's reader: the files, one record in memory at a time for the
+/// streaming formats, each point handed to the decode stage (on a thread
+/// of its own: the readers are blocking).
+pub(crate) struct Files {
+    files: Vec<PathBuf>,
+    format: Format,
+    ctx: Context,
+    points: Arc<AtomicU64>,
+    tally: Arc<std::sync::Mutex<Tally>>,
+    progress: ProgressBar,
+}
+
+/// Why the reader stopped.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct ReadError(#[from] anyhow::Error);
+
+impl<S: Sender<RawMessage>> Stage<(), S> for Files {
+    type Error = ReadError;
+
+    async fn run(self, _: (), output: S, shutdown: CancellationToken) -> Result<(), ReadError> {
+        let Files {
+            files,
+            format,
+            ctx,
+            points,
+            tally,
+            progress,
+        } = self;
+        let bytes = ctx.bytes_read.clone().unwrap_or_default();
+        let read_points = points.clone();
+        let prefix = ctx.topic_prefix.clone();
+        let handle = tokio::runtime::Handle::current();
+        let reader = std::thread::spawn(move || -> Result<()> {
+            for f in &files {
+                otstream_import::read(f, format, &ctx, &mut |item| match item {
+                    Item::Message(m) => {
+                        let key = identity_key(&m, &prefix);
+                        read_points.fetch_add(1, Ordering::Relaxed);
+                        let sent = handle.block_on(output.send(Message::new(key, m, Ack::none())));
+                        sent.is_ok() && !shutdown.is_cancelled()
+                    }
+                    Item::Skipped(why) => {
+                        *lock(&tally).skipped.entry(why).or_default() += 1;
+                        true
+                    }
+                })?;
+            }
+            Ok(())
+        });
+        while !reader.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            progress.set_position(bytes.load(Ordering::Relaxed));
+            progress.set_message(format!("{} points", points.load(Ordering::Relaxed)));
+        }
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the file reader panicked"))??;
+        Ok(())
+    }
 }
 
 fn lock(t: &std::sync::Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
@@ -296,31 +312,20 @@ fn identity_key(m: &RawMessage, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The sink's input, counting what the pipeline made of the points as the
-/// sink takes them.
-struct Tallied<R> {
-    input: R,
-    tally: Arc<std::sync::Mutex<Tally>>,
-}
-
-impl<R: Receiver<Record>> Receiver<Record> for Tallied<R> {
-    async fn recv_many(&mut self, buf: &mut Vec<Message<Record>>, limit: usize) -> usize {
-        let from = buf.len();
-        let n = self.input.recv_many(buf, limit).await;
-        let mut t = lock(&self.tally);
-        for m in &buf[from..] {
-            match &m.value {
-                Record::Position(p) => {
-                    t.positions += 1;
-                    if let Some(why) = &p.filtered {
-                        *t.filtered.entry(why.to_string()).or_default() += 1;
-                    }
+/// Counts what the pipeline made of the points as the sink takes them.
+fn count(tally: &std::sync::Mutex<Tally>, batch: &[Message<Record>]) {
+    let mut t = lock(tally);
+    for m in batch {
+        match &m.value {
+            Record::Position(p) => {
+                t.positions += 1;
+                if let Some(why) = &p.filtered {
+                    *t.filtered.entry(why.to_string()).or_default() += 1;
                 }
-                Record::DeadLetter(d) => *t.dead.entry(d.kind.to_string()).or_default() += 1,
-                Record::State(_) => {}
-                r => *t.derived.entry(r.type_name()).or_default() += 1,
             }
+            Record::DeadLetter(d) => *t.dead.entry(d.kind.to_string()).or_default() += 1,
+            Record::State(_) => {}
+            r => *t.derived.entry(r.type_name()).or_default() += 1,
         }
-        n
     }
 }

@@ -8,7 +8,7 @@ mod config;
 mod decode;
 mod fault;
 mod import;
-mod kafka;
+mod links;
 mod load;
 mod metrics_server;
 mod migrate;
@@ -18,6 +18,7 @@ mod stages;
 mod supervisor;
 mod token;
 mod topics;
+mod topology;
 
 use clap::{Parser, Subcommand};
 
@@ -68,7 +69,7 @@ enum Command {
 struct RunArgs {
     /// The stage.
     #[arg(value_enum)]
-    stage: stages::Stage,
+    stage: topology::Part,
     #[command(flatten)]
     common: serve::Args,
 }
@@ -77,9 +78,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Run(args) => args.common.config().and_then(|config| match args.stage {
-            stages::Stage::Api => runtime::block_on(api::run_alone(config)),
-            stage => runtime::block_on(kafka::run(config, &[stage])),
+        Command::Run(args) => args.common.config().and_then(|mut config| {
+            if args.stage == topology::Part::Api {
+                api::alone(&mut config);
+            } else {
+                config.bus.kind = config::BusKind::Kafka;
+            }
+            runtime::block_on(serve::pipeline(config, &[args.stage]))
         }),
         Command::Topics(args) => topics::run(args),
         Command::CheckConfig(args) => serve::check(args),

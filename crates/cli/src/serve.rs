@@ -1,6 +1,7 @@
-//! `otstream serve`: every stage in one process over bounded in-process
-//! channels, OwnTracks HTTP in front, the embedded store behind. (With
-//! `--bus kafka` the stages run over Kafka instead: see [`crate::kafka`].)
+//! `otstream serve`: the whole topology ([`crate::topology`]) in one
+//! process over bounded in-process channels, OwnTracks HTTP in front, the
+//! embedded store behind. (With `--bus kafka` the stages run over Kafka
+//! instead, each in its own consumer group: see [`crate::links`].)
 //!
 //! ```text
 //! http ingress ------------------------------+
@@ -24,21 +25,17 @@
 //! remaining stages are stopped hard and the stage that hung is named.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use otstream_bus::kafka::KafkaConfig;
-use otstream_bus::{Prepended, Sender, channel};
-use otstream_decode_stage::DecodeStage;
 use otstream_ingress::MqttConfig;
-use otstream_model::{RawMessage, Record};
 use otstream_sink::clickhouse::ClickHouseConfig;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{BusKind, ServeConfig};
+use crate::links::{InProcess, Kafka};
 use crate::runtime::{LogFormat, block_on, init_logging};
-use crate::stages::{self, Sink, Stage};
 use crate::supervisor::Supervisor;
+use crate::topology::{self, Part, Selection};
 
 /// Flags of `otstream serve`. Each overrides the config file and the
 /// environment; each also reads the environment variable named with it.
@@ -175,122 +172,36 @@ pub fn check(args: Args) -> Result<()> {
         "configuration ok: http {}, mqtt {mqtt}, bus {bus}, sink {sink}, metrics {}",
         config.http.addr, config.metrics.addr
     );
+    println!("runs (unit, reads -> writes):");
+    println!("{}", Selection::parts(&config, &Part::PIPELINE).describe());
     Ok(())
 }
 
 /// Runs `otstream serve` to completion.
 pub fn run(args: Args) -> Result<()> {
     let config = args.config()?;
-    match config.bus.kind {
-        BusKind::Inprocess => block_on(serve(config)),
-        BusKind::Kafka => block_on(crate::kafka::run(config, &Stage::ALL)),
-    }
+    block_on(pipeline(config, &Part::PIPELINE))
 }
 
-async fn serve(config: ServeConfig) -> Result<()> {
+/// Runs `parts` of the topology over the bus `config` names until
+/// SIGINT/SIGTERM or until a unit ends.
+pub(crate) async fn pipeline(config: ServeConfig, parts: &[Part]) -> Result<()> {
     let mut sup = Supervisor::start(&config).await?;
-    let keys = stages::keys(&config)?;
-    // Built before anything starts: the sink opens its store (or migrates
-    // ClickHouse) and gives back the device state stored with the rows;
-    // the geofence stage loads its fences and takes that state as its
-    // first input.
-    let (sink, shipper) = Sink::build(&config, config.buffer.enabled).await?;
-    let restored = sink.stored_state().await?;
-    let geofence = stages::geofence(config.geo_stage()).await?;
-    let decode = DecodeStage::new(config.decode.clone(), keys.clone());
-    let events = stages::EventsOut::build(&config).await?;
-
-    let listener = otstream_http::listen(config.http.addr)
-        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
-    let http_addr = listener.local_addr()?;
-    let (raw_tx, raw_rx) = channel::<RawMessage>(config.bus.capacity);
-    let (rec_tx, rec_rx) = channel::<Record>(config.bus.capacity);
-    let (geo_tx, geo_rx) = channel::<Record>(config.bus.capacity);
-    let (front, hard_stop) = (sup.front(), sup.hard_stop());
-    // The read API: the live feed hears what the sink commits.
-    let live = otstream_api::live::channel();
-    let api = crate::api::start(&config, Some(live.clone()), front.clone()).await?;
-
-    // In pipeline order, the order they stop in: the ingress first (its
-    // senders close the raw link), then each stage once its input is
-    // drained.
-    let send_timeout = Duration::from_millis(config.http.send_timeout_ms);
-    sup.spawn(
-        "http ingress",
-        otstream_ingress::run_http(
-            listener,
-            config.http.clone(),
-            config.decode.clone(),
-            keys,
-            // Decoded here once: the records go straight to the geofence
-            // stage; the decode stage decodes what MQTT brings.
-            otstream_ingress::Decoded::new(
-                rec_tx.clone().with_send_timeout(send_timeout),
-                config.decode.topic_prefix.clone(),
-            ),
-            api.fallback,
-            api.auth.clone(),
-            crate::api::friends(&config, &api.auth, front.clone()).await,
-            front.clone(),
-        ),
-    );
-    // MQTT waits for room rather than failing: a full bus slows the
-    // broker's deliveries (PUBACKs are withheld) and the rest queues there.
-    if let Some(m) = config.mqtt.clone() {
-        if m.topic_prefix != config.decode.topic_prefix {
-            tracing::warn!(mqtt = %m.topic_prefix, decode = %config.decode.topic_prefix, "mqtt.topic_prefix differs from decode.topic_prefix");
+    // In one process acks wait for the local buffer, never for ClickHouse.
+    let select = Selection::parts(&config, parts);
+    match config.bus.kind {
+        BusKind::Inprocess => {
+            let mut links = InProcess::new(&config);
+            topology::build(&config, select, &mut links, &mut sup).await?;
+            // The topology holds what it needs; the unused ends close.
+            drop(links);
+            sup.run("serve").await
         }
-        let (subscribed, watch) = tokio::sync::watch::channel(false);
-        sup.ready_after(watch);
-        let run = otstream_ingress::run_mqtt(m, raw_tx.clone(), subscribed, front.clone());
-        sup.spawn("mqtt ingress", run);
-    }
-    tokio::spawn(report_depth(raw_tx, rec_tx.clone(), geo_tx.clone(), front));
-    sup.spawn("decode", decode.run(raw_rx, rec_tx, hard_stop.clone()));
-    sup.spawn(
-        "geofence",
-        geofence.run(Prepended::new(restored, rec_rx), geo_tx, hard_stop.clone()),
-    );
-    sup.spawn(
-        "sink",
-        sink.run(geo_rx, Some(live), events.sink.clone(), hard_stop),
-    );
-    stages::retention(&config, &mut sup);
-    stages::addresses(&config, &mut sup)?;
-    events.spawn(&config, &mut sup);
-    // After the sink: what is buffered when it stops stays for the next
-    // start; the shipper stops where it is.
-    if let Some(shipper) = shipper {
-        let stop = CancellationToken::new();
-        sup.spawn("shipper", shipper.run(stop.clone()))
-            .on_stop(move || stop.cancel());
-    }
-    if let Some(task) = api.task {
-        sup.spawn("api", task);
-    }
-    tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "http ingress listening");
-    sup.run("serve").await
-}
-
-/// Publishes the depth of each link every second until `stop`.
-async fn report_depth(
-    raw: impl Sender<RawMessage>,
-    records: impl Sender<Record>,
-    derived: impl Sender<Record>,
-    stop: CancellationToken,
-) {
-    let raw_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "raw");
-    let rec_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "records");
-    let geo_gauge = metrics::gauge!("otstream_bus_depth", "topic" => "geofenced");
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {
-                raw_gauge.set(raw.depth() as f64);
-                rec_gauge.set(records.depth() as f64);
-                geo_gauge.set(derived.depth() as f64);
-            }
+        BusKind::Kafka => {
+            let mut links = Kafka::new(&config)?;
+            topology::build(&config, select, &mut links, &mut sup).await?;
+            tracing::info!(brokers = %links.brokers(), "stages joined their groups");
+            sup.run("over kafka").await
         }
     }
 }

@@ -1,77 +1,23 @@
-//! The stages, each built from the configuration before anything starts,
-//! the same way in every mode; [`crate::serve`] links them in one process,
-//! [`crate::kafka`] over topics, and [`crate::supervisor`] runs them.
+//! The units' builders: each unit of the topology built from the
+//! configuration before anything starts, the same way in every mode
+//! ([`crate::topology`] links and runs them).
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use otstream_bus::{Ack, Message, Receiver};
+use otstream_bus::{Ack, Message, Receiver, Stage};
 use otstream_decode::KeyRing;
-use otstream_events::config::MQTT_ROUTE;
+use otstream_events::Deliverers;
 use otstream_geofence::stage::{GeofenceStage, StageConfig};
-use otstream_model::{Record, StateSnapshot, topics};
+use otstream_model::{Record, StateSnapshot};
 use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
-use otstream_sink::outbox::{Outbox, Reader};
+use otstream_sink::outbox::Outbox;
 use otstream_sink::retention::Retention;
-use otstream_sink::{Backend, Committed, Events, SqliteBackend, Store};
+use otstream_sink::{Backend, Committed, Events, SinkStage, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::supervisor::Supervisor;
-
-/// A stage that runs as its own process over Kafka.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// OwnTracks HTTP (and MQTT, when configured) into `raw`.
-    Ingress,
-    /// `raw` into `positions`, `records`, `events`, `dead-letters`.
-    Decode,
-    /// `positions` and `records` into server transitions, trips and stops
-    /// (`events`) and device state (`state`).
-    Geofence,
-    /// Every topic into ClickHouse or the embedded store.
-    Sink,
-    /// The read API and the map, reading ClickHouse (no Kafka needed).
-    Api,
-}
-
-impl Stage {
-    /// In pipeline order, the order they stop in.
-    pub const ALL: [Stage; 4] = [Stage::Ingress, Stage::Decode, Stage::Geofence, Stage::Sink];
-
-    /// The stage's name: its consumer group is `{group_prefix}{name}`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Ingress => "ingress",
-            Stage::Decode => "decode",
-            Stage::Geofence => "geofence",
-            Stage::Sink => "sink",
-            Stage::Api => "api",
-        }
-    }
-
-    /// The topics its group reads.
-    pub fn inputs(self) -> &'static [&'static str] {
-        match self {
-            Stage::Ingress | Stage::Api => &[],
-            Stage::Decode => &[topics::RAW],
-            Stage::Geofence => &[topics::POSITIONS, topics::RECORDS],
-            Stage::Sink => &[
-                topics::POSITIONS,
-                topics::EVENTS,
-                topics::RECORDS,
-                topics::DEAD_LETTERS,
-                topics::STATE,
-            ],
-        }
-    }
-
-    /// The stage of this name.
-    pub fn named(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
 
 /// The secrets for encrypted payloads, from `keys_file`.
 pub(crate) fn keys(config: &ServeConfig) -> Result<Arc<KeyRing>> {
@@ -175,35 +121,55 @@ impl Sink {
         tracing::info!(snapshots = input.len(), "device state restored");
         Ok(input)
     }
+}
 
-    /// Runs the sink stage on its backend (see [`otstream_sink::run`]).
-    pub(crate) async fn run(
-        self,
-        input: impl Receiver<Record>,
-        committed: Option<Committed>,
-        events: Events,
-        stop: CancellationToken,
-    ) -> Result<()> {
-        match self {
-            Sink::Sqlite(b) => otstream_sink::run(b, input, committed, events, stop).await?,
-            Sink::ClickHouse(b) => otstream_sink::run(*b, input, committed, events, stop).await?,
-            Sink::Buffered(b) => otstream_sink::run(b, input, committed, events, stop).await?,
+/// The sink stage on whichever backend the configuration chose.
+pub(crate) struct SinkUnit {
+    sink: Sink,
+    events: Events,
+    live: Option<Committed>,
+}
+
+impl SinkUnit {
+    pub(crate) fn new(sink: Sink, events: Events, live: Option<Committed>) -> Self {
+        SinkUnit { sink, events, live }
+    }
+}
+
+impl<R: Receiver<Record>> Stage<R, ()> for SinkUnit {
+    type Error = otstream_sink::SinkError;
+
+    async fn run(self, input: R, _: (), shutdown: CancellationToken) -> Result<(), Self::Error> {
+        let SinkUnit { sink, events, live } = self;
+        match sink {
+            Sink::Sqlite(b) => {
+                SinkStage::new(b, events)
+                    .announcing(live)
+                    .run(input, (), shutdown)
+                    .await
+            }
+            Sink::ClickHouse(b) => {
+                SinkStage::new(*b, events)
+                    .announcing(live)
+                    .run(input, (), shutdown)
+                    .await
+            }
+            Sink::Buffered(b) => {
+                SinkStage::new(b, events)
+                    .announcing(live)
+                    .run(input, (), shutdown)
+                    .await
+            }
         }
-        Ok(())
     }
 }
 
 /// The events' way out: the sink's part (the outbox it appends to, when
 /// any destination is configured) and the deliverers to run after it.
 pub(crate) struct EventsOut {
-    /// For [`Sink::run`].
+    /// For the sink.
     pub(crate) sink: Events,
-    deliverers: Vec<(String, Deliverer)>,
-}
-
-enum Deliverer {
-    Webhook(Reader, Box<otstream_events::Webhook>),
-    Mqtt(Reader, Box<otstream_events::mqtt::Mqtt>),
+    pub(crate) deliverers: Option<Deliverers>,
 }
 
 impl EventsOut {
@@ -218,7 +184,7 @@ impl EventsOut {
                 retry_initial_ms: config.sink.retry_initial_ms,
                 geocoder: geocoder(config).await?,
             },
-            deliverers: Vec::new(),
+            deliverers: None,
         };
         let routes = ev.routes()?;
         if routes.is_empty() || !ev.enabled {
@@ -234,57 +200,10 @@ impl EventsOut {
                     config.data_dir.display()
                 )
             })?;
-        for w in &ev.webhooks {
-            let reader = outbox.reader(&w.name())?;
-            let hook = otstream_events::Webhook::new(w)?;
-            // Labelled, never named by its URL (a hook's URL can be its secret).
-            let label = w.label();
-            tracing::info!(route = %label, origin = %w.origin(), "events webhook");
-            out.deliverers
-                .push((label, Deliverer::Webhook(reader, Box::new(hook))));
-        }
-        if ev.mqtt.enabled {
-            let reader = outbox.reader(MQTT_ROUTE)?;
-            let mqtt = otstream_events::mqtt::Mqtt::new(&ev.mqtt, config.mqtt.as_ref())?;
-            tracing::info!(topic = %ev.mqtt.topic, "events published to MQTT");
-            out.deliverers.push((
-                MQTT_ROUTE.to_owned(),
-                Deliverer::Mqtt(reader, Box::new(mqtt)),
-            ));
-        }
+        let deliverers = Deliverers::new(ev, config.mqtt.as_ref(), &outbox)?;
+        out.deliverers = (!deliverers.is_empty()).then_some(deliverers);
         out.sink.outbox = Some(outbox);
         Ok(out)
-    }
-
-    /// Runs the deliverers as the stage `events`, stopped after the sink
-    /// (what the sink appended last is delivered at the next start if not
-    /// now).
-    pub(crate) fn spawn(self, config: &ServeConfig, sup: &mut Supervisor) {
-        if self.deliverers.is_empty() {
-            return;
-        }
-        let max_age = config.events.max_age();
-        let stop = CancellationToken::new();
-        let each = stop.clone();
-        let run = async move {
-            let mut set = tokio::task::JoinSet::new();
-            for (name, d) in self.deliverers {
-                let stop = each.clone();
-                match d {
-                    Deliverer::Webhook(r, w) => {
-                        set.spawn(otstream_events::deliver(name, r, *w, max_age, stop))
-                    }
-                    Deliverer::Mqtt(r, m) => {
-                        set.spawn(otstream_events::deliver(name, r, *m, max_age, stop))
-                    }
-                };
-            }
-            while let Some(done) = set.join_next().await {
-                done.context("an events deliverer panicked")??;
-            }
-            Ok::<(), anyhow::Error>(())
-        };
-        sup.spawn("events", run).on_stop(move || stop.cancel());
     }
 }
 
@@ -301,25 +220,20 @@ async fn geocoder(config: &ServeConfig) -> Result<Option<Arc<otstream_geocode::G
     Ok(Some(g))
 }
 
-/// Runs retention on the embedded store as a stage of its own, when the
-/// sink writes there: `sup` stops it after the sink.
-pub(crate) fn retention(config: &ServeConfig, sup: &mut Supervisor) {
-    if config.clickhouse.is_some() {
-        return;
-    }
-    let job = Retention::new(config.retention.clone(), &config.data_dir);
-    let stop = CancellationToken::new();
-    sup.spawn("retention", job.run(stop.clone()))
-        .on_stop(move || stop.cancel());
+/// Retention on the embedded store, when the sink writes there.
+pub(crate) fn retention(config: &ServeConfig) -> Option<Retention> {
+    config
+        .clickhouse
+        .is_none()
+        .then(|| Retention::new(config.retention.clone(), &config.data_dir))
 }
 
-/// Fills in street addresses as a stage of its own, when
-/// `[geocode.addresses] url` is set, in the store the sink writes to:
-/// `sup` stops it after the sink.
-pub(crate) fn addresses(config: &ServeConfig, sup: &mut Supervisor) -> Result<()> {
+/// Fills in street addresses, when `[geocode.addresses] url` is set, in
+/// the store the sink writes to.
+pub(crate) fn addresses(config: &ServeConfig) -> Result<Option<otstream_addresses::Addresses>> {
     let a = &config.geocode.addresses;
     let Some(url) = &a.url else {
-        return Ok(());
+        return Ok(None);
     };
     let rows = match &config.clickhouse {
         Some(ch) => otstream_addresses::Rows::clickhouse(ch.client(), &ch.database),
@@ -327,10 +241,7 @@ pub(crate) fn addresses(config: &ServeConfig, sup: &mut Supervisor) -> Result<()
     };
     let job = otstream_addresses::Addresses::new(a.clone(), rows)?;
     tracing::info!(%url, provider = ?a.provider, per_second = a.per_second, "street addresses");
-    let stop = CancellationToken::new();
-    sup.spawn("addresses", job.run(stop.clone()))
-        .on_stop(move || stop.cancel());
-    Ok(())
+    Ok(Some(job))
 }
 
 /// Opens the embedded store in `data_dir`.

@@ -25,16 +25,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use otstream_bus::Stage;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::links::End;
 use crate::metrics_server;
 use crate::runtime::shutdown_signal;
 
 type Ended = (&'static str, String);
-type Followup = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Followup = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// When a unit is told to stop: its shutdown signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopBy {
+    /// With the front, first: it takes requests (its senders then close
+    /// the links behind it).
+    Front,
+    /// By its input closing (in one process) or its consumer stopping
+    /// (over Kafka), in its turn; its signal is the hard stop past the
+    /// deadline.
+    Input,
+    /// Its own signal, in its turn (side jobs).
+    Turn,
+}
 
 /// One running stage and how to stop it.
 pub(crate) struct Supervised {
@@ -83,8 +99,8 @@ impl Supervisor {
     }
 
     /// A supervisor whose graceful stop may take `timeout`, without the
-    /// metrics endpoint.
-    fn new(timeout: Duration) -> Self {
+    /// metrics endpoint (import: nothing to scrape).
+    pub(crate) fn new(timeout: Duration) -> Self {
         let (ended_tx, ended) = mpsc::unbounded_channel();
         Supervisor {
             ready: Arc::new(AtomicBool::new(false)),
@@ -116,6 +132,46 @@ impl Supervisor {
         self.subscriptions.push(subscribed);
     }
 
+    /// Runs the unit `name` with its ends of the links; units stop in the
+    /// order they were added, as `stop` says, and then what their links
+    /// need done (a producer's flush, then the consumer's last commit).
+    pub(crate) fn stage<I, O, S>(
+        &mut self,
+        name: &'static str,
+        stage: S,
+        input: End<I>,
+        output: End<O>,
+        stop: StopBy,
+    ) where
+        S: Stage<I, O>,
+        I: 'static,
+        O: 'static,
+    {
+        let token = match stop {
+            StopBy::Front => self.front(),
+            StopBy::Input => self.hard_stop(),
+            StopBy::Turn => CancellationToken::new(),
+        };
+        let turn = (stop == StopBy::Turn).then(|| token.clone());
+        let input_stop = input.stop;
+        let output_stop = output.stop;
+        let (out_then, in_then) = (output.then, input.then);
+        let s = self.spawn(name, stage.run(input.end, output.end, token));
+        s.on_stop(move || {
+            for f in [input_stop, output_stop].into_iter().flatten() {
+                f();
+            }
+            if let Some(t) = turn {
+                t.cancel();
+            }
+        });
+        s.then(async move {
+            for f in [out_then, in_then].into_iter().flatten() {
+                f.await;
+            }
+        });
+    }
+
     /// Runs the stage `name`; stages stop in the order they were spawned.
     /// A fault injected into `name` fails it (tests only:
     /// [`crate::fault`]).
@@ -131,7 +187,7 @@ impl Supervisor {
                 e = crate::fault::injected(name) => Err(e),
             };
             let why = match &result {
-                Ok(()) => "it returned".to_owned(),
+                Ok(()) => RETURNED.to_owned(),
                 Err(e) => format!("{e:#}"),
             };
             // Nobody listening (the process is stopping anyway) is fine.
@@ -185,6 +241,47 @@ impl Supervisor {
         Ok(())
     }
 }
+
+impl Supervisor {
+    /// Runs until every unit has ended by itself (import: the reader ends
+    /// at the files' end, each stage once its input is drained). The first
+    /// that fails stops the rest where they are; Err names it.
+    pub(crate) async fn finish(self) -> Result<()> {
+        let Supervisor {
+            front,
+            hard_stop,
+            ended_tx,
+            mut ended,
+            stages,
+            ..
+        } = self;
+        // Every unit holds a clone: the channel ends when the last has.
+        drop(ended_tx);
+        let mut failed = None;
+        while let Some((stage, why)) = ended.recv().await {
+            if why != RETURNED && failed.is_none() {
+                front.cancel();
+                hard_stop.cancel();
+                failed = Some(format!("stage {stage} failed: {why}"));
+            }
+        }
+        for s in stages {
+            if let Err(e) = s.task.await {
+                failed.get_or_insert(format!("stage {} panicked: {e}", s.name));
+            }
+            if let Some(then) = s.then {
+                then.await;
+            }
+        }
+        match failed {
+            Some(f) => Err(anyhow::anyhow!(f)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a unit that ended without an error is reported.
+const RETURNED: &str = "it returned";
 
 /// Waits until the MQTT ingress holds its subscriptions, for at most 10 s:
 /// until then the broker keeps nothing for it, so a process that said it

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use metrics::Counter;
-use otstream_bus::{Message, Receiver, Sender};
+use otstream_bus::{Message, Receiver, Sender, Stage};
 use otstream_decode::{DecodeConfig, Decoder, ErrorKind, KeyRing};
 use otstream_model::{RawMessage, Record};
 use tokio_util::sync::CancellationToken;
@@ -125,14 +125,18 @@ impl DecodeStage {
         }
         (out, errors)
     }
+}
 
+impl<R: Receiver<RawMessage>, S: Sender<Record>> Stage<R, S> for DecodeStage {
     /// Runs until the input is closed and drained (`Ok`), or until
     /// `shutdown` is cancelled (`Ok`); a panicked batch or a closed output
     /// ends it with the error.
-    pub async fn run(
+    type Error = StageError;
+
+    async fn run(
         mut self,
-        mut input: impl Receiver<RawMessage>,
-        output: impl Sender<Record>,
+        mut input: R,
+        output: S,
         shutdown: CancellationToken,
     ) -> Result<(), StageError> {
         let mut batch: Vec<Message<RawMessage>> = Vec::with_capacity(BATCH);

@@ -18,16 +18,19 @@
 //! never blocks ingest: its queue grows on disk (`otstream_outbox_entries`).
 //!
 //! Layout: [`config`] (the `[events]` section and the routes it makes),
-//! [`deliver`] (the loop every route runs), [`webhook`] and [`mqtt`] (the
+//! [`deliver`] (the loop every route runs), [`deliverers`] (all routes as
+//! one side job of the topology), [`webhook`] and [`mqtt`] (the
 //! two destinations).
 
 pub mod config;
 pub mod deliver;
+pub mod deliverers;
 pub mod mqtt;
 pub mod webhook;
 
 pub use config::{EventsConfig, EventsMqttConfig, WebhookConfig};
 pub use deliver::{Destination, Sent, deliver};
+pub use deliverers::Deliverers;
 pub use webhook::{TIMESTAMP_HEADER, TOLERANCE_S, Webhook, signature, verify};
 
 /// Why a deliverer stopped.

@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use metrics::{Counter, Histogram};
-use otstream_bus::{Ack, AckStatus};
+use otstream_bus::{Ack, AckStatus, Stage};
 use otstream_decode::{DecodeConfig, DecodeError, Decoder, ErrorKind, KeyRing};
 use otstream_model::ConfigError;
 use otstream_model::identity;
@@ -101,73 +101,123 @@ struct State<I> {
     meters: Meters,
 }
 
-/// Serves OwnTracks HTTP on `listener` until `shutdown` is cancelled, then
-/// stops accepting, lets in-flight requests finish (each still waits for
-/// its message to be durable) and returns once every connection is closed.
-/// Messages go to `output` ([`Raw`](crate::intake::Raw) over Kafka,
-/// [`Decoded`](crate::intake::Decoded) in one process), whose link should
-/// have a send deadline: a full bus turns into 503, not into waiting
-/// forever. Every request that is not an
-/// OwnTracks POST goes to `fallback` (the read API), when there is one.
-/// `auth` holds the access rules (the credentials of `config.htpasswd`,
-/// loaded by the caller so that the read API checks the same ones; they
-/// must be loaded when it is set). `friends` (built from
-/// `config.friends` by the caller, who may also feed it from the store)
-/// answers each 200.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_http<I: Intake>(
+/// The HTTP ingress, built from its configuration: OwnTracks HTTP on its
+/// listener. Its output is an [`Intake`]: [`Raw`](crate::intake::Raw)
+/// over Kafka, [`Decoded`](crate::intake::Decoded) in one process, whose
+/// link should have a send deadline (a full bus turns into 503, not into
+/// waiting forever); it has no input but the phones.
+pub struct HttpIngress {
     listener: TcpListener,
     config: HttpConfig,
     decode_config: DecodeConfig,
     keys: Arc<KeyRing>,
-    output: I,
     fallback: Option<Arc<dyn Fallback>>,
     auth: Arc<Authenticator>,
     friends: Option<Arc<Friends>>,
-    shutdown: CancellationToken,
-) -> Result<(), IngressError> {
-    config.validate()?;
-    if let (Some(path), false) = (&config.htpasswd, auth.required()) {
-        return Err(IngressError::Config(ConfigError::new(
-            "http.htpasswd",
-            format!(
-                "http.htpasswd is {} but no credentials were loaded from it",
-                path.display()
-            ),
-        )));
+}
+
+impl HttpIngress {
+    /// Serves `listener`, checking payloads as the decode stage would
+    /// (`decode_config`, `keys`). `auth` holds the access rules (the
+    /// credentials of `config.htpasswd`, loaded by the caller so that the
+    /// read API checks the same ones; they must be loaded when it is set).
+    pub fn new(
+        listener: TcpListener,
+        config: HttpConfig,
+        decode_config: DecodeConfig,
+        keys: Arc<KeyRing>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        HttpIngress {
+            listener,
+            config,
+            decode_config,
+            keys,
+            fallback: None,
+            auth,
+            friends: None,
+        }
     }
-    let limits = otstream_http::Limits {
-        max_connections: config.max_connections,
-        header_timeout: Duration::from_millis(config.header_timeout_ms),
-        // In-flight requests may still be reading their body and then
-        // waiting for their ack; the supervisor's own deadline names a
-        // stage that hangs past it.
-        drain: Duration::from_millis(
-            config.header_timeout_ms + config.body_timeout_ms + config.ack_timeout_ms,
-        ),
-    };
-    let state = Arc::new(State {
-        config,
-        fallback,
-        output,
-        decode_config,
-        keys,
-        decoders: Mutex::new(Vec::new()),
-        auth,
-        friends,
-        meters: Meters::new(),
-    });
-    otstream_http::serve(
-        listener,
-        limits,
-        move |remote| {
-            let state = state.clone();
-            service_fn(move |req| handle(state.clone(), remote, req))
-        },
-        shutdown,
-    )
-    .await;
-    Ok(())
+
+    /// Every request that is not an OwnTracks POST goes to `fallback`
+    /// (the read API), when there is one.
+    pub fn with_fallback(mut self, fallback: Option<Arc<dyn Fallback>>) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// `friends` (built from `config.friends` by the caller, who may also
+    /// feed it from the store) answers each 200.
+    pub fn with_friends(mut self, friends: Option<Arc<Friends>>) -> Self {
+        self.friends = friends;
+        self
+    }
+}
+
+impl<I: Intake> Stage<(), I> for HttpIngress {
+    type Error = IngressError;
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish (each still waits for its message to be
+    /// durable) and returns once every connection is closed.
+    async fn run(
+        self,
+        _input: (),
+        output: I,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngressError> {
+        let HttpIngress {
+            listener,
+            config,
+            decode_config,
+            keys,
+            fallback,
+            auth,
+            friends,
+        } = self;
+        config.validate()?;
+        if let (Some(path), false) = (&config.htpasswd, auth.required()) {
+            return Err(IngressError::Config(ConfigError::new(
+                "http.htpasswd",
+                format!(
+                    "http.htpasswd is {} but no credentials were loaded from it",
+                    path.display()
+                ),
+            )));
+        }
+        let limits = otstream_http::Limits {
+            max_connections: config.max_connections,
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            // In-flight requests may still be reading their body and then
+            // waiting for their ack; the supervisor's own deadline names a
+            // stage that hangs past it.
+            drain: Duration::from_millis(
+                config.header_timeout_ms + config.body_timeout_ms + config.ack_timeout_ms,
+            ),
+        };
+        let state = Arc::new(State {
+            config,
+            fallback,
+            output,
+            decode_config,
+            keys,
+            decoders: Mutex::new(Vec::new()),
+            auth,
+            friends,
+            meters: Meters::new(),
+        });
+        otstream_http::serve(
+            listener,
+            limits,
+            move |remote| {
+                let state = state.clone();
+                service_fn(move |req| handle(state.clone(), remote, req))
+            },
+            shutdown,
+        )
+        .await;
+        Ok(())
+    }
 }
 
 async fn handle<I: Intake>(

@@ -48,6 +48,6 @@ pub mod intake;
 pub mod mqtt;
 
 pub use config::{FriendsConfig, HttpConfig};
-pub use http::{Fallback, FallbackBody, IngressError, run_http};
+pub use http::{Fallback, FallbackBody, HttpIngress, IngressError};
 pub use intake::{Decoded, Intake, Raw};
-pub use mqtt::{MqttConfig, MqttError, Publisher, run_mqtt};
+pub use mqtt::{MqttConfig, MqttError, MqttIngress, Publisher};

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use otstream_bus::{Ack, Message};
+use otstream_bus::{Ack, Message, Stage};
 use otstream_model::raw::now_ms;
 use otstream_model::topics::SCHEMA_VERSION;
 use otstream_model::{DeadLetter, Record, StateSnapshot, Text, Transport};
@@ -406,11 +406,43 @@ pub struct Shipper {
 }
 
 impl Shipper {
+    /// The ClickHouse backend, once the server answers; `None` if stopped
+    /// first.
+    async fn connect(&self, shutdown: &CancellationToken) -> Option<ClickHouseBackend> {
+        let max = Duration::from_millis(self.clickhouse.retry_max_ms);
+        let mut delays = otstream_model::retry::backoff(
+            Duration::from_millis(self.clickhouse.retry_initial_ms),
+            max,
+        );
+        loop {
+            match ClickHouseBackend::new(self.clickhouse.clone()).await {
+                Ok(b) => return Some(b),
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(max);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ClickHouse unreachable; buffering, shipping later");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Stage<(), ()> for Shipper {
     /// Runs until `shutdown`: connects (migrating the schema when
     /// configured to), retrying while ClickHouse is away, then ships the
     /// oldest rows in batches of `max_rows`, each at most `period_ms`
     /// after it could start filling.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
+    type Error = SinkError;
+
+    async fn run(
+        self,
+        _input: (),
+        _output: (),
+        shutdown: CancellationToken,
+    ) -> Result<(), SinkError> {
         // The gauges move while shipping is stuck (ClickHouse away): the
         // age of the oldest row is what an operator alerts on.
         let (shared, stop) = (self.shared.clone(), shutdown.clone());
@@ -498,29 +530,6 @@ impl Shipper {
             self.shared.gauges();
             self.shared.shipped.notify_waiters();
             metrics::counter!("otstream_buffer_shipped_rows_total").increment(rows);
-        }
-    }
-
-    /// The ClickHouse backend, once the server answers; `None` if stopped
-    /// first.
-    async fn connect(&self, shutdown: &CancellationToken) -> Option<ClickHouseBackend> {
-        let max = Duration::from_millis(self.clickhouse.retry_max_ms);
-        let mut delays = otstream_model::retry::backoff(
-            Duration::from_millis(self.clickhouse.retry_initial_ms),
-            max,
-        );
-        loop {
-            match ClickHouseBackend::new(self.clickhouse.clone()).await {
-                Ok(b) => return Some(b),
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(max);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ClickHouse unreachable; buffering, shipping later");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
         }
     }
 }

@@ -48,7 +48,7 @@
 //! - [`retention`]: the embedded store's background deletion of old rows.
 //! - [`outbox`]: the events' durable queues, appended before the batch is
 //!   written, read by the deliverers (`otstream-events`).
-//! - [`run`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
+//! - [`SinkStage`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
 //!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
 
 pub mod buffer;
@@ -60,7 +60,7 @@ pub mod store;
 use otstream_model::ConfigError;
 use std::time::Duration;
 
-use otstream_bus::{Message, Receiver};
+use otstream_bus::{Message, Receiver, Stage};
 use otstream_model::{Record, StateSnapshot};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -265,12 +265,50 @@ pub enum SinkError {
     ClickHouse(#[from] clickhouse::ClickHouseError),
 }
 
-/// Runs the sink stage: reads records, writes them in batches to
-/// `backend`, settles their acks once durable and announces them on
-/// `committed`. Returns when the input is closed and drained (graceful),
-/// or when `shutdown` is cancelled (hard stop: whatever is not durable
-/// stays unacknowledged, so its senders retry).
-pub async fn run<B: Backend>(
+/// The sink stage on `backend`: its input is every record to store, one
+/// merged link (the geofence stage's output in one process, a consumer of
+/// every topic over Kafka); it has no output but the store.
+pub struct SinkStage<B> {
+    backend: B,
+    committed: Option<Committed>,
+    events: Events,
+}
+
+impl<B: Backend> SinkStage<B> {
+    /// Writes to `backend`, with what `events` adds to the records.
+    pub fn new(backend: B, events: Events) -> Self {
+        SinkStage {
+            backend,
+            committed: None,
+            events,
+        }
+    }
+
+    /// Announces what it commits on `committed` (the live feed).
+    pub fn announcing(mut self, committed: Option<Committed>) -> Self {
+        self.committed = committed;
+        self
+    }
+}
+
+impl<B: Backend, R: Receiver<Record>> Stage<R, ()> for SinkStage<B> {
+    type Error = SinkError;
+
+    /// Reads records, writes them in batches, settles their acks once
+    /// durable and announces them. Returns when the input is closed and
+    /// drained (graceful), or when `shutdown` is cancelled (hard stop:
+    /// whatever is not durable stays unacknowledged, so its senders retry).
+    async fn run(
+        self,
+        input: R,
+        _output: (),
+        shutdown: CancellationToken,
+    ) -> Result<(), SinkError> {
+        write(self.backend, input, self.committed, self.events, shutdown).await
+    }
+}
+
+async fn write<B: Backend>(
     mut backend: B,
     mut input: impl Receiver<Record>,
     committed: Option<Committed>,

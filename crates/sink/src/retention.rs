@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use otstream_bus::Stage;
 use otstream_model::ConfigError;
 use otstream_model::raw::now_ms;
 use rusqlite::{Connection, OpenFlags};
@@ -129,10 +130,27 @@ impl Retention {
             path: data_dir.join(DB_FILE),
         }
     }
+    /// Deletes, table by table and chunk by chunk, what is older than its
+    /// limit as of now (on the blocking pool: SQLite waits).
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let (limits, path, stop) = (self.config.limits(), self.path.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || pass(&path, &limits, &stop))
+            .await
+            .map_err(|e| StoreError::Thread(e.to_string()))?
+    }
+}
 
+impl Stage<(), ()> for Retention {
     /// Runs a pass now and every `interval_s` until `shutdown`. A pass
     /// that fails is reported and tried again at the next interval.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
+    type Error = StoreError;
+
+    async fn run(
+        self,
+        _input: (),
+        _output: (),
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
         if self.config.limits().is_empty() {
             shutdown.cancelled().await;
             return Ok(());
@@ -149,15 +167,6 @@ impl Retention {
                 metrics::counter!("otstream_errors_total", "stage" => "retention", "error_code" => e.code()).increment(1);
             }
         }
-    }
-
-    /// Deletes, table by table and chunk by chunk, what is older than its
-    /// limit as of now (on the blocking pool: SQLite waits).
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let (limits, path, stop) = (self.config.limits(), self.path.clone(), shutdown.clone());
-        tokio::task::spawn_blocking(move || pass(&path, &limits, &stop))
-            .await
-            .map_err(|e| StoreError::Thread(e.to_string()))?
     }
 }
 

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use otstream_bus::{Ack, AckStatus, Message, Sender, channel};
+use otstream_bus::{Ack, AckStatus, Message, Sender, Stage, channel};
 use otstream_decode::{DecodeConfig, Decoder};
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
-use otstream_sink::{SinkConfig, SqliteBackend, Store};
+use otstream_sink::{SinkConfig, SinkStage, SqliteBackend, Store};
 use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -206,13 +206,11 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
     };
     let committed = tokio::sync::broadcast::channel::<Record>(16).0;
     let mut announced = committed.subscribe();
-    let sink = tokio::spawn(otstream_sink::run(
-        SqliteBackend::new(config, store),
-        rx,
-        Some(committed),
-        Default::default(),
-        shutdown.clone(),
-    ));
+    let sink = tokio::spawn(
+        SinkStage::new(SqliteBackend::new(config, store), Default::default())
+            .announcing(Some(committed))
+            .run(rx, (), shutdown.clone()),
+    );
 
     let first = send_all(
         &tx,
@@ -270,13 +268,13 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (tx, rx) = channel::<Record>(64);
     let shutdown = CancellationToken::new();
-    let sink = tokio::spawn(otstream_sink::run(
-        SqliteBackend::new(SinkConfig::default(), store),
-        rx,
-        None,
-        Default::default(),
-        shutdown.clone(),
-    ));
+    let sink = tokio::spawn(
+        SinkStage::new(
+            SqliteBackend::new(SinkConfig::default(), store),
+            Default::default(),
+        )
+        .run(rx, (), shutdown.clone()),
+    );
     let mut waiters = send_all(&tx, records("owntracks/a/b", r#"{"_type":"lwt"}"#));
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();
@@ -392,13 +390,8 @@ async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_w
         tx.send(Message::new(r.key(), r, ack)).await.unwrap();
         waiters.push(w);
     }
-    let sink = tokio::spawn(otstream_sink::run(
-        backend,
-        rx,
-        None,
-        Default::default(),
-        shutdown.clone(),
-    ));
+    let sink =
+        tokio::spawn(SinkStage::new(backend, Default::default()).run(rx, (), shutdown.clone()));
     for w in waiters {
         assert_eq!(w.await, AckStatus::Delivered);
     }

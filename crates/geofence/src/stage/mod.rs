@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
-use otstream_bus::{Message, Receiver, Sender};
+use otstream_bus::{Message, Receiver, Sender, Stage};
 use otstream_model::Record;
 use otstream_trips::TripConfig;
 use serde::Deserialize;
@@ -203,14 +203,18 @@ impl GeofenceStage {
             fences_file,
         })
     }
+}
 
+impl<R: Receiver<Record>, S: Sender<Record>> Stage<R, S> for GeofenceStage {
     /// Runs until the input is closed and drained, or `shutdown` is
     /// cancelled, evaluating every record; a closed output or a failed
     /// batch ends it with the error.
-    pub async fn run(
+    type Error = StageError;
+
+    async fn run(
         self,
-        mut input: impl Receiver<Record>,
-        output: impl Sender<Record>,
+        mut input: R,
+        output: S,
         shutdown: CancellationToken,
     ) -> Result<(), StageError> {
         let GeofenceStage {

@@ -21,13 +21,13 @@
 //! Layout: the client, its `[mqtt]` section and TLS are
 //! [`otstream_mqtt`]'s (shared with the events' publisher); here
 //! `session` (the event loop, PUBACKs in order, reconnects) and
-//! [`run_mqtt`].
+//! [`MqttIngress`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use metrics::Counter;
-use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender};
+use otstream_bus::{Ack, AckStatus, AckWaiter, Message, Sender, Stage};
 pub use otstream_model::BrokerUrl;
 use otstream_model::event::OWN_MARKER;
 use otstream_model::identity;
@@ -59,62 +59,82 @@ struct Meters {
     own: Counter,
 }
 
-/// Runs the MQTT ingress until `shutdown`: subscribes, forwards every
-/// PUBLISH to `output` (which should wait rather than fail when full: a slow
-/// store slows the broker's deliveries, nothing is refused), and PUBACKs
-/// each once its ack is delivered, in order. On shutdown it stops taking new
-/// messages, waits for the ones in flight to be stored and acknowledged, and
-/// disconnects; what it did not acknowledge the broker delivers next time.
-///
-/// `subscribed` says whether the broker has granted every subscription on
-/// the current connection: false until the SUBACKs of the first connection
-/// arrive, and while reconnecting. A process reports itself ready only
-/// once it is true, since the broker keeps nothing for a session that has
-/// not subscribed yet.
-pub async fn run_mqtt<S: Sender<RawMessage>>(
+/// The MQTT ingress, built from its `[mqtt]` section: no input but the
+/// broker, its output a link of [`RawMessage`]s.
+pub struct MqttIngress {
     config: MqttConfig,
-    output: S,
     subscribed: tokio::sync::watch::Sender<bool>,
-    shutdown: CancellationToken,
-) -> Result<(), MqttError> {
-    config.validate()?;
-    // The URL was checked above; what is left to fail is the TLS setup.
-    let (client, eventloop) =
-        connect(&config).map_err(|e| otstream_model::ConfigError::new("mqtt.ca_file", e))?;
-    let meters = Meters {
-        received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
-        reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
-        unacked: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "not_stored"),
-        own: metrics::counter!("otstream_mqtt_own_events_total"),
-    };
-    let filters = config.filters();
-    let prefix = config.topic_prefix.clone();
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter)>();
-    let resync = CancellationToken::new();
-    let acker = tokio::spawn(ack_in_order(
-        client.clone(),
-        ack_rx,
-        resync.clone(),
-        meters.unacked.clone(),
-    ));
-    let mut session = Session {
-        client,
-        eventloop,
-        subscribed,
-        awaiting_subacks: 0,
-        filters,
-        prefix,
-        output,
-        ack_tx,
-        resync,
-        meters,
-        config,
-    };
-    session.run(shutdown).await;
-    drop(session.ack_tx);
-    let _ = acker.await;
-    session.client.disconnect().await;
-    // Let the DISCONNECT go out.
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.eventloop.poll()).await;
-    Ok(())
+}
+
+impl MqttIngress {
+    /// Subscribes per `config`; `subscribed` says whether the broker has
+    /// granted every subscription on the current connection.
+    pub fn new(config: MqttConfig, subscribed: tokio::sync::watch::Sender<bool>) -> Self {
+        MqttIngress { config, subscribed }
+    }
+}
+
+impl<S: Sender<RawMessage>> Stage<(), S> for MqttIngress {
+    type Error = MqttError;
+
+    /// Runs the MQTT ingress until `shutdown`: subscribes, forwards every
+    /// PUBLISH to `output` (which should wait rather than fail when full: a slow
+    /// store slows the broker's deliveries, nothing is refused), and PUBACKs
+    /// each once its ack is delivered, in order. On shutdown it stops taking new
+    /// messages, waits for the ones in flight to be stored and acknowledged, and
+    /// disconnects; what it did not acknowledge the broker delivers next time.
+    ///
+    /// `subscribed` says whether the broker has granted every subscription on
+    /// the current connection: false until the SUBACKs of the first connection
+    /// arrive, and while reconnecting. A process reports itself ready only
+    /// once it is true, since the broker keeps nothing for a session that has
+    /// not subscribed yet.
+    async fn run(
+        self,
+        _input: (),
+        output: S,
+        shutdown: CancellationToken,
+    ) -> Result<(), MqttError> {
+        let MqttIngress { config, subscribed } = self;
+        config.validate()?;
+        // The URL was checked above; what is left to fail is the TLS setup.
+        let (client, eventloop) =
+            connect(&config).map_err(|e| otstream_model::ConfigError::new("mqtt.ca_file", e))?;
+        let meters = Meters {
+            received: metrics::counter!("otstream_received_events_total", "stage" => "ingress_mqtt"),
+            reconnects: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "reconnect"),
+            unacked: metrics::counter!("otstream_errors_total", "stage" => "ingress_mqtt", "error_code" => "not_stored"),
+            own: metrics::counter!("otstream_mqtt_own_events_total"),
+        };
+        let filters = config.filters();
+        let prefix = config.topic_prefix.clone();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter)>();
+        let resync = CancellationToken::new();
+        let acker = tokio::spawn(ack_in_order(
+            client.clone(),
+            ack_rx,
+            resync.clone(),
+            meters.unacked.clone(),
+        ));
+        let mut session = Session {
+            client,
+            eventloop,
+            subscribed,
+            awaiting_subacks: 0,
+            filters,
+            prefix,
+            output,
+            ack_tx,
+            resync,
+            meters,
+            config,
+        };
+        session.run(shutdown).await;
+        drop(session.ack_tx);
+        let _ = acker.await;
+        session.client.disconnect().await;
+        // Let the DISCONNECT go out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.eventloop.poll()).await;
+        Ok(())
+    }
 }

@@ -1,0 +1,35 @@
+//! The one shape of every unit of the topology: a value built from its
+//! configuration, run with an input, an output and a shutdown signal.
+//!
+//! A stage reads a [`Receiver`](crate::Receiver) and writes a
+//! [`Sender`](crate::Sender); the ingress has no input (the world is its
+//! input) and the sink no output (the store is). A side job (retention,
+//! street addresses, event delivery, the buffer's shipper) has neither and
+//! takes `()` for both. A stage that reads several topics takes them as
+//! one merged input: a Kafka consumer of all of them, or in one process the
+//! link its upstream stage forwards everything onto.
+//!
+//! `shutdown` means "stop now": a stage with an input also ends by itself,
+//! once it has drained, when its input closes (how the in-process links
+//! stop in order); a side job ends only on it. Either way a stage leaves
+//! nothing it acknowledged undone: what it did not finish stays
+//! unacknowledged and comes again.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+/// A unit of the topology, run once.
+pub trait Stage<I, O>: Send + Sized + 'static {
+    /// Why it ended early (its own typed error).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Runs until its input closes (stages) or until `shutdown` (side
+    /// jobs, and any stage told to stop where it is).
+    fn run(
+        self,
+        input: I,
+        output: O,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

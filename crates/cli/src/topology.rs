@@ -1,0 +1,529 @@
+//! The pipeline, described once: every unit (stage or side job), the link
+//! it reads and the link it writes, in the order they stop in
+//! ([`UNITS`]). Every mode is a selection of it run under the one
+//! [`Supervisor`]: `serve` runs all of it over in-process links, `serve
+//! --bus kafka` all of it over Kafka (each consuming stage in its own
+//! group, as separate processes would be), `run STAGE` one [`Part`] over
+//! Kafka, and `import` the file reader and the stages behind it.
+//!
+//! ```text
+//! mqtt ingress --raw--> decode --records--> geofence --stored--> sink
+//! http ingress ---------(records in one process, raw over Kafka)
+//! side jobs: depth, friends, retention, addresses, events, shipper, api
+//! ```
+//!
+//! Each unit implements [`otstream_bus::Stage`]: built from the
+//! configuration before anything starts (a bad fences file or an
+//! unreachable ClickHouse stops the start, not a running stage), then run
+//! with its input, its output and its shutdown signal. Adding a stage is
+//! a unit, a row in [`UNITS`] and its arm in [`build`].
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use otstream_bus::Stage;
+use otstream_decode_stage::DecodeStage;
+use otstream_ingress::HttpIngress;
+use otstream_ingress::MqttIngress;
+use otstream_model::topics;
+use otstream_sink::buffer::Shipper;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::links::{Links, none};
+use crate::stages::{self, Sink};
+use crate::supervisor::{StopBy, Supervisor};
+
+/// A part of the topology a process runs alone (`otstream run PART`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// OwnTracks HTTP (and MQTT, when configured) into `raw`.
+    Ingress,
+    /// `raw` into `positions`, `records`, `events`, `dead-letters`.
+    Decode,
+    /// `positions` and `records` into server transitions, trips and stops
+    /// (`events`) and device state (`state`).
+    Geofence,
+    /// Every topic into ClickHouse or the embedded store.
+    Sink,
+    /// The read API and the map, reading ClickHouse (no Kafka needed).
+    Api,
+}
+
+impl Part {
+    /// The parts a pipeline over Kafka runs, in pipeline order.
+    pub const PIPELINE: [Part; 4] = [Part::Ingress, Part::Decode, Part::Geofence, Part::Sink];
+
+    /// The part's name: its consumer group is `{group_prefix}{name}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Ingress => "ingress",
+            Part::Decode => "decode",
+            Part::Geofence => "geofence",
+            Part::Sink => "sink",
+            Part::Api => "api",
+        }
+    }
+
+    /// The topics its group reads.
+    pub fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Part::Ingress | Part::Api => &[],
+            Part::Decode => &[topics::RAW],
+            Part::Geofence => &[topics::POSITIONS, topics::RECORDS],
+            Part::Sink => &[
+                topics::POSITIONS,
+                topics::EVENTS,
+                topics::RECORDS,
+                topics::DEAD_LETTERS,
+                topics::STATE,
+            ],
+        }
+    }
+
+    /// The consuming part of this name.
+    pub fn named(name: &str) -> Option<Part> {
+        Part::PIPELINE.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The links between units (see [`crate::links`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Payloads as received.
+    Raw,
+    /// What the HTTP ingress hands on: `records` in one process, `raw`
+    /// over Kafka.
+    Intake,
+    /// Decoded records.
+    Records,
+    /// Everything the sink stores.
+    Stored,
+}
+
+/// A unit of the topology: a stage or a side job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    MqttIngress,
+    HttpIngress,
+    /// import's file reader, in place of the ingress.
+    Files,
+    /// The in-process links' depth gauges.
+    Depth,
+    /// The friends lists' last fixes, from the store.
+    Friends,
+    Decode,
+    Geofence,
+    Sink,
+    Retention,
+    Addresses,
+    Events,
+    Shipper,
+    /// The read API on a listener of its own.
+    Api,
+}
+
+/// One row of the description.
+pub struct Row {
+    pub unit: Unit,
+    /// Its name in logs, metrics and `/readyz`.
+    pub name: &'static str,
+    /// Whose process runs it.
+    pub part: Part,
+    pub reads: Option<Link>,
+    pub writes: Option<Link>,
+    /// When it is told to stop.
+    pub stop: StopBy,
+}
+
+const fn row(
+    unit: Unit,
+    name: &'static str,
+    part: Part,
+    reads: Option<Link>,
+    writes: Option<Link>,
+    stop: StopBy,
+) -> Row {
+    Row {
+        unit,
+        name,
+        part,
+        reads,
+        writes,
+        stop,
+    }
+}
+
+use Link::{Intake, Raw, Records, Stored};
+use StopBy::{Front, Input, Turn};
+
+/// The topology, in the order its units stop in: what takes requests
+/// first (its senders close the links), then each stage once its input
+/// is drained, then the side jobs, which the sink's last commit may
+/// still feed.
+pub const UNITS: [Row; 13] = [
+    row(
+        Unit::MqttIngress,
+        "mqtt ingress",
+        Part::Ingress,
+        None,
+        Some(Raw),
+        Front,
+    ),
+    row(
+        Unit::HttpIngress,
+        "http ingress",
+        Part::Ingress,
+        None,
+        Some(Intake),
+        Front,
+    ),
+    row(Unit::Files, "files", Part::Ingress, None, Some(Raw), Front),
+    row(Unit::Depth, "depth", Part::Ingress, None, None, Front),
+    row(Unit::Friends, "friends", Part::Ingress, None, None, Front),
+    row(
+        Unit::Decode,
+        "decode",
+        Part::Decode,
+        Some(Raw),
+        Some(Records),
+        Input,
+    ),
+    row(
+        Unit::Geofence,
+        "geofence",
+        Part::Geofence,
+        Some(Records),
+        Some(Stored),
+        Input,
+    ),
+    row(Unit::Sink, "sink", Part::Sink, Some(Stored), None, Input),
+    row(Unit::Retention, "retention", Part::Sink, None, None, Turn),
+    row(Unit::Addresses, "addresses", Part::Sink, None, None, Turn),
+    row(Unit::Events, "events", Part::Sink, None, None, Turn),
+    row(Unit::Shipper, "shipper", Part::Sink, None, None, Turn),
+    row(Unit::Api, "api", Part::Api, None, None, Front),
+];
+
+/// What a process runs of the topology.
+pub(crate) struct Selection {
+    units: Vec<Unit>,
+    /// Through the local buffer when ClickHouse is the store (`serve`).
+    buffered: bool,
+    /// import's reader, when [`Unit::Files`] is selected.
+    pub(crate) files: Option<crate::import::Files>,
+}
+
+impl Selection {
+    /// The units of `parts` this configuration runs: not import's reader,
+    /// and each side job only when configured. The API runs on a listener
+    /// of its own beside the ingress only when `api.addr` is set (else it
+    /// answers on the ingress's listener).
+    pub(crate) fn parts(config: &ServeConfig, parts: &[Part]) -> Selection {
+        let in_process = config.bus.kind == crate::config::BusKind::Inprocess;
+        let buffered = in_process && config.buffer.enabled && config.clickhouse.is_some();
+        let events = &config.events;
+        let units = UNITS
+            .iter()
+            .filter(|r| match r.unit {
+                Unit::Files => false,
+                Unit::Api => {
+                    parts.contains(&Part::Api)
+                        || (parts.contains(&Part::Ingress) && config.api.addr.is_some())
+                }
+                _ => parts.contains(&r.part),
+            })
+            .filter(|r| match r.unit {
+                Unit::MqttIngress => config.mqtt.is_some(),
+                Unit::Depth => in_process,
+                Unit::Friends => config.http.friends.enabled,
+                Unit::Retention => config.clickhouse.is_none(),
+                Unit::Addresses => config.geocode.addresses.url.is_some(),
+                Unit::Events => {
+                    events.enabled && (events.mqtt.enabled || !events.webhooks.is_empty())
+                }
+                Unit::Shipper => buffered,
+                _ => true,
+            })
+            .map(|r| r.unit)
+            .collect();
+        Selection {
+            units,
+            buffered,
+            files: None,
+        }
+    }
+
+    /// What it runs, one unit a line: its name, what it reads and writes.
+    pub(crate) fn describe(&self) -> String {
+        let link = |l: Option<Link>| l.map_or("-".to_owned(), |l| format!("{l:?}").to_lowercase());
+        UNITS
+            .iter()
+            .filter(|r| self.has(r.unit))
+            .map(|r| {
+                format!(
+                    "  {:<13} {:>7} -> {}",
+                    r.name,
+                    link(r.reads),
+                    link(r.writes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `files` read into the stages behind the ingress; no side job.
+    pub(crate) fn import(files: crate::import::Files) -> Selection {
+        Selection {
+            units: vec![Unit::Files, Unit::Decode, Unit::Geofence, Unit::Sink],
+            buffered: false,
+            files: Some(files),
+        }
+    }
+
+    fn has(&self, unit: Unit) -> bool {
+        self.units.contains(&unit)
+    }
+}
+
+/// Builds the units of `select` from `config`, then hands each its ends of
+/// `links` and runs it under `sup`, in [`UNITS`] order.
+pub(crate) async fn build<L: Links>(
+    config: &ServeConfig,
+    mut select: Selection,
+    links: &mut L,
+    sup: &mut Supervisor,
+) -> Result<()> {
+    let keys = stages::keys(config)?;
+    // The sink opens its store (or migrates ClickHouse) first: in one
+    // process it gives back the device state stored with the rows, the
+    // geofence stage's first input.
+    let (mut sink, mut shipper, mut restored) = (None, None, Vec::new());
+    if select.has(Unit::Sink) {
+        let (s, ship) = Sink::build(config, select.buffered).await?;
+        if links.state_from_store() {
+            restored = s.stored_state().await?;
+        }
+        sink = Some(s);
+        shipper = ship;
+    }
+    // With the sink in this process, the read API's live feed hears it.
+    let live = sink.is_some().then(otstream_api::live::channel);
+    let ingress = select.has(Unit::HttpIngress);
+    let mut api = if ingress || select.has(Unit::Api) {
+        Some(crate::api::start(config, live.clone(), sup.front()).await?)
+    } else {
+        None
+    };
+    let events = if sink.is_some() {
+        Some(stages::EventsOut::build(config).await?)
+    } else {
+        None
+    };
+    let mut events_sink = events.as_ref().map(|e| e.sink.clone());
+    let mut deliverers = events.and_then(|e| e.deliverers);
+
+    for row in &UNITS {
+        if !select.has(row.unit) {
+            continue;
+        }
+        let (name, stop) = (row.name, row.stop);
+        match row.unit {
+            Unit::MqttIngress => {
+                let Some(m) = config.mqtt.clone() else {
+                    continue;
+                };
+                if links.forwards() && m.topic_prefix != config.decode.topic_prefix {
+                    tracing::warn!(mqtt = %m.topic_prefix, decode = %config.decode.topic_prefix, "mqtt.topic_prefix differs from decode.topic_prefix");
+                }
+                let (subscribed, watch) = tokio::sync::watch::channel(false);
+                sup.ready_after(watch);
+                let out = links.raw_tx()?;
+                sup.stage(name, MqttIngress::new(m, subscribed), none(), out, stop);
+            }
+            Unit::HttpIngress => {
+                let api = api.as_ref().context("the ingress has its access rules")?;
+                let listener = otstream_http::listen(config.http.addr)
+                    .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+                tracing::info!(http_addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "http ingress listening");
+                let friends = crate::api::friends(config, &api.auth).await;
+                let ingress = HttpIngress::new(
+                    listener,
+                    config.http.clone(),
+                    config.decode.clone(),
+                    keys.clone(),
+                    api.auth.clone(),
+                )
+                .with_fallback(api.fallback.clone())
+                .with_friends(friends.as_ref().map(|f| f.friends()));
+                let out = links.intake()?;
+                sup.stage(name, ingress, none(), out, stop);
+                if let Some(f) = friends {
+                    sup.stage("friends", f, none(), none(), Front);
+                }
+            }
+            Unit::Files => {
+                let files = select.files.take().context("import names its files")?;
+                sup.stage(name, files, none(), links.raw_tx()?, stop);
+            }
+            Unit::Depth => {
+                if let Some(depth) = links.depth() {
+                    sup.stage(name, depth, none(), none(), stop);
+                }
+            }
+            // Spawned with the ingress, which it feeds.
+            Unit::Friends => {}
+            Unit::Decode => {
+                let decode = DecodeStage::new(config.decode.clone(), keys.clone());
+                let (input, output) = (links.raw_rx()?, links.records_tx()?);
+                sup.stage(name, decode, input, output, stop);
+            }
+            Unit::Geofence => {
+                let mut geo = config.geo_stage();
+                geo.derived_only = !links.forwards();
+                if select.has(Unit::Files) {
+                    // One state snapshot per device a second, not one per
+                    // fix: nobody waits on an ack here, and the last is
+                    // written at the end.
+                    geo.coalesce_state = true;
+                    geo.geofence.state_interval_ms = geo.geofence.state_interval_ms.max(1000);
+                }
+                let geofence = stages::geofence(geo).await?;
+                let input = links.records_rx(std::mem::take(&mut restored))?;
+                let output = links.stored_tx()?;
+                sup.stage(name, geofence, input, output, stop);
+            }
+            Unit::Sink => {
+                let sink = sink.take().context("the sink was built")?;
+                let events = events_sink.take().unwrap_or_default();
+                let stage = stages::SinkUnit::new(sink, events, live.clone());
+                sup.stage(name, stage, links.stored_rx()?, none(), stop);
+            }
+            Unit::Retention => {
+                if let Some(job) = stages::retention(config) {
+                    sup.stage(name, job, none(), none(), stop);
+                }
+            }
+            Unit::Addresses => {
+                if let Some(job) = stages::addresses(config)? {
+                    sup.stage(name, job, none(), none(), stop);
+                }
+            }
+            Unit::Events => {
+                if let Some(job) = deliverers.take() {
+                    sup.stage(name, job, none(), none(), stop);
+                }
+            }
+            // After the sink: what is buffered when it stops stays for the
+            // next start; the shipper stops where it is.
+            Unit::Shipper => {
+                if let Some(job) = shipper.take() {
+                    sup.stage::<(), (), Shipper>(name, job, none(), none(), stop);
+                }
+            }
+            Unit::Api => {
+                if let Some(listener) = api.as_mut().and_then(|a| a.own.take()) {
+                    sup.stage(name, listener, none(), none(), stop);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the depth of each in-process link every second until the
+/// front stops (it holds senders: the links close only once it has).
+pub(crate) struct Depth {
+    gauges: Vec<(metrics::Gauge, Probe)>,
+}
+
+/// How many messages wait on one link.
+pub(crate) type Probe = Box<dyn Fn() -> usize + Send>;
+
+impl Depth {
+    pub(crate) fn new(links: Vec<(&'static str, Probe)>) -> Self {
+        Depth {
+            gauges: links
+                .into_iter()
+                .map(|(topic, depth)| {
+                    (
+                        metrics::gauge!("otstream_bus_depth", "topic" => topic),
+                        depth,
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Stage<(), ()> for Depth {
+    type Error = std::convert::Infallible;
+
+    async fn run(self, _: (), _: (), shutdown: CancellationToken) -> Result<(), Self::Error> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    for (gauge, depth) in &self.gauges {
+                        gauge.set(depth() as f64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/ARCHITECTURE.md draws the topology for newcomers: its table
+    /// is this one, row for row.
+    #[test]
+    fn the_architecture_page_shows_the_topology_as_built() {
+        let page = include_str!("../../../docs/ARCHITECTURE.md");
+        let link = |l: Option<Link>| l.map_or("-".to_owned(), |l| format!("{l:?}").to_lowercase());
+        let rows: Vec<String> = UNITS
+            .iter()
+            .map(|r| {
+                format!(
+                    "| {} | {} | {} | {} | {} |",
+                    r.name,
+                    r.part.name(),
+                    link(r.reads),
+                    link(r.writes),
+                    format!("{:?}", r.stop).to_lowercase()
+                )
+            })
+            .collect();
+        let drawn: Vec<&str> = page
+            .lines()
+            .skip_while(|l| !l.starts_with("| unit | part |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(drawn, rows);
+    }
+
+    #[test]
+    fn serve_runs_the_configured_side_jobs_only() {
+        let config = ServeConfig::load(None).expect("defaults");
+        assert_eq!(
+            Selection::parts(&config, &Part::PIPELINE).units,
+            [
+                Unit::HttpIngress,
+                Unit::Depth,
+                Unit::Decode,
+                Unit::Geofence,
+                Unit::Sink,
+                Unit::Retention
+            ]
+        );
+        assert_eq!(Selection::parts(&config, &[Part::Api]).units, [Unit::Api]);
+        assert_eq!(
+            Selection::parts(&config, &[Part::Sink]).units,
+            [Unit::Sink, Unit::Retention]
+        );
+    }
+}
