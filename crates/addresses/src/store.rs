@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use otstream_sink::clickhouse::schema::quote_ident;
+use otstream_schema::quote_ident;
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Deserialize;
 
@@ -159,7 +159,7 @@ impl Rows {
     /// The embedded store in `data_dir` (made by the sink: its schema is
     /// the sink's).
     pub fn sqlite(data_dir: &Path) -> Result<Rows, AddressError> {
-        let path = data_dir.join(otstream_sink::store::DB_FILE);
+        let path = data_dir.join(otstream_schema::DB_FILE);
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -229,6 +229,10 @@ pub(crate) struct Kafka {
     send_timeout: Duration,
     /// The sink's consumer may hold more unsettled messages (below).
     sink_in_flight: usize,
+    /// The one producer of `raw` (both ingresses), and what stops its lag
+    /// watcher: made when first asked for.
+    raw: Option<KafkaSender<RawMessage>>,
+    lag_stop: Option<StopHook>,
 }
 
 impl Kafka {
@@ -248,7 +252,41 @@ impl Kafka {
             kafka,
             send_timeout: Duration::from_millis(config.http.send_timeout_ms),
             sink_in_flight,
+            raw: None,
+            lag_stop: None,
         })
+    }
+
+    /// The producer of `raw`, held back while the consuming stages lag
+    /// more than `kafka.max_lag`: one for both ingresses, so that MQTT
+    /// (no PUBACK) and HTTP (503) are held back alike.
+    fn raw(&mut self) -> Result<KafkaSender<RawMessage>> {
+        if let Some(tx) = &self.raw {
+            return Ok(tx.clone());
+        }
+        let kafka = &self.kafka;
+        let mut tx = KafkaSender::<RawMessage>::new(kafka)?;
+        if kafka.max_lag > 0 {
+            let mut groups = Vec::new();
+            for name in &kafka.lag_stages {
+                let part = Part::named(name)
+                    .filter(|s| !s.inputs().is_empty())
+                    .with_context(|| format!("kafka.lag_stages: {name:?} is not a consuming stage (decode, geofence, sink)"))?;
+                groups.push((kafka.group(name), part.inputs().to_vec()));
+            }
+            let lag_stop = Arc::new(AtomicBool::new(false));
+            let lag = watch_lag(
+                kafka,
+                &groups,
+                kafka.max_lag,
+                Duration::from_millis(500),
+                lag_stop.clone(),
+            )?;
+            self.lag_stop = Some(Box::new(move || lag_stop.store(true, Ordering::Release)));
+            tx = tx.with_lag_limit(lag);
+        }
+        self.raw = Some(tx.clone());
+        Ok(tx)
     }
 
     /// The brokers, for the log.
@@ -308,45 +346,23 @@ impl Links for Kafka {
         false
     }
 
-    /// The payload as received goes to `raw` (see otstream_ingress::intake),
-    /// held back while the consuming stages lag more than `kafka.max_lag`.
+    /// The payload as received goes to `raw` (see otstream_ingress::intake).
     fn intake(&mut self) -> Result<End<Self::Intake>> {
-        let kafka = &self.kafka;
-        let mut tx = KafkaSender::<RawMessage>::new(kafka)?;
-        let mut stop: Option<StopHook> = None;
-        if kafka.max_lag > 0 {
-            let mut groups = Vec::new();
-            for name in &kafka.lag_stages {
-                let part = Part::named(name)
-                    .filter(|s| !s.inputs().is_empty())
-                    .with_context(|| format!("kafka.lag_stages: {name:?} is not a consuming stage (decode, geofence, sink)"))?;
-                groups.push((kafka.group(name), part.inputs().to_vec()));
-            }
-            let lag_stop = Arc::new(AtomicBool::new(false));
-            let lag = watch_lag(
-                kafka,
-                &groups,
-                kafka.max_lag,
-                Duration::from_millis(500),
-                lag_stop.clone(),
-            )?;
-            stop = Some(Box::new(move || lag_stop.store(true, Ordering::Release)));
-            tx = tx.with_lag_limit(lag);
-        }
+        let tx = self.raw()?;
         // Flushed once the HTTP ingress (stopped after MQTT's) has ended:
         // then what every ingress sent reaches the brokers.
         let flushing = tx.clone();
         Ok(End {
             end: Raw(tx.with_send_timeout(self.send_timeout)),
-            stop,
+            stop: self.lag_stop.take(),
             then: Some(Box::pin(flushed(flushing))),
         })
     }
 
+    /// MQTT waits for room rather than failing (no PUBACK meanwhile); its
+    /// messages are flushed with the HTTP ingress's (see `intake`).
     fn raw_tx(&mut self) -> Result<End<Self::RawTx>> {
-        // Flushed with the HTTP ingress's (see `intake`): a producer of
-        // its own here would flush nothing more.
-        Ok(End::bare(KafkaSender::new(&self.kafka)?))
+        Ok(End::bare(self.raw()?))
     }
 
     fn raw_rx(&mut self) -> Result<End<Self::RawRx>> {

@@ -1,7 +1,8 @@
 //! `otstream migrate`: creates or upgrades the ClickHouse schema.
 
 use anyhow::{Context, Result};
-use otstream_sink::clickhouse::{self, ClickHouseConfig, MIGRATIONS, ServerVersion};
+use otstream_schema::clickhouse::{ClickHouseConfig, MIGRATIONS, ServerVersion, render};
+use otstream_sink::clickhouse;
 
 /// Flags of `otstream migrate`.
 #[derive(clap::Args, Debug)]
@@ -40,9 +41,7 @@ pub fn run(args: Args) -> Result<()> {
             .or_else(|| ServerVersion::parse(&raw))
             .with_context(|| format!("--server-version {raw:?} is not MAJOR.MINOR"))?;
         for m in MIGRATIONS {
-            for stmt in
-                clickhouse::schema::render(m.template, &args.database, version, args.retention_days)
-            {
+            for stmt in render(m.template, &args.database, version, args.retention_days) {
                 println!("{stmt};\n");
             }
         }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use otstream_bus::kafka::KafkaConfig;
 use otstream_ingress::MqttConfig;
-use otstream_sink::clickhouse::ClickHouseConfig;
+use otstream_schema::clickhouse::ClickHouseConfig;
 
 use crate::config::{BusKind, ServeConfig};
 use crate::links::{InProcess, Kafka};

@@ -55,6 +55,8 @@ pub enum StopBy {
 /// One running stage and how to stop it.
 pub(crate) struct Supervised {
     name: &'static str,
+    /// When it is told to stop, for units added with [`Supervisor::stage`].
+    by: Option<StopBy>,
     task: JoinHandle<Result<()>>,
     stop: Option<Box<dyn FnOnce() + Send>>,
     then: Option<Followup>,
@@ -157,6 +159,7 @@ impl Supervisor {
         let output_stop = output.stop;
         let (out_then, in_then) = (output.then, input.then);
         let s = self.spawn(name, stage.run(input.end, output.end, token));
+        s.by = Some(stop);
         s.on_stop(move || {
             for f in [input_stop, output_stop].into_iter().flatten() {
                 f();
@@ -196,6 +199,7 @@ impl Supervisor {
         });
         self.stages.push(Supervised {
             name,
+            by: None,
             task,
             stop: None,
             then: None,
@@ -244,8 +248,11 @@ impl Supervisor {
 
 impl Supervisor {
     /// Runs until every unit has ended by itself (import: the reader ends
-    /// at the files' end, each stage once its input is drained). The first
-    /// that fails stops the rest where they are; Err names it.
+    /// at the files' end, each stage once its input is drained); Err names
+    /// the first that failed. When a front unit fails (the reader), what it
+    /// handed on still drains and is stored; any other failure stops the
+    /// rest where they are. Past `shutdown_timeout_ms` after a failure the
+    /// units left are stopped hard and named.
     pub(crate) async fn finish(self) -> Result<()> {
         let Supervisor {
             front,
@@ -253,29 +260,50 @@ impl Supervisor {
             ended_tx,
             mut ended,
             stages,
+            timeout,
             ..
         } = self;
         // Every unit holds a clone: the channel ends when the last has.
         drop(ended_tx);
+        let by = |name: &str| stages.iter().find(|s| s.name == name).and_then(|s| s.by);
         let mut failed = None;
-        while let Some((stage, why)) = ended.recv().await {
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                None => ended.recv().await,
+                Some(d) => match tokio::time::timeout_at(d, ended.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        hard_stop.cancel();
+                        break;
+                    }
+                },
+            };
+            let Some((stage, why)) = next else {
+                break;
+            };
             if why != RETURNED && failed.is_none() {
-                front.cancel();
-                hard_stop.cancel();
                 failed = Some(format!("stage {stage} failed: {why}"));
+                front.cancel();
+                if by(stage) != Some(StopBy::Front) {
+                    hard_stop.cancel();
+                }
+                deadline = Some(tokio::time::Instant::now() + timeout);
             }
         }
+        let mut ending = Ending::default();
+        let deadline = tokio::time::Instant::now() + timeout;
         for s in stages {
-            if let Err(e) = s.task.await {
-                failed.get_or_insert(format!("stage {} panicked: {e}", s.name));
-            }
+            ending.record(s.name, tokio::time::timeout_at(deadline, s.task).await);
             if let Some(then) = s.then {
-                then.await;
+                let _ = tokio::time::timeout_at(deadline, then).await;
             }
         }
-        match failed {
-            Some(f) => Err(anyhow::anyhow!(f)),
-            None => Ok(()),
+        let concluded = ending.conclude_stages(&hard_stop);
+        match (failed, concluded) {
+            (Some(f), Err(e)) => Err(anyhow::anyhow!("{f}; {e}")),
+            (Some(f), Ok(())) => Err(anyhow::anyhow!(f)),
+            (None, done) => done,
         }
     }
 }

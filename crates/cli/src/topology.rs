@@ -30,7 +30,7 @@ use otstream_sink::buffer::Shipper;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::links::{Links, none};
+use crate::links::{End, Links, none};
 use crate::stages::{self, Sink};
 use crate::supervisor::{StopBy, Supervisor};
 
@@ -228,8 +228,9 @@ impl Selection {
             .filter(|r| match r.unit {
                 Unit::Files => false,
                 Unit::Api => {
-                    parts.contains(&Part::Api)
-                        || (parts.contains(&Part::Ingress) && config.api.addr.is_some())
+                    config.api.enabled
+                        && (parts.contains(&Part::Api)
+                            || (parts.contains(&Part::Ingress) && config.api.addr.is_some()))
                 }
                 _ => parts.contains(&r.part),
             })
@@ -308,8 +309,9 @@ pub(crate) async fn build<L: Links>(
         shipper = ship;
     }
     // With the sink in this process, the read API's live feed hears it.
-    let live = sink.is_some().then(otstream_api::live::channel);
     let ingress = select.has(Unit::HttpIngress);
+    let live =
+        (sink.is_some() && (ingress || select.has(Unit::Api))).then(otstream_api::live::channel);
     let mut api = if ingress || select.has(Unit::Api) {
         Some(crate::api::start(config, live.clone(), sup.front()).await?)
     } else {
@@ -323,6 +325,9 @@ pub(crate) async fn build<L: Links>(
     let mut events_sink = events.as_ref().map(|e| e.sink.clone());
     let mut deliverers = events.and_then(|e| e.deliverers);
 
+    // Every unit is built before any runs: a bad fences file or an
+    // unreachable ClickHouse stops the start, not a running stage.
+    let mut start = Start::default();
     for row in &UNITS {
         if !select.has(row.unit) {
             continue;
@@ -337,9 +342,9 @@ pub(crate) async fn build<L: Links>(
                     tracing::warn!(mqtt = %m.topic_prefix, decode = %config.decode.topic_prefix, "mqtt.topic_prefix differs from decode.topic_prefix");
                 }
                 let (subscribed, watch) = tokio::sync::watch::channel(false);
-                sup.ready_after(watch);
-                let out = links.raw_tx()?;
-                sup.stage(name, MqttIngress::new(m, subscribed), none(), out, stop);
+                start.ready_after.push(watch);
+                let ingress = MqttIngress::new(m, subscribed);
+                start.unit(name, ingress, none(), links.raw_tx()?, stop);
             }
             Unit::HttpIngress => {
                 let api = api.as_ref().context("the ingress has its access rules")?;
@@ -356,27 +361,26 @@ pub(crate) async fn build<L: Links>(
                 )
                 .with_fallback(api.fallback.clone())
                 .with_friends(friends.as_ref().map(|f| f.friends()));
-                let out = links.intake()?;
-                sup.stage(name, ingress, none(), out, stop);
+                start.unit(name, ingress, none(), links.intake()?, stop);
                 if let Some(f) = friends {
-                    sup.stage("friends", f, none(), none(), Front);
+                    start.unit("friends", f, none(), none(), Front);
                 }
             }
             Unit::Files => {
                 let files = select.files.take().context("import names its files")?;
-                sup.stage(name, files, none(), links.raw_tx()?, stop);
+                start.unit(name, files, none(), links.raw_tx()?, stop);
             }
             Unit::Depth => {
                 if let Some(depth) = links.depth() {
-                    sup.stage(name, depth, none(), none(), stop);
+                    start.unit(name, depth, none(), none(), stop);
                 }
             }
-            // Spawned with the ingress, which it feeds.
+            // Built with the ingress, which it feeds.
             Unit::Friends => {}
             Unit::Decode => {
                 let decode = DecodeStage::new(config.decode.clone(), keys.clone());
                 let (input, output) = (links.raw_rx()?, links.records_tx()?);
-                sup.stage(name, decode, input, output, stop);
+                start.unit(name, decode, input, output, stop);
             }
             Unit::Geofence => {
                 let mut geo = config.geo_stage();
@@ -390,45 +394,84 @@ pub(crate) async fn build<L: Links>(
                 }
                 let geofence = stages::geofence(geo).await?;
                 let input = links.records_rx(std::mem::take(&mut restored))?;
-                let output = links.stored_tx()?;
-                sup.stage(name, geofence, input, output, stop);
+                start.unit(name, geofence, input, links.stored_tx()?, stop);
             }
             Unit::Sink => {
                 let sink = sink.take().context("the sink was built")?;
                 let events = events_sink.take().unwrap_or_default();
                 let stage = stages::SinkUnit::new(sink, events, live.clone());
-                sup.stage(name, stage, links.stored_rx()?, none(), stop);
+                start.unit(name, stage, links.stored_rx()?, none(), stop);
             }
             Unit::Retention => {
                 if let Some(job) = stages::retention(config) {
-                    sup.stage(name, job, none(), none(), stop);
+                    start.unit(name, job, none(), none(), stop);
                 }
             }
             Unit::Addresses => {
                 if let Some(job) = stages::addresses(config)? {
-                    sup.stage(name, job, none(), none(), stop);
+                    start.unit(name, job, none(), none(), stop);
                 }
             }
             Unit::Events => {
                 if let Some(job) = deliverers.take() {
-                    sup.stage(name, job, none(), none(), stop);
+                    start.unit(name, job, none(), none(), stop);
                 }
             }
             // After the sink: what is buffered when it stops stays for the
             // next start; the shipper stops where it is.
             Unit::Shipper => {
                 if let Some(job) = shipper.take() {
-                    sup.stage::<(), (), Shipper>(name, job, none(), none(), stop);
+                    start.unit::<(), (), Shipper>(name, job, none(), none(), stop);
                 }
             }
             Unit::Api => {
                 if let Some(listener) = api.as_mut().and_then(|a| a.own.take()) {
-                    sup.stage(name, listener, none(), none(), stop);
+                    start.unit(name, listener, none(), none(), stop);
                 }
             }
         }
     }
+    start.run(sup);
     Ok(())
+}
+
+/// Runs one built unit.
+type Spawn = Box<dyn FnOnce(&mut Supervisor) + Send>;
+
+/// The units built, each with its ends, to run once all are built.
+#[derive(Default)]
+struct Start {
+    units: Vec<Spawn>,
+    ready_after: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Start {
+    fn unit<I, O, S>(
+        &mut self,
+        name: &'static str,
+        stage: S,
+        input: End<I>,
+        output: End<O>,
+        stop: StopBy,
+    ) where
+        S: Stage<I, O>,
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.units.push(Box::new(move |sup| {
+            sup.stage(name, stage, input, output, stop)
+        }));
+    }
+
+    /// Runs them under `sup`, in [`UNITS`] order.
+    fn run(self, sup: &mut Supervisor) {
+        for watch in self.ready_after {
+            sup.ready_after(watch);
+        }
+        for run in self.units {
+            run(sup);
+        }
+    }
 }
 
 /// Publishes the depth of each in-process link every second until the

@@ -5,7 +5,7 @@
 //! them.
 
 use clickhouse::{Client, Row};
-use otstream_sink::clickhouse::ClickHouseConfig;
+use otstream_schema::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
 use crate::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};

@@ -33,7 +33,7 @@ impl SqliteReader {
 
     /// A reader of the store in `data_dir`.
     pub fn in_data_dir(data_dir: &Path) -> Self {
-        Self::new(data_dir.join(otstream_sink::store::DB_FILE))
+        Self::new(data_dir.join(otstream_schema::DB_FILE))
     }
 
     fn open(&self) -> Result<Connection, QueryError> {

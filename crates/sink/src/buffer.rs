@@ -49,7 +49,7 @@ use crate::store::{Statements, StoreError, load_states, open_db, save_state};
 use crate::{Backend, Batching, SinkConfig, SinkError, Unwritten, commit_until_done};
 
 /// The buffer's file in the data directory.
-pub const BUFFER_FILE: &str = "buffer.db";
+pub use otstream_schema::BUFFER_FILE;
 
 const SCHEMA_V1: &str = r#"
 -- Records waiting for ClickHouse, oldest first.

@@ -23,7 +23,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::store::{StoreError, open_db};
 
 /// The file name of the outboxes inside the data directory.
-pub const OUTBOX_FILE: &str = "outbox.db";
+pub use otstream_schema::OUTBOX_FILE;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Histogram};
 use otstream_model::record::Text;
 use otstream_model::{Record, StateSnapshot};
+use otstream_schema::{Table, sqlite};
 use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, params};
 use rusqlite_migration::{M, Migrations};
 
@@ -55,223 +56,12 @@ impl StoreError {
 }
 
 /// The file name of the store inside the data directory.
-pub const DB_FILE: &str = "otstream.db";
-
-/// Version 1: what the apps send.
-const SCHEMA_V1: &str = r#"
-CREATE TABLE IF NOT EXISTS positions (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    tst INTEGER NOT NULL,            -- UNIX s
-    lat REAL NOT NULL, lon REAL NOT NULL,  -- degrees WGS84
-    acc INTEGER, alt INTEGER, vac INTEGER, -- metres
-    vel INTEGER,                     -- km/h
-    cog INTEGER,                     -- degrees
-    batt INTEGER,                    -- percent
-    bs INTEGER, t TEXT, conn TEXT,
-    p REAL,                          -- kPa
-    m INTEGER, ssid TEXT, bssid TEXT,
-    created_at INTEGER,              -- UNIX s
-    inregions TEXT, inrids TEXT,     -- JSON arrays
-    topic TEXT, transport TEXT NOT NULL,
-    received_at INTEGER NOT NULL,    -- UNIX ms
-    extra TEXT                       -- JSON object of unknown fields
-);
-CREATE UNIQUE INDEX IF NOT EXISTS positions_key ON positions (user, device, tst);
-
-CREATE TABLE IF NOT EXISTS transitions (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    tst INTEGER NOT NULL, wtst INTEGER,
-    lat REAL NOT NULL, lon REAL NOT NULL, acc INTEGER,
-    event TEXT NOT NULL, desc TEXT, rid TEXT, t TEXT,
-    source TEXT NOT NULL,            -- device | server
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS transitions_key ON transitions
-    (user, device, tst, event, coalesce(wtst, -1), coalesce(desc, ''), source);
-
-CREATE TABLE IF NOT EXISTS waypoints (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    tst INTEGER, lat REAL, lon REAL, rad INTEGER,
-    desc TEXT, rid TEXT, uuid TEXT, major INTEGER, minor INTEGER,
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS waypoints_key ON waypoints
-    (user, device, coalesce(tst, -1), coalesce(desc, ''), coalesce(rid, ''));
-
-CREATE TABLE IF NOT EXISTS cards (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    name TEXT, face TEXT,
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
--- One card per device: the latest, as the apps treat a retained card.
-CREATE UNIQUE INDEX IF NOT EXISTS cards_key ON cards (user, device);
-
-CREATE TABLE IF NOT EXISTS device_events (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    event TEXT NOT NULL,             -- lwt | status | cmd | the _type of an unknown message
-    tst INTEGER,
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS device_events_key ON device_events
-    (user, device, event, coalesce(tst, -1), coalesce(extra, ''));
-
-CREATE TABLE IF NOT EXISTS steps (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    tst INTEGER, steps INTEGER, "from" INTEGER, "to" INTEGER,
-    distance INTEGER, floorsup INTEGER, floorsdown INTEGER,
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS steps_key ON steps
-    (user, device, coalesce(tst, -1), coalesce("from", -1), coalesce("to", -1));
-
-CREATE TABLE IF NOT EXISTS beacons (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    tst INTEGER, uuid TEXT, major INTEGER, minor INTEGER,
-    acc INTEGER, rssi INTEGER, prox INTEGER, desc TEXT,
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL, extra TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS beacons_key ON beacons
-    (user, device, coalesce(tst, -1), coalesce(uuid, ''), coalesce(major, -1), coalesce(minor, -1));
-
-CREATE TABLE IF NOT EXISTS configurations (
-    user TEXT NOT NULL, device TEXT NOT NULL, tid TEXT,
-    mode INTEGER, host TEXT, port INTEGER, url TEXT, username TEXT, device_id TEXT,
-    waypoints INTEGER NOT NULL,
-    config TEXT NOT NULL,            -- JSON, secrets removed
-    topic TEXT, transport TEXT NOT NULL, received_at INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS configurations_key ON configurations (user, device, config);
-
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    received_at INTEGER NOT NULL, transport TEXT NOT NULL, topic TEXT,
-    user TEXT NOT NULL, device TEXT NOT NULL, remote_addr TEXT,
-    kind TEXT NOT NULL, field TEXT, message TEXT NOT NULL,
-    payload BLOB NOT NULL            -- the body exactly as received
-);
-"#;
-
-/// Version 2: what the geofence stage derives, and its state.
-const SCHEMA_V2: &str = r#"
-CREATE TABLE IF NOT EXISTS trips (
-    user TEXT NOT NULL, device TEXT NOT NULL,
-    start INTEGER NOT NULL, "end" INTEGER NOT NULL,   -- UNIX s
-    start_lat REAL NOT NULL, start_lon REAL NOT NULL,
-    end_lat REAL NOT NULL, end_lon REAL NOT NULL,     -- degrees WGS84
-    distance REAL NOT NULL,          -- metres, geodesic
-    duration INTEGER NOT NULL,       -- s
-    avg_vel REAL NOT NULL, max_vel REAL NOT NULL,     -- km/h
-    points INTEGER NOT NULL,
-    received_at INTEGER NOT NULL     -- UNIX ms
-);
-CREATE UNIQUE INDEX IF NOT EXISTS trips_key ON trips (user, device, start);
-
-CREATE TABLE IF NOT EXISTS stops (
-    user TEXT NOT NULL, device TEXT NOT NULL,
-    start INTEGER NOT NULL, "end" INTEGER NOT NULL,   -- UNIX s
-    lat REAL NOT NULL, lon REAL NOT NULL,             -- degrees WGS84
-    duration INTEGER NOT NULL,       -- s
-    points INTEGER NOT NULL,
-    received_at INTEGER NOT NULL     -- UNIX ms
-);
-CREATE UNIQUE INDEX IF NOT EXISTS stops_key ON stops (user, device, start);
-
--- The latest state of each stateful stage per device (geofence and trips),
--- committed with the rows it derived: what a restarted stage resumes from.
-CREATE TABLE IF NOT EXISTS device_state (
-    kind TEXT NOT NULL, user TEXT NOT NULL, device TEXT NOT NULL,
-    state TEXT NOT NULL,             -- JSON, the stage's own format
-    updated_at INTEGER NOT NULL,     -- UNIX ms
-    PRIMARY KEY (kind, user, device)
-) WITHOUT ROWID;
-"#;
-
-/// Version 3: a stop names its place.
-const SCHEMA_V3: &str = "ALTER TABLE stops ADD COLUMN place TEXT; -- the fence it lies in, if any";
-
-/// Version 4: the position filters' verdict, and the events told.
-const SCHEMA_V4: &str = r#"
-ALTER TABLE positions ADD COLUMN filtered TEXT; -- why the filters set the fix aside; NULL when taken
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT NOT NULL PRIMARY KEY,    -- stable: kind:user/device:tst[:fence]
-    kind TEXT NOT NULL,
-    user TEXT NOT NULL, device TEXT NOT NULL,
-    tst INTEGER NOT NULL,            -- UNIX s
-    lat REAL NOT NULL, lon REAL NOT NULL,
-    fence TEXT,
-    body TEXT NOT NULL,              -- the event as delivered (JSON)
-    received_at INTEGER NOT NULL     -- UNIX ms
-);
-CREATE INDEX IF NOT EXISTS events_device ON events (user, device, tst);
-"#;
-
-/// Version 5: places, from the offline geocoder.
-const SCHEMA_V5: &str = r#"
-ALTER TABLE positions ADD COLUMN place TEXT;      -- nearest place: name, region
-ALTER TABLE positions ADD COLUMN cc TEXT;         -- its ISO country code
-ALTER TABLE trips ADD COLUMN start_place TEXT;
-ALTER TABLE trips ADD COLUMN start_cc TEXT;
-ALTER TABLE trips ADD COLUMN end_place TEXT;
-ALTER TABLE trips ADD COLUMN end_cc TEXT;
-ALTER TABLE stops ADD COLUMN locality TEXT;       -- nearest place (place is the fence)
-ALTER TABLE stops ADD COLUMN cc TEXT;
-"#;
-
-/// Version 6: street addresses, filled in after the fact by the addresses
-/// job (`[geocode.addresses]`) from its cache of geohash cells.
-const SCHEMA_V6: &str = r#"
-ALTER TABLE stops ADD COLUMN address TEXT;        -- NULL: not asked yet; '': none found
-ALTER TABLE trips ADD COLUMN start_address TEXT;
-ALTER TABLE trips ADD COLUMN end_address TEXT;
--- What the job looks for, newest first: only the rows still lacking one.
-CREATE INDEX IF NOT EXISTS stops_unaddressed ON stops (start) WHERE address IS NULL;
-CREATE INDEX IF NOT EXISTS trips_unaddressed_start ON trips (start) WHERE start_address IS NULL;
-CREATE INDEX IF NOT EXISTS trips_unaddressed_end ON trips (start) WHERE end_address IS NULL;
-CREATE TABLE IF NOT EXISTS addresses (
-    cell TEXT NOT NULL PRIMARY KEY,  -- geohash
-    address TEXT NOT NULL,           -- '' when the geocoder found nothing
-    fetched_at INTEGER NOT NULL      -- UNIX ms
-) WITHOUT ROWID;
-"#;
+pub use otstream_schema::DB_FILE;
 
 /// Per-table metric handles, resolved once.
 struct Meters {
-    rows: [Counter; TABLES.len()],
+    rows: [Counter; Table::ALL.len()],
     commit_seconds: Histogram,
-}
-
-const TABLES: [&str; 13] = [
-    "positions",
-    "transitions",
-    "waypoints",
-    "cards",
-    "device_events",
-    "steps",
-    "beacons",
-    "configurations",
-    "dead_letters",
-    "trips",
-    "stops",
-    "device_state",
-    "events",
-];
-
-fn table_index(r: &Record) -> usize {
-    match r {
-        Record::Position(_) => 0,
-        Record::Transition(_) => 1,
-        Record::Waypoint(_) => 2,
-        Record::Card(_) => 3,
-        Record::DeviceEvent(_) | Record::Command(_) | Record::Unknown(_) => 4,
-        Record::Steps(_) => 5,
-        Record::Beacon(_) => 6,
-        Record::Configuration(_) => 7,
-        Record::DeadLetter(_) => 8,
-        Record::Trip(_) => 9,
-        Record::Stop(_) => 10,
-        Record::State(_) => 11,
-        Record::Event(_) => 12,
-    }
 }
 
 /// The embedded store.
@@ -284,17 +74,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let migrations = Migrations::new(vec![
-            M::up(SCHEMA_V1),
-            M::up(SCHEMA_V2),
-            M::up(SCHEMA_V3),
-            M::up(SCHEMA_V4),
-            M::up(SCHEMA_V5),
-            M::up(SCHEMA_V6),
-        ]);
+        let migrations = Migrations::new(sqlite::MIGRATIONS.iter().map(|&m| M::up(m)).collect());
         let (conn, path) = open_db(data_dir, DB_FILE, &migrations)?;
         let meters = Meters {
-            rows: TABLES.map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t)),
+            rows: Table::ALL
+                .map(|t| metrics::counter!("otstream_stored_rows_total", "table" => t.name())),
             commit_seconds: metrics::histogram!("otstream_store_commit_seconds"),
         };
         Ok(Store { conn, path, meters })
@@ -318,13 +102,13 @@ impl Store {
         records: impl Iterator<Item = &'a Record>,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
-        let mut counts = [0u64; TABLES.len()];
+        let mut counts = [0u64; Table::ALL.len()];
         let tx = self.conn.transaction()?;
         {
             let mut statements = Statements::new(&tx);
             for r in records {
                 insert(&mut statements, r)?;
-                counts[table_index(r)] += 1;
+                counts[Table::of(r) as usize] += 1;
             }
         }
         tx.commit()?;
@@ -443,12 +227,15 @@ impl<'c> Statements<'c> {
 
 /// Keeps `st` as its device's latest state of its kind.
 pub(crate) fn save_state(stmts: &mut Statements<'_>, st: &StateSnapshot) -> rusqlite::Result<()> {
-    stmts.get(
-        "INSERT OR REPLACE INTO device_state (kind, user, device, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        st.kind.as_str(), st.user.as_str(), st.device.as_str(), st.state, st.updated_at,
-    ])?;
+    stmts
+        .get(sqlite::insert(Table::DeviceState))?
+        .execute(params![
+            st.kind.as_str(),
+            st.user.as_str(),
+            st.device.as_str(),
+            st.state,
+            st.updated_at,
+        ])?;
     Ok(())
 }
 
@@ -469,52 +256,98 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
     match r {
         Record::Position(p) => {
             let m = &p.meta;
-            stmts.get(
-                // The latest received version of a fix wins, as in ClickHouse's
-                // ReplacingMergeTree(received_at): over Kafka, the filters'
-                // flagged copy (received a millisecond later) wins over the
-                // copy from `positions`, whichever comes first.
-                "INSERT INTO positions (user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra, filtered, place, cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) ON CONFLICT (user, device, tst) DO UPDATE SET tid = excluded.tid, lat = excluded.lat, lon = excluded.lon, acc = excluded.acc, alt = excluded.alt, vac = excluded.vac, vel = excluded.vel, cog = excluded.cog, batt = excluded.batt, bs = excluded.bs, t = excluded.t, conn = excluded.conn, p = excluded.p, m = excluded.m, ssid = excluded.ssid, bssid = excluded.bssid, created_at = excluded.created_at, inregions = excluded.inregions, inrids = excluded.inrids, topic = excluded.topic, transport = excluded.transport, received_at = excluded.received_at, extra = excluded.extra, filtered = excluded.filtered, place = excluded.place, cc = excluded.cc WHERE excluded.received_at >= positions.received_at",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), p.tst, p.lat, p.lon,
-                p.acc, p.alt, p.vac, p.vel, p.cog, p.batt, p.bs, p.t.as_deref(), p.conn.as_deref(),
-                p.p, p.m, p.ssid.as_deref(), p.bssid.as_deref(), p.created_at,
-                json_list(&p.inregions), json_list(&p.inrids), m.topic.as_deref(),
-                m.transport.as_str(), m.received_at, p.extra.as_deref(), p.filtered.as_deref(), p.place.as_deref(), p.cc.as_deref(),
-            ])?;
+            stmts
+                .get(sqlite::insert(Table::Positions))?
+                .execute(params![
+                    m.user.as_str(),
+                    m.device.as_str(),
+                    m.tid.as_deref(),
+                    p.tst,
+                    p.lat,
+                    p.lon,
+                    p.acc,
+                    p.alt,
+                    p.vac,
+                    p.vel,
+                    p.cog,
+                    p.batt,
+                    p.bs,
+                    p.t.as_deref(),
+                    p.conn.as_deref(),
+                    p.p,
+                    p.m,
+                    p.ssid.as_deref(),
+                    p.bssid.as_deref(),
+                    p.created_at,
+                    json_list(&p.inregions),
+                    json_list(&p.inrids),
+                    m.topic.as_deref(),
+                    m.transport.as_str(),
+                    m.received_at,
+                    p.extra.as_deref(),
+                    p.filtered.as_deref(),
+                    p.place.as_deref(),
+                    p.cc.as_deref(),
+                ])?;
         }
         Record::Transition(t) => {
             let m = &t.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO transitions (user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), t.tst, t.wtst, t.lat, t.lon,
-                t.acc, t.event.as_str(), t.desc.as_deref(), t.rid.as_deref(), t.t.as_deref(),
-                t.source.as_str(), m.topic.as_deref(), m.transport.as_str(), m.received_at,
-                t.extra.as_deref(),
-            ])?;
+            stmts
+                .get(sqlite::insert(Table::Transitions))?
+                .execute(params![
+                    m.user.as_str(),
+                    m.device.as_str(),
+                    m.tid.as_deref(),
+                    t.tst,
+                    t.wtst,
+                    t.lat,
+                    t.lon,
+                    t.acc,
+                    t.event.as_str(),
+                    t.desc.as_deref(),
+                    t.rid.as_deref(),
+                    t.t.as_deref(),
+                    t.source.as_str(),
+                    m.topic.as_deref(),
+                    m.transport.as_str(),
+                    m.received_at,
+                    t.extra.as_deref(),
+                ])?;
         }
         Record::Waypoint(w) => {
             let m = &w.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO waypoints (user, device, tid, tst, lat, lon, rad, desc, rid, uuid, major, minor, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), w.tst, w.lat, w.lon, w.rad,
-                w.desc.as_deref(), w.rid.as_deref(), w.uuid.as_deref(), w.major, w.minor,
-                m.topic.as_deref(), m.transport.as_str(), m.received_at, w.extra.as_deref(),
-            ])?;
+            stmts
+                .get(sqlite::insert(Table::Waypoints))?
+                .execute(params![
+                    m.user.as_str(),
+                    m.device.as_str(),
+                    m.tid.as_deref(),
+                    w.tst,
+                    w.lat,
+                    w.lon,
+                    w.rad,
+                    w.desc.as_deref(),
+                    w.rid.as_deref(),
+                    w.uuid.as_deref(),
+                    w.major,
+                    w.minor,
+                    m.topic.as_deref(),
+                    m.transport.as_str(),
+                    m.received_at,
+                    w.extra.as_deref(),
+                ])?;
         }
         Record::Card(c) => {
             let m = &c.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO cards (user, device, tid, name, face, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), c.name.as_deref(),
-                c.face.as_deref(), m.topic.as_deref(), m.transport.as_str(), m.received_at,
+            stmts.get(sqlite::insert(Table::Cards))?.execute(params![
+                m.user.as_str(),
+                m.device.as_str(),
+                m.tid.as_deref(),
+                c.name.as_deref(),
+                c.face.as_deref(),
+                m.topic.as_deref(),
+                m.transport.as_str(),
+                m.received_at,
                 c.extra.as_deref(),
             ])?;
         }
@@ -528,80 +361,135 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
         Record::Unknown(u) => device_event(stmts, &u.meta, &u.kind, u.tst, u.extra.as_deref())?,
         Record::Steps(s) => {
             let m = &s.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO steps (user, device, tid, tst, steps, \"from\", \"to\", distance, floorsup, floorsdown, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), s.tst, s.steps, s.from, s.to,
-                s.distance, s.floorsup, s.floorsdown, m.topic.as_deref(), m.transport.as_str(),
-                m.received_at, s.extra.as_deref(),
+            stmts.get(sqlite::insert(Table::Steps))?.execute(params![
+                m.user.as_str(),
+                m.device.as_str(),
+                m.tid.as_deref(),
+                s.tst,
+                s.steps,
+                s.from,
+                s.to,
+                s.distance,
+                s.floorsup,
+                s.floorsdown,
+                m.topic.as_deref(),
+                m.transport.as_str(),
+                m.received_at,
+                s.extra.as_deref(),
             ])?;
         }
         Record::Beacon(b) => {
             let m = &b.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO beacons (user, device, tid, tst, uuid, major, minor, acc, rssi, prox, desc, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), b.tst, b.uuid.as_deref(),
-                b.major, b.minor, b.acc, b.rssi, b.prox, b.desc.as_deref(), m.topic.as_deref(),
-                m.transport.as_str(), m.received_at, b.extra.as_deref(),
+            stmts.get(sqlite::insert(Table::Beacons))?.execute(params![
+                m.user.as_str(),
+                m.device.as_str(),
+                m.tid.as_deref(),
+                b.tst,
+                b.uuid.as_deref(),
+                b.major,
+                b.minor,
+                b.acc,
+                b.rssi,
+                b.prox,
+                b.desc.as_deref(),
+                m.topic.as_deref(),
+                m.transport.as_str(),
+                m.received_at,
+                b.extra.as_deref(),
             ])?;
         }
         Record::Configuration(c) => {
             let m = &c.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO configurations (user, device, tid, mode, host, port, url, username, device_id, waypoints, config, topic, transport, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), m.tid.as_deref(), c.mode, c.host.as_deref(),
-                c.port, c.url.as_deref(), c.username.as_deref(), c.device_id.as_deref(),
-                c.waypoints, c.config, m.topic.as_deref(), m.transport.as_str(), m.received_at,
-            ])?;
+            stmts
+                .get(sqlite::insert(Table::Configurations))?
+                .execute(params![
+                    m.user.as_str(),
+                    m.device.as_str(),
+                    m.tid.as_deref(),
+                    c.mode,
+                    c.host.as_deref(),
+                    c.port,
+                    c.url.as_deref(),
+                    c.username.as_deref(),
+                    c.device_id.as_deref(),
+                    c.waypoints,
+                    c.config,
+                    m.topic.as_deref(),
+                    m.transport.as_str(),
+                    m.received_at,
+                ])?;
         }
         Record::Trip(t) => {
             let m = &t.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO trips (user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, received_at, start_place, start_cc, end_place, end_cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), t.start, t.end, t.start_lat, t.start_lon,
-                t.end_lat, t.end_lon, t.distance, t.duration, t.avg_vel, t.max_vel, t.points,
-                m.received_at, t.start_place.as_deref(), t.start_cc.as_deref(),
-                t.end_place.as_deref(), t.end_cc.as_deref(),
+            stmts.get(sqlite::insert(Table::Trips))?.execute(params![
+                m.user.as_str(),
+                m.device.as_str(),
+                t.start,
+                t.end,
+                t.start_lat,
+                t.start_lon,
+                t.end_lat,
+                t.end_lon,
+                t.distance,
+                t.duration,
+                t.avg_vel,
+                t.max_vel,
+                t.points,
+                m.received_at,
+                t.start_place.as_deref(),
+                t.start_cc.as_deref(),
+                t.end_place.as_deref(),
+                t.end_cc.as_deref(),
             ])?;
         }
         Record::Stop(st) => {
             let m = &st.meta;
-            stmts.get(
-                "INSERT OR REPLACE INTO stops (user, device, start, \"end\", lat, lon, duration, points, received_at, place, locality, cc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                m.user.as_str(), m.device.as_str(), st.start, st.end, st.lat, st.lon, st.duration,
-                st.points, m.received_at, st.place.as_deref(), st.locality.as_deref(),
+            stmts.get(sqlite::insert(Table::Stops))?.execute(params![
+                m.user.as_str(),
+                m.device.as_str(),
+                st.start,
+                st.end,
+                st.lat,
+                st.lon,
+                st.duration,
+                st.points,
+                m.received_at,
+                st.place.as_deref(),
+                st.locality.as_deref(),
                 st.cc.as_deref(),
             ])?;
         }
         Record::State(st) => save_state(stmts, st)?,
         Record::Event(e) => {
             let m = &e.meta;
-            stmts.get(
-                "INSERT OR IGNORE INTO events (id, kind, user, device, tst, lat, lon, fence, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                e.id, e.kind.as_str(), m.user.as_str(), m.device.as_str(), e.tst, e.lat, e.lon,
-                e.fence.as_deref(), e.to_json(), m.received_at,
+            stmts.get(sqlite::insert(Table::Events))?.execute(params![
+                e.id,
+                e.kind.as_str(),
+                m.user.as_str(),
+                m.device.as_str(),
+                e.tst,
+                e.lat,
+                e.lon,
+                e.fence.as_deref(),
+                e.to_json(),
+                m.received_at,
             ])?;
         }
         Record::DeadLetter(d) => {
-            stmts.get(
-                "INSERT INTO dead_letters (received_at, transport, topic, user, device, remote_addr, kind, field, message, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                d.received_at, d.transport.as_str(), d.topic.as_deref(), d.user.as_str(),
-                d.device.as_str(), d.remote_addr.as_deref(), d.kind.as_str(), d.field.as_deref(),
-                d.message, d.payload,
-            ])?;
+            stmts
+                .get(sqlite::insert(Table::DeadLetters))?
+                .execute(params![
+                    d.received_at,
+                    d.transport.as_str(),
+                    d.topic.as_deref(),
+                    d.user.as_str(),
+                    d.device.as_str(),
+                    d.remote_addr.as_deref(),
+                    d.kind.as_str(),
+                    d.field.as_deref(),
+                    d.message,
+                    d.payload,
+                ])?;
         }
     }
     Ok(())
@@ -614,13 +502,19 @@ fn device_event(
     tst: Option<i64>,
     extra: Option<&str>,
 ) -> rusqlite::Result<()> {
-    stmts.get(
-        "INSERT OR REPLACE INTO device_events (user, device, tid, event, tst, topic, transport, received_at, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        m.user.as_str(), m.device.as_str(), m.tid.as_deref(), event, tst, m.topic.as_deref(),
-        m.transport.as_str(), m.received_at, extra,
-    ])?;
+    stmts
+        .get(sqlite::insert(Table::DeviceEvents))?
+        .execute(params![
+            m.user.as_str(),
+            m.device.as_str(),
+            m.tid.as_deref(),
+            event,
+            tst,
+            m.topic.as_deref(),
+            m.transport.as_str(),
+            m.received_at,
+            extra,
+        ])?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHo
     // The database may not exist yet: talk to `default` until it does.
     let root = config.client().with_database("default");
     let server = server_version(&root).await?;
-    let db = schema::quote_ident(&config.database);
+    let db = otstream_schema::quote_ident(&config.database);
     root.query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
         .execute()
         .await?;
@@ -72,7 +72,7 @@ pub async fn load_states(
     if config.migrate {
         migrate(config).await?;
     }
-    let db = schema::quote_ident(&config.database);
+    let db = otstream_schema::quote_ident(&config.database);
     let rows: Vec<StateRow> = config
         .client()
         .query(&format!(

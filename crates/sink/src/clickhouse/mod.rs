@@ -16,15 +16,13 @@
 //! is rejected, the problem is the schema, not the data: it is retried, not
 //! dead-lettered.
 //!
-//! Layout: `config` (the `[clickhouse]` section and the errors), `migrate`
-//! (server version, migrations, stored state), [`schema`] (the DDL
-//! templates), [`rows`] (records as RowBinary rows, per table), `writer`
-//! (the backend).
+//! Layout: `migrate` (server version, migrations, stored state), [`rows`]
+//! (records as RowBinary rows, per table), `writer` (the backend). The
+//! `[clickhouse]` section, its errors and the DDL are the schema's
+//! (`otstream_schema::clickhouse`).
 
-mod config;
 mod migrate;
 pub mod rows;
-pub mod schema;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -37,8 +35,8 @@ use otstream_model::{DeadLetter, Record, Text};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ClickHouseConfig, ClickHouseError};
 pub use migrate::{MigrateReport, load_states, migrate, server_version};
-pub use rows::Table;
-pub use schema::{MIGRATIONS, ServerVersion};
+pub use otstream_schema::Table;
+pub use otstream_schema::clickhouse::{self as schema, ClickHouseConfig, ClickHouseError};
+pub use otstream_schema::clickhouse::{MIGRATIONS, ServerVersion};
 pub use writer::ClickHouseBackend;

@@ -4,96 +4,8 @@
 use clickhouse::{Client, Row};
 use otstream_model::Record;
 use otstream_model::record::{Meta, Text};
+pub use otstream_schema::Table;
 use serde::Serialize;
-
-/// The tables the sink writes, in the order a batch writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    /// positions
-    Positions,
-    /// transitions
-    Transitions,
-    /// waypoints
-    Waypoints,
-    /// cards
-    Cards,
-    /// device_events
-    DeviceEvents,
-    /// steps
-    Steps,
-    /// beacons
-    Beacons,
-    /// configurations
-    Configurations,
-    /// dead_letters
-    DeadLetters,
-    /// trips
-    Trips,
-    /// stops
-    Stops,
-    /// events
-    Events,
-    /// device_state: last in a batch, so a stage's state is never durable
-    /// before the rows derived with it.
-    DeviceState,
-}
-
-impl Table {
-    /// Every table.
-    pub const ALL: [Table; 13] = [
-        Table::Positions,
-        Table::Transitions,
-        Table::Waypoints,
-        Table::Cards,
-        Table::DeviceEvents,
-        Table::Steps,
-        Table::Beacons,
-        Table::Configurations,
-        Table::DeadLetters,
-        Table::Trips,
-        Table::Stops,
-        Table::Events,
-        Table::DeviceState,
-    ];
-
-    /// The table a record goes to.
-    pub fn of(r: &Record) -> Table {
-        match r {
-            Record::Position(_) => Table::Positions,
-            Record::Transition(_) => Table::Transitions,
-            Record::Waypoint(_) => Table::Waypoints,
-            Record::Card(_) => Table::Cards,
-            Record::DeviceEvent(_) | Record::Command(_) | Record::Unknown(_) => Table::DeviceEvents,
-            Record::Steps(_) => Table::Steps,
-            Record::Beacon(_) => Table::Beacons,
-            Record::Configuration(_) => Table::Configurations,
-            Record::DeadLetter(_) => Table::DeadLetters,
-            Record::Trip(_) => Table::Trips,
-            Record::Stop(_) => Table::Stops,
-            Record::State(_) => Table::DeviceState,
-            Record::Event(_) => Table::Events,
-        }
-    }
-
-    /// The table's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Positions => "positions",
-            Table::Transitions => "transitions",
-            Table::Waypoints => "waypoints",
-            Table::Cards => "cards",
-            Table::DeviceEvents => "device_events",
-            Table::Steps => "steps",
-            Table::Beacons => "beacons",
-            Table::Configurations => "configurations",
-            Table::DeadLetters => "dead_letters",
-            Table::Trips => "trips",
-            Table::Stops => "stops",
-            Table::Events => "events",
-            Table::DeviceState => "device_state",
-        }
-    }
-}
 
 /// A UNIX time as ClickHouse `DateTime` (UInt32 seconds), clamped to its
 /// range; 0 stands for "not sent" in key columns.
@@ -262,11 +174,11 @@ struct ConfigurationRow<'a> {
 
 #[derive(Row, Serialize)]
 struct DeadLetterRow<'a> {
-    user: &'a str,
-    device: &'a str,
     received_at: i64,
     transport: &'a str,
     topic: Option<&'a str>,
+    user: &'a str,
+    device: &'a str,
     remote_addr: Option<&'a str>,
     kind: &'a str,
     field: Option<&'a str>,
@@ -656,5 +568,34 @@ pub async fn insert(
             },
             _ => continue,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row type names the schema's columns, in its order: a field
+    /// added here alone, or a column added to the schema alone, fails.
+    #[test]
+    fn each_row_type_writes_the_columns_of_its_table() {
+        let rows: [(Table, &[&str]); 13] = [
+            (Table::Positions, PositionRow::COLUMN_NAMES),
+            (Table::Transitions, TransitionRow::COLUMN_NAMES),
+            (Table::Waypoints, WaypointRow::COLUMN_NAMES),
+            (Table::Cards, CardRow::COLUMN_NAMES),
+            (Table::DeviceEvents, DeviceEventRow::COLUMN_NAMES),
+            (Table::Steps, StepsRow::COLUMN_NAMES),
+            (Table::Beacons, BeaconRow::COLUMN_NAMES),
+            (Table::Configurations, ConfigurationRow::COLUMN_NAMES),
+            (Table::DeadLetters, DeadLetterRow::COLUMN_NAMES),
+            (Table::Trips, TripRow::COLUMN_NAMES),
+            (Table::Stops, StopRow::COLUMN_NAMES),
+            (Table::Events, EventRow::COLUMN_NAMES),
+            (Table::DeviceState, StateRow::COLUMN_NAMES),
+        ];
+        for (table, names) in rows {
+            assert_eq!(names, table.columns(), "{}", table.name());
+        }
     }
 }
