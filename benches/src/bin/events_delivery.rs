@@ -19,9 +19,9 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use otstream_bus::{Ack, Message};
+use otstream_events::outbox::{Format, Outbox, Route};
 use otstream_events::{Webhook, WebhookConfig};
 use otstream_model::{Event, EventKind, Meta, Record, Transport};
-use otstream_sink::outbox::{Format, Outbox, Route};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

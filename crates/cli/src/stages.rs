@@ -7,14 +7,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use otstream_bus::{Ack, Message, Receiver, Stage};
 use otstream_decode::KeyRing;
-use otstream_events::Deliverers;
+use otstream_events::outbox::Outbox;
+use otstream_events::{Deliverers, Outgoing};
 use otstream_geofence::stage::{GeofenceStage, StageConfig};
 use otstream_model::{Record, StateSnapshot};
 use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
-use otstream_sink::outbox::Outbox;
 use otstream_sink::retention::Retention;
-use otstream_sink::{Backend, Committed, Events, SinkStage, SqliteBackend, Store};
+use otstream_sink::{Backend, Committed, SinkStage, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -126,13 +126,12 @@ impl Sink {
 /// The sink stage on whichever backend the configuration chose.
 pub(crate) struct SinkUnit {
     sink: Sink,
-    events: Events,
     live: Option<Committed>,
 }
 
 impl SinkUnit {
-    pub(crate) fn new(sink: Sink, events: Events, live: Option<Committed>) -> Self {
-        SinkUnit { sink, events, live }
+    pub(crate) fn new(sink: Sink, live: Option<Committed>) -> Self {
+        SinkUnit { sink, live }
     }
 }
 
@@ -140,22 +139,22 @@ impl<R: Receiver<Record>> Stage<R, ()> for SinkUnit {
     type Error = otstream_sink::SinkError;
 
     async fn run(self, input: R, _: (), shutdown: CancellationToken) -> Result<(), Self::Error> {
-        let SinkUnit { sink, events, live } = self;
+        let SinkUnit { sink, live } = self;
         match sink {
             Sink::Sqlite(b) => {
-                SinkStage::new(b, events)
+                SinkStage::new(b)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await
             }
             Sink::ClickHouse(b) => {
-                SinkStage::new(*b, events)
+                SinkStage::new(*b)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await
             }
             Sink::Buffered(b) => {
-                SinkStage::new(b, events)
+                SinkStage::new(b)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await
@@ -164,11 +163,11 @@ impl<R: Receiver<Record>> Stage<R, ()> for SinkUnit {
     }
 }
 
-/// The events' way out: the sink's part (the outbox it appends to, when
-/// any destination is configured) and the deliverers to run after it.
+/// The events' way out: the step before the sink (places, device
+/// transitions' events, the outbox appends) and the deliverers to run
+/// after it.
 pub(crate) struct EventsOut {
-    /// For the sink.
-    pub(crate) sink: Events,
+    pub(crate) outgoing: Outgoing,
     pub(crate) deliverers: Option<Deliverers>,
 }
 
@@ -177,18 +176,14 @@ impl EventsOut {
     /// destination, and builds each destination.
     pub(crate) async fn build(config: &ServeConfig) -> Result<EventsOut> {
         let ev = &config.events;
-        let mut out = EventsOut {
-            sink: Events {
-                outbox: None,
-                device_transitions: ev.enabled,
-                retry_initial_ms: config.sink.retry_initial_ms,
-                geocoder: geocoder(config).await?,
-            },
-            deliverers: None,
-        };
+        let geocoder = geocoder(config).await?;
+        let retry = config.sink.retry_initial_ms;
         let routes = ev.routes()?;
         if routes.is_empty() || !ev.enabled {
-            return Ok(out);
+            return Ok(EventsOut {
+                outgoing: Outgoing::new(geocoder, ev.enabled, None, retry),
+                deliverers: None,
+            });
         }
         let data_dir = config.data_dir.clone();
         let outbox = tokio::task::spawn_blocking(move || Outbox::open(&data_dir, routes))
@@ -201,9 +196,10 @@ impl EventsOut {
                 )
             })?;
         let deliverers = Deliverers::new(ev, config.mqtt.as_ref(), &outbox)?;
-        out.deliverers = (!deliverers.is_empty()).then_some(deliverers);
-        out.sink.outbox = Some(outbox);
-        Ok(out)
+        Ok(EventsOut {
+            outgoing: Outgoing::new(geocoder, ev.enabled, Some(outbox), retry),
+            deliverers: (!deliverers.is_empty()).then_some(deliverers),
+        })
     }
 }
 

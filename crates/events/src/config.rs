@@ -21,8 +21,8 @@
 
 use std::collections::HashSet;
 
+use crate::outbox::{Format, Route};
 use otstream_model::{ConfigError, EventKind};
-use otstream_sink::outbox::{Format, Route};
 use serde::Deserialize;
 
 /// `[events]`.

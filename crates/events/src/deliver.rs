@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::outbox::{Entry, Reader};
 use otstream_model::raw::now_ms;
-use otstream_sink::outbox::{Entry, Reader};
 use tokio_util::sync::CancellationToken;
 
 use crate::EventsError;

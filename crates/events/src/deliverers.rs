@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::outbox::Outbox;
 use otstream_bus::Stage;
 use otstream_mqtt::MqttConfig;
-use otstream_sink::outbox::Outbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MQTT_ROUTE;
@@ -20,8 +20,8 @@ pub struct Deliverers {
 }
 
 enum Route {
-    Webhook(otstream_sink::outbox::Reader, Box<Webhook>),
-    Mqtt(otstream_sink::outbox::Reader, Box<Mqtt>),
+    Webhook(crate::outbox::Reader, Box<Webhook>),
+    Mqtt(crate::outbox::Reader, Box<Mqtt>),
 }
 
 impl Deliverers {

@@ -1,7 +1,7 @@
 //! MQTT: each event published at QoS 1 to the topic its entry names.
 
+use crate::outbox::Entry;
 use otstream_mqtt::{MqttConfig, Publisher};
-use otstream_sink::outbox::Entry;
 
 use crate::EventsError;
 use crate::config::EventsMqttConfig;

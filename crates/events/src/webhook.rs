@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::outbox::Entry;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
@@ -9,7 +10,6 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use otstream_sink::outbox::Entry;
 
 use crate::EventsError;
 use crate::config::WebhookConfig;

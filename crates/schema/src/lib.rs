@@ -12,10 +12,12 @@
 //! types and SQLite statements are built from [`Table::columns`]).
 //!
 //! Layout: [`Table`] (names, columns), [`sqlite`] (migrations, the insert
-//! statements), [`clickhouse`] (migrations rendered per server version,
+//! statements), [`file`] (how the store's SQLite files are opened, and the
+//! retry loop of their writers), [`clickhouse`] (migrations rendered per server version,
 //! [`clickhouse::ClickHouseConfig`]).
 
 pub mod clickhouse;
+pub mod file;
 pub mod sqlite;
 
 use otstream_model::Record;

@@ -486,7 +486,7 @@ impl Stage<(), ()> for Shipper {
             .await
             {
                 Ok(oldest) => oldest,
-                Err(e) => return e.end(),
+                Err(e) => return crate::ended(e),
             };
             let Some(last) = oldest.last().map(|r| r.0) else {
                 continue;
@@ -498,7 +498,7 @@ impl Stage<(), ()> for Shipper {
                 .map(|(_, _, r)| Message::new(r.key(), r, Ack::none()))
                 .collect();
             if let Err(e) = backend.write(&mut batch, &shutdown).await {
-                return e.end();
+                return crate::ended(e);
             }
             let shared = self.shared.clone();
             let oldest_left = match commit_until_done(
@@ -521,7 +521,7 @@ impl Stage<(), ()> for Shipper {
                 Ok(left) => left,
                 // Shipped but not deleted: shipped again at the next start,
                 // one row after ClickHouse's merges.
-                Err(e) => return e.end(),
+                Err(e) => return crate::ended(e),
             };
             let level = &self.shared.level;
             level.bytes.fetch_sub(bytes, Ordering::AcqRel);

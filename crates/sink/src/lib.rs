@@ -4,9 +4,10 @@
 //! [`Ack`](otstream_bus::Ack) of the payload it came from. Out: rows in the
 //! tables (positions, transitions, waypoints, cards, device_events, steps,
 //! trips, stops, events, device_state,
-//! beacons, configurations, dead_letters), events in their outboxes
-//! ([`outbox`]), and acks settled as delivered only once all of it is
-//! committed.
+//! beacons, configurations, dead_letters), and acks settled as delivered
+//! only once all of it is committed. It only writes: places are named and
+//! events queued for delivery by the step before it (`otstream-events`'s
+//! outgoing step).
 //!
 //! The embedded store ([`store`]) is SQLite in WAL mode with
 //! `synchronous=FULL`: a commit is on disk before anything is acknowledged.
@@ -46,14 +47,11 @@
 //! - [`buffer`]: the local buffer `serve` puts in front of ClickHouse
 //!   ([`buffer::BufferedBackend`], drained by its [`buffer::Shipper`]).
 //! - [`retention`]: the embedded store's background deletion of old rows.
-//! - [`outbox`]: the events' durable queues, appended before the batch is
-//!   written, read by the deliverers (`otstream-events`).
 //! - [`SinkStage`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
 //!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
 
 pub mod buffer;
 pub mod clickhouse;
-pub mod outbox;
 pub mod retention;
 pub mod store;
 
@@ -123,8 +121,6 @@ impl SinkConfig {
     }
 }
 
-pub(crate) const MAX_RETRY: Duration = Duration::from_secs(2);
-
 /// Where a sink announces the positions and transitions it committed (the
 /// live feed). A broadcast: a slow listener skips ahead, the sink never
 /// waits for it.
@@ -158,24 +154,14 @@ pub struct Batching {
     pub linger: Duration,
 }
 
-/// Why a backend's write did not finish; either way the batch stays
-/// unacknowledged, so its senders retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unwritten {
-    /// `shutdown` was cancelled.
-    Stopped,
-    /// The writing thread panicked (a bug).
-    Thread(String),
-}
+pub use otstream_schema::file::Unwritten;
 
-impl Unwritten {
-    /// How a stage that met it ends: cleanly when stopped, with the
-    /// thread's failure otherwise.
-    pub(crate) fn end(self) -> Result<(), SinkError> {
-        match self {
-            Unwritten::Stopped => Ok(()),
-            Unwritten::Thread(why) => Err(SinkError::Thread(why)),
-        }
+/// How a stage that met `u` ends: cleanly when stopped, with the
+/// thread's failure otherwise.
+pub(crate) fn ended(u: Unwritten) -> Result<(), SinkError> {
+    match u {
+        Unwritten::Stopped => Ok(()),
+        Unwritten::Thread(why) => Err(SinkError::Thread(why)),
     }
 }
 
@@ -204,12 +190,8 @@ pub trait Backend: Send + 'static {
     ) -> impl std::future::Future<Output = Result<Vec<StateSnapshot>, SinkError>> + Send;
 }
 
-/// Runs `commit` on `carried` (a batch of records, or nothing) on the
-/// blocking pool until it succeeds, retrying with backoff from
-/// `retry_initial_ms` (logged as `what`) until `shutdown`; `carried` is
-/// given back as it came. The one retry loop of the SQLite-backed writers
-/// and readers (the store, the outbox, the ClickHouse buffer and its
-/// shipper).
+/// The one retry loop of the sink's SQLite-backed writers (the store,
+/// the ClickHouse buffer and its shipper), counted as the sink's.
 pub(crate) async fn commit_until_done<S: Default + Send + 'static, T: Send + 'static>(
     carried: &mut S,
     retry_initial_ms: u64,
@@ -217,37 +199,8 @@ pub(crate) async fn commit_until_done<S: Default + Send + 'static, T: Send + 'st
     what: &'static str,
     commit: impl Fn(&S) -> Result<T, StoreError> + Clone + Send + 'static,
 ) -> Result<T, Unwritten> {
-    let mut delays =
-        otstream_model::retry::backoff(Duration::from_millis(retry_initial_ms), MAX_RETRY);
-    loop {
-        let values = std::mem::take(carried);
-        let attempt = commit.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = attempt(&values);
-            (values, result)
-        })
-        .await;
-        let result = match joined {
-            Ok((values, result)) => {
-                *carried = values;
-                result
-            }
-            // The batch (and its acks) went down with the thread.
-            Err(e) => return Err(Unwritten::Thread(e.to_string())),
-        };
-        match result {
-            Ok(t) => return Ok(t),
-            Err(e) => {
-                let delay = delays.next().unwrap_or(MAX_RETRY);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
-                metrics::counter!("otstream_errors_total", "stage" => "sink", "error_code" => e.code()).increment(1);
-                tokio::select! {
-                    () = shutdown.cancelled() => return Err(Unwritten::Stopped),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    otstream_schema::file::until_done(carried, retry_initial_ms, shutdown, "sink", what, commit)
+        .await
 }
 
 /// Why the sink stage ended before its input.
@@ -271,16 +224,14 @@ pub enum SinkError {
 pub struct SinkStage<B> {
     backend: B,
     committed: Option<Committed>,
-    events: Events,
 }
 
 impl<B: Backend> SinkStage<B> {
-    /// Writes to `backend`, with what `events` adds to the records.
-    pub fn new(backend: B, events: Events) -> Self {
+    /// Writes to `backend`.
+    pub fn new(backend: B) -> Self {
         SinkStage {
             backend,
             committed: None,
-            events,
         }
     }
 
@@ -304,7 +255,7 @@ impl<B: Backend, R: Receiver<Record>> Stage<R, ()> for SinkStage<B> {
         _output: (),
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
-        write(self.backend, input, self.committed, self.events, shutdown).await
+        write(self.backend, input, self.committed, shutdown).await
     }
 }
 
@@ -312,7 +263,6 @@ async fn write<B: Backend>(
     mut backend: B,
     mut input: impl Receiver<Record>,
     committed: Option<Committed>,
-    events: Events,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
     let Batching {
@@ -321,18 +271,15 @@ async fn write<B: Backend>(
         linger,
     } = backend.batching();
     let mut batch: Vec<Message<Record>> = Vec::new();
-    // What arrives while `batch` is written: the next batch's start, its
-    // places already named. Receiving (and geocoding) beside the write,
-    // rather than after it, keeps the stages upstream moving during a
-    // commit and takes the sink's own work off the commit's critical path.
+    // What arrives while `batch` is written: the next batch's start.
+    // Receiving beside the write, rather than after it, keeps the stages
+    // upstream moving during a commit.
     let mut next: Vec<Message<Record>> = Vec::new();
     let mut closed = false;
     // The last batch committed, its acks settled while the next is written.
     let mut durable = Durable(Vec::new());
     loop {
         std::mem::swap(&mut batch, &mut next);
-        // Records that came during the last write were prepared then.
-        let prepared = batch.len();
         if batch.is_empty() {
             // Nothing to write next: nobody waits for a write to start.
             durable.settle();
@@ -383,27 +330,6 @@ async fn write<B: Backend>(
                 },
             }
         }
-        prepare(&events, &mut batch[prepared..]);
-        if events.device_transitions {
-            outbox::device_transitions(&mut batch);
-        }
-        if let Some(ob) = &events.outbox {
-            durable.settle();
-            // Durable in the queues before the rows: a crash between the two
-            // delivers an event again, never loses one.
-            let ob = ob.clone();
-            let appended = commit_until_done(
-                &mut batch,
-                events.retry_initial_ms,
-                &shutdown,
-                "outbox append",
-                move |values| ob.append(values, otstream_model::raw::now_ms()),
-            )
-            .await;
-            if let Err(e) = appended {
-                return e.end();
-            }
-        }
         let written = {
             let write = backend.write(&mut batch, &shutdown);
             tokio::pin!(write);
@@ -417,9 +343,6 @@ async fn write<B: Backend>(
                     n = input.recv_many(&mut next, room), if room > 0 && !closed => {
                         if n == 0 {
                             closed = true;
-                        } else {
-                            let from = next.len() - n;
-                            prepare(&events, &mut next[from..]);
                         }
                     }
                 }
@@ -427,7 +350,7 @@ async fn write<B: Backend>(
         };
         let refused = match written {
             Ok(refused) => refused,
-            Err(e) => return e.end(),
+            Err(e) => return crate::ended(e),
         };
         let refused: std::collections::HashSet<usize> = refused.into_iter().collect();
         announce(
@@ -478,54 +401,6 @@ async fn waiting<T, R: Receiver<T>>(
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
     .await
-}
-
-/// What the sink adds to the records before storing them: the events of
-/// device transitions, the outbox appends, places.
-#[derive(Clone, Default)]
-pub struct Events {
-    /// The queues to append them to, before the batch is written.
-    pub outbox: Option<outbox::Outbox>,
-    /// Add the event each device-reported transition is.
-    pub device_transitions: bool,
-    /// First retry delay of a failed append, ms.
-    pub retry_initial_ms: u64,
-    /// Names the places of positions, trips' ends and stops.
-    pub geocoder: Option<std::sync::Arc<otstream_geocode::Geocoder>>,
-}
-
-/// What the sink does to each record before it is stored: its places.
-fn prepare(events: &Events, records: &mut [Message<Record>]) {
-    if let Some(g) = &events.geocoder {
-        places(g, records);
-    }
-}
-
-/// Fills the places the offline geocoder knows: every position's, each
-/// trip's start and end, each stop's locality. Here because every record
-/// passes the sink in every mode; a lookup is well under a microsecond.
-pub fn places(g: &otstream_geocode::Geocoder, batch: &mut [Message<Record>]) {
-    let find = |lat, lon| {
-        g.lookup(lat, lon)
-            .map(|p| {
-                let mut label = otstream_model::Text::default();
-                // Writing to a Text cannot fail.
-                let _ = p.write_label(&mut label);
-                (label, otstream_model::Text::from(p.cc))
-            })
-            .unzip()
-    };
-    for m in batch {
-        match &mut m.value {
-            Record::Position(p) if p.place.is_none() => (p.place, p.cc) = find(p.lat, p.lon),
-            Record::Trip(t) if t.start_place.is_none() => {
-                (t.start_place, t.start_cc) = find(t.start_lat, t.start_lon);
-                (t.end_place, t.end_cc) = find(t.end_lat, t.end_lon);
-            }
-            Record::Stop(s) if s.locality.is_none() => (s.locality, s.cc) = find(s.lat, s.lon),
-            _ => {}
-        }
-    }
 }
 
 /// A cheap estimate of a record's size on the wire, for `max_bytes`.

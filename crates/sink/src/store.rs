@@ -6,54 +6,16 @@
 //! same table names, same column names, same units (see the model crate).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::{Counter, Histogram};
 use otstream_model::record::Text;
 use otstream_model::{Record, StateSnapshot};
 use otstream_schema::{Table, sqlite};
-use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, params};
+use rusqlite::{CachedStatement, Connection, params};
 use rusqlite_migration::{M, Migrations};
 
-/// Why the store could not open or commit.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// SQLite refused.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The writer thread died.
-    #[error("store writer thread failed: {0}")]
-    Thread(String),
-    /// The store's schema could not be brought to this version's (or the
-    /// store was made by a newer otstream).
-    #[error("store schema: {0}")]
-    Schema(String),
-}
-
-impl StoreError {
-    /// A bounded code for metric labels.
-    pub fn code(&self) -> &'static str {
-        match self {
-            StoreError::DataDir { .. } => "data_dir",
-            StoreError::Sqlite(e) => match e.sqlite_error_code() {
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => "busy",
-                Some(ErrorCode::DiskFull) => "disk_full",
-                _ => "sqlite",
-            },
-            StoreError::Thread(_) => "thread",
-            StoreError::Schema(_) => "schema",
-        }
-    }
-}
+pub use otstream_schema::file::StoreError;
 
 /// The file name of the store inside the data directory.
 pub use otstream_schema::DB_FILE;
@@ -124,54 +86,7 @@ impl Store {
     }
 }
 
-/// Opens (creating it and `data_dir` when needed) the SQLite file `file`
-/// in `data_dir` for durable writes, its schema brought to the latest of
-/// `migrations`.
-pub(crate) fn open_db(
-    data_dir: &Path,
-    file: &str,
-    migrations: &Migrations<'_>,
-) -> Result<(Connection, PathBuf), StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-        path: data_dir.to_owned(),
-        source,
-    })?;
-    let path = data_dir.join(file);
-    // NO_MUTEX: the connection is used by one thread at a time (rusqlite's
-    // Connection is not Sync); SQLite's own lock around every call, every
-    // bound parameter included, was 5 % of an import's CPU (perf).
-    let mut conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    // WAL lets readers (the sqlite3 shell, the friends lookup) work while
-    // the sink writes; FULL makes every commit durable before the ack.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    // The WAL is copied back into the database every this many pages, on
-    // the commit that crosses the mark. SQLite's 1,000 made that copy 7 %
-    // of serve's CPU (perf): new rows land on the same few leaf pages, so
-    // a WAL ten times longer holds many versions of each page and the
-    // copy writes each once.
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-    // A page cache of 32 MiB (SQLite's default is 2): a 20,000-row commit
-    // of an import touches more index pages than 2 MiB holds, and SQLite
-    // then spilled and re-read them (`pagerStress`, 5 % of an import's
-    // CPU): +12 % points/s (BENCHMARKS.md).
-    conn.pragma_update(None, "cache_size", -32_768)?;
-    // A short busy wait; longer stalls are retried by the sink loop so
-    // that shutdown is never stuck inside SQLite.
-    conn.busy_timeout(Duration::from_millis(200))?;
-    // The schema's versions, applied in order from the file's
-    // `user_version`; a file made by a newer otstream is refused rather
-    // than written with an older schema.
-    migrations
-        .to_latest(&mut conn)
-        .map_err(|e| StoreError::Schema(e.to_string()))?;
-    Ok((conn, path))
-}
+pub(crate) use otstream_schema::file::open as open_db;
 
 /// The `device_state` table's rows (the same table in the store and in
 /// the ClickHouse buffer).

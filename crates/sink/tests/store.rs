@@ -207,7 +207,7 @@ async fn acks_are_delivered_only_after_commit_and_a_stalled_store_holds_them() {
     let committed = tokio::sync::broadcast::channel::<Record>(16).0;
     let mut announced = committed.subscribe();
     let sink = tokio::spawn(
-        SinkStage::new(SqliteBackend::new(config, store), Default::default())
+        SinkStage::new(SqliteBackend::new(config, store))
             .announcing(Some(committed))
             .run(rx, (), shutdown.clone()),
     );
@@ -269,11 +269,11 @@ async fn hard_shutdown_leaves_uncommitted_records_unacknowledged() {
     let (tx, rx) = channel::<Record>(64);
     let shutdown = CancellationToken::new();
     let sink = tokio::spawn(
-        SinkStage::new(
-            SqliteBackend::new(SinkConfig::default(), store),
-            Default::default(),
-        )
-        .run(rx, (), shutdown.clone()),
+        SinkStage::new(SqliteBackend::new(SinkConfig::default(), store)).run(
+            rx,
+            (),
+            shutdown.clone(),
+        ),
     );
     let mut waiters = send_all(&tx, records("owntracks/a/b", r#"{"_type":"lwt"}"#));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -390,8 +390,7 @@ async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_w
         tx.send(Message::new(r.key(), r, ack)).await.unwrap();
         waiters.push(w);
     }
-    let sink =
-        tokio::spawn(SinkStage::new(backend, Default::default()).run(rx, (), shutdown.clone()));
+    let sink = tokio::spawn(SinkStage::new(backend).run(rx, (), shutdown.clone()));
     for w in waiters {
         assert_eq!(w.await, AckStatus::Delivered);
     }

@@ -20,7 +20,7 @@ use otstream_model::{Event, EventKind, Record};
 use rusqlite::{Connection, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::store::{StoreError, open_db};
+use otstream_schema::file::{StoreError, open as open_db};
 
 /// The file name of the outboxes inside the data directory.
 pub use otstream_schema::OUTBOX_FILE;
