@@ -542,7 +542,7 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
     assert_eq!(in_topic, [format!("battery_low:ev/k1:{}", t + 120)]);
     let log = serve.log();
     assert!(
-        log.contains(r#"stages=["http ingress", "decode", "geofence", "outgoing", "sink"]"#),
+        log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),
         "{log}"
     );
     dashboard_queries_only_metrics_the_stages_serve(&serve);

@@ -35,7 +35,7 @@ use std::future::Future;
 
 pub use ack::{Ack, AckStatus, AckWaiter};
 pub use inproc::{InProcReceiver, InProcSender, channel};
-pub use stage::Stage;
+pub use stage::{NoStep, Stage, Step, StepEnd};
 
 /// One record on the bus.
 #[derive(Debug)]

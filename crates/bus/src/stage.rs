@@ -33,3 +33,55 @@ pub trait Stage<I, O>: Send + Sized + 'static {
         shutdown: CancellationToken,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
+
+/// What a stage does to its batches before its own work, defined by
+/// another crate: the sink runs the outgoing step (places, events queued
+/// for delivery) this way, in its own task, so that a step costs no link
+/// of its own.
+pub trait Step<T>: Send + Sync + 'static {
+    /// As records arrive, beside the stage's previous batch: CPU work only.
+    fn arrived(&self, batch: &mut [crate::Message<T>]);
+
+    /// Whether [`Step::before`] may wait on I/O (the stage then settles
+    /// what it finished before, rather than make it wait too).
+    fn waits(&self) -> bool;
+
+    /// Just before the batch's own work: may add records (carrying the
+    /// acks of those they come from) and makes durable what it promises,
+    /// retrying until it is done or until `shutdown`.
+    fn before(
+        &self,
+        batch: &mut Vec<crate::Message<T>>,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Result<(), StepEnd>> + Send;
+}
+
+/// Why a [`Step`] did not finish; either way the batch stays
+/// unacknowledged, so its senders retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEnd {
+    /// `shutdown` was cancelled.
+    Stopped,
+    /// It failed for good (a thread panicked: a bug).
+    Failed(String),
+}
+
+/// No step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStep;
+
+impl<T: Send + 'static> Step<T> for NoStep {
+    fn arrived(&self, _: &mut [crate::Message<T>]) {}
+
+    fn waits(&self) -> bool {
+        false
+    }
+
+    async fn before(
+        &self,
+        _: &mut Vec<crate::Message<T>>,
+        _: &CancellationToken,
+    ) -> Result<(), StepEnd> {
+        Ok(())
+    }
+}

@@ -126,12 +126,14 @@ impl Sink {
 /// The sink stage on whichever backend the configuration chose.
 pub(crate) struct SinkUnit {
     sink: Sink,
+    step: Outgoing,
     live: Option<Committed>,
 }
 
 impl SinkUnit {
-    pub(crate) fn new(sink: Sink, live: Option<Committed>) -> Self {
-        SinkUnit { sink, live }
+    /// `sink`, running the outgoing `step` on each batch before writing it.
+    pub(crate) fn new(sink: Sink, step: Outgoing, live: Option<Committed>) -> Self {
+        SinkUnit { sink, step, live }
     }
 }
 
@@ -139,22 +141,25 @@ impl<R: Receiver<Record>> Stage<R, ()> for SinkUnit {
     type Error = otstream_sink::SinkError;
 
     async fn run(self, input: R, _: (), shutdown: CancellationToken) -> Result<(), Self::Error> {
-        let SinkUnit { sink, live } = self;
+        let SinkUnit { sink, step, live } = self;
         match sink {
             Sink::Sqlite(b) => {
                 SinkStage::new(b)
+                    .with_step(step)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await
             }
             Sink::ClickHouse(b) => {
                 SinkStage::new(*b)
+                    .with_step(step)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await
             }
             Sink::Buffered(b) => {
                 SinkStage::new(b)
+                    .with_step(step)
                     .announcing(live)
                     .run(input, (), shutdown)
                     .await

@@ -7,7 +7,7 @@
 //! Kafka, and `import` the file reader and the stages behind it.
 //!
 //! ```text
-//! mqtt ingress --raw--> decode --records--> geofence --stored--> outgoing --prepared--> sink
+//! mqtt ingress --raw--> decode --records--> geofence --stored--> sink (its outgoing step first)
 //! http ingress ---------(records in one process, raw over Kafka)
 //! side jobs: depth, friends, retention, addresses, events, shipper, api
 //! ```
@@ -99,8 +99,6 @@ pub enum Link {
     Records,
     /// Everything the sink stores.
     Stored,
-    /// The same, places named and events queued: in the sink's process.
-    Prepared,
 }
 
 /// A unit of the topology: a stage or a side job.
@@ -116,8 +114,6 @@ pub enum Unit {
     Friends,
     Decode,
     Geofence,
-    /// Places, device transitions' events, the outbox appends.
-    Outgoing,
     Sink,
     Retention,
     Addresses,
@@ -158,14 +154,14 @@ const fn row(
     }
 }
 
-use Link::{Intake, Prepared, Raw, Records, Stored};
+use Link::{Intake, Raw, Records, Stored};
 use StopBy::{Front, Input, Turn};
 
 /// The topology, in the order its units stop in: what takes requests
 /// first (its senders close the links), then each stage once its input
 /// is drained, then the side jobs, which the sink's last commit may
 /// still feed.
-pub const UNITS: [Row; 14] = [
+pub const UNITS: [Row; 13] = [
     row(
         Unit::MqttIngress,
         "mqtt ingress",
@@ -201,15 +197,7 @@ pub const UNITS: [Row; 14] = [
         Some(Stored),
         Input,
     ),
-    row(
-        Unit::Outgoing,
-        "outgoing",
-        Part::Sink,
-        Some(Stored),
-        Some(Prepared),
-        Input,
-    ),
-    row(Unit::Sink, "sink", Part::Sink, Some(Prepared), None, Input),
+    row(Unit::Sink, "sink", Part::Sink, Some(Stored), None, Input),
     row(Unit::Retention, "retention", Part::Sink, None, None, Turn),
     row(Unit::Addresses, "addresses", Part::Sink, None, None, Turn),
     row(Unit::Events, "events", Part::Sink, None, None, Turn),
@@ -256,8 +244,6 @@ impl Selection {
                     events.enabled && (events.mqtt.enabled || !events.webhooks.is_empty())
                 }
                 Unit::Shipper => buffered,
-                // Idle otherwise (Outgoing::is_idle): the sink reads `stored`.
-                Unit::Outgoing => config.geocode.enabled || events.enabled,
                 _ => true,
             })
             .map(|r| r.unit)
@@ -290,13 +276,7 @@ impl Selection {
     /// `files` read into the stages behind the ingress; no side job.
     pub(crate) fn import(files: crate::import::Files) -> Selection {
         Selection {
-            units: vec![
-                Unit::Files,
-                Unit::Decode,
-                Unit::Geofence,
-                Unit::Outgoing,
-                Unit::Sink,
-            ],
+            units: vec![Unit::Files, Unit::Decode, Unit::Geofence, Unit::Sink],
             buffered: false,
             files: Some(files),
         }
@@ -346,9 +326,6 @@ pub(crate) async fn build<L: Links>(
         Some(e) => (Some(e.outgoing), e.deliverers),
         None => (None, None),
     };
-    // The sink's input when the outgoing step runs: a link in its process,
-    // and the consumer's last commit awaited after the sink, not the step.
-    let mut prepared = None;
 
     // Every unit is built before any runs: a bad fences file or an
     // unreachable ClickHouse stops the start, not a running stage.
@@ -421,28 +398,11 @@ pub(crate) async fn build<L: Links>(
                 let input = links.records_rx(std::mem::take(&mut restored))?;
                 start.unit(name, geofence, input, links.stored_tx()?, stop);
             }
-            Unit::Outgoing => {
-                let step = outgoing.take().context("the outgoing step was built")?;
-                if step.is_idle() {
-                    continue;
-                }
-                let mut input = links.stored_rx()?;
-                let (tx, rx) = otstream_bus::channel(config.bus.capacity);
-                let committed = input.then.take();
-                prepared = Some(End {
-                    end: rx,
-                    stop: None,
-                    then: committed,
-                });
-                start.unit(name, step, input, End::bare(tx), stop);
-            }
             Unit::Sink => {
                 let sink = sink.take().context("the sink was built")?;
-                let stage = stages::SinkUnit::new(sink, live.clone());
-                match prepared.take() {
-                    Some(input) => start.unit(name, stage, input, none(), stop),
-                    None => start.unit(name, stage, links.stored_rx()?, none(), stop),
-                }
+                let step = outgoing.take().context("the outgoing step was built")?;
+                let stage = stages::SinkUnit::new(sink, step, live.clone());
+                start.unit(name, stage, links.stored_rx()?, none(), stop);
             }
             Unit::Retention => {
                 if let Some(job) = stages::retention(config) {
@@ -601,7 +561,6 @@ mod tests {
                 Unit::Depth,
                 Unit::Decode,
                 Unit::Geofence,
-                Unit::Outgoing,
                 Unit::Sink,
                 Unit::Retention
             ]
@@ -609,7 +568,7 @@ mod tests {
         assert_eq!(Selection::parts(&config, &[Part::Api]).units, [Unit::Api]);
         assert_eq!(
             Selection::parts(&config, &[Part::Sink]).units,
-            [Unit::Outgoing, Unit::Sink, Unit::Retention]
+            [Unit::Sink, Unit::Retention]
         );
     }
 }

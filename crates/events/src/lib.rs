@@ -53,7 +53,4 @@ pub enum EventsError {
     /// A destination could not be set up.
     #[error("{0}")]
     Setup(String),
-    /// The sink is gone (shutting down).
-    #[error("the outgoing step's output is closed")]
-    OutputClosed,
 }

@@ -1,29 +1,24 @@
-//! The step before the sink: what the records need before they are stored
-//! and told. It names places (the offline geocoder: every position's, each
-//! trip's ends, each stop's locality), adds the event each
-//! device-reported transition is, and appends every event to the outbox
-//! queues that want it, durably, before passing the batch on to the sink.
+//! The outgoing step: what the records need before they are stored and
+//! told, run by the sink on each batch before it writes it
+//! ([`otstream_bus::Step`]: no link of its own). It names places (the
+//! offline geocoder: every position's, each trip's ends, each stop's
+//! locality) as records arrive, adds the event each device-reported
+//! transition is, and appends every event to the outbox queues that want
+//! it, durably, before the sink writes the batch.
 //! A crash between the append and the sink's write delivers an event
 //! again, never loses one (its acks are not settled until the sink's
-//! write is durable). So an event may reach its destination a little
-//! before its rows can be read back: by the sink's batching and the link
-//! between them at most. A failed append is retried with backoff while
+//! write is durable). A failed append is retried with backoff while
 //! nothing more is read: backpressure, not loss.
 
 use std::sync::Arc;
 
-use otstream_bus::{Message, Receiver, Sender, Stage};
+use otstream_bus::{Message, Step, StepEnd};
 use otstream_geocode::Geocoder;
 use otstream_model::Record;
 use otstream_schema::file::{Unwritten, until_done};
 use tokio_util::sync::CancellationToken;
 
-use crate::EventsError;
 use crate::outbox::{Outbox, device_transitions};
-
-/// Most records taken at a time: a batch's outbox append is one
-/// transaction.
-const BATCH: usize = 4096;
 
 /// The step, built from `[geocode]` and `[events]`.
 pub struct Outgoing {
@@ -50,66 +45,45 @@ impl Outgoing {
             retry_initial_ms,
         }
     }
-
-    /// Whether it would pass every record on as it came.
-    pub fn is_idle(&self) -> bool {
-        self.geocoder.is_none() && !self.device_transitions && self.outbox.is_none()
-    }
 }
 
-impl<R: Receiver<Record>, S: Sender<Record>> Stage<R, S> for Outgoing {
-    type Error = EventsError;
+impl Step<Record> for Outgoing {
+    fn arrived(&self, batch: &mut [Message<Record>]) {
+        if let Some(g) = &self.geocoder {
+            places(g, batch);
+        }
+    }
 
-    async fn run(
-        self,
-        mut input: R,
-        output: S,
-        shutdown: CancellationToken,
-    ) -> Result<(), EventsError> {
-        let mut batch: Vec<Message<Record>> = Vec::new();
-        loop {
-            let n = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                n = input.recv_many(&mut batch, BATCH) => n,
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            if let Some(g) = &self.geocoder {
-                places(g, &mut batch);
-            }
-            if self.device_transitions {
-                device_transitions(&mut batch);
-            }
-            let told = batch.iter().any(|m| matches!(m.value, Record::Event(_)));
-            if let (Some(ob), true) = (&self.outbox, told) {
-                let ob = ob.clone();
-                let appended = until_done(
-                    &mut batch,
-                    self.retry_initial_ms,
-                    &shutdown,
-                    "outgoing",
-                    "outbox append",
-                    move |values| ob.append(values, otstream_model::raw::now_ms()),
-                )
-                .await;
-                match appended {
-                    Ok(_) => {}
-                    // Unacknowledged: it comes again.
-                    Err(Unwritten::Stopped) => return Ok(()),
-                    Err(Unwritten::Thread(why)) => return Err(EventsError::Thread(why)),
-                }
-            }
-            // The next batch's buffer, sized by this one's.
-            let out = std::mem::replace(&mut batch, Vec::with_capacity(n));
-            tokio::select! {
-                // Stopped hard: what is not stored stays unacknowledged.
-                () = shutdown.cancelled() => return Ok(()),
-                sent = output.send_all(out) => if sent.is_err() {
-                    return Err(EventsError::OutputClosed);
-                }
-            }
+    fn waits(&self) -> bool {
+        self.outbox.is_some()
+    }
+
+    async fn before(
+        &self,
+        batch: &mut Vec<Message<Record>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepEnd> {
+        if self.device_transitions {
+            device_transitions(batch);
+        }
+        let told = batch.iter().any(|m| matches!(m.value, Record::Event(_)));
+        let (Some(ob), true) = (&self.outbox, told) else {
+            return Ok(());
+        };
+        let ob = ob.clone();
+        let appended = until_done(
+            batch,
+            self.retry_initial_ms,
+            shutdown,
+            "sink",
+            "outbox append",
+            move |values| ob.append(values, otstream_model::raw::now_ms()),
+        )
+        .await;
+        match appended {
+            Ok(_) => Ok(()),
+            Err(Unwritten::Stopped) => Err(StepEnd::Stopped),
+            Err(Unwritten::Thread(why)) => Err(StepEnd::Failed(why)),
         }
     }
 }

@@ -1,16 +1,17 @@
-//! The step before the sink: a device's transition becomes an event in
-//! the outbox before anything reaches the sink, and the step settles no
-//! ack itself (the sink does, once the rows are durable).
+//! The outgoing step, run by the sink: a device's transition becomes an
+//! event in the outbox before the rows are written, and its ack is settled
+//! only once they are.
 #![allow(clippy::unwrap_used)] // a test states its expectations with unwrap
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use otstream_bus::{Ack, AckStatus, Message, Receiver, Sender, Stage, channel};
+use otstream_bus::{Ack, AckStatus, Message, Sender, Stage, channel};
 use otstream_decode::{DecodeConfig, Decoder};
 use otstream_events::Outgoing;
 use otstream_events::outbox::{Format, Outbox, Route};
 use otstream_model::{IdentityHints, RawMessage, Record, Transport};
+use otstream_sink::{SinkConfig, SinkStage, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
 
 fn records(payload: &str) -> Vec<Record> {
@@ -32,7 +33,7 @@ fn records(payload: &str) -> Vec<Record> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_transition_is_queued_before_the_sink_sees_it_and_its_ack_waits_for_the_sink() {
+async fn a_device_transition_is_queued_before_its_rows_and_acknowledged_after_them() {
     let dir = tempfile::tempdir().unwrap();
     let route = Route {
         name: "hook".into(),
@@ -43,10 +44,14 @@ async fn a_device_transition_is_queued_before_the_sink_sees_it_and_its_ack_waits
     };
     let outbox = Outbox::open(dir.path(), vec![route]).unwrap();
     let reader = outbox.reader("hook").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sink = SinkStage::new(SqliteBackend::new(SinkConfig::default(), store))
+        .with_step(Outgoing::new(None, true, Some(outbox), 10));
+    // The store is held: the rows cannot be written yet.
+    let blocker = rusqlite::Connection::open(dir.path().join("otstream.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (tx, rx) = channel::<Record>(16);
-    let (out_tx, mut out_rx) = channel::<Record>(16);
-    let step = Outgoing::new(None, true, Some(outbox), 10);
-    let running = tokio::spawn(step.run(rx, out_tx, CancellationToken::new()));
+    let running = tokio::spawn(sink.run(rx, (), CancellationToken::new()));
 
     let (ack, waiter) = Ack::new();
     let [transition] = records(
@@ -58,38 +63,44 @@ async fn a_device_transition_is_queued_before_the_sink_sees_it_and_its_ack_waits
         .await
         .unwrap();
 
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        out_rx.recv_many(&mut got, 16).await;
+    // Its event is queued while the rows wait for the store; the ack waits.
+    let mut waiter = Box::pin(waiter);
+    let mut queued = Vec::new();
+    for _ in 0..100 {
+        queued = reader.next(0, 10).unwrap();
+        if !queued.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The transition and its event, in that order; the event is in the
-    // queue already.
-    let kinds: Vec<&str> = got.iter().map(|m| m.value.type_name()).collect();
-    assert_eq!(kinds, ["transition", "event"]);
-    let Record::Event(e) = &got[1].value else {
-        unreachable!()
-    };
-    assert_eq!(e.id, "enter:jane/phone:1700000000:home");
-    let queued = reader.next(0, 10).unwrap();
     assert_eq!(queued.len(), 1);
     let body: serde_json::Value = serde_json::from_str(&queued[0].body).unwrap();
     assert_eq!(body["id"], "enter:jane/phone:1700000000:home");
     assert_eq!(body["kind"], "enter");
-
-    // Not settled by the step: the sink settles it once the rows are stored.
-    let mut waiter = Box::pin(waiter);
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut waiter)
+        tokio::time::timeout(Duration::from_millis(300), &mut waiter)
             .await
             .is_err()
     );
-    for m in got {
-        m.ack.delivered();
-    }
-    assert_eq!(waiter.await, AckStatus::Delivered);
 
-    // Its input closed, it ends, and closes the sink's input behind it.
+    // The store free, the rows are written and only then acknowledged.
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(waiter.await, AckStatus::Delivered);
+    let db = rusqlite::Connection::open(dir.path().join("otstream.db")).unwrap();
+    let stored: (String, String) = db
+        .query_row(
+            "SELECT (SELECT event || ':' || desc FROM transitions), (SELECT id FROM events)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        (
+            "enter:home".to_owned(),
+            "enter:jane/phone:1700000000:home".to_owned()
+        )
+    );
     drop(tx);
     running.await.unwrap().unwrap();
-    assert_eq!(out_rx.recv_many(&mut Vec::new(), 1).await, 0);
 }

@@ -6,8 +6,8 @@
 //! trips, stops, events, device_state,
 //! beacons, configurations, dead_letters), and acks settled as delivered
 //! only once all of it is committed. It only writes: places are named and
-//! events queued for delivery by the step before it (`otstream-events`'s
-//! outgoing step).
+//! events queued for delivery by a [`Step`] it runs on each batch before
+//! writing it, defined elsewhere (`otstream-events`'s outgoing step).
 //!
 //! The embedded store ([`store`]) is SQLite in WAL mode with
 //! `synchronous=FULL`: a commit is on disk before anything is acknowledged.
@@ -58,7 +58,7 @@ pub mod store;
 use otstream_model::ConfigError;
 use std::time::Duration;
 
-use otstream_bus::{Message, Receiver, Stage};
+use otstream_bus::{Message, NoStep, Receiver, Stage, Step, StepEnd};
 use otstream_model::{Record, StateSnapshot};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -221,9 +221,10 @@ pub enum SinkError {
 /// The sink stage on `backend`: its input is every record to store, one
 /// merged link (the geofence stage's output in one process, a consumer of
 /// every topic over Kafka); it has no output but the store.
-pub struct SinkStage<B> {
+pub struct SinkStage<B, S = NoStep> {
     backend: B,
     committed: Option<Committed>,
+    step: S,
 }
 
 impl<B: Backend> SinkStage<B> {
@@ -232,6 +233,19 @@ impl<B: Backend> SinkStage<B> {
         SinkStage {
             backend,
             committed: None,
+            step: NoStep,
+        }
+    }
+}
+
+impl<B: Backend, S: Step<Record>> SinkStage<B, S> {
+    /// Runs `step` on every batch before writing it (the outgoing step:
+    /// places named, events queued for delivery, defined elsewhere).
+    pub fn with_step<T: Step<Record>>(self, step: T) -> SinkStage<B, T> {
+        SinkStage {
+            backend: self.backend,
+            committed: self.committed,
+            step,
         }
     }
 
@@ -242,7 +256,7 @@ impl<B: Backend> SinkStage<B> {
     }
 }
 
-impl<B: Backend, R: Receiver<Record>> Stage<R, ()> for SinkStage<B> {
+impl<B: Backend, S: Step<Record>, R: Receiver<Record>> Stage<R, ()> for SinkStage<B, S> {
     type Error = SinkError;
 
     /// Reads records, writes them in batches, settles their acks once
@@ -255,14 +269,15 @@ impl<B: Backend, R: Receiver<Record>> Stage<R, ()> for SinkStage<B> {
         _output: (),
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
-        write(self.backend, input, self.committed, shutdown).await
+        write(self.backend, input, self.committed, self.step, shutdown).await
     }
 }
 
-async fn write<B: Backend>(
+async fn write<B: Backend, S: Step<Record>>(
     mut backend: B,
     mut input: impl Receiver<Record>,
     committed: Option<Committed>,
+    step: S,
     shutdown: CancellationToken,
 ) -> Result<(), SinkError> {
     let Batching {
@@ -271,15 +286,18 @@ async fn write<B: Backend>(
         linger,
     } = backend.batching();
     let mut batch: Vec<Message<Record>> = Vec::new();
-    // What arrives while `batch` is written: the next batch's start.
-    // Receiving beside the write, rather than after it, keeps the stages
-    // upstream moving during a commit.
+    // What arrives while `batch` is written: the next batch's start, the
+    // step's CPU work done on it. Receiving (and preparing) beside the
+    // write, rather than after it, keeps the stages upstream moving during
+    // a commit and takes that work off the commit's critical path.
     let mut next: Vec<Message<Record>> = Vec::new();
     let mut closed = false;
     // The last batch committed, its acks settled while the next is written.
     let mut durable = Durable(Vec::new());
     loop {
         std::mem::swap(&mut batch, &mut next);
+        // Records that came during the last write were prepared then.
+        let prepared = batch.len();
         if batch.is_empty() {
             // Nothing to write next: nobody waits for a write to start.
             durable.settle();
@@ -330,6 +348,19 @@ async fn write<B: Backend>(
                 },
             }
         }
+        step.arrived(&mut batch[prepared..]);
+        // What the step owes before the rows (events durable in their
+        // queues: a crash between the two delivers one again, never loses
+        // one); the last batch's acks settled first when that may take a
+        // while (else they are settled beside the write).
+        if step.waits() {
+            durable.settle();
+        }
+        match step.before(&mut batch, &shutdown).await {
+            Ok(()) => {}
+            Err(StepEnd::Stopped) => return Ok(()),
+            Err(StepEnd::Failed(why)) => return Err(SinkError::Thread(why)),
+        }
         let written = {
             let write = backend.write(&mut batch, &shutdown);
             tokio::pin!(write);
@@ -343,6 +374,9 @@ async fn write<B: Backend>(
                     n = input.recv_many(&mut next, room), if room > 0 && !closed => {
                         if n == 0 {
                             closed = true;
+                        } else {
+                            let from = next.len() - n;
+                            step.arrived(&mut next[from..]);
                         }
                     }
                 }
