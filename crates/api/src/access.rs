@@ -26,6 +26,7 @@ use otstream_model::Visible;
 use serde_json::Value;
 
 use crate::Params;
+use crate::endpoint::Endpoint;
 
 /// The facts of `req` from `remote`; the token may be the `access_token`
 /// parameter (an `EventSource` cannot set a header).
@@ -92,12 +93,13 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether `grant` may call `path` at all.
-pub fn admits(grant: &Grant, path: &str) -> Result<(), Refusal> {
+/// Whether `grant` may call `endpoint` at all.
+pub fn admits(grant: &Grant, endpoint: Endpoint) -> Result<(), Refusal> {
+    use Endpoint::*;
     let history = grant.history_since.is_some();
-    let shared = match path {
-        "/" | "/map" | "/api/v1/devices" | "/api/v1/live" => true,
-        "/api/v1/positions" | "/api/v1/trips" | "/api/v1/stops" => history,
+    let shared = match endpoint {
+        Page | Share | Devices | Live => true,
+        Positions | Trips | Stops => history,
         _ => false,
     };
     if grant.share && !shared {
@@ -106,13 +108,8 @@ pub fn admits(grant: &Grant, path: &str) -> Result<(), Refusal> {
         ));
     }
     let last_only = matches!(
-        path,
-        "/" | "/map"
-            | "/api/v1/devices"
-            | "/api/v1/live"
-            | "/api/v1/fences"
-            | "/api/0/last"
-            | "/ws/last"
+        endpoint,
+        Page | Share | Devices | Live | Fences | RecorderLast | RecorderWs
     );
     if !history && !last_only {
         return Err(Refusal::Forbidden("this token reads last positions only"));
@@ -169,14 +166,16 @@ mod tests {
             "/api/v1/fences",
             "/api/v1/waypoints",
         ] {
-            assert!(admits(&full, p).is_ok(), "{p}");
+            assert!(admits(&full, Endpoint::of(p).unwrap()).is_ok(), "{p}");
         }
         assert!(
-            admits(&share, "/api/v1/devices").is_ok() && admits(&share, "/api/v1/live").is_ok()
+            admits(&share, Endpoint::of("/api/v1/devices").unwrap()).is_ok()
+                && admits(&share, Endpoint::of("/api/v1/live").unwrap()).is_ok()
         );
-        assert!(admits(&share, "/api/v1/positions").is_err());
+        assert!(admits(&share, Endpoint::of("/api/v1/positions").unwrap()).is_err());
         assert!(
-            admits(&track, "/api/v1/positions").is_ok() && admits(&track, "/api/v1/trips").is_ok()
+            admits(&track, Endpoint::of("/api/v1/positions").unwrap()).is_ok()
+                && admits(&track, Endpoint::of("/api/v1/trips").unwrap()).is_ok()
         );
         for p in [
             "/api/v1/fences",
@@ -184,11 +183,14 @@ mod tests {
             "/api/v1/summary",
             "/api/0/list",
         ] {
-            assert!(admits(&track, p).is_err(), "{p}");
+            assert!(admits(&track, Endpoint::of(p).unwrap()).is_err(), "{p}");
         }
-        assert!(admits(&last, "/api/0/last").is_ok() && admits(&last, "/api/v1/fences").is_ok());
+        assert!(
+            admits(&last, Endpoint::of("/api/0/last").unwrap()).is_ok()
+                && admits(&last, Endpoint::of("/api/v1/fences").unwrap()).is_ok()
+        );
         assert_eq!(
-            admits(&last, "/api/v1/positions"),
+            admits(&last, Endpoint::of("/api/v1/positions").unwrap()),
             Err(Refusal::Forbidden("this token reads last positions only"))
         );
     }

@@ -22,6 +22,7 @@
 //! - the map: `/` and `/map`, its assets under `/assets/`.
 //!
 //! Layout:
+//! - [`endpoint`]: every endpoint, found by path through one router (matchit).
 //! - [`params`]: parameters, times, windows.
 //! - [`access`]: who reads what.
 //! - [`body`]: streamed bodies.
@@ -33,6 +34,7 @@
 pub mod access;
 pub mod body;
 pub mod cors;
+pub mod endpoint;
 pub mod live;
 pub mod page;
 pub mod params;
@@ -62,6 +64,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use endpoint::Endpoint;
 use reply::{
     ApiError, endpoint_label, event_format, fields, now_s, ok_json, query, read_form, scope, set,
     streamed,
@@ -333,32 +336,14 @@ impl Api {
         let method = req.method().clone();
         let slot = req.extensions().get::<otstream_http::Slot>().cloned();
         let get = method == Method::GET || method == Method::HEAD;
-        let recorder = path.starts_with("/api/0/");
-        let known = matches!(
-            path,
-            "/" | "/map"
-                | "/share"
-                | "/api/v1/devices"
-                | "/api/v1/positions"
-                | "/api/v1/trips"
-                | "/api/v1/stops"
-                | "/api/v1/transitions"
-                | "/api/v1/summary"
-                | "/api/v1/live"
-                | "/api/v1/fences"
-                | "/api/v1/waypoints"
-                | "/api/0/last"
-                | "/api/0/locations"
-                | "/api/0/list"
-                | "/api/0/version"
-                | "/ws/last"
-        );
+        let endpoint = Endpoint::of(path);
+        let recorder = endpoint.is_some_and(Endpoint::recorder);
         // Another path is a 404 whatever the method (as the ingress
         // answers it), a known one with another method a 405.
         let asset = page::asset(path);
-        if !known && asset.is_none() {
+        let Some(endpoint) = endpoint.or(asset.as_ref().map(|_| Endpoint::Page)) else {
             return Err(ApiError::NotFound);
-        }
+        };
         if !(get || (recorder && method == Method::POST)) {
             return Err(ApiError::MethodNotAllowed);
         }
@@ -368,14 +353,15 @@ impl Api {
         // The page a share link opens holds no data (its token stays in
         // the link's fragment, read by the page's script): anyone may
         // load it.
-        if path == "/share" {
+        if endpoint == Endpoint::Share {
             return Ok(page::index(&self.0.config));
         }
         let mut params = Params::parse(req.uri().query().unwrap_or(""));
         let facts = access::facts(&req, remote, &params);
         // A stream outlives its request: it keeps the credentials to check
         // them again.
-        let recheck = matches!(path, "/api/v1/live" | "/ws/last")
+        let recheck = endpoint
+            .streams()
             .then(|| access::Recheck::new(self.0.auth.clone(), &facts));
         let grant = self
             .0
@@ -383,9 +369,9 @@ impl Api {
             .reader(&facts)
             .await
             .map_err(ApiError::Refused)?;
-        access::admits(&grant, path).map_err(ApiError::Refused)?;
+        access::admits(&grant, endpoint).map_err(ApiError::Refused)?;
         let visible = grant.visible.clone();
-        if let (Some(recheck), "/ws/last") = (&recheck, path) {
+        if let (Some(recheck), Endpoint::RecorderWs) = (&recheck, endpoint) {
             return self.socket(req, visible, slot, recheck.clone());
         }
         if recorder {
@@ -409,14 +395,14 @@ impl Api {
             }
         }
         let now = now_s();
-        match path {
-            "/" | "/map" => Ok(page::index(&self.0.config)),
-            "/api/v1/devices" => {
+        match endpoint {
+            Endpoint::Page | Endpoint::Share => Ok(page::index(&self.0.config)),
+            Endpoint::Devices => {
                 let (user, device) = scope(&params, &visible)?;
                 let devices = self.0.reader.devices(user, device, &visible).await?;
                 Ok(ok_json(devices_json(&devices)))
             }
-            "/api/v1/positions" => {
+            Endpoint::Positions => {
                 let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let format = match params.get("format") {
                     None => Format::Json,
@@ -427,20 +413,20 @@ impl Api {
                 let rows = self.0.reader.positions(&q).await?;
                 streamed(rows, PositionEncoder::new(format, Shape::Otstream, None)).await
             }
-            "/api/v1/trips" | "/api/v1/stops" | "/api/v1/transitions" => {
+            Endpoint::Trips | Endpoint::Stops | Endpoint::Transitions => {
                 let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let encoder = FeatureEncoder::new(event_format(&params)?);
-                match path {
-                    "/api/v1/trips" => streamed(self.0.reader.trips(&q).await?, encoder).await,
-                    "/api/v1/stops" => streamed(self.0.reader.stops(&q).await?, encoder).await,
+                match endpoint {
+                    Endpoint::Trips => streamed(self.0.reader.trips(&q).await?, encoder).await,
+                    Endpoint::Stops => streamed(self.0.reader.stops(&q).await?, encoder).await,
                     _ => streamed(self.0.reader.transitions(&q).await?, encoder).await,
                 }
             }
-            "/api/v1/summary" => {
+            Endpoint::Summary => {
                 let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;
                 Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))
             }
-            "/api/v1/live" => {
+            Endpoint::Live => {
                 let Some(live) = &self.0.live else {
                     return Err(ApiError::Unavailable(
                         "this process has no live feed (it stores nothing itself)".into(),
@@ -465,8 +451,8 @@ impl Api {
                 set(&mut r, header::CACHE_CONTROL, "no-store");
                 Ok(r)
             }
-            "/api/v1/fences" => self.fences(&visible).await,
-            "/api/v1/waypoints" => {
+            Endpoint::Fences => self.fences(&visible).await,
+            Endpoint::Waypoints => {
                 let q = query(&params, &grant, now, V1_SPAN_S)?;
                 let encoder = FeatureEncoder::new(event_format(&params)?);
                 let rows = self.0.reader.waypoints(&q).await?;
@@ -475,12 +461,12 @@ impl Api {
                 let _ = tx.try_send(Ok(rows));
                 streamed(rx, encoder).await
             }
-            "/api/0/version" => Ok(ok_json(
+            Endpoint::RecorderVersion => Ok(ok_json(
                 json!({"version": env!("CARGO_PKG_VERSION"), "git": "otstream"})
                     .to_string()
                     .into_bytes(),
             )),
-            "/api/0/list" => {
+            Endpoint::RecorderList => {
                 let (user, device) = scope(&params, &visible)?;
                 let mut results: Vec<String> = match (user, device) {
                     // Recorder lists the device's monthly .rec files by path,
@@ -515,7 +501,7 @@ impl Api {
                     json!({ "results": results }).to_string().into_bytes(),
                 ))
             }
-            "/api/0/last" => {
+            Endpoint::RecorderLast => {
                 let (user, device) = scope(&params, &visible)?;
                 let fields = fields(&params);
                 let mut devices = self.0.reader.devices(user, device, &visible).await?;
@@ -535,7 +521,7 @@ impl Api {
                 out.push(b']');
                 Ok(ok_json(out))
             }
-            "/api/0/locations" => {
+            Endpoint::RecorderLocations => {
                 for name in ["user", "device"] {
                     if params.get(name).is_none() {
                         return Err(BadParam::new(name, "user and device are required").into());

@@ -180,23 +180,9 @@ pub(crate) fn now_s() -> i64 {
 
 /// A bounded label for metrics: the endpoint, never the raw path.
 pub(crate) fn endpoint_label(path: &str) -> &'static str {
-    match path {
-        "/api/v1/devices" => "devices",
-        "/api/v1/positions" => "positions",
-        "/api/v1/trips" => "trips",
-        "/api/v1/stops" => "stops",
-        "/api/v1/transitions" => "transitions",
-        "/api/v1/summary" => "summary",
-        "/api/v1/live" => "live",
-        "/api/v1/fences" => "fences",
-        "/api/v1/waypoints" => "waypoints",
-        "/api/0/last" => "recorder_last",
-        "/api/0/locations" => "recorder_locations",
-        "/api/0/list" => "recorder_list",
-        "/api/0/version" => "recorder_version",
-        "/ws/last" => "recorder_ws",
-        "/" | "/map" | "/share" => "page",
-        p if p.starts_with("/assets/") => "assets",
-        _ => "other",
+    match Endpoint::of(path) {
+        Some(e) => e.label(),
+        None if path.starts_with("/assets/") => "assets",
+        None => "other",
     }
 }
