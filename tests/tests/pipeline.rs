@@ -4,8 +4,9 @@
 //! an HTTP client is in ClickHouse exactly once (FINAL) though each stage
 //! is SIGKILLed mid-stream; a decode member joining and another leaving
 //! keep each device's positions in order; a stopped sink turns into 503s
-//! at the ingress while every process's memory stays flat; `serve --bus
-//! kafka` runs the same stages in one process.
+//! at the ingress while every process's memory stays flat, and holds MQTT
+//! back at the broker; `serve --bus kafka` runs the same stages in one
+//! process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use otstream_bus::kafka::{KafkaConfig, read_to_end};
 use otstream_model::Record;
 use otstream_tests::{
     PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, create_topics,
-    free_port, root, unique_db,
+    free_port, publish_qos1, root, unique_db,
 };
 
 const BASE_TST: i64 = 1_700_000_000;
@@ -103,12 +104,17 @@ period_ms = 100
             .map(|id| ("OTSTREAM_KAFKA__INSTANCE_ID", id))
             .into_iter()
             .collect();
+        self.start_with(stage, &env)
+    }
+
+    /// `otstream run STAGE` with `env` besides the pipeline's own.
+    fn start_with(&self, stage: &str, env: &[(&str, &str)]) -> Serve {
         Serve::start_cmd(
             &["run", stage],
             &self.dir.path().join(stage),
             self.http_port,
             &["--config", &self.config, "--brokers", &self.brokers],
-            &env,
+            env,
         )
         .unwrap_or_else(|e| panic!("{stage}: {e:#}"))
     }
@@ -646,4 +652,84 @@ fn dashboard_queries_only_metrics_the_stages_serve(kafka: &Serve) {
         missing.is_empty(),
         "the dashboard queries metrics no stage serves: {missing:?}"
     );
+}
+
+/// MQTT over Kafka is held back by `kafka.max_lag` as HTTP is: with the
+/// sink stopped, the MQTT ingress stops taking the broker's deliveries (no
+/// PUBACK) instead of filling `raw`, and once the sink is back every
+/// message the broker took is stored once.
+#[test]
+fn a_stopped_sink_holds_mqtt_back_at_the_broker_and_loses_nothing() {
+    let max_lag = 100;
+    let _turn = broker_turn();
+    let p = Pipeline::new("kafka_mqtt_lag", 2, max_lag);
+    let topic = unique_db("lag");
+    let mqtt = otstream_tests::mqtt_url();
+    let client = format!("otstream-{topic}");
+    let sink = p.start_as("sink", Some("sink"));
+    let _stages: Vec<Serve> = ["geofence", "decode"].map(|s| p.start(s)).into();
+    let _ingress = p.start_with(
+        "ingress",
+        &[
+            ("OTSTREAM_MQTT_URL", &mqtt),
+            ("OTSTREAM_MQTT__TOPIC_PREFIX", &topic),
+            ("OTSTREAM_DECODE__TOPIC_PREFIX", &topic),
+            ("OTSTREAM_MQTT__CLIENT_ID", &client),
+        ],
+    );
+    let fix = |i: i64| {
+        (
+            format!("{topic}/fleet/d{}", i % 10),
+            format!(
+                r#"{{"_type":"location","lat":52.5,"lon":13.4,"tst":{}}}"#,
+                BASE_TST + i
+            )
+            .into_bytes(),
+        )
+    };
+    let raw = || {
+        let mut kafka = KafkaConfig::new(p.brokers.clone());
+        kafka.topic_prefix = p.prefix.clone();
+        read_to_end::<otstream_model::RawMessage>(&kafka, "raw", &[0, 1], Duration::from_secs(60))
+            .unwrap()
+            .len()
+    };
+    let warmup: Vec<_> = (0..20).map(fix).collect();
+    assert!(
+        publish_qos1(&mqtt, &format!("{client}-pub"), &warmup)
+            .iter()
+            .all(|a| *a)
+    );
+    let rows = |n: i64| -> Vec<String> {
+        let mut want: Vec<String> = (0..n)
+            .map(|i| format!("d{}\t{}", i % 10, BASE_TST + i))
+            .collect();
+        want.sort();
+        want
+    };
+    p.eventually(POSITIONS_SQL, &rows(20), 60);
+
+    sink.kill();
+    // A fleet's pace, not one burst: the lag is measured every 500 ms, so
+    // a burst faster than that passes before it is seen (the HTTP test's
+    // bound allows for it too).
+    for batch in 0..13 {
+        let from = 20 + batch * 60;
+        let burst: Vec<_> = (from..(from + 60).min(800)).map(fix).collect();
+        let acked = publish_qos1(&mqtt, &format!("{client}-pub"), &burst);
+        assert!(acked.iter().all(|a| *a));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Each message adds to the lag at least once: past the bound the
+    // ingress waits, leaving the rest with the broker (unacknowledged).
+    let held = raw();
+    assert!(
+        held <= 20 + 3 * max_lag as usize,
+        "{held} messages in raw with the sink stopped and a bound of {max_lag}"
+    );
+
+    let _sink = p.start_as("sink", Some("sink"));
+    p.eventually(POSITIONS_SQL, &rows(800), 120);
+    assert_eq!(raw(), 800);
 }
