@@ -9,8 +9,8 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use otstream_query::Position;
-use otstream_query::format::{Encoder, Format, PositionEncoder, Shape};
+use otstream_api::read::Position;
+use otstream_api::read::format::{Encoder, Format, PositionEncoder, Shape};
 use serde::Serialize;
 
 const ROWS: usize = 100_000;
@@ -151,9 +151,9 @@ fn read_sqlite(c: &mut Criterion) {
         ))
         .expect("rows");
     }
-    let reader = otstream_query::sqlite::SqliteReader::in_data_dir(dir.path());
+    let reader = otstream_api::read::sqlite::SqliteReader::in_data_dir(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut q = otstream_query::Query::window(0, i64::MAX / 2);
+    let mut q = otstream_api::read::Query::window(0, i64::MAX / 2);
     q.user = Some("bench".into());
     q.device = Some("phone".into());
     let mut group = c.benchmark_group("export/read");

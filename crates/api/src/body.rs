@@ -6,12 +6,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::read::format::Encoder;
+use crate::read::{QueryError, RowStream};
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use otstream_http::FallbackBody;
-use otstream_query::format::Encoder;
-use otstream_query::{QueryError, RowStream};
 use tokio::sync::mpsc;
 
 /// Encoded bytes gathered before a chunk is sent: large enough to make

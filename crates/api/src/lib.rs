@@ -4,7 +4,7 @@
 //! In: HTTP requests, on the phones' listener (every request that is not
 //! an OwnTracks POST, through [`otstream_http::Fallback`]) or on a
 //! listener of its own ([`serve`]); the tables, through an
-//! [`otstream_query::Reader`]; committed positions and transitions, on a
+//! [`read::Reader`]; committed positions and transitions, on a
 //! broadcast channel from the sink ([`live`]). Out: JSON, NDJSON,
 //! GeoJSON, GPX and CSV answers, streamed as they are read; server-sent
 //! events; the map page and its scripts, bundled in the binary.
@@ -22,6 +22,7 @@
 //! - the map: `/` and `/map`, its assets under `/assets/`.
 //!
 //! Layout:
+//! - [`read`]: the readers of both stores and the output formats.
 //! - [`endpoint`]: every endpoint, found by path through one router (matchit).
 //! - [`params`]: parameters, times, windows.
 //! - [`access`]: who reads what.
@@ -38,6 +39,7 @@ pub mod endpoint;
 pub mod live;
 pub mod page;
 pub mod params;
+pub mod read;
 mod reply;
 pub mod ws;
 
@@ -46,6 +48,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::read::format::{
+    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
+    summary_json,
+};
+use crate::read::{Query, QueryError, Reader, Visible};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -54,11 +61,6 @@ use otstream_auth::{Authenticator, Grant, Refusal};
 use otstream_http::Budget;
 use otstream_http::{Fallback, FallbackBody};
 use otstream_model::Record;
-use otstream_query::format::{
-    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
-    summary_json,
-};
-use otstream_query::{Query, QueryError, Reader, Visible};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
+use crate::read::format::{Feature, position_json};
+use crate::read::rows::Str;
+use crate::read::{Position, Transition, Visible};
 use bytes::Bytes;
 use otstream_http::FallbackBody;
 use otstream_model::Record;
-use otstream_query::format::{Feature, position_json};
-use otstream_query::rows::Str;
-use otstream_query::{Position, Transition, Visible};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //! form-encoded POST body and the `X-Limit-*` headers), parsed into what
 //! a read needs, or an error naming the parameter at fault.
 
-use otstream_query::format::days_from_civil;
+use crate::read::format::days_from_civil;
 
 /// The earliest time a read may name: the UNIX epoch (ClickHouse's
 /// `DateTime` starts there).

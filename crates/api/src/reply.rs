@@ -91,12 +91,12 @@ pub(crate) fn ok_json(bytes: Vec<u8>) -> Response<FallbackBody> {
 }
 
 pub(crate) async fn streamed<T, E>(
-    rows: otstream_query::RowStream<T>,
+    rows: crate::read::RowStream<T>,
     encoder: E,
 ) -> Result<Response<FallbackBody>, ApiError>
 where
     T: Send + Sync + 'static,
-    E: otstream_query::format::Encoder<T> + Send + 'static,
+    E: crate::read::format::Encoder<T> + Send + 'static,
 {
     let content_type = encoder.content_type();
     let mut r = Response::new(body::stream(rows, encoder).await?);

@@ -24,6 +24,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::read::format::{recorder_last, recorder_location};
+use crate::read::{Reader, Visible};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -32,8 +34,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use otstream_http::FallbackBody;
 use otstream_model::Record;
-use otstream_query::format::{recorder_last, recorder_location};
-use otstream_query::{Reader, Visible};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;

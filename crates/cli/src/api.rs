@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use otstream_api::Api;
+use otstream_api::read::Reader;
+use otstream_api::read::clickhouse::ClickHouseReader;
+use otstream_api::read::sqlite::SqliteReader;
 use otstream_auth::{Authenticator, Htpasswd};
 use otstream_bus::Stage;
 use otstream_http::Fallback;
 use otstream_ingress::friends::{Fix, Friends, Stored};
-use otstream_query::Reader;
-use otstream_query::clickhouse::ClickHouseReader;
-use otstream_query::sqlite::SqliteReader;
 use otstream_sink::Committed;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,7 @@ impl Stage<(), ()> for FriendsFeed {
 
 async fn feed_friends(friends: &Friends, reader: &Reader) {
     let devices = match reader
-        .devices(None, None, &otstream_query::Visible::All)
+        .devices(None, None, &otstream_api::read::Visible::All)
         .await
     {
         Ok(d) => d,

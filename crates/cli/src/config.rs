@@ -20,7 +20,7 @@ use otstream_geofence::stage::StageConfig;
 use otstream_ingress::{HttpConfig, MqttConfig};
 use otstream_schema::clickhouse::ClickHouseConfig;
 use otstream_sink::SinkConfig;
-use otstream_sink::buffer::BufferConfig;
+use otstream_sink::clickhouse::buffer::BufferConfig;
 use otstream_sink::retention::RetentionConfig;
 use otstream_trips::TripConfig;
 use serde::Deserialize;

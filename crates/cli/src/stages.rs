@@ -11,8 +11,8 @@ use otstream_events::outbox::Outbox;
 use otstream_events::{Deliverers, Outgoing};
 use otstream_geofence::stage::{GeofenceStage, StageConfig};
 use otstream_model::{Record, StateSnapshot};
-use otstream_sink::buffer::{BufferedBackend, Shipper};
 use otstream_sink::clickhouse::ClickHouseBackend;
+use otstream_sink::clickhouse::buffer::{BufferedBackend, Shipper};
 use otstream_sink::retention::Retention;
 use otstream_sink::{Backend, Committed, SinkStage, SqliteBackend, Store};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ impl Sink {
                     config.buffer.clone(),
                 );
                 let (backend, shipper) = tokio::task::spawn_blocking(move || {
-                    otstream_sink::buffer::open(&data_dir, sink, &buffer, ch)
+                    otstream_sink::clickhouse::buffer::open(&data_dir, sink, &buffer, ch)
                 })
                 .await
                 .context("buffer opener failed")?

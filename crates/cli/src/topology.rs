@@ -26,7 +26,7 @@ use otstream_decode_stage::DecodeStage;
 use otstream_ingress::HttpIngress;
 use otstream_ingress::MqttIngress;
 use otstream_model::topics;
-use otstream_sink::buffer::Shipper;
+use otstream_sink::clickhouse::buffer::Shipper;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -549,6 +549,73 @@ mod tests {
             .take_while(|l| l.starts_with('|'))
             .collect();
         assert_eq!(drawn, rows);
+    }
+
+    /// The crates' table on the architecture page is what each crate's
+    /// Cargo.toml says it depends on, and no stage crate uses another:
+    /// stages share only model, schema and bus, the shared auth, HTTP and
+    /// MQTT crates and the pure domain libraries.
+    #[test]
+    fn stage_crates_depend_on_no_other_stage_as_the_architecture_page_says() {
+        const STAGES: [&str; 8] = [
+            "ingress",
+            "decode-stage",
+            "geofence",
+            "sink",
+            "api",
+            "events",
+            "addresses",
+            "import",
+        ];
+        const SHARED: [&str; 9] = [
+            "model", "schema", "bus", "auth", "http", "mqtt", "decode", "trips", "geocode",
+        ];
+        let page = include_str!("../../../docs/ARCHITECTURE.md");
+        let drawn: Vec<(&str, &str)> = page
+            .lines()
+            .skip_while(|l| !l.starts_with("| crate | role |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                Some((*cells.get(1)?, *cells.get(3)?))
+            })
+            .collect();
+        let crates = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut on_disk: Vec<String> = std::fs::read_dir(crates)
+            .expect("crates/")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        on_disk.sort();
+        let mut named: Vec<String> = drawn.iter().map(|(c, _)| (*c).to_owned()).collect();
+        named.sort();
+        assert_eq!(named, on_disk, "every crate has its row");
+        for (name, deps) in drawn {
+            let manifest =
+                std::fs::read_to_string(format!("{crates}/{name}/Cargo.toml")).expect("manifest");
+            // [dependencies] only: what the crate's code runs with, not its tests.
+            let mut uses: Vec<&str> = manifest
+                .lines()
+                .skip_while(|l| *l != "[dependencies]")
+                .skip(1)
+                .take_while(|l| !l.starts_with('['))
+                .filter_map(|l| l.strip_prefix("otstream-")?.split(['.', ' ']).next())
+                .collect();
+            uses.sort_unstable();
+            if name == "cli" {
+                continue;
+            }
+            let said: Vec<&str> = if deps == "-" {
+                vec![]
+            } else {
+                deps.split(", ").collect()
+            };
+            assert_eq!(uses, said, "{name}: Cargo.toml and the page disagree");
+            if STAGES.contains(&name) {
+                let stray: Vec<&&str> = uses.iter().filter(|d| !SHARED.contains(d)).collect();
+                assert!(stray.is_empty(), "stage crate {name} uses {stray:?}");
+            }
+        }
     }
 
     #[test]

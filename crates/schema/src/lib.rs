@@ -4,20 +4,22 @@
 //! migrations) and where ClickHouse is.
 //!
 //! In: nothing (facts). Out: what the writer (`otstream-sink`), the
-//! readers (`otstream-query`, `otstream-addresses`), the live feed and
+//! readers (`otstream-api`, `otstream-addresses`), the live feed and
 //! `otstream migrate` share, so that none of them imports another.
 //! Guarantee: a column added in one place only fails this crate's tests
 //! (the SQLite DDL, the ClickHouse DDL of every server version and
 //! [`Table::columns`] must agree) and the sink's (its ClickHouse row
 //! types and SQLite statements are built from [`Table::columns`]).
 //!
-//! Layout: [`Table`] (names, columns), [`sqlite`] (migrations, the insert
+//! Layout: [`Table`] (names, columns), [`rows`] (the rows a read returns),
+//! [`sqlite`] (migrations, the insert
 //! statements), [`file`] (how the store's SQLite files are opened, and the
 //! retry loop of their writers), [`clickhouse`] (migrations rendered per server version,
 //! [`clickhouse::ClickHouseConfig`]).
 
 pub mod clickhouse;
 pub mod file;
+pub mod rows;
 pub mod sqlite;
 
 use otstream_model::Record;

@@ -124,3 +124,27 @@ fn each_sqlite_statement_writes_the_columns_in_order() {
         r#"INSERT OR REPLACE INTO stops ("user", "device", "start", "end", "lat", "lon", "duration", "points", "received_at", "place", "locality", "cc") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"#
     );
 }
+
+#[test]
+fn every_field_of_a_read_row_is_a_column_of_its_table() {
+    use clickhouse::Row;
+    use otstream_schema::rows::{Position, Stop, Transition, Trip, select};
+    for (t, fields) in [
+        (Table::Positions, Position::COLUMN_NAMES),
+        (Table::Transitions, Transition::COLUMN_NAMES),
+        (Table::Trips, Trip::COLUMN_NAMES),
+        (Table::Stops, Stop::COLUMN_NAMES),
+    ] {
+        let columns = expected(t);
+        let stray: Vec<&str> = fields
+            .iter()
+            .copied()
+            .filter(|f| !columns.contains(*f))
+            .collect();
+        assert_eq!(stray, Vec::<&str>::new(), "{}", t.name());
+    }
+    assert_eq!(
+        select::<Stop>(),
+        r#""user", "device", "start", "end", "lat", "lon", "duration", "points", "place", "locality", "cc", "address""#
+    );
+}

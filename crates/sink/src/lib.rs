@@ -43,14 +43,12 @@
 //!
 //! Layout:
 //! - [`store`]: the SQLite schema and batch writer.
-//! - [`clickhouse`]: the ClickHouse schema, migrations and batch writer.
-//! - [`buffer`]: the local buffer `serve` puts in front of ClickHouse
-//!   ([`buffer::BufferedBackend`], drained by its [`buffer::Shipper`]).
+//! - [`clickhouse`]: the ClickHouse migrations and batch writer, and the
+//!   local buffer `serve` puts in front of it ([`clickhouse::buffer`]).
 //! - [`retention`]: the embedded store's background deletion of old rows.
 //! - [`SinkStage`]: the sink stage loop, over a [`Backend`]: [`SqliteBackend`],
-//!   [`clickhouse::ClickHouseBackend`] or [`buffer::BufferedBackend`].
+//!   [`clickhouse::ClickHouseBackend`] or [`clickhouse::buffer::BufferedBackend`].
 
-pub mod buffer;
 pub mod clickhouse;
 pub mod retention;
 pub mod store;

@@ -358,8 +358,8 @@ fn a_store_from_before_stop_places_gains_the_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clickhouse_buffer_acknowledges_once_on_disk_keeps_state_and_holds_when_full() {
     use otstream_sink::Backend;
-    use otstream_sink::buffer::{self, BufferConfig};
     use otstream_sink::clickhouse::ClickHouseConfig;
+    use otstream_sink::clickhouse::buffer::{self, BufferConfig};
 
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 9: ClickHouse is away for all of this.

@@ -17,10 +17,14 @@
 //! dead-lettered.
 //!
 //! Layout: `migrate` (server version, migrations, stored state), [`rows`]
-//! (records as RowBinary rows, per table), `writer` (the backend). The
+//! (records as RowBinary rows, per table), `writer` (the backend),
+//! [`buffer`] (the local buffer `serve` puts in front of it, and the
+//! [`buffer::Shipper`] that drains it: built with the backend by
+//! [`buffer::open`], run as a unit of the topology). The
 //! `[clickhouse]` section, its errors and the DDL are the schema's
 //! (`otstream_schema::clickhouse`).
 
+pub mod buffer;
 mod migrate;
 pub mod rows;
 mod writer;

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::format::day;
-use crate::rows::{DaySummary, Stop, Trip};
+use crate::read::format::day;
+use crate::read::rows::{DaySummary, Stop, Trip};
 
 /// Days being summed, keyed so that iteration gives user, device, day.
 pub type Days = BTreeMap<(String, String, String), DaySummary>;

@@ -4,7 +4,7 @@
 
 use csv_core::{WriteResult, Writer};
 
-use crate::rows::Position;
+use crate::read::rows::Position;
 
 use super::dates::push_iso8601;
 use super::json::json_str;

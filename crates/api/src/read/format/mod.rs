@@ -29,7 +29,7 @@ mod tests;
 
 use std::io::Write as _;
 
-use crate::rows::{Position, Str};
+use crate::read::rows::{Position, Str};
 
 pub use dates::{civil, day, days_from_civil, iso8601};
 pub use geojson::{EventFormat, Feature, FeatureEncoder};

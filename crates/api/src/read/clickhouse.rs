@@ -8,10 +8,10 @@ use clickhouse::{Client, Row};
 use otstream_schema::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
-use crate::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
-use crate::slices::{self, SLICE_ROWS, Span};
-use crate::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
-use crate::{Chunker, Param, Query, QueryError, RowStream};
+use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
+use crate::read::slices::{self, SLICE_ROWS, Span};
+use crate::read::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
+use crate::read::{Chunker, Param, Query, QueryError, RowStream};
 
 /// Reads the tables of one ClickHouse database.
 #[derive(Clone)]
@@ -63,7 +63,7 @@ impl ClickHouseReader {
     async fn stream<R, T>(
         &self,
         table: &'static str,
-        columns: &'static str,
+        columns: &str,
         time: &'static str,
         q: &Query,
         into: fn(R) -> T,
@@ -126,8 +126,8 @@ impl ClickHouseReader {
         Ok(rx)
     }
 
-    /// See [`Reader::positions`](crate::Reader::positions). One device's
-    /// window is read in slices ([`crate::slices`]), each unsorted (on
+    /// See [`Reader::positions`](crate::read::Reader::positions). One device's
+    /// window is read in slices ([`crate::read::slices`]), each unsorted (on
     /// 18.16, ClickHouse's CPU for a million rows: 1.3 s sorted, 0.3 s
     /// unsorted) and sorted here, where a slice takes a millisecond.
     pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
@@ -245,12 +245,12 @@ impl ClickHouseReader {
         ))
     }
 
-    /// One slice: read unsorted, in Native format ([`crate::native`]),
+    /// One slice: read unsorted, in Native format ([`crate::read::native`]),
     /// sorted by time, and of rows with the same `tst` only the newest
     /// (`received_at`) kept, as ReplacingMergeTree keeps it.
     async fn slice(&self, q: &Query) -> Result<Vec<Vec<Position>>, QueryError> {
         let (predicate, params) = Self::predicate(q, "tst");
-        let columns = crate::native::POSITION_COLUMNS;
+        let columns = crate::read::native::POSITION_COLUMNS;
         let answer = self
             .bound(
                 &format!("SELECT {columns} FROM positions WHERE {predicate}"),
@@ -259,13 +259,13 @@ impl ClickHouseReader {
             .fetch_bytes("Native")?
             .collect()
             .await?;
-        crate::native::positions(&answer)
+        crate::read::native::positions(&answer)
     }
 
     async fn positions_at_once(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
         self.stream(
             "positions",
-            POSITION_COLUMNS,
+            &POSITION_COLUMNS,
             "tst",
             q,
             |p: Position| p,
@@ -276,88 +276,26 @@ impl ClickHouseReader {
         .await
     }
 
-    /// See [`Reader::trips`](crate::Reader::trips).
+    /// See [`Reader::trips`](crate::read::Reader::trips).
     pub async fn trips(&self, q: &Query) -> Result<RowStream<Trip>, QueryError> {
-        self.stream(
-            "trips",
-            TRIP_COLUMNS,
-            "start",
-            q,
-            |r: ChTrip| Trip {
-                user: r.user,
-                device: r.device,
-                start: r.start.into(),
-                end: r.end.into(),
-                start_lat: r.start_lat,
-                start_lon: r.start_lon,
-                end_lat: r.end_lat,
-                end_lon: r.end_lon,
-                distance: r.distance,
-                duration: r.duration.into(),
-                avg_vel: r.avg_vel,
-                max_vel: r.max_vel,
-                points: r.points.into(),
-                start_place: some(r.start_place),
-                start_cc: some(r.start_cc),
-                end_place: some(r.end_place),
-                end_cc: some(r.end_cc),
-                start_address: r.start_address,
-                end_address: r.end_address,
-            },
-            None,
-        )
-        .await
+        self.stream("trips", &TRIP_COLUMNS, "start", q, |r: Trip| r, None)
+            .await
     }
 
-    /// See [`Reader::stops`](crate::Reader::stops).
+    /// See [`Reader::stops`](crate::read::Reader::stops).
     pub async fn stops(&self, q: &Query) -> Result<RowStream<Stop>, QueryError> {
-        self.stream(
-            "stops",
-            STOP_COLUMNS,
-            "start",
-            q,
-            |r: ChStop| Stop {
-                user: r.user,
-                device: r.device,
-                start: r.start.into(),
-                end: r.end.into(),
-                lat: r.lat,
-                lon: r.lon,
-                duration: r.duration.into(),
-                points: r.points.into(),
-                place: some(r.place),
-                locality: some(r.locality),
-                cc: some(r.cc),
-                address: r.address,
-            },
-            None,
-        )
-        .await
+        self.stream("stops", &STOP_COLUMNS, "start", q, |r: Stop| r, None)
+            .await
     }
 
-    /// See [`Reader::transitions`](crate::Reader::transitions).
+    /// See [`Reader::transitions`](crate::read::Reader::transitions).
     pub async fn transitions(&self, q: &Query) -> Result<RowStream<Transition>, QueryError> {
         self.stream(
             "transitions",
-            TRANSITION_COLUMNS,
+            &TRANSITION_COLUMNS,
             "tst",
             q,
-            |r: ChTransition| Transition {
-                user: r.user,
-                device: r.device,
-                tid: r.tid,
-                tst: r.tst.into(),
-                wtst: (r.wtst != 0).then_some(r.wtst.into()),
-                lat: r.lat,
-                lon: r.lon,
-                acc: r.acc,
-                event: r.event,
-                desc: (!r.desc.is_empty()).then_some(r.desc),
-                rid: r.rid,
-                t: r.t,
-                source: r.source,
-                received_at: r.received_at,
-            },
+            |r: Transition| r,
             None,
         )
         .await
@@ -369,7 +307,8 @@ impl ClickHouseReader {
     /// those rows of `positions` by their key.
     pub async fn devices(&self) -> Result<Vec<Device>, QueryError> {
         let sql = format!(
-            "SELECT {POSITION_COLUMNS} FROM positions FINAL WHERE filtered = '' AND (user, device, tst) IN (SELECT user, device, max(tst) FROM last_positions GROUP BY user, device) ORDER BY user, device"
+            "SELECT {} FROM positions FINAL WHERE filtered = '' AND (user, device, tst) IN (SELECT user, device, max(tst) FROM last_positions GROUP BY user, device) ORDER BY user, device",
+            *POSITION_COLUMNS
         );
         let rows: Vec<Position> = self.client.query(&sql).fetch_all().await?;
         #[derive(Row, Deserialize)]
@@ -429,78 +368,4 @@ impl ClickHouseReader {
             .collect();
         Ok(keys.into_iter().map(|k| faces.remove(&k)).collect())
     }
-}
-
-/// A ClickHouse `DateTime` (RowBinary: four bytes, seconds) as UNIX s.
-pub(crate) fn datetime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    u32::deserialize(d).map(i64::from)
-}
-
-/// A `Nullable(DateTime)` as UNIX s.
-pub(crate) fn opt_datetime<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<i64>, D::Error> {
-    Option::<u32>::deserialize(d).map(|o| o.map(i64::from))
-}
-
-#[derive(Row, Deserialize)]
-struct ChTransition {
-    user: String,
-    device: String,
-    tid: Option<String>,
-    tst: u32,
-    wtst: u32,
-    lat: f64,
-    lon: f64,
-    acc: Option<i32>,
-    event: String,
-    desc: String,
-    rid: Option<String>,
-    t: Option<String>,
-    source: String,
-    received_at: i64,
-}
-
-/// ClickHouse's '' as SQL's NULL.
-fn some(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
-#[derive(Row, Deserialize)]
-struct ChTrip {
-    user: String,
-    device: String,
-    start: u32,
-    end: u32,
-    start_lat: f64,
-    start_lon: f64,
-    end_lat: f64,
-    end_lon: f64,
-    distance: f64,
-    duration: u32,
-    avg_vel: f64,
-    max_vel: f64,
-    points: u32,
-    start_place: String,
-    start_cc: String,
-    end_place: String,
-    end_cc: String,
-    start_address: Option<String>,
-    end_address: Option<String>,
-}
-
-#[derive(Row, Deserialize)]
-struct ChStop {
-    user: String,
-    device: String,
-    start: u32,
-    end: u32,
-    lat: f64,
-    lon: f64,
-    duration: u32,
-    points: u32,
-    place: String,
-    locality: String,
-    cc: String,
-    address: Option<String>,
 }

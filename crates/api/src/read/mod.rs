@@ -17,7 +17,7 @@
 //! separate read-only connections on the WAL; ClickHouse: its own client).
 //!
 //! Layout:
-//! - [`rows`]: the row types, with units.
+//! - [`rows`]: the row types, with units (the schema's).
 //! - [`sqlite`] and [`clickhouse`]: the two backends behind [`Reader`].
 //! - [`slices`]: one device's long export read in parallel slices, from
 //!   ClickHouse in its columnar Native format (`native`).
@@ -27,13 +27,13 @@
 pub mod clickhouse;
 pub mod format;
 mod native;
-pub mod rows;
 pub mod slices;
 pub mod sqlite;
 pub mod summary;
 
 use std::collections::BTreeMap;
 
+pub use otstream_schema::rows;
 pub use rows::{DaySummary, Device, Position, Stop, Transition, Trip, Waypoint};
 use tokio::sync::mpsc;
 

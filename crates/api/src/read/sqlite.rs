@@ -3,20 +3,20 @@
 //! and never wait for the sink, nor it for them.
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
 
-use crate::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
-use crate::{Chunker, Param, Query, QueryError, RowStream};
+use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint, select};
+use crate::read::{Chunker, Param, Query, QueryError, RowStream};
 
-/// The positions columns, in the order [`position`] reads them.
-pub(crate) const POSITION_COLUMNS: &str = "user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, received_at";
-pub(crate) const TRANSITION_COLUMNS: &str =
-    "user, device, tid, tst, wtst, lat, lon, acc, event, desc, rid, t, source, received_at";
-pub(crate) const TRIP_COLUMNS: &str = "user, device, start, \"end\", start_lat, start_lon, end_lat, end_lon, distance, duration, avg_vel, max_vel, points, start_place, start_cc, end_place, end_cc, start_address, end_address";
-pub(crate) const STOP_COLUMNS: &str =
-    "user, device, start, \"end\", lat, lon, duration, points, place, locality, cc, address";
+// The columns a read selects: the row types' fields, in the order the
+// functions below read them.
+pub(crate) static POSITION_COLUMNS: LazyLock<String> = LazyLock::new(select::<Position>);
+pub(crate) static TRANSITION_COLUMNS: LazyLock<String> = LazyLock::new(select::<Transition>);
+pub(crate) static TRIP_COLUMNS: LazyLock<String> = LazyLock::new(select::<Trip>);
+pub(crate) static STOP_COLUMNS: LazyLock<String> = LazyLock::new(select::<Stop>);
 
 /// Reads the store at a path.
 #[derive(Debug, Clone)]
@@ -97,13 +97,13 @@ impl SqliteReader {
         Ok(rx)
     }
 
-    /// See [`Reader::positions`](crate::Reader::positions). Streamed as
+    /// See [`Reader::positions`](crate::read::Reader::positions). Streamed as
     /// read: one thread steps SQLite while the consumer encodes. (Reading
     /// one device's slices on two threads, as ClickHouse's reader does,
     /// gained nothing measurable here: an export already keeps both cores
     /// busy, reading on one and encoding and sending on the other.)
     pub async fn positions(&self, q: &Query) -> Result<RowStream<Position>, QueryError> {
-        self.stream("positions", POSITION_COLUMNS, "tst", q, position)
+        self.stream("positions", &POSITION_COLUMNS, "tst", q, position)
     }
 
     /// The earliest `tst` of a position matching `q`, if any.
@@ -143,9 +143,9 @@ impl SqliteReader {
         .await
     }
 
-    /// See [`Reader::trips`](crate::Reader::trips).
+    /// See [`Reader::trips`](crate::read::Reader::trips).
     pub fn trips(&self, q: &Query) -> Result<RowStream<Trip>, QueryError> {
-        self.stream("trips", TRIP_COLUMNS, "start", q, |r| {
+        self.stream("trips", &TRIP_COLUMNS, "start", q, |r| {
             Ok(Trip {
                 user: r.get(0)?,
                 device: r.get(1)?,
@@ -170,9 +170,9 @@ impl SqliteReader {
         })
     }
 
-    /// See [`Reader::stops`](crate::Reader::stops).
+    /// See [`Reader::stops`](crate::read::Reader::stops).
     pub fn stops(&self, q: &Query) -> Result<RowStream<Stop>, QueryError> {
-        self.stream("stops", STOP_COLUMNS, "start", q, |r| {
+        self.stream("stops", &STOP_COLUMNS, "start", q, |r| {
             Ok(Stop {
                 user: r.get(0)?,
                 device: r.get(1)?,
@@ -190,9 +190,9 @@ impl SqliteReader {
         })
     }
 
-    /// See [`Reader::transitions`](crate::Reader::transitions).
+    /// See [`Reader::transitions`](crate::read::Reader::transitions).
     pub fn transitions(&self, q: &Query) -> Result<RowStream<Transition>, QueryError> {
-        self.stream("transitions", TRANSITION_COLUMNS, "tst", q, |r| {
+        self.stream("transitions", &TRANSITION_COLUMNS, "tst", q, |r| {
             Ok(Transition {
                 user: r.get(0)?,
                 device: r.get(1)?,
@@ -246,7 +246,8 @@ impl SqliteReader {
                 "SELECT user, device FROM positions WHERE (user, device) > (?1, ?2) ORDER BY user, device LIMIT 1",
             )?;
             let mut last = conn.prepare_cached(&format!(
-                "SELECT {POSITION_COLUMNS} FROM positions WHERE user = ?1 AND device = ?2 AND filtered IS NULL ORDER BY tst DESC LIMIT 1"
+                "SELECT {} FROM positions WHERE user = ?1 AND device = ?2 AND filtered IS NULL ORDER BY tst DESC LIMIT 1",
+                *POSITION_COLUMNS
             ))?;
             let mut card =
                 conn.prepare_cached("SELECT name FROM cards WHERE user = ?1 AND device = ?2")?;

@@ -2,7 +2,7 @@
 //! Recorder's location objects, devices and summaries. Texts that need no
 //! escaping are copied as they are; integers with itoa, floats with ryu.
 
-use crate::rows::{DaySummary, Device, Position};
+use crate::read::rows::{DaySummary, Device, Position};
 
 use super::dates::push_iso8601;
 

@@ -1,4 +1,55 @@
 //! The rows a read returns, with the tables' column names and units.
+//!
+//! Each row type is also the row ClickHouse's RowBinary is decoded into,
+//! straight: its fields are the columns a read selects, in order
+//! ([`select`] spells them for SQL), and ClickHouse's encodings (a
+//! `DateTime` as four bytes, `''` or `0` for a key column the device did
+//! not send) are read back as the embedded store has them (`i64`
+//! seconds, absent) by the helpers in `de`. A test holds every field to
+//! a column of its [`Table`](crate::Table).
+
+use clickhouse::Row;
+use serde::Deserialize;
+
+/// The columns of the row type `R`, in its field order, quoted for both
+/// SQLite and ClickHouse (`"end"` is a keyword in SQLite).
+pub fn select<R: Row>() -> String {
+    let mut out = String::new();
+    for (i, c) in R::COLUMN_NAMES.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(c);
+        out.push('"');
+    }
+    out
+}
+
+/// ClickHouse's encodings as the embedded store's values.
+mod de {
+    use serde::{Deserialize, Deserializer};
+
+    /// A `DateTime` (four bytes, seconds) or a `UInt32` as an `i64`.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        u32::deserialize(d).map(i64::from)
+    }
+
+    /// A `Nullable(DateTime)` as UNIX s.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<u32>::deserialize(d).map(|o| o.map(i64::from))
+    }
+
+    /// A key column's `0` (not sent) as absent.
+    pub fn zero_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        u32::deserialize(d).map(|v| (v != 0).then_some(i64::from(v)))
+    }
+
+    /// A key column's `''` (not sent) as absent.
+    pub fn empty_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        String::deserialize(d).map(|s| (!s.is_empty()).then_some(s))
+    }
+}
 
 /// A short string kept inline (up to 24 bytes) rather than on the heap:
 /// an export reads a million positions, each with half a dozen short
@@ -8,9 +59,9 @@ pub type Str = compact_str::CompactString;
 
 /// A stored location fix (`positions`). It is also the row ClickHouse's
 /// RowBinary is decoded into, straight, in column order (see
-/// [`crate::sqlite::POSITION_COLUMNS`]): converting from a row type of
-/// its own was a copy of every row of an export.
-#[derive(Debug, Clone, PartialEq, Default, clickhouse::Row, serde::Deserialize)]
+/// [`select`]): converting from a row type of its own was a copy of every
+/// row of an export.
+#[derive(Debug, Clone, PartialEq, Default, Row, Deserialize)]
 pub struct Position {
     /// User part of the identity.
     pub user: Str,
@@ -19,7 +70,7 @@ pub struct Position {
     /// Tracker id.
     pub tid: Option<Str>,
     /// Time of the fix, UNIX s.
-    #[serde(deserialize_with = "crate::clickhouse::datetime")]
+    #[serde(deserialize_with = "de::u32")]
     pub tst: i64,
     /// Latitude, degrees WGS84.
     pub lat: f64,
@@ -52,7 +103,7 @@ pub struct Position {
     /// Wi-Fi access point.
     pub bssid: Option<Str>,
     /// When the app created the message, UNIX s.
-    #[serde(deserialize_with = "crate::clickhouse::opt_datetime")]
+    #[serde(deserialize_with = "de::opt_u32")]
     pub created_at: Option<i64>,
     /// Names of the regions the device was in.
     pub inregions: Vec<Str>,
@@ -72,13 +123,13 @@ pub struct Device {
     /// The name on its card, if it sent one.
     pub name: Option<String>,
     /// The picture on its card (base64 PNG or JPEG, as the apps send it),
-    /// where the reader filled it in ([`Reader::faces`](crate::Reader::faces)).
+    /// where the reader filled it in (the readers' `faces`).
     pub face: Option<String>,
 }
 
 /// A transition (`transitions`), reported by the device or evaluated by
 /// the server.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Row, Deserialize)]
 pub struct Transition {
     /// User part of the identity.
     pub user: String,
@@ -87,8 +138,10 @@ pub struct Transition {
     /// Tracker id.
     pub tid: Option<String>,
     /// When it fired, UNIX s.
+    #[serde(deserialize_with = "de::u32")]
     pub tst: i64,
     /// The region's creation time (its identity for a device region), UNIX s.
+    #[serde(deserialize_with = "de::zero_none")]
     pub wtst: Option<i64>,
     /// Latitude, degrees.
     pub lat: f64,
@@ -99,6 +152,7 @@ pub struct Transition {
     /// `enter` or `leave`.
     pub event: String,
     /// The region's name.
+    #[serde(deserialize_with = "de::empty_none")]
     pub desc: Option<String>,
     /// The region's id.
     pub rid: Option<String>,
@@ -111,15 +165,17 @@ pub struct Transition {
 }
 
 /// A trip (`trips`).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Row, Deserialize)]
 pub struct Trip {
     /// User part of the identity.
     pub user: String,
     /// Device part of the identity.
     pub device: String,
     /// Start, UNIX s.
+    #[serde(deserialize_with = "de::u32")]
     pub start: i64,
     /// End, UNIX s.
+    #[serde(deserialize_with = "de::u32")]
     pub end: i64,
     /// Start latitude, degrees.
     pub start_lat: f64,
@@ -132,20 +188,26 @@ pub struct Trip {
     /// Geodesic length, m.
     pub distance: f64,
     /// End − start, s.
+    #[serde(deserialize_with = "de::u32")]
     pub duration: i64,
     /// Average speed, km/h.
     pub avg_vel: f64,
     /// Top speed, km/h.
     pub max_vel: f64,
     /// Positions in the trip.
+    #[serde(deserialize_with = "de::u32")]
     pub points: i64,
     /// Nearest populated place to the start (`name, region`), if geocoded.
+    #[serde(deserialize_with = "de::empty_none")]
     pub start_place: Option<String>,
     /// Its ISO country code.
+    #[serde(deserialize_with = "de::empty_none")]
     pub start_cc: Option<String>,
     /// Nearest populated place to the end.
+    #[serde(deserialize_with = "de::empty_none")]
     pub end_place: Option<String>,
     /// Its ISO country code.
+    #[serde(deserialize_with = "de::empty_none")]
     pub end_cc: Option<String>,
     /// Street address of the start, once the addresses job has it.
     pub start_address: Option<String>,
@@ -154,29 +216,36 @@ pub struct Trip {
 }
 
 /// A stop (`stops`).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Row, Deserialize)]
 pub struct Stop {
     /// User part of the identity.
     pub user: String,
     /// Device part of the identity.
     pub device: String,
     /// Arrival, UNIX s.
+    #[serde(deserialize_with = "de::u32")]
     pub start: i64,
     /// Departure, UNIX s.
+    #[serde(deserialize_with = "de::u32")]
     pub end: i64,
     /// Latitude, degrees.
     pub lat: f64,
     /// Longitude, degrees.
     pub lon: f64,
     /// End − start, s.
+    #[serde(deserialize_with = "de::u32")]
     pub duration: i64,
     /// Positions during the stop.
+    #[serde(deserialize_with = "de::u32")]
     pub points: i64,
     /// The fence it lies in, if any.
+    #[serde(deserialize_with = "de::empty_none")]
     pub place: Option<String>,
     /// Nearest populated place (`name, region`), if geocoded.
+    #[serde(deserialize_with = "de::empty_none")]
     pub locality: Option<String>,
     /// Its ISO country code.
+    #[serde(deserialize_with = "de::empty_none")]
     pub cc: Option<String>,
     /// Street address, once the addresses job has it.
     pub address: Option<String>,

@@ -1,7 +1,7 @@
 //! GeoJSON of derived rows (trips, stops, waypoints, transitions) and the
 //! encoder of rows that are a JSON object and a geometry.
 
-use crate::rows::{Stop, Transition, Trip, Waypoint};
+use crate::read::rows::{Stop, Transition, Trip, Waypoint};
 
 use super::Encoder;
 use super::json::{Obj, float};

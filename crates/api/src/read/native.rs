@@ -21,10 +21,10 @@
 //! into the elements that follow. `LowCardinality` has a layout of its
 //! own: the query casts such columns to `String`.
 
-use crate::rows::{Position, Str};
-use crate::{CHUNK_ROWS, QueryError, slices};
+use crate::read::rows::{Position, Str};
+use crate::read::{CHUNK_ROWS, QueryError, slices};
 
-/// The columns of [`crate::sqlite::POSITION_COLUMNS`] as this parser
+/// The columns of [`crate::read::sqlite::POSITION_COLUMNS`] as this parser
 /// reads them (`user` and `device` are `LowCardinality` on current
 /// servers).
 pub(crate) const POSITION_COLUMNS: &str = "toString(user) AS user_s, toString(device) AS device_s, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m, ssid, bssid, created_at, inregions, inrids, topic, received_at";

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use crate::rows::Position;
+use crate::read::rows::Position;
 
 use super::dates::push_iso8601;
 

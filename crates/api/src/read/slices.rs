@@ -17,8 +17,8 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
-use crate::native::Key;
-use crate::{CHUNKS_IN_FLIGHT, Position, Query, QueryError, RowStream};
+use crate::read::native::Key;
+use crate::read::{CHUNKS_IN_FLIGHT, Position, Query, QueryError, RowStream};
 
 /// Rows a slice holds at most (unless a single histogram bucket holds
 /// more): 25,000 positions are about 10 MB in memory.
