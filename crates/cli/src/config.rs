@@ -209,6 +209,7 @@ impl ServeConfig {
             },
             derived_only: false,
             coalesce_state: false,
+            groups: self.access().groups,
         }
     }
 

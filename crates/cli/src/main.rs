@@ -12,6 +12,7 @@ mod links;
 mod load;
 mod metrics_server;
 mod migrate;
+mod rules;
 mod runtime;
 mod serve;
 mod stages;
@@ -58,6 +59,9 @@ enum Command {
     /// Make signed tokens (bearer credentials scoped to devices or groups,
     /// reading and/or publishing, with an expiry), or a key to sign them.
     Token(token::TokenArgs),
+    /// Rules over history: `rules test` runs a rule set over the store, ClickHouse
+    /// or a recording and prints what it would have emitted.
+    Rules(rules::RulesArgs),
     /// Make a share link: a device or group, its last position or its
     /// track from now on, for a while, opened without a password.
     Share(token::ShareArgs),
@@ -96,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Command::Import(args) => import::run(args),
         Command::Token(args) => token::token(args),
         Command::Share(args) => token::share(args),
+        Command::Rules(args) => rules::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

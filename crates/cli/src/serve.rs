@@ -68,6 +68,9 @@ pub struct Args {
     /// Operator geofences: a GeoJSON FeatureCollection, reloaded when it changes.
     #[arg(long, env = "OTSTREAM_FENCES", value_name = "FILE")]
     fences: Option<PathBuf>,
+    /// Operator rules (dwell, idle, overspeed, events narrowed): a TOML file of [[rules]], reloaded when it changes.
+    #[arg(long, env = "OTSTREAM_RULES", value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// Write to this ClickHouse (HTTP interface) instead of the embedded store.
     #[arg(long, env = "OTSTREAM_CLICKHOUSE_URL", value_name = "URL")]
     clickhouse_url: Option<String>,
@@ -126,6 +129,9 @@ impl Args {
         if let Some(f) = self.fences {
             config.geofence.fences = Some(f);
         }
+        if let Some(r) = self.rules {
+            config.geofence.rules = Some(r);
+        }
         if let Some(c) = self.bus_capacity {
             config.bus.capacity = c;
         }
@@ -171,6 +177,20 @@ pub fn check(args: Args) -> Result<()> {
     println!(
         "configuration ok: http {}, mqtt {mqtt}, bus {bus}, sink {sink}, metrics {}",
         config.http.addr, config.metrics.addr
+    );
+    let stage = config.geo_stage();
+    let fences = otstream_geofence::stage::load_fences(stage.geofence.fences.as_deref())?;
+    let rules =
+        otstream_geofence::stage::load_rules(stage.geofence.rules.as_deref(), &stage.groups)?;
+    let names: Vec<&str> = rules.names().collect();
+    println!(
+        "fences: {}, rules: {}",
+        fences.fences().len(),
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
     );
     println!("runs (unit, reads -> writes):");
     println!("{}", Selection::parts(&config, &Part::PIPELINE).describe());

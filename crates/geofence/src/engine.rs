@@ -27,7 +27,12 @@ pub struct GeofenceConfig {
     /// changes. None: only the devices' own regions.
     #[serde(default)]
     pub fences: Option<std::path::PathBuf>,
-    /// How often the fences file is checked for a change, ms.
+    /// Rules (dwell, idle, overspeed, built-in events narrowed): a TOML
+    /// file of `[[rules]]`, reloaded when it changes; a file that does not
+    /// check keeps the rules in use. See [`crate::rules`].
+    #[serde(default)]
+    pub rules: Option<std::path::PathBuf>,
+    /// How often the fences and rules files are checked for a change, ms.
     #[serde(default = "default_reload_ms")]
     pub reload_ms: u64,
     /// Over Kafka, a device's state is snapshotted to the `state` topic at
@@ -72,6 +77,7 @@ impl Default for GeofenceConfig {
             hysteresis_m: default_hysteresis_m(),
             max_acc_ratio: default_max_acc_ratio(),
             fences: None,
+            rules: None,
             reload_ms: default_reload_ms(),
             state_interval_ms: default_state_interval_ms(),
             max_regions_per_device: default_max_regions_per_device(),
@@ -285,6 +291,25 @@ impl Geofencer {
     /// Replaces the operator fences (the file changed); device state is kept.
     pub fn set_fences(&mut self, fences: Arc<FenceSet>) {
         self.fences = fences;
+    }
+
+    /// The operator fences in use.
+    pub fn fences(&self) -> &FenceSet {
+        &self.fences
+    }
+
+    /// The name of the fence with key `k`: the device's own region, else
+    /// the operator's fence.
+    pub fn fence_name(&self, device: &str, k: u64) -> Option<Text> {
+        let own = self
+            .waypoints
+            .get(device)
+            .map(|r| r.fences.as_slice())
+            .unwrap_or_default();
+        own.iter()
+            .find(|f| f.key == k)
+            .or_else(|| self.fences.by_key(k))
+            .map(|f| f.name.clone())
     }
 
     /// Learns a device's own region (a waypoint with a centre and radius).

@@ -38,6 +38,8 @@
 //! - [`filter`]: the position filters, which set bad fixes aside (pure).
 //! - [`events`]: battery and silence events (pure); the others come from
 //!   transitions, trips and stops.
+//! - [`rules`]: the operator's rules (dwell, idle, overspeed, built-in
+//!   events narrowed), their schedules and per-device state (pure).
 //! - [`stage`]: the stage loop: records in, records plus transitions,
 //!   trips, stops and state snapshots out; fences file reloading.
 
@@ -45,6 +47,7 @@ pub mod engine;
 pub mod events;
 pub mod fence;
 pub mod filter;
+pub mod rules;
 pub mod stage;
 
 pub use engine::{Crossing, DeviceState, Event, Fix, GeofenceConfig, Geofencer, Learned, Region};

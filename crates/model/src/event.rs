@@ -36,11 +36,17 @@ pub enum EventKind {
     Back,
     /// The battery fell below `events.battery_low_percent`.
     BatteryLow,
+    /// A rule's dwell: inside a fence for its `min_s`.
+    Dwell,
+    /// A rule's idle: in a stop for its `min_s`.
+    Idle,
+    /// A rule's overspeed: above its `max_kmh` for its `min_s`.
+    Overspeed,
 }
 
 impl EventKind {
     /// Every kind, for configuration checks and metrics.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Enter,
         EventKind::Leave,
         EventKind::TripStarted,
@@ -50,6 +56,9 @@ impl EventKind {
         EventKind::Silent,
         EventKind::Back,
         EventKind::BatteryLow,
+        EventKind::Dwell,
+        EventKind::Idle,
+        EventKind::Overspeed,
     ];
 
     /// The name, as in the JSON `kind` field.
@@ -64,6 +73,9 @@ impl EventKind {
             EventKind::Silent => "silent",
             EventKind::Back => "back",
             EventKind::BatteryLow => "battery_low",
+            EventKind::Dwell => "dwell",
+            EventKind::Idle => "idle",
+            EventKind::Overspeed => "overspeed",
         }
     }
 
@@ -92,7 +104,7 @@ pub struct Span {
 /// One event about one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Stable across re-evaluation: `kind:user/device:tst[:fence]`.
+    /// Stable across re-evaluation: `kind:user/device:tst[:fence][#rule]`.
     pub id: String,
     /// What happened.
     pub kind: EventKind,
@@ -122,6 +134,17 @@ pub struct Event {
     /// Battery level, percent (`battery_low`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batt: Option<i32>,
+    /// The rule that fired it, when a rule did (its id then ends in
+    /// `#rule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Text>,
+    /// When the rule's condition began holding, UNIX seconds (`dwell`,
+    /// `idle`, `overspeed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// The speed that broke the limit, km/h (`overspeed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
 }
 
 impl Event {
@@ -150,7 +173,20 @@ impl Event {
             trip: None,
             stop: None,
             batt: None,
+            rule: None,
+            since: None,
+            speed: None,
         }
+    }
+
+    /// This event as fired by the rule `name`: named, and its id made its
+    /// own (`id#name`), so that two rules of one kind never collide.
+    #[must_use]
+    pub fn for_rule(mut self, name: &str) -> Self {
+        self.id.push('#');
+        self.id.push_str(name);
+        self.rule = Some(Text::from(name));
+        self
     }
 
     /// The event a transition, trip or stop record is: a transition

@@ -167,7 +167,7 @@ impl Fix {
     }
 
     /// Great-circle distance: what thresholds and estimates compare.
-    fn distance_m(&self, other: &Fix) -> f64 {
+    pub fn distance_m(&self, other: &Fix) -> f64 {
         distance(self.lat, self.lon, other.lat, other.lon)
     }
 

@@ -1,10 +1,14 @@
-//! The operator fences file: read, checked, and watched for changes.
+//! The operator's files, the fences and the rules: read, checked, and
+//! watched for changes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::StageError;
 use crate::FenceSet;
+use crate::rules::Rules;
 
 /// Loads the operator fences: none without a file.
 pub fn load_fences(path: Option<&Path>) -> Result<FenceSet, StageError> {
@@ -21,30 +25,45 @@ pub fn load_fences(path: Option<&Path>) -> Result<FenceSet, StageError> {
     })
 }
 
-/// The fences file as last read, to notice when it changes.
-pub(super) struct FencesFile {
-    path: PathBuf,
-    stamp: Option<(SystemTime, u64)>,
+/// Loads the rules: none without a file. `groups` are `[access]`'s.
+pub fn load_rules(
+    path: Option<&Path>,
+    groups: &BTreeMap<String, Vec<String>>,
+) -> Result<Rules, StageError> {
+    match path {
+        None => Ok(Rules::none()),
+        Some(path) => Ok(Rules::load(path, groups)?),
+    }
 }
 
-impl FencesFile {
-    /// The file at `path`, as it is now.
-    pub(super) fn new(path: PathBuf) -> Self {
+/// How a watched file is read.
+pub(super) type Load<T> = Arc<dyn Fn(&Path) -> Result<T, StageError> + Send + Sync>;
+
+/// A file as last read, to notice when it changes.
+pub(super) struct Watched<T> {
+    path: PathBuf,
+    stamp: Option<(SystemTime, u64)>,
+    load: Load<T>,
+}
+
+impl<T: Send + 'static> Watched<T> {
+    /// The file at `path`, as it is now, read by `load` when it changes.
+    pub(super) fn new(path: PathBuf, load: Load<T>) -> Self {
         let stamp = stamp(&path);
-        FencesFile { path, stamp }
+        Watched { path, stamp, load }
     }
 
-    /// The file's fences when it changed since the last call (an error
+    /// What the file says when it changed since the last call (an error
     /// when it changed into something unusable), `None` when it did not.
-    pub(super) async fn reload(&mut self) -> Option<Result<FenceSet, StageError>> {
+    pub(super) async fn reload(&mut self) -> Option<Result<T, StageError>> {
         let now = stamp(&self.path);
         if now == self.stamp {
             return None;
         }
         self.stamp = now;
-        let path = self.path.clone();
+        let (path, load) = (self.path.clone(), Arc::clone(&self.load));
         Some(
-            tokio::task::spawn_blocking(move || load_fences(Some(&path)))
+            tokio::task::spawn_blocking(move || load(&path))
                 .await
                 .unwrap_or_else(|e| Err(StageError::Thread(e.to_string()))),
         )

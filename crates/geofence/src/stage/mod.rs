@@ -21,13 +21,14 @@
 //! them is durable, and a crash replays them against the last snapshot as
 //! before; at a fix a second per device, this halves what the stage sends.
 //!
-//! The fences file is checked every `reload_ms` and reloaded when it
-//! changes; a file that does not parse is reported and the fences in use
-//! are kept.
+//! The fences file and the rules file are checked every `reload_ms` and
+//! reloaded when they change; a file that does not parse is reported and
+//! the fences or rules in use are kept.
 
 //!
 //! Layout: [`tracker`] evaluates records for every device (pure but for
-//! the clock); [`fences`] reads the fences file and notices it change;
+//! the clock); [`fences`] reads the fences and rules files and notices
+//! them change;
 //! [`clock`] is where the stage reads the time; this module is the loop.
 
 mod clock;
@@ -48,11 +49,12 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use fences::load_fences;
+pub use fences::{load_fences, load_rules};
 pub use tracker::{DeviceGeo, Tracker};
 
+use crate::rules::{RuleError, Rules};
 use crate::{FenceError, GeofenceConfig};
-use fences::FencesFile;
+use fences::Watched;
 
 /// Most records handled per trip to the blocking pool.
 pub const BATCH: usize = 256;
@@ -86,6 +88,9 @@ pub enum StageError {
         /// What is wrong.
         source: FenceError,
     },
+    /// The rules file cannot be read or used.
+    #[error(transparent)]
+    Rules(#[from] RuleError),
     /// The processing thread died (a bug).
     #[error("geofence batch failed: {0}")]
     Thread(String),
@@ -122,6 +127,9 @@ pub struct StageConfig {
     /// work.
     #[serde(skip)]
     pub coalesce_state: bool,
+    /// `[access]` groups, which rules may name.
+    #[serde(skip)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 struct Meters {
@@ -129,6 +137,7 @@ struct Meters {
     sent: Counter,
     derived: [Counter; 4],
     reload_errors: Counter,
+    rules_errors: Counter,
 }
 
 impl Meters {
@@ -140,6 +149,7 @@ impl Meters {
             derived: ["transition", "trip", "stop", "event"]
                 .map(|t| metrics::counter!("otstream_derived_records_total", "type" => t)),
             reload_errors: metrics::counter!("otstream_errors_total", "stage" => stage, "error_code" => "fences_invalid"),
+            rules_errors: metrics::counter!("otstream_errors_total", "stage" => stage, "error_code" => "rules_invalid"),
         }
     }
 }
@@ -176,11 +186,12 @@ impl Meters {
 pub struct GeofenceStage {
     config: StageConfig,
     tracker: Tracker,
-    fences_file: Option<FencesFile>,
+    fences_file: Option<Watched<crate::FenceSet>>,
+    rules_file: Option<Watched<Rules>>,
 }
 
 impl GeofenceStage {
-    /// Loads the fences named in `config`. The devices' stored state is
+    /// Loads the fences and rules named in `config`. The devices' stored state is
     /// given as input, ahead of their records, in every mode (see
     /// [`Tracker::process`]): in one process through
     /// `otstream_bus::Prepended`, over Kafka from the `state` topic.
@@ -192,15 +203,27 @@ impl GeofenceStage {
     /// a [`TokioClock`] and run on paused time.
     pub fn with_clock(config: StageConfig, clock: Arc<dyn Clock>) -> Result<Self, StageError> {
         let path = config.geofence.fences.clone();
-        let fences_file = path.clone().map(FencesFile::new);
+        let fences_file = path
+            .clone()
+            .map(|p| Watched::new(p, Arc::new(|p: &std::path::Path| load_fences(Some(p)))));
         let fences = load_fences(path.as_deref())?;
         metrics::gauge!("otstream_geofence_fences").set(fences.fences().len() as f64);
-        let tracker = Tracker::with_clock(&config, Arc::new(fences), clock);
-        tracing::info!(fences = ?path, "geofence stage ready");
+        let rules_path = config.geofence.rules.clone();
+        let rules = load_rules(rules_path.as_deref(), &config.groups)?;
+        let groups = Arc::new(config.groups.clone());
+        let rules_file = rules_path.clone().map(|p| {
+            let load = move |p: &std::path::Path| load_rules(Some(p), &groups);
+            Watched::new(p, Arc::new(load))
+        });
+        let mut tracker = Tracker::with_clock(&config, Arc::new(fences), clock);
+        let names: Vec<&str> = rules.names().collect();
+        tracing::info!(fences = ?path, rules = ?names, "geofence stage ready");
+        tracker.set_rules(rules);
         Ok(GeofenceStage {
             config,
             tracker,
             fences_file,
+            rules_file,
         })
     }
 }
@@ -221,6 +244,7 @@ impl<R: Receiver<Record>, S: Sender<Record>> Stage<R, S> for GeofenceStage {
             config,
             mut tracker,
             mut fences_file,
+            mut rules_file,
         } = self;
         let meters = Meters::new();
         let fence_gauge = metrics::gauge!("otstream_geofence_fences");
@@ -264,7 +288,7 @@ impl<R: Receiver<Record>, S: Sender<Record>> Stage<R, S> for GeofenceStage {
                     }
                     continue;
                 }
-                _ = reload.tick(), if fences_file.is_some() => {
+                _ = reload.tick(), if fences_file.is_some() || rules_file.is_some() => {
                     let reloaded = match &mut fences_file {
                         Some(f) => f.reload().await,
                         None => None,
@@ -278,6 +302,22 @@ impl<R: Receiver<Record>, S: Sender<Record>> Stage<R, S> for GeofenceStage {
                         Some(Err(e)) => {
                             meters.reload_errors.increment(1);
                             tracing::error!(error = %e, "fences file changed but cannot be used; keeping the fences in use");
+                        }
+                        None => {}
+                    }
+                    let reloaded = match &mut rules_file {
+                        Some(f) => f.reload().await,
+                        None => None,
+                    };
+                    match reloaded {
+                        Some(Ok(rules)) => {
+                            let names: Vec<&str> = rules.names().collect();
+                            tracing::info!(rules = ?names, "rules file changed; reloaded");
+                            tracker.set_rules(rules);
+                        }
+                        Some(Err(e)) => {
+                            meters.rules_errors.increment(1);
+                            tracing::error!(error = %e, "rules file changed but cannot be used; keeping the rules in use");
                         }
                         None => {}
                     }

@@ -640,3 +640,45 @@ async fn a_flood_of_regions_is_bounded_and_snapshotted_once_per_batch() {
     t.flush(false, &mut out);
     assert!(out.is_empty());
 }
+
+/// The rules came with a part of the device state (`r`): a state stored
+/// before it reads back with no rule memory, a device without rules
+/// stores no `r` (its state is as before), and one with rules stores it
+/// and reads it back.
+#[test]
+fn a_state_stored_before_the_rules_reads_back_and_rule_memory_round_trips() {
+    let before = r#"{"f":{"inside":[],"last_tst":1000},"t":{},"q":{},"e":{"r":1}}"#;
+    let old: DeviceGeo = serde_json::from_str(before).unwrap();
+    assert!(old.rules.is_empty());
+
+    let rules = crate::rules::Rules::parse(
+        "[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 1\nmin_s = 60\n",
+        &Default::default(),
+    )
+    .unwrap();
+    let state = |with_rules: bool| {
+        let mut t = Tracker::new(&StageConfig::default(), home());
+        if with_rules {
+            t.set_rules(rules.clone());
+        }
+        let mut out = Vec::new();
+        for (i, lon) in [13.4, 13.401].into_iter().enumerate() {
+            t.process(
+                Message::new(
+                    "jane/phone",
+                    pos(1000 + 30 * i as i64, 52.5, lon),
+                    Ack::none(),
+                ),
+                &mut out,
+            );
+        }
+        t.device("jane/phone").unwrap().clone()
+    };
+    let plain = serde_json::to_value(state(false)).unwrap();
+    assert_eq!(plain.get("r"), None);
+    let ruled = state(true);
+    let json = serde_json::to_string(&ruled).unwrap();
+    let back: DeviceGeo = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, ruled);
+    assert_eq!(back.rules.entries(), 1, "{json}");
+}

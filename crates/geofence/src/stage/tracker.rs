@@ -14,10 +14,17 @@ use super::clock::{Clock, SystemClock};
 use super::{KIND_GEO, KIND_REGIONS, StageConfig};
 use crate::events::{EventRules, EventState, started};
 use crate::filter::{FilterState, Filters, Reason};
+use crate::rules::{RuleState, Rules, Seen};
 use crate::{DeviceState, FenceSet, Geofencer, Learned, Region};
 
-/// Everything remembered per device: 384 bytes (80 + 168 + 56 + 80), plus
-/// its key.
+/// Everything remembered per device: 392 bytes (80 + 168 + 56 + 80, and
+/// a pointer to what the rules remember, when there are rules), plus its
+/// key.
+///
+/// Stored as JSON; each part has a default, so a state stored before a
+/// part existed reads back with that part empty (the rules' `r` came with
+/// the rules: a device's rules start counting at its first fix after the
+/// upgrade).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceGeo {
     /// Fences it is inside.
@@ -32,6 +39,9 @@ pub struct DeviceGeo {
     /// Silence and battery.
     #[serde(rename = "e", default)]
     pub events: EventState,
+    /// The operator's rules.
+    #[serde(rename = "r", default, skip_serializing_if = "RuleState::is_empty")]
+    pub rules: RuleState,
 }
 
 /// The geofence and trip evaluation for every device, with its state.
@@ -41,6 +51,8 @@ pub struct Tracker {
     detector: Detector,
     filters: Filters,
     rules: EventRules,
+    /// The operator's rules, bound to the fences in use.
+    rule_set: Rules,
     /// Fixes set aside, per [`Reason`] (in [`Reason::ALL`] order).
     filtered: [Counter; Reason::ALL.len()],
     devices: HashMap<String, DeviceGeo>,
@@ -88,6 +100,7 @@ impl Tracker {
             detector: Detector::new(config.trips),
             filters: Filters::new(config.filters),
             rules: config.events,
+            rule_set: Rules::none(),
             filtered: Reason::ALL.map(
                 |r| metrics::counter!("otstream_filtered_positions_total", "reason" => r.as_str()),
             ),
@@ -148,9 +161,24 @@ impl Tracker {
         }
     }
 
-    /// Replaces the operator fences; device state is kept.
+    /// Replaces the operator fences; device state is kept, and the rules
+    /// are bound to the new fences.
     pub fn set_fences(&mut self, fences: Arc<FenceSet>) {
         self.geofencer.set_fences(fences);
+        self.bind_rules();
+    }
+
+    /// Replaces the rules; what devices remember of rules still in the set
+    /// is kept (by name), of the others forgotten at their next fix.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rule_set = rules;
+        self.bind_rules();
+    }
+
+    fn bind_rules(&mut self) {
+        for (rule, fence) in self.rule_set.bind(self.geofencer.fences()) {
+            tracing::warn!(%rule, %fence, "a rule names a fence the fences file does not have");
+        }
     }
 
     /// Restores stored state; returns how many snapshots were used. A
@@ -334,6 +362,16 @@ impl Tracker {
                 events.push(started(EventKind::TripStarted, &p.meta, &t, None));
             }
             self.rules.on_fix(&mut dev.events, p, &mut events);
+            if !self.rule_set.is_empty() || !dev.rules.is_empty() {
+                let seen = Seen {
+                    fix: p,
+                    inside: &dev.fences.inside,
+                    stop_since: self.detector.open_stop(&dev.trip).map(|s| s.tst),
+                };
+                let name = |k| geofencer.fence_name(&key, k);
+                self.rule_set
+                    .evaluate(&mut dev.rules, seen, &name, &mut events);
+            }
             derived.extend(events.into_iter().map(Record::Event));
         }
         let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
@@ -386,14 +424,21 @@ impl Tracker {
         }
         let now = self.clock.now_ms();
         let rules = self.rules;
-        let silent: Vec<(String, Event)> = self
+        let rule_set = &self.rule_set;
+        let silent: Vec<(String, Vec<Event>)> = self
             .devices
             .iter_mut()
-            .filter_map(|(k, d)| rules.silence(&mut d.events, now).map(|e| (k.clone(), e)))
+            .filter_map(|(k, d)| {
+                let mut events = vec![rules.silence(&mut d.events, now)?];
+                rule_set.on_events(&mut d.rules, &mut events);
+                Some((k.clone(), events))
+            })
             .collect();
-        for (key, e) in silent {
-            let (user, device) = (e.meta.user.clone(), e.meta.device.clone());
-            out.push(Message::new(key.clone(), Record::Event(e), Ack::none()));
+        for (key, events) in silent {
+            let (user, device) = (events[0].meta.user.clone(), events[0].meta.device.clone());
+            for e in events {
+                out.push(Message::new(key.clone(), Record::Event(e), Ack::none()));
+            }
             let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
             self.send_state(out, key, (&user, &device), KIND_GEO, state, Ack::none());
         }

@@ -1,0 +1,442 @@
+//! `otstream rules test`: a rule set run over history, through the same
+//! evaluation as the geofence stage (`otstream_geofence::stage::Tracker`,
+//! with its filters, fences, trips and stops), and what it would have
+//! emitted: each rule's count, then per device and per day, the first
+//! examples, and with `--against` the difference from the rules in use.
+//!
+//! History is the embedded store (`--data-dir`), ClickHouse
+//! (`--clickhouse-url`), or a file `otstream import` reads (a recording,
+//! Recorder `.rec`, GPX, ...). Positions are read by device and time,
+//! streamed: memory holds the devices' states and the counts, not the
+//! history. Time-driven events (`silent`) are not evaluated: nothing
+//! passes in a back-test but the fixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use otstream_api::read::{Query, Reader};
+use otstream_bus::{Ack, Message};
+use otstream_decode::{Decoder, KeyRing};
+use otstream_geofence::rules::Rules;
+use otstream_geofence::stage::{Tracker, load_fences, load_rules};
+use otstream_model::{Event, Meta, Position, Record, Transport};
+use otstream_schema::clickhouse::ClickHouseConfig;
+
+use crate::config::ServeConfig;
+use crate::runtime::block_on;
+
+/// Flags of `otstream rules`.
+#[derive(clap::Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum RulesCommand {
+    /// Run a rule set over stored history or a recording and print what it
+    /// would have emitted.
+    Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The rules to test (a TOML file of [[rules]]).
+    #[arg(long, value_name = "FILE")]
+    rules: PathBuf,
+    /// Operator fences [default: the configuration's].
+    #[arg(long, value_name = "FILE")]
+    fences: Option<PathBuf>,
+    /// Configuration file: trip rules, filters, [access] groups, [clickhouse].
+    #[arg(long, env = "OTSTREAM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read the embedded store in this data directory.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["clickhouse_url", "recording"])]
+    data_dir: Option<PathBuf>,
+    /// Read this ClickHouse (the database of [clickhouse], default otstream).
+    #[arg(long, value_name = "URL", conflicts_with = "recording")]
+    clickhouse_url: Option<String>,
+    /// A recording, or any file `otstream import` reads.
+    #[arg(value_name = "RECORDING")]
+    recording: Option<PathBuf>,
+    /// Fixes from this time (UNIX s or ISO 8601).
+    #[arg(long)]
+    from: Option<String>,
+    /// Fixes up to this time (UNIX s or ISO 8601).
+    #[arg(long)]
+    to: Option<String>,
+    /// Compare with these rules (the ones in use).
+    #[arg(long, value_name = "CURRENT")]
+    against: Option<PathBuf>,
+    /// Examples to print.
+    #[arg(long, default_value_t = 10)]
+    examples: usize,
+    /// Print every event the rules fire, one JSON object a line, instead of
+    /// the report.
+    #[arg(long)]
+    ndjson: bool,
+}
+
+/// Runs `otstream rules`.
+pub fn run(args: RulesArgs) -> Result<()> {
+    let RulesCommand::Test(args) = args.command;
+    crate::runtime::init_logging("warn", crate::runtime::LogFormat::Text)?;
+    let mut config = ServeConfig::load(args.config.as_deref())?;
+    if let Some(f) = &args.fences {
+        config.geofence.fences = Some(f.clone());
+    }
+    config.events.enabled = true;
+    let stage = config.geo_stage();
+    let fences =
+        Arc::new(load_fences(stage.geofence.fences.as_deref()).context("cannot use the fences")?);
+    let load = |path: &PathBuf| {
+        load_rules(Some(path), &stage.groups)
+            .with_context(|| format!("cannot use the rules in {}", path.display()))
+    };
+    let mut runs = vec![Run::new(&args.rules, load(&args.rules)?)];
+    if let Some(current) = &args.against {
+        runs.push(Run::new(current, load(current)?));
+    }
+    let trackers: Vec<Tracker> = runs
+        .iter()
+        .map(|r| {
+            let mut t = Tracker::new(&stage, Arc::clone(&fences));
+            t.set_rules(r.rules.clone());
+            t
+        })
+        .collect();
+    let window = (
+        time(args.from.as_deref(), i64::MIN / 2)?,
+        time(args.to.as_deref(), i64::MAX / 2)?,
+    );
+    let started = Instant::now();
+    let mut eval = Evaluation {
+        trackers,
+        runs,
+        window,
+        fixes: 0,
+        devices: BTreeSet::new(),
+        ndjson: args.ndjson,
+        out: Vec::new(),
+    };
+    match (&args.data_dir, &args.clickhouse_url, &args.recording) {
+        (Some(dir), None, None) => {
+            let reader = Reader::Sqlite(otstream_api::read::sqlite::SqliteReader::in_data_dir(dir));
+            block_on(eval.stored(&reader))?;
+        }
+        (None, Some(url), None) => {
+            let mut ch = config
+                .clickhouse
+                .clone()
+                .unwrap_or_else(|| ClickHouseConfig::new(url.clone()));
+            ch.url.clone_from(url);
+            let reader =
+                Reader::ClickHouse(otstream_api::read::clickhouse::ClickHouseReader::new(&ch));
+            block_on(eval.stored(&reader))?;
+        }
+        (None, None, Some(file)) => eval.recording(file, &config)?,
+        _ => bail!("say where the history is: --data-dir DIR, --clickhouse-url URL or a RECORDING"),
+    }
+    if !args.ndjson {
+        eval.report(args.examples, started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// A time flag as UNIX seconds.
+fn time(s: Option<&str>, default: i64) -> Result<i64> {
+    match s {
+        None => Ok(default),
+        Some(s) => otstream_api::params::parse_time(s)
+            .with_context(|| format!("{s:?} is not a time (UNIX seconds or ISO 8601)")),
+    }
+}
+
+/// One rule set's run and what it fired.
+struct Run {
+    file: PathBuf,
+    rules: Rules,
+    /// Fired events by id: what a replay, or a live run, would have stored.
+    fired: BTreeMap<String, Fired>,
+}
+
+/// What the report keeps of a fired event.
+struct Fired {
+    rule: String,
+    kind: &'static str,
+    device: String,
+    tst: i64,
+}
+
+impl Run {
+    fn new(file: &std::path::Path, rules: Rules) -> Self {
+        Run {
+            file: file.to_owned(),
+            rules,
+            fired: BTreeMap::new(),
+        }
+    }
+}
+
+struct Evaluation {
+    trackers: Vec<Tracker>,
+    runs: Vec<Run>,
+    window: (i64, i64),
+    fixes: u64,
+    devices: BTreeSet<String>,
+    ndjson: bool,
+    out: Vec<Message<Record>>,
+}
+
+impl Evaluation {
+    /// Evaluates one record with every rule set.
+    fn record(&mut self, r: &Record) {
+        if let Record::Position(p) = r {
+            if p.tst < self.window.0 || p.tst > self.window.1 {
+                return;
+            }
+            self.fixes += 1;
+            if !self.devices.contains(p.meta.key().as_str()) {
+                self.devices.insert(p.meta.key());
+            }
+        }
+        for (i, tracker) in self.trackers.iter_mut().enumerate() {
+            let key = match r {
+                Record::Position(p) => p.meta.key(),
+                _ => String::new(),
+            };
+            tracker.process(Message::new(key, r.clone(), Ack::none()), &mut self.out);
+            for m in self.out.drain(..) {
+                let Record::Event(e) = m.value else { continue };
+                let Some(rule) = e.rule.clone() else { continue };
+                if self.ndjson && i == 0 {
+                    println!("{}", event_json(&e));
+                }
+                self.runs[i].fired.insert(
+                    e.id.clone(),
+                    Fired {
+                        rule: rule.to_string(),
+                        kind: e.kind.as_str(),
+                        device: format!("{}/{}", e.meta.user, e.meta.device),
+                        tst: e.tst,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every stored position in the window, by device and time.
+    async fn stored(&mut self, reader: &Reader) -> Result<()> {
+        let q = Query::window(self.window.0, self.window.1);
+        let mut rows = reader
+            .positions(&q)
+            .await
+            .context("cannot read positions")?;
+        while let Some(chunk) = rows.recv().await {
+            for row in chunk.context("reading positions")? {
+                let p = position(row);
+                self.record(&Record::Position(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every message of a file, decoded, in file order.
+    fn recording(&mut self, file: &std::path::Path, config: &ServeConfig) -> Result<()> {
+        let mut head = Vec::with_capacity(4096);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+                4096,
+            ),
+            &mut head,
+        )
+        .with_context(|| format!("cannot read {}", file.display()))?;
+        let format =
+            otstream_import::detect(file, &head).unwrap_or(otstream_import::Format::Recording);
+        let keys = match &config.keys_file {
+            Some(path) => KeyRing::from_file(path)?,
+            None => KeyRing::new(),
+        };
+        let mut decoder = Decoder::new(config.decode.clone(), Arc::new(keys));
+        let ctx = otstream_import::Context {
+            received_at: otstream_model::raw::now_ms(),
+            identity: None,
+            topic_prefix: config.decode.topic_prefix.clone(),
+            bytes_read: None,
+        };
+        let mut records = Vec::new();
+        otstream_import::read(file, format, &ctx, &mut |item| {
+            if let otstream_import::Item::Message(m) = item {
+                records.clear();
+                // What does not decode is a dead letter live: no rule sees it.
+                if decoder.decode(&m, &mut records).is_ok() {
+                    for r in &records {
+                        self.record(r);
+                    }
+                }
+            }
+            true
+        })
+        .with_context(|| format!("cannot read {}", file.display()))
+    }
+
+    fn report(&self, examples: usize, secs: f64) {
+        let new = &self.runs[0];
+        println!(
+            "rules test: {} rules of {} over {} fixes of {} devices in {secs:.1} s",
+            new.rules.names().count(),
+            new.file.display(),
+            self.fixes,
+            self.devices.len()
+        );
+        let current = self.runs.get(1);
+        let count = |run: &Run, rule: &str| run.fired.values().filter(|f| f.rule == rule).count();
+        match current {
+            None => println!("\n{:<24} {:<12} {:>8}", "rule", "kind", "events"),
+            Some(c) => println!(
+                "\n{:<24} {:<12} {:>8} {:>8} {:>8}   (current: {})",
+                "rule",
+                "kind",
+                "events",
+                "current",
+                "change",
+                c.file.display()
+            ),
+        }
+        let mut names: Vec<&str> = new.rules.names().collect();
+        if let Some(c) = current {
+            names.extend(
+                c.rules
+                    .names()
+                    .filter(|n| !new.rules.names().any(|m| m == *n)),
+            );
+        }
+        for name in names {
+            let kind = new
+                .fired
+                .values()
+                .chain(current.iter().flat_map(|c| c.fired.values()))
+                .find(|f| f.rule == name)
+                .map_or("-", |f| f.kind);
+            let n = count(new, name);
+            match current {
+                None => println!("{name:<24} {kind:<12} {n:>8}"),
+                Some(c) => {
+                    let was = count(c, name);
+                    let change = i64::try_from(n).unwrap_or(i64::MAX)
+                        - i64::try_from(was).unwrap_or(i64::MAX);
+                    println!("{name:<24} {kind:<12} {n:>8} {was:>8} {change:>+8}");
+                }
+            }
+        }
+        let mut by_device: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        let mut by_day: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
+        for f in new.fired.values() {
+            *by_device
+                .entry(&f.device)
+                .or_default()
+                .entry(&f.rule)
+                .or_default() += 1;
+            *by_day
+                .entry(day(f.tst))
+                .or_default()
+                .entry(&f.rule)
+                .or_default() += 1;
+        }
+        let line = |m: &BTreeMap<&str, usize>| {
+            m.iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("\nby device");
+        for (d, m) in &by_device {
+            println!("  {d:<30} {}", line(m));
+        }
+        println!("\nby day (UTC)");
+        for (d, m) in &by_day {
+            println!("  {d:<12} {}", line(m));
+        }
+        let mut first: Vec<(&String, &Fired)> = new.fired.iter().collect();
+        first.sort_by_key(|(id, f)| (f.tst, *id));
+        println!("\nfirst examples");
+        for (id, f) in first.into_iter().take(examples) {
+            println!("  {}  {id}", iso(f.tst));
+        }
+        if let Some(c) = current {
+            let only = |a: &Run, b: &Run| -> Vec<String> {
+                let mut v: Vec<(i64, &String)> = a
+                    .fired
+                    .iter()
+                    .filter(|(id, _)| !b.fired.contains_key(*id))
+                    .map(|(id, f)| (f.tst, id))
+                    .collect();
+                v.sort();
+                v.into_iter()
+                    .map(|(t, id)| format!("  {}  {id}", iso(t)))
+                    .collect()
+            };
+            let (added, gone) = (only(new, c), only(c, new));
+            println!("\nonly with the new rules: {}", added.len());
+            for l in added.iter().take(examples) {
+                println!("{l}");
+            }
+            println!("\nonly with the current rules: {}", gone.len());
+            for l in gone.iter().take(examples) {
+                println!("{l}");
+            }
+        }
+    }
+}
+
+/// An event as the outboxes deliver it.
+fn event_json(e: &Event) -> String {
+    serde_json::to_string(e).unwrap_or_default()
+}
+
+/// A stored position as the geofence stage is given it.
+fn position(r: otstream_api::read::Position) -> Position {
+    let meta = Meta {
+        user: r.user,
+        device: r.device,
+        tid: r.tid,
+        received_at: r.received_at,
+        // Not stored; no rule reads it.
+        transport: Transport::Http,
+        topic: r.topic,
+    };
+    Position {
+        acc: r.acc,
+        alt: r.alt,
+        vac: r.vac,
+        vel: r.vel,
+        cog: r.cog,
+        batt: r.batt,
+        bs: r.bs,
+        t: r.t,
+        conn: r.conn,
+        p: r.p,
+        m: r.m,
+        ssid: r.ssid,
+        bssid: r.bssid,
+        created_at: r.created_at,
+        inregions: r.inregions,
+        inrids: r.inrids,
+        ..Position::at(meta, r.tst, r.lat, r.lon)
+    }
+}
+
+/// `YYYY-MM-DD` of a UNIX time, UTC.
+fn day(tst: i64) -> String {
+    otstream_api::read::format::day(tst)
+}
+
+/// ISO 8601 of a UNIX time, UTC.
+fn iso(tst: i64) -> String {
+    otstream_api::read::format::iso8601(tst)
+}

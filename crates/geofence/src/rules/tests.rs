@@ -1,0 +1,324 @@
+use super::*;
+use otstream_model::{Meta, Transport};
+
+fn no_groups() -> BTreeMap<String, Vec<String>> {
+    BTreeMap::new()
+}
+
+fn rules(text: &str) -> Rules {
+    Rules::parse(text, &no_groups()).expect("rules")
+}
+
+fn refusal(text: &str) -> String {
+    match Rules::parse(text, &no_groups()) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn fix(device: &str, tst: i64, vel: Option<i32>) -> Position {
+    let meta = Meta {
+        user: "acme".into(),
+        device: device.into(),
+        tid: None,
+        received_at: tst * 1000,
+        transport: Transport::Http,
+        topic: None,
+    };
+    Position {
+        vel,
+        ..Position::at(meta, tst, 48.0, 11.0)
+    }
+}
+
+const DEPOT: u64 = 7;
+
+fn name(k: u64) -> Option<Text> {
+    (k == DEPOT).then(|| Text::from("Depot"))
+}
+
+/// Runs `rules` over fixes `(tst, vel, inside, stop_since)` of one device,
+/// giving the ids of what fired.
+fn run(rules: &Rules, fixes: &[(i64, Option<i32>, &[u64], Option<i64>)]) -> Vec<String> {
+    let mut state = RuleState::default();
+    let mut out = Vec::new();
+    for (tst, vel, inside, stop_since) in fixes {
+        let p = fix("van1", *tst, *vel);
+        let mut events = Vec::new();
+        let seen = Seen {
+            fix: &p,
+            inside,
+            stop_since: *stop_since,
+        };
+        rules.evaluate(&mut state, seen, &name, &mut events);
+        out.extend(events.into_iter().map(|e| e.id));
+    }
+    out
+}
+
+#[test]
+fn a_bad_rules_file_is_refused_naming_the_rule_and_the_problem() {
+    assert_eq!(
+        refusal("[[rules]]\nname = \"d\"\nkind = \"dwell\"\n"),
+        "rule \"d\": dwell needs min_s (seconds)"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"x\"\nkind = \"teleport\"\n"),
+        "rule \"x\": unknown kind \"teleport\": dwell, idle, overspeed, or a built-in kind (enter, leave, trip_started, trip_ended, stop_started, stop_ended, silent, back, battery_low)"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"s\"\nkind = \"overspeed\"\nmax_kmh = 0\n"),
+        "rule \"s\": overspeed needs max_kmh above 0"
+    );
+    assert_eq!(
+        refusal(
+            "[[rules]]\nname = \"a\"\nkind = \"enter\"\n[[rules]]\nname = \"a\"\nkind = \"leave\"\n"
+        ),
+        "rule \"a\": a second rule has this name: names are what event ids are made of"
+    );
+    assert_eq!(
+        refusal(
+            "[[rules]]\nname = \"w\"\nkind = \"enter\"\nschedule = { from = \"08:00\", to = \"18:00\", tz = \"Mars/Olympus\" }\n"
+        ),
+        "rule \"w\": schedule: \"Mars/Olympus\" is not a time zone (e.g. Europe/Berlin, UTC)"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"g\"\nkind = \"enter\"\ngroups = [\"vans\"]\n"),
+        "rule \"g\": names the group \"vans\", which access.groups does not define"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"p\"\nkind = \"proximity\"\n"),
+        "rule \"p\": proximity is not evaluated by this version of otstream"
+    );
+    assert!(
+        refusal("[[rules]]\nname = \"t\"\nkind = \"enter\"\nmin_secs = 3\n")
+            .starts_with("rules file: ")
+    );
+    let many: String = (0..=MAX_RULES)
+        .map(|i| format!("[[rules]]\nname = \"r{i}\"\nkind = \"enter\"\n"))
+        .collect();
+    assert_eq!(refusal(&many), "rules file: 257 rules, at most 256");
+}
+
+#[test]
+fn a_dwell_fires_once_a_visit_and_not_one_second_short() {
+    let r = rules(
+        "[[rules]]\nname = \"depot-20\"\nkind = \"dwell\"\nmin_s = 1200\nfences = [\"Depot\"]\n",
+    );
+    let mut r = r;
+    r.bind(&FenceSet::new(vec![]));
+    // Bound by name to no fence: the key is named by the test instead.
+    r.rules[0].keys = vec![DEPOT];
+    let inside: &[u64] = &[DEPOT];
+    let out: &[u64] = &[];
+    let fired = run(
+        &r,
+        &[
+            // First visit: 1,199 s, then out.
+            (1_000, None, inside, None),
+            (1_600, None, inside, None),
+            (2_199, None, inside, None),
+            (2_260, None, out, None),
+            // Second: in at 3,000; 4,200 is 1,200 s later.
+            (3_000, None, inside, None),
+            (4_199, None, inside, None),
+            (4_200, None, inside, None),
+            (5_000, None, inside, None),
+        ],
+    );
+    assert_eq!(fired, ["dwell:acme/van1:4200:Depot#depot-20"]);
+}
+
+#[test]
+fn idle_counts_from_the_stops_arrival_once_per_stop() {
+    let r = rules("[[rules]]\nname = \"idle-10\"\nkind = \"idle\"\nmin_s = 600\n");
+    let fired = run(
+        &r,
+        &[
+            (1_000, None, &[], None),
+            (1_500, None, &[], Some(1_100)),
+            (1_699, None, &[], Some(1_100)),
+            (1_700, None, &[], Some(1_100)),
+            (2_500, None, &[], Some(1_100)),
+            // A trip, then another stop.
+            (3_000, None, &[], None),
+            (4_000, None, &[], Some(3_900)),
+            (4_500, None, &[], Some(3_900)),
+        ],
+    );
+    assert_eq!(
+        fired,
+        ["idle:acme/van1:1700#idle-10", "idle:acme/van1:4500#idle-10"]
+    );
+}
+
+#[test]
+fn overspeed_needs_its_seconds_above_the_limit_and_reads_vel_or_the_distance() {
+    let r = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 90\nmin_s = 30\n");
+    let fired = run(
+        &r,
+        &[
+            (1_000, Some(95), &[], None),
+            (1_020, Some(120), &[], None),
+            // Under: the run restarts.
+            (1_040, Some(90), &[], None),
+            (1_050, Some(100), &[], None),
+            (1_079, Some(100), &[], None),
+            (1_080, Some(100), &[], None),
+            (1_090, Some(130), &[], None),
+        ],
+    );
+    assert_eq!(fired, ["overspeed:acme/van1:1080#fast"]);
+
+    // No vel: from the distance. 0.01° of latitude is 1,112 m; in 30 s
+    // that is 133 km/h.
+    let r = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 130\n");
+    let mut state = RuleState::default();
+    let mut ids = Vec::new();
+    for (tst, lat) in [(0, 48.0), (30, 48.01), (60, 48.0195)] {
+        let mut p = fix("van1", tst, None);
+        p.lat = lat;
+        let mut events = Vec::new();
+        let seen = Seen {
+            fix: &p,
+            inside: &[],
+            stop_since: None,
+        };
+        r.evaluate(&mut state, seen, &name, &mut events);
+        ids.extend(
+            events
+                .into_iter()
+                .map(|e| (e.id, e.speed.map(|v| v.round()))),
+        );
+    }
+    assert_eq!(
+        ids,
+        [("overspeed:acme/van1:30#fast".to_owned(), Some(133.0))]
+    );
+}
+
+fn at(rfc3339: &str) -> i64 {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .expect("time")
+        .as_second()
+}
+
+#[test]
+fn a_schedule_runs_past_midnight_in_its_zone_and_its_boundaries_open_periods() {
+    let r = rules(
+        "[[rules]]\nname = \"night\"\nkind = \"enter\"\nschedule = { days = [\"fri\"], from = \"22:00\", to = \"06:00\", tz = \"Europe/Berlin\" }\n",
+    );
+    let s = r.rules[0].schedule.as_ref().expect("schedule");
+    // Friday 2026-12-04, CET (UTC+1).
+    assert!(!s.active(at("2026-12-04T20:59:59Z")));
+    assert!(s.active(at("2026-12-04T21:00:00Z")));
+    assert!(s.active(at("2026-12-05T04:59:59Z")));
+    assert!(!s.active(at("2026-12-05T05:00:00Z")));
+    // Saturday night is not Friday's.
+    assert!(!s.active(at("2026-12-05T21:00:00Z")));
+    // Thursday night neither.
+    assert!(!s.active(at("2026-12-03T21:00:00Z")));
+
+    // Over the change to summer time (Sunday 2026-03-29, 02:00 CET ->
+    // 03:00 CEST): 08:00 is 07:00Z on Saturday and 06:00Z on Sunday.
+    let r = rules(
+        "[[rules]]\nname = \"day\"\nkind = \"enter\"\nschedule = { days = [\"sat\", \"sun\"], from = \"08:00\", to = \"18:00\", tz = \"Europe/Berlin\" }\n",
+    );
+    let s = r.rules[0].schedule.as_ref().expect("schedule");
+    assert!(!s.active(at("2026-03-28T06:59:59Z")));
+    assert!(s.active(at("2026-03-28T07:00:00Z")));
+    assert!(!s.active(at("2026-03-29T05:59:59Z")));
+    assert!(s.active(at("2026-03-29T06:00:00Z")));
+    assert!(s.active(at("2026-03-29T15:59:59Z")));
+    assert!(!s.active(at("2026-03-29T16:00:00Z")));
+}
+
+fn enter(device: &str, tst: i64, fence: &str) -> Event {
+    let p = fix(device, tst, None);
+    Event::new(
+        EventKind::Enter,
+        p.meta,
+        tst,
+        (p.lat, p.lon),
+        Some(fence.into()),
+    )
+}
+
+#[test]
+fn built_in_kinds_narrowed_to_devices_and_fences_with_ids_of_their_own_and_a_debounce() {
+    let r = rules(
+        "[[rules]]\nname = \"depot-in\"\nkind = \"enter\"\nfences = [\"Depot\"]\ndevices = [\"acme/van1\"]\ndebounce_s = 600\n\
+         [[rules]]\nname = \"any-in\"\nkind = \"enter\"\n",
+    );
+    let mut state = RuleState::default();
+    let mut ids = Vec::new();
+    for (device, tst, fence) in [
+        ("van1", 1_000, "Depot"),
+        ("van1", 1_300, "Depot"),
+        ("van1", 1_600, "Depot"),
+        ("van1", 1_700, "Yard"),
+        ("van2", 1_800, "Depot"),
+    ] {
+        let p = fix(device, tst, None);
+        let mut events = vec![enter(device, tst, fence)];
+        let seen = Seen {
+            fix: &p,
+            inside: &[],
+            stop_since: None,
+        };
+        r.evaluate(&mut state, seen, &name, &mut events);
+        ids.extend(events.into_iter().skip(1).map(|e| e.id));
+    }
+    assert_eq!(
+        ids,
+        [
+            "enter:acme/van1:1000:Depot#depot-in",
+            "enter:acme/van1:1000:Depot#any-in",
+            "enter:acme/van1:1300:Depot#any-in",
+            "enter:acme/van1:1600:Depot#depot-in",
+            "enter:acme/van1:1600:Depot#any-in",
+            "enter:acme/van1:1700:Yard#any-in",
+            "enter:acme/van2:1800:Depot#any-in",
+        ]
+    );
+}
+
+#[test]
+fn a_devices_rule_memory_is_bounded() {
+    // 70 fences a device is inside at once, one dwell rule over any fence.
+    let r = rules("[[rules]]\nname = \"d\"\nkind = \"dwell\"\nmin_s = 60\n");
+    let inside: Vec<u64> = (1..=70).collect();
+    let mut state = RuleState::default();
+    let p = fix("van1", 1_000, None);
+    let seen = Seen {
+        fix: &p,
+        inside: &inside,
+        stop_since: None,
+    };
+    r.evaluate(&mut state, seen, &|_| None, &mut Vec::new());
+    assert_eq!(state.entries(), MAX_ENTRIES);
+}
+
+#[test]
+fn rule_state_is_stored_compactly_and_read_back() {
+    let r = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 90\nmin_s = 30\n");
+    let mut state = RuleState::default();
+    let p = fix("van1", 1_000, Some(100));
+    let seen = Seen {
+        fix: &p,
+        inside: &[],
+        stop_since: None,
+    };
+    r.evaluate(&mut state, seen, &name, &mut Vec::new());
+    let json = serde_json::to_string(&state).expect("json");
+    assert_eq!(
+        json,
+        format!(
+            "{{\"p\":[1000,48.0,11.0],\"e\":[{{\"r\":{},\"f\":0,\"s\":1000,\"x\":false,\"l\":0}}]}}",
+            fence_key("fast")
+        )
+    );
+    let back: RuleState = serde_json::from_str(&json).expect("back");
+    assert_eq!(back, state);
+}
