@@ -84,6 +84,11 @@ impl PartialEq for EventState {
 }
 
 impl EventState {
+    /// The last fix taken: time, latitude, longitude.
+    pub fn last_fix(&self) -> Option<(i64, f64, f64)> {
+        self.last.map(|Last(t, lat, lon)| (t, lat, lon))
+    }
+
     /// Names the device (after a restore), for the silence to come.
     pub fn name(&mut self, user: &Text, device: &Text) {
         self.name

@@ -221,6 +221,9 @@ pub struct Seen<'a> {
     pub inside: &'a [u64],
     /// The arrival of the stop the device is in, if it is in one.
     pub stop_since: Option<i64>,
+    /// The previous fix taken (time, latitude, longitude), for a speed
+    /// where the fix has none.
+    pub prev: Option<(i64, f64, f64)>,
 }
 
 impl Rules {
@@ -405,68 +408,69 @@ impl Rules {
             return;
         }
         let p = seen.fix;
-        let held = state.0.get_or_insert_with(Box::default);
-        let speed = speed_kmh(p, held.prev);
-        held.prev = Some((p.tst, p.lat, p.lon));
+        let speed = speed_kmh(p, seen.prev);
         let builtin = events.len();
         for rule in &self.rules {
             if !rule.applies(&p.meta.user, &p.meta.device) {
                 continue;
             }
-            if let Kind::Builtin(kind) = rule.kind {
-                for i in 0..builtin {
-                    let e = &events[i];
-                    if e.kind == kind && rule.names(e.fence.as_ref()) && rule.active(e.tst) {
-                        if let Some(fired) = held.fire_once(rule, e) {
-                            events.push(fired);
+            // Each condition is looked at before the schedule (a time zone
+            // lookup), and memory is made only for a condition that holds:
+            // most fixes of most devices hold none.
+            match rule.kind {
+                Kind::Builtin(kind) => {
+                    for i in 0..builtin {
+                        let e = &events[i];
+                        if e.kind == kind && rule.names(e.fence.as_ref()) && rule.active(e.tst) {
+                            if let Some(fired) = state.held().fire_once(rule, e) {
+                                events.push(fired);
+                            }
                         }
                     }
                 }
-                continue;
-            }
-            if !rule.active(p.tst) {
-                held.release_rule(rule.id);
-                continue;
-            }
-            match rule.kind {
                 Kind::Dwell { min_s } => {
-                    held.release_where(rule.id, |f| !seen.inside.contains(&f));
-                    for &k in seen.inside {
-                        if !rule.fences.is_empty() && !rule.keys.contains(&k) {
-                            continue;
-                        }
-                        if let Some(since) = held.holds(rule, k, None, p.tst, min_s) {
+                    let counts = |k: &u64| rule.fences.is_empty() || rule.keys.contains(k);
+                    if !seen.inside.iter().any(counts) || !rule.active(p.tst) {
+                        state.release(rule.id, |_| true);
+                        continue;
+                    }
+                    state.release(rule.id, |f| !seen.inside.contains(&f));
+                    for &k in seen.inside.iter().filter(|k| counts(k)) {
+                        if let Some(since) = state.held().holds(rule, k, None, p.tst, min_s) {
                             let fence = fence_name(k);
                             events.push(fired(rule, EventKind::Dwell, p, fence, since, None));
                         }
                     }
                 }
                 Kind::Idle { min_s } => match seen.stop_since {
-                    Some(arrival) if rule.inside(seen.inside) => {
+                    Some(arrival) if rule.inside(seen.inside) && rule.active(p.tst) => {
+                        let held = state.held();
                         if let Some(since) = held.holds(rule, 0, Some(arrival), p.tst, min_s) {
                             events.push(fired(rule, EventKind::Idle, p, None, since, None));
                         }
                     }
-                    _ => held.release_rule(rule.id),
+                    _ => state.release(rule.id, |_| true),
                 },
                 Kind::Overspeed { max_kmh, min_s } => match speed {
-                    Some(v) if v > max_kmh && rule.inside(seen.inside) => {
-                        if let Some(since) = held.holds(rule, 0, None, p.tst, min_s) {
+                    Some(v) if v > max_kmh && rule.inside(seen.inside) && rule.active(p.tst) => {
+                        if let Some(since) = state.held().holds(rule, 0, None, p.tst, min_s) {
                             events.push(fired(rule, EventKind::Overspeed, p, None, since, Some(v)));
                         }
                     }
-                    _ => held.release_rule(rule.id),
+                    _ => state.release(rule.id, |_| true),
                 },
-                Kind::Builtin(_) => {}
             }
         }
-        held.forget(&self.rules, p.tst);
+        state.forget(&self.rules, p.tst);
     }
 
     /// The built-in rules over events not caused by a fix (`silent`,
     /// noticed by the clock), appended to `events`.
     pub fn on_events(&self, state: &mut RuleState, events: &mut Vec<Event>) {
         let n = events.len();
+        let Some(now) = events.iter().map(|e| e.tst).max() else {
+            return;
+        };
         for rule in &self.rules {
             let Kind::Builtin(kind) = rule.kind else {
                 continue;
@@ -478,13 +482,13 @@ impl Rules {
                     && rule.names(e.fence.as_ref())
                     && rule.active(e.tst)
                 {
-                    let held = state.0.get_or_insert_with(Box::default);
-                    if let Some(fired) = held.fire_once(rule, e) {
+                    if let Some(fired) = state.held().fire_once(rule, e) {
                         events.push(fired);
                     }
                 }
             }
         }
+        state.forget(&self.rules, now);
     }
 }
 
@@ -521,8 +525,8 @@ fn fired(
 }
 
 /// What the rules remember of a device: the conditions holding and when
-/// each rule last fired, and its previous fix (for a speed). Boxed: most
-/// devices of most installs have no rules, and pay a pointer.
+/// each rule last fired. Boxed and dropped when empty: most devices hold
+/// no condition most of the time, and pay a pointer, and store nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RuleState(Option<Box<Held>>);
@@ -537,13 +541,32 @@ impl RuleState {
     pub fn entries(&self) -> usize {
         self.0.as_ref().map_or(0, |h| h.entries.len())
     }
+
+    fn held(&mut self) -> &mut Held {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Ends the holds of `rule` at the fences `gone` says.
+    fn release(&mut self, rule: u64, gone: impl Fn(u64) -> bool) {
+        if let Some(held) = &mut self.0 {
+            held.release_where(rule, gone);
+        }
+    }
+
+    /// Forgets what no longer matters at `tst` ([`Held::forget`]), and
+    /// the memory itself when nothing is left.
+    fn forget(&mut self, rules: &[Rule], tst: i64) {
+        if let Some(held) = &mut self.0 {
+            held.forget(rules, tst);
+            if held.entries.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Held {
-    /// The previous fix taken: time and place.
-    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
-    prev: Option<(i64, f64, f64)>,
     #[serde(rename = "e", default, skip_serializing_if = "Vec::is_empty")]
     entries: Vec<Entry>,
 }
@@ -634,10 +657,6 @@ impl Held {
         }
         entry.last = e.tst;
         Some(e.clone().for_rule(&rule.name))
-    }
-
-    fn release_rule(&mut self, rule: u64) {
-        self.release_where(rule, |_| true);
     }
 
     fn release_where(&mut self, rule: u64, gone: impl Fn(u64) -> bool) {

@@ -49,6 +49,7 @@ fn run(rules: &Rules, fixes: &[(i64, Option<i32>, &[u64], Option<i64>)]) -> Vec<
             fix: &p,
             inside,
             stop_since: *stop_since,
+            prev: None,
         };
         rules.evaluate(&mut state, seen, &name, &mut events);
         out.extend(events.into_iter().map(|e| e.id));
@@ -175,6 +176,7 @@ fn overspeed_needs_its_seconds_above_the_limit_and_reads_vel_or_the_distance() {
     let r = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 130\n");
     let mut state = RuleState::default();
     let mut ids = Vec::new();
+    let mut prev = None;
     for (tst, lat) in [(0, 48.0), (30, 48.01), (60, 48.0195)] {
         let mut p = fix("van1", tst, None);
         p.lat = lat;
@@ -183,6 +185,7 @@ fn overspeed_needs_its_seconds_above_the_limit_and_reads_vel_or_the_distance() {
             fix: &p,
             inside: &[],
             stop_since: None,
+            prev,
         };
         r.evaluate(&mut state, seen, &name, &mut events);
         ids.extend(
@@ -190,6 +193,7 @@ fn overspeed_needs_its_seconds_above_the_limit_and_reads_vel_or_the_distance() {
                 .into_iter()
                 .map(|e| (e.id, e.speed.map(|v| v.round()))),
         );
+        prev = Some((p.tst, p.lat, p.lon));
     }
     assert_eq!(
         ids,
@@ -266,6 +270,7 @@ fn built_in_kinds_narrowed_to_devices_and_fences_with_ids_of_their_own_and_a_deb
             fix: &p,
             inside: &[],
             stop_since: None,
+            prev: None,
         };
         r.evaluate(&mut state, seen, &name, &mut events);
         ids.extend(events.into_iter().skip(1).map(|e| e.id));
@@ -295,6 +300,7 @@ fn a_devices_rule_memory_is_bounded() {
         fix: &p,
         inside: &inside,
         stop_since: None,
+        prev: None,
     };
     r.evaluate(&mut state, seen, &|_| None, &mut Vec::new());
     assert_eq!(state.entries(), MAX_ENTRIES);
@@ -309,16 +315,27 @@ fn rule_state_is_stored_compactly_and_read_back() {
         fix: &p,
         inside: &[],
         stop_since: None,
+        prev: None,
     };
     r.evaluate(&mut state, seen, &name, &mut Vec::new());
     let json = serde_json::to_string(&state).expect("json");
     assert_eq!(
         json,
         format!(
-            "{{\"p\":[1000,48.0,11.0],\"e\":[{{\"r\":{},\"f\":0,\"s\":1000,\"x\":false,\"l\":0}}]}}",
+            "{{\"e\":[{{\"r\":{},\"f\":0,\"s\":1000,\"x\":false,\"l\":0}}]}}",
             fence_key("fast")
         )
     );
     let back: RuleState = serde_json::from_str(&json).expect("back");
     assert_eq!(back, state);
+    // Back under the limit: nothing held, nothing stored.
+    let p = fix("van1", 1_010, Some(80));
+    let seen = Seen {
+        fix: &p,
+        inside: &[],
+        stop_since: None,
+        prev: None,
+    };
+    r.evaluate(&mut state, seen, &name, &mut Vec::new());
+    assert!(state.is_empty());
 }

@@ -361,12 +361,14 @@ impl Tracker {
             {
                 events.push(started(EventKind::TripStarted, &p.meta, &t, None));
             }
+            let prev = dev.events.last_fix();
             self.rules.on_fix(&mut dev.events, p, &mut events);
             if !self.rule_set.is_empty() || !dev.rules.is_empty() {
                 let seen = Seen {
                     fix: p,
                     inside: &dev.fences.inside,
                     stop_since: self.detector.open_stop(&dev.trip).map(|s| s.tst),
+                    prev,
                 };
                 let name = |k| geofencer.fence_name(&key, k);
                 self.rule_set
