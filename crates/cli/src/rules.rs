@@ -11,7 +11,7 @@
 //! history. Time-driven events (`silent`) are not evaluated: nothing
 //! passes in a back-test but the fixes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -103,7 +103,7 @@ pub fn run(args: RulesArgs) -> Result<()> {
     let trackers: Vec<Tracker> = runs
         .iter()
         .map(|r| {
-            let mut t = Tracker::new(&stage, Arc::clone(&fences));
+            let mut t = Tracker::new(&stage, Arc::clone(&fences)).without_snapshots();
             t.set_rules(r.rules.clone());
             t
         })
@@ -118,7 +118,6 @@ pub fn run(args: RulesArgs) -> Result<()> {
         runs,
         window,
         fixes: 0,
-        devices: BTreeSet::new(),
         ndjson: args.ndjson,
         out: Vec::new(),
     };
@@ -166,7 +165,6 @@ struct Run {
 /// What the report keeps of a fired event.
 struct Fired {
     rule: String,
-    kind: &'static str,
     device: String,
     tst: i64,
 }
@@ -186,40 +184,47 @@ struct Evaluation {
     runs: Vec<Run>,
     window: (i64, i64),
     fixes: u64,
-    devices: BTreeSet<String>,
     ndjson: bool,
     out: Vec<Message<Record>>,
 }
 
 impl Evaluation {
     /// Evaluates one record with every rule set.
-    fn record(&mut self, r: &Record) {
-        if let Record::Position(p) = r {
-            if p.tst < self.window.0 || p.tst > self.window.1 {
-                return;
+    fn record(&mut self, r: Record) {
+        let key = match &r {
+            Record::Position(p) => {
+                if p.tst < self.window.0 || p.tst > self.window.1 {
+                    return;
+                }
+                self.fixes += 1;
+                p.meta.key()
             }
-            self.fixes += 1;
-            if !self.devices.contains(p.meta.key().as_str()) {
-                self.devices.insert(p.meta.key());
-            }
-        }
+            _ => String::new(),
+        };
+        let last = self.trackers.len() - 1;
+        let mut r = Some(r);
         for (i, tracker) in self.trackers.iter_mut().enumerate() {
-            let key = match r {
-                Record::Position(p) => p.meta.key(),
-                _ => String::new(),
+            // The last set takes the record, the others a copy.
+            let value = match (i == last, &r) {
+                (true, _) => r.take(),
+                (false, Some(v)) => Some(v.clone()),
+                (false, None) => None,
             };
-            tracker.process(Message::new(key, r.clone(), Ack::none()), &mut self.out);
+            let Some(value) = value else { break };
+            tracker.process(Message::new(key.clone(), value, Ack::none()), &mut self.out);
             for m in self.out.drain(..) {
                 let Record::Event(e) = m.value else { continue };
                 let Some(rule) = e.rule.clone() else { continue };
-                if self.ndjson && i == 0 {
+                // An event evaluated again (a stop's arrival estimated
+                // anew) has the same id: stored once, printed once.
+                let first = !self.runs[i].fired.contains_key(&e.id);
+                if self.ndjson && i == 0 && first {
                     println!("{}", event_json(&e));
                 }
                 self.runs[i].fired.insert(
                     e.id.clone(),
                     Fired {
                         rule: rule.to_string(),
-                        kind: e.kind.as_str(),
                         device: format!("{}/{}", e.meta.user, e.meta.device),
                         tst: e.tst,
                     },
@@ -237,8 +242,7 @@ impl Evaluation {
             .context("cannot read positions")?;
         while let Some(chunk) = rows.recv().await {
             for row in chunk.context("reading positions")? {
-                let p = position(row);
-                self.record(&Record::Position(p));
+                self.record(Record::Position(position(row)));
             }
         }
         Ok(())
@@ -275,7 +279,7 @@ impl Evaluation {
                 records.clear();
                 // What does not decode is a dead letter live: no rule sees it.
                 if decoder.decode(&m, &mut records).is_ok() {
-                    for r in &records {
+                    for r in records.drain(..) {
                         self.record(r);
                     }
                 }
@@ -292,7 +296,7 @@ impl Evaluation {
             new.rules.names().count(),
             new.file.display(),
             self.fixes,
-            self.devices.len()
+            self.trackers[0].devices()
         );
         let current = self.runs.get(1);
         let count = |run: &Run, rule: &str| run.fired.values().filter(|f| f.rule == rule).count();
@@ -318,11 +322,10 @@ impl Evaluation {
         }
         for name in names {
             let kind = new
-                .fired
-                .values()
-                .chain(current.iter().flat_map(|c| c.fired.values()))
-                .find(|f| f.rule == name)
-                .map_or("-", |f| f.kind);
+                .rules
+                .kind_of(name)
+                .or_else(|| current.and_then(|c| c.rules.kind_of(name)))
+                .unwrap_or("-");
             let n = count(new, name);
             match current {
                 None => println!("{name:<24} {kind:<12} {n:>8}"),

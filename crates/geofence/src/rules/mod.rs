@@ -28,7 +28,8 @@
 //!   only those whose fence is named.
 //!
 //! `devices` and `groups` (of `[access]`) say who (everyone when both are
-//! empty); `fences` where (for `idle` and `overspeed`, the device must be
+//! empty); `fences` where (operator fences by name or id, a device's own
+//! regions by name) (for `idle` and `overspeed`, the device must be
 //! inside one); `schedule` when, in its own time zone: `from` belongs to
 //! the period it opens and `to` to the one after it, a period that runs
 //! past midnight belongs to the day it opens, and outside it a rule
@@ -200,9 +201,17 @@ impl Rule {
         self.fences.is_empty() || name.is_some_and(|n| self.fences.contains(n))
     }
 
+    /// Whether the fence with key `k` is one the rule names: an operator
+    /// fence bound by name or id, or a device's own region by its name.
+    fn counts(&self, k: u64, fence_name: &dyn Fn(u64) -> Option<Text>) -> bool {
+        self.fences.is_empty()
+            || self.keys.contains(&k)
+            || fence_name(k).is_some_and(|n| self.fences.contains(&n))
+    }
+
     /// Whether the device, inside `inside`, is where the rule looks.
-    fn inside(&self, inside: &[u64]) -> bool {
-        self.fences.is_empty() || inside.iter().any(|k| self.keys.contains(k))
+    fn inside(&self, inside: &[u64], fence_name: &dyn Fn(u64) -> Option<Text>) -> bool {
+        self.fences.is_empty() || inside.iter().any(|k| self.counts(*k, fence_name))
     }
 }
 
@@ -391,6 +400,17 @@ impl Rules {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
+    /// The kind of the rule named `name`, as the rules file spells it.
+    pub fn kind_of(&self, name: &str) -> Option<&'static str> {
+        let r = self.rules.iter().find(|r| r.name == name)?;
+        Some(match r.kind {
+            Kind::Dwell { .. } => EventKind::Dwell.as_str(),
+            Kind::Idle { .. } => EventKind::Idle.as_str(),
+            Kind::Overspeed { .. } => EventKind::Overspeed.as_str(),
+            Kind::Builtin(k) => k.as_str(),
+        })
+    }
+
     /// The events a fix taken fires, appended to `events`, which holds the
     /// built-in events the fix caused (the built-in rules read those).
     /// `fence_name` names a fence the device is inside by its key.
@@ -429,7 +449,7 @@ impl Rules {
                     }
                 }
                 Kind::Dwell { min_s } => {
-                    let counts = |k: &u64| rule.fences.is_empty() || rule.keys.contains(k);
+                    let counts = |k: &u64| rule.counts(*k, fence_name);
                     if !seen.inside.iter().any(counts) || !rule.active(p.tst) {
                         state.release(rule.id, |_| true);
                         continue;
@@ -443,7 +463,7 @@ impl Rules {
                     }
                 }
                 Kind::Idle { min_s } => match seen.stop_since {
-                    Some(arrival) if rule.inside(seen.inside) && rule.active(p.tst) => {
+                    Some(arrival) if rule.inside(seen.inside, fence_name) && rule.active(p.tst) => {
                         let held = state.held();
                         if let Some(since) = held.holds(rule, 0, Some(arrival), p.tst, min_s) {
                             events.push(fired(rule, EventKind::Idle, p, None, since, None));
@@ -452,7 +472,11 @@ impl Rules {
                     _ => state.release(rule.id, |_| true),
                 },
                 Kind::Overspeed { max_kmh, min_s } => match speed {
-                    Some(v) if v > max_kmh && rule.inside(seen.inside) && rule.active(p.tst) => {
+                    Some(v)
+                        if v > max_kmh
+                            && rule.inside(seen.inside, fence_name)
+                            && rule.active(p.tst) =>
+                    {
                         if let Some(since) = state.held().holds(rule, 0, None, p.tst, min_s) {
                             events.push(fired(rule, EventKind::Overspeed, p, None, since, Some(v)));
                         }

@@ -74,6 +74,9 @@ pub struct Tracker {
     /// the waypoints that changed them: one snapshot each at its end,
     /// however many waypoints a message or batch held.
     regions_changed: HashMap<String, Pending>,
+    /// Whether state snapshots are made at all: not when nothing is
+    /// stored (a back-test, `otstream rules test`).
+    snapshots: bool,
     /// Regions past the limit in this batch, per device (said once each).
     regions_refused: HashMap<String, u64>,
     too_many_regions: Counter,
@@ -115,10 +118,18 @@ impl Tracker {
             },
             pending: HashMap::new(),
             due: VecDeque::new(),
+            snapshots: true,
             regions_changed: HashMap::new(),
             regions_refused: HashMap::new(),
             too_many_regions: metrics::counter!("otstream_rejected_total", "stage" => "geofence", "reason" => "too_many_regions"),
         }
+    }
+
+    /// Makes no state snapshots: the state lives only in memory, for an
+    /// evaluation whose results are not stored (a back-test).
+    pub fn without_snapshots(mut self) -> Self {
+        self.snapshots = false;
+        self
     }
 
     /// Whether snapshots wait for [`Tracker::flush_due`].
@@ -396,7 +407,7 @@ impl Tracker {
         changed: bool,
         ack: Ack,
     ) {
-        if !changed {
+        if !changed || !self.snapshots {
             return ack.delivered();
         }
         if self.state_interval_ms > 0 {
