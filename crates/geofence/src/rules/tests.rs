@@ -37,9 +37,12 @@ fn name(k: u64) -> Option<Text> {
     (k == DEPOT).then(|| Text::from("Depot"))
 }
 
-/// Runs `rules` over fixes `(tst, vel, inside, stop_since)` of one device,
-/// giving the ids of what fired.
-fn run(rules: &Rules, fixes: &[(i64, Option<i32>, &[u64], Option<i64>)]) -> Vec<String> {
+/// A fix and what the other rules made of it: `(tst, vel, inside,
+/// stop_since)`.
+type Step<'a> = (i64, Option<i32>, &'a [u64], Option<i64>);
+
+/// Runs `rules` over the fixes of one device, giving the ids of what fired.
+fn run(rules: &Rules, fixes: &[Step<'_>]) -> Vec<String> {
     let mut state = RuleState::default();
     let mut out = Vec::new();
     for (tst, vel, inside, stop_since) in fixes {
