@@ -975,7 +975,7 @@ fn live_feed_sends_what_is_stored_as_it_is_stored() {
     )
     .unwrap();
     let url = format!("{}/api/v1/live", serve.url);
-    let reader = std::thread::spawn(move || read_events(&url, 3, Duration::from_secs(20)));
+    let reader = std::thread::spawn(move || read_events(&url, 5, Duration::from_secs(20)));
     // The subscription is in place once the stream has started; give the
     // request a moment to arrive before posting.
     std::thread::sleep(Duration::from_millis(500));
@@ -1021,10 +1021,21 @@ fn live_feed_sends_what_is_stored_as_it_is_stored() {
         summary,
         [
             ("position".to_owned(), "eve/van".to_owned(), now),
-            // The fix, then the server transition it caused, as committed.
+            // Its battery at 7 %: the event, as the outboxes deliver it.
+            ("event".to_owned(), "eve/van".to_owned(), now),
+            // The fix, then the server transition it caused and its
+            // event, as committed.
             ("position".to_owned(), "jane/phone".to_owned(), now + 1),
             ("transition".to_owned(), "jane/phone".to_owned(), now + 1),
+            ("event".to_owned(), "jane/phone".to_owned(), now + 1),
         ]
+    );
+    assert_eq!(
+        (events[1].1["id"].as_str(), events[4].1["id"].as_str()),
+        (
+            Some(format!("battery_low:eve/van:{now}").as_str()),
+            Some(format!("enter:jane/phone:{}:Depot", now + 1).as_str())
+        )
     );
     assert_eq!(
         (events[0].1["lat"].as_f64(), events[0].1["batt"].as_i64()),
@@ -1032,9 +1043,9 @@ fn live_feed_sends_what_is_stored_as_it_is_stored() {
     );
     assert_eq!(
         (
-            events[2].1["event"].as_str(),
-            events[2].1["source"].as_str(),
-            events[2].1["rid"].as_str()
+            events[3].1["event"].as_str(),
+            events[3].1["source"].as_str(),
+            events[3].1["rid"].as_str()
         ),
         (Some("enter"), Some("server"), Some("depot"))
     );
@@ -1045,10 +1056,22 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let fences = dir.path().join("fences.geojson");
     std::fs::write(&fences, depot_fence()).unwrap();
+    // A rule whose name looks like markup: it must reach the page as text.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nname = \"gym <img src=x onerror=alert(1)>\"\nkind = \"enter\"\nfences = [\"Gym\"]\n",
+    )
+    .unwrap();
     // No tiles: the machine has no network, and the page must not need it.
     let serve = Serve::start(
         &dir.path().join("data"),
-        &["--fences", fences.to_str().unwrap()],
+        &[
+            "--fences",
+            fences.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+        ],
         &[("OTSTREAM_API__TILE_URL", "")],
     )
     .unwrap();
@@ -1161,8 +1184,9 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
     )
     .unwrap();
 
-    // A new fix moves jane/phone through the live feed.
-    let moved = east(900.0);
+    // A new fix moves jane/phone through the live feed, into her Gym: the
+    // rule on it fires, and its alert is listed as it happens.
+    let moved = east(1000.0);
     let posted = Instant::now();
     post_fix(
         &serve,
@@ -1191,6 +1215,21 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
         b.eval("document.querySelector('#devices li[data-key=\"jane/phone\"] .batt').textContent")
             .unwrap(),
         json!("79 %")
+    );
+    b.wait_for(
+        "document.querySelectorAll('#alert-list li').length === 1",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        b.eval("[document.getElementById('alerts').hidden, document.querySelector('#alert-list li').dataset.id, Array.from(document.querySelectorAll('#alert-list li span:not(.when)')).map(s => s.textContent), document.querySelectorAll('#alerts img').length]")
+            .unwrap(),
+        json!([
+            false,
+            format!("enter:jane/phone:{}:Gym#gym <img src=x onerror=alert(1)>", now - 10),
+            ["gym <img src=x onerror=alert(1)>", "enter", "ph", " · Gym"],
+            0
+        ])
     );
 
     // A click shows the device's day: its track and trips.

@@ -1,6 +1,7 @@
 // otstream fleet map: every visible device at its last position, moved by
-// the live feed, the server's fences and the devices' own regions; a click
-// shows the device's track and trips of the day.
+// the live feed, the server's fences and the devices' own regions, the
+// operator's rules as they fire; a click shows the device's track and
+// trips of the day.
 // Plain JavaScript over Leaflet; everything it loads comes from this server.
 // Everything a device sends (names, ids, descriptions) is data: it reaches
 // the page only as text (textContent, or a text element handed to Leaflet,
@@ -21,6 +22,10 @@
   var fenceLayer = L.layerGroup().addTo(map);
   var trackLayer = L.layerGroup().addTo(map);
   var list = document.getElementById('devices');
+  var alertsEl = document.getElementById('alerts');
+  var alertList = document.getElementById('alert-list');
+  // The newest first, the last fifty kept.
+  var MAX_ALERTS = 50;
   var statusEl = document.getElementById('status');
   var filterEl = document.getElementById('filter');
   var devices = new Map();
@@ -235,6 +240,26 @@
 
   function showError(e) { setStatus(String(e.message || e), 'down'); }
 
+  // A rule that fired: newest first in the alerts, and on its device's
+  // marker. The rule's name is the operator's text, the rest the device's:
+  // all of it text.
+  function showAlert(e) {
+    var entry = devices.get(keyOf(e));
+    var who = entry ? label(entry.data) : keyOf(e);
+    var li = el('li');
+    li.dataset.id = e.id;
+    li.append(el('span', 'when', clock(e.tst)), ' ', el('span', 'rule', e.rule), ' · ',
+      el('span', 'kind', e.kind), ' · ', el('span', 'who', who),
+      el('span', 'where', e.fence ? ' · ' + e.fence : ''));
+    alertList.prepend(li);
+    while (alertList.children.length > MAX_ALERTS) { alertList.lastChild.remove(); }
+    alertsEl.hidden = false;
+    if (entry) {
+      entry.marker.setTooltipContent(textEl(who + ' · ' + e.rule));
+      entry.marker.openTooltip();
+    }
+  }
+
   function connect() {
     var es = new EventSource('/api/v1/live' + (share ? '?access_token=' + encodeURIComponent(share) : ''));
     es.onopen = function () {
@@ -246,6 +271,10 @@
       p.seen = p.received_at;
       upsert(p);
       extendTrack(p);
+    });
+    es.addEventListener('event', function (ev) {
+      var e = JSON.parse(ev.data);
+      if (e.rule) { showAlert(e); }
     });
     es.addEventListener('transition', function (ev) {
       var t = JSON.parse(ev.data);

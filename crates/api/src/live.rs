@@ -1,6 +1,7 @@
-//! `GET /api/v1/live`: server-sent events of positions and transitions as
-//! they are stored, never before. The sink publishes each committed
-//! position and transition on a broadcast channel (only while someone
+//! `GET /api/v1/live`: server-sent events of positions, transitions and
+//! events (rules' alerts among them) as they are stored, never before. The
+//! sink publishes each committed position, transition and event on a
+//! broadcast channel (only while someone
 //! listens); every client gets its own receiver, filtered by what it may
 //! read. A client too slow for the channel's capacity skips what it
 //! missed and is told so (`event: lagged`), so one slow browser never
@@ -96,6 +97,11 @@ fn event(r: &Record, visible: &Visible) -> Option<Vec<u8>> {
         Record::Transition(t) if visible.allows(&t.meta.user, &t.meta.device) => {
             out.extend_from_slice(b"event: transition\ndata: ");
             transition_row(t).members(&mut out);
+        }
+        // As the outboxes deliver it: one line of JSON, as SSE needs.
+        Record::Event(e) if visible.allows(&e.meta.user, &e.meta.device) => {
+            out.extend_from_slice(b"event: event\ndata: ");
+            out.extend_from_slice(e.to_json().as_bytes());
         }
         _ => return None,
     }

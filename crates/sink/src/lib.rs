@@ -38,7 +38,7 @@
 //! resume from.
 //!
 //! What was committed is announced on an optional broadcast channel
-//! ([`Committed`]): positions and transitions, after their commit and only
+//! ([`Committed`]): positions, transitions and events, after their commit and only
 //! while someone listens, for the read API's live feed.
 //!
 //! Layout:
@@ -119,12 +119,13 @@ impl SinkConfig {
     }
 }
 
-/// Where a sink announces the positions and transitions it committed (the
-/// live feed). A broadcast: a slow listener skips ahead, the sink never
+/// Where a sink announces the positions, transitions and events it
+/// committed (the live feed). A broadcast: a slow listener skips ahead, the sink never
 /// waits for it.
 pub type Committed = tokio::sync::broadcast::Sender<Record>;
 
-/// Announces committed positions and transitions, if anyone listens.
+/// Announces committed positions, transitions and events, if anyone
+/// listens.
 pub(crate) fn announce<'a>(
     committed: Option<&Committed>,
     records: impl Iterator<Item = &'a Record>,
@@ -134,7 +135,10 @@ pub(crate) fn announce<'a>(
         return;
     }
     for r in records {
-        if matches!(r, Record::Position(_) | Record::Transition(_)) {
+        if matches!(
+            r,
+            Record::Position(_) | Record::Transition(_) | Record::Event(_)
+        ) {
             let _ = tx.send(r.clone());
         }
     }
