@@ -57,6 +57,7 @@ min_s = 30
 name = "idle-10"
 kind = "idle"
 min_s = 600
+devices = ["fleet/van1"]
 
 [[rules]]
 name = "customer-hours"
@@ -75,7 +76,30 @@ name = "van2-dwell"
 kind = "dwell"
 min_s = 60
 devices = ["fleet/van2"]
+
+[[rules]]
+name = "night-in"            # Saturday night, past midnight, over the end of summer time
+kind = "enter"
+fences = ["Depot"]
+devices = ["fleet/van2"]
+schedule = { days = ["sat"], from = "22:00", to = "02:30", tz = "Europe/Berlin" }
 "#;
+
+/// The night of Saturday 2026-10-24 in Berlin, when summer time ends
+/// (03:00 CEST is 02:00 CET, at 01:00Z), and van2's entries into the
+/// depot, each 30 s after a fix a kilometre away: 21:59 CEST (not yet),
+/// 22:00:00 CEST (the schedule opens), 02:29 CEST (Sunday, still
+/// Saturday's period), 02:30:00 CEST (closed), 02:15 CET (the hour again:
+/// open by the wall clock), 02:30 CET (closed). The second-exact edges are
+/// the unit tests' (`rules::tests`).
+const NIGHT: [i64; 6] = [
+    1_792_871_940,
+    1_792_872_000,
+    1_792_888_140,
+    1_792_888_200,
+    1_792_890_900,
+    1_792_891_800,
+];
 
 /// `(tst, (lat, lon), vel)`: ten minutes less a second at the depot, three
 /// kilometres east at 100 km/h (by `vel`; 60 km/h by distance), sixteen
@@ -97,11 +121,15 @@ fn track() -> Vec<(i64, (f64, f64), i32)> {
 }
 
 fn post(serve: &Serve, fixes: &[(i64, (f64, f64), i32)]) {
+    post_as(serve, &DEVICE, fixes);
+}
+
+fn post_as(serve: &Serve, device: &[(&str, &str)], fixes: &[(i64, (f64, f64), i32)]) {
     for (t, (lat, lon), vel) in fixes {
         let body = format!(
             r#"{{"_type":"location","lat":{lat},"lon":{lon},"tst":{t},"tid":"vn","acc":8,"vel":{vel}}}"#
         );
-        let a = serve.post("/pub", &DEVICE, body.as_bytes());
+        let a = serve.post("/pub", device, body.as_bytes());
         assert_eq!(a.status, 200, "{}\n{}", a.body, serve.log());
     }
 }
@@ -158,6 +186,15 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
             || serve.log().contains("unknown kind \"teleport\"")
     );
     post(&serve, &track[cut..]);
+    let night: Vec<(i64, (f64, f64), i32)> = NIGHT
+        .iter()
+        .flat_map(|t| [(t - 30, east(1000.0), 0), (*t, HOME, 0)])
+        .collect();
+    post_as(
+        &serve,
+        &[("X-Limit-U", "fleet"), ("X-Limit-D", "van2")],
+        &night,
+    );
 
     let stops = rows(
         &serve.db(),
@@ -174,6 +211,9 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
         .find(|t| *t >= arrival + 600)
         .unwrap();
     let expected = vec![
+        format!("{}|enter:fleet/van2:{}:Depot#night-in", NIGHT[1], NIGHT[1]),
+        format!("{}|enter:fleet/van2:{}:Depot#night-in", NIGHT[2], NIGHT[2]),
+        format!("{}|enter:fleet/van2:{}:Depot#night-in", NIGHT[4], NIGHT[4]),
         format!("{}|dwell:fleet/van1:{}:Depot#depot-5", T0 + 300, T0 + 300),
         format!("{}|overspeed:fleet/van1:{}#fast", T0 + 644, T0 + 644),
         format!(
@@ -308,11 +348,12 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
             "customer-hours           enter               1        0       +1",
             "customer-night           enter               0        0       +0",
             "van2-dwell               dwell               0        0       +0",
+            "night-in                 enter               3        0       +3",
         ],
         "{report}"
     );
     assert!(
-        report.contains("\nonly with the new rules: 4\n"),
+        report.contains("\nonly with the new rules: 7\n"),
         "{report}"
     );
     assert!(
@@ -321,7 +362,7 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
     );
     assert!(
         report.contains(
-            "  fleet/van1                     customer-hours 1, depot-5 1, fast 1, idle-10 1\n"
+            "  fleet/van1                     customer-hours 1, depot-5 1, fast 1, idle-10 1\n  fleet/van2                     night-in 3\n"
         ),
         "{report}"
     );
