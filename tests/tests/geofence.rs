@@ -376,3 +376,90 @@ fn positions_over_http_give_transitions_trips_and_stops_in_clickhouse() {
         ["geo|fleet|van1", "waypoints|fleet|van1"]
     );
 }
+
+/// `[geofence] push`: a phone is sent the circles that apply to it (not the
+/// polygon, not another user's yard) as `setWaypoints` in the answer to its
+/// location, once per change of the fences file; the phone's copy of a
+/// pushed region is neither learned as its own region nor raises a second
+/// event when the phone reports a transition for it.
+#[test]
+fn fences_are_pushed_to_the_phone_once_per_change_and_its_copy_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fences_file = dir.path().join("fences.geojson");
+    let yard = r#",{"type":"Feature","properties":{"id":"acme-yard","name":"Acme yard","radius":80,"user":"acme"},"geometry":{"type":"Point","coordinates":[13.41,52.52]}}"#;
+    std::fs::write(&fences_file, fences(yard)).unwrap();
+    let serve = Serve::start(
+        &dir.path().join("data"),
+        &["--fences", fences_file.to_str().unwrap()],
+        &[
+            ("OTSTREAM_GEOFENCE__PUSH", "true"),
+            ("OTSTREAM_GEOFENCE__RELOAD_MS", "100"),
+        ],
+    )
+    .unwrap();
+    let at = |t: i64| location(t, HOME.0, HOME.1);
+    let answer = |body: &[u8]| -> serde_json::Value {
+        let a = serve.post("/pub", &DEVICE, body);
+        assert_eq!(a.status, 200, "{}", a.body);
+        serde_json::from_str(&a.body).unwrap()
+    };
+    let first = answer(&at(T0));
+    assert_eq!(
+        first,
+        serde_json::json!([{"_type": "cmd", "action": "setWaypoints", "waypoints": {"_type": "waypoints", "waypoints": [
+            {"_type": "waypoint", "desc": "Depot", "lat": HOME.0, "lon": HOME.1, "rad": 150,
+             "tst": first[0]["waypoints"]["waypoints"][0]["tst"], "rid": "otstream:depot"}]}}])
+    );
+    assert_eq!(answer(&at(T0 + 60)), serde_json::json!([]));
+
+    // The phone reports its copy back, and a transition for it.
+    let copy = format!(
+        r#"{{"_type":"waypoints","waypoints":[{{"_type":"waypoint","desc":"Depot","lat":{},"lon":{},"rad":150,"tst":{},"rid":"otstream:depot"}}]}}"#,
+        HOME.0, HOME.1, first[0]["waypoints"]["waypoints"][0]["tst"]
+    );
+    assert_eq!(answer(copy.as_bytes()), serde_json::json!([]));
+    let reported = format!(
+        r#"{{"_type":"transition","event":"enter","desc":"Depot","rid":"otstream:depot","lat":{},"lon":{},"tst":{},"wtst":1,"acc":8,"t":"c"}}"#,
+        HOME.0,
+        HOME.1,
+        T0 + 1
+    );
+    assert_eq!(answer(reported.as_bytes()), serde_json::json!([]));
+    assert_eq!(answer(&at(T0 + 120)), serde_json::json!([]));
+
+    // A new fence: the next location is sent both.
+    let more = format!(
+        r#"{yard},{{"type":"Feature","properties":{{"id":"gate","name":"Gate","radius":40}},"geometry":{{"type":"Point","coordinates":[{},{}]}}}}"#,
+        HOME.1 + 0.01,
+        HOME.0
+    );
+    std::fs::write(&fences_file, fences(&more)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut t = T0 + 180;
+    let rids = loop {
+        let a = answer(&at(t));
+        if let Some(list) = a[0]["waypoints"]["waypoints"].as_array() {
+            break list
+                .iter()
+                .map(|w| w["rid"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "no new fences pushed");
+        std::thread::sleep(Duration::from_millis(100));
+        t += 60;
+    };
+    assert_eq!(rids, ["otstream:depot", "otstream:gate"]);
+
+    let db = serve.db();
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT source, event, rid FROM transitions ORDER BY source"
+        ),
+        ["device|enter|otstream:depot", "server|enter|depot"]
+    );
+    assert_eq!(
+        rows(&db, "SELECT id FROM events WHERE kind = 'enter'"),
+        [format!("enter:fleet/van1:{T0}:Depot")]
+    );
+}

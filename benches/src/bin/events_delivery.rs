@@ -117,6 +117,7 @@ async fn main() -> Result<()> {
             kinds: Default::default(),
             users: Default::default(),
             fences: Default::default(),
+            rules: Default::default(),
         };
         let outbox = Outbox::open(dir.path(), vec![route])?;
         let msgs: Vec<Message<Record>> = (0..args.events)
@@ -132,6 +133,7 @@ async fn main() -> Result<()> {
             kinds: Vec::new(),
             users: Vec::new(),
             fences: Vec::new(),
+            rules: Vec::new(),
             timeout_ms: 10_000,
         })?;
         let before = count.load(Ordering::Relaxed);

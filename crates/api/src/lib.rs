@@ -447,7 +447,18 @@ impl Api {
                 let Some(recheck) = recheck else {
                     return Err(ApiError::NotFound);
                 };
-                let body = live::stream(live, visible, self.0.shutdown.clone(), place, recheck);
+                // Events name operator fences and rules and span trips
+                // and stops: for readers of history, not for share links
+                // or tokens of last positions.
+                let events = grant.history_since.is_some() && !grant.share;
+                let body = live::stream(
+                    live,
+                    visible,
+                    events,
+                    self.0.shutdown.clone(),
+                    place,
+                    recheck,
+                );
                 let mut r = Response::new(body);
                 set(&mut r, header::CONTENT_TYPE, "text/event-stream");
                 set(&mut r, header::CACHE_CONTROL, "no-store");

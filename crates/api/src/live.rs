@@ -86,8 +86,9 @@ pub fn transition_row(t: &otstream_model::Transition) -> Transition {
     }
 }
 
-/// One record as an event, if it is one the client may see.
-fn event(r: &Record, visible: &Visible) -> Option<Vec<u8>> {
+/// One record as an event, if it is one the client may see (`events`:
+/// whether it may see events at all).
+fn event(r: &Record, visible: &Visible, events: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
     match r {
         Record::Position(p) if visible.allows(&p.meta.user, &p.meta.device) => {
@@ -99,7 +100,7 @@ fn event(r: &Record, visible: &Visible) -> Option<Vec<u8>> {
             transition_row(t).members(&mut out);
         }
         // As the outboxes deliver it: one line of JSON, as SSE needs.
-        Record::Event(e) if visible.allows(&e.meta.user, &e.meta.device) => {
+        Record::Event(e) if events && visible.allows(&e.meta.user, &e.meta.device) => {
             out.extend_from_slice(b"event: event\ndata: ");
             out.extend_from_slice(e.to_json().as_bytes());
         }
@@ -113,6 +114,7 @@ fn event(r: &Record, visible: &Visible) -> Option<Vec<u8>> {
 pub fn stream(
     live: &broadcast::Sender<Record>,
     visible: Visible,
+    events: bool,
     shutdown: CancellationToken,
     place: OwnedSemaphorePermit,
     recheck: crate::access::Recheck,
@@ -144,7 +146,7 @@ pub fn stream(
                 }
                 _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
                 r = rx.recv() => match r {
-                    Ok(record) => match event(&record, &visible) {
+                    Ok(record) => match event(&record, &visible, events) {
                         Some(e) => Bytes::from(e),
                         None => continue,
                     },
@@ -160,4 +162,35 @@ pub fn stream(
         }
     });
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otstream_model::{Event, EventKind, Meta, Transport};
+
+    /// Events name fences and rules: a share link or a token of last
+    /// positions (`events` false) is never sent one; a reader of history is.
+    #[test]
+    fn events_go_only_to_readers_of_history() {
+        let meta = Meta {
+            user: "jane".into(),
+            device: "phone".into(),
+            tid: None,
+            received_at: 1,
+            transport: Transport::Http,
+            topic: None,
+        };
+        let e = Event::new(EventKind::Enter, meta, 10, (1.0, 2.0), Some("Depot".into()))
+            .for_rule("depot-in");
+        let r = Record::Event(e);
+        assert_eq!(event(&r, &Visible::All, false), None);
+        let sent = String::from_utf8(event(&r, &Visible::All, true).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(
+            sent.starts_with("event: event\ndata: {\"id\":\"enter:jane/phone:10:Depot#depot-in\""),
+            "{sent}"
+        );
+        assert!(sent.ends_with("}\n\n"), "{sent}");
+    }
 }

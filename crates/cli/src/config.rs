@@ -293,6 +293,11 @@ impl ServeConfig {
         if let Some(ch) = &self.clickhouse {
             ch.validate()?;
         }
+        if self.geofence.rules.is_some() && !self.events.enabled {
+            bail!(
+                "geofence.rules needs events.enabled: a rule that fires is an event, and events.enabled = false derives none"
+            );
+        }
         if self.bus.capacity == 0 {
             bail!("bus.capacity must be at least 1");
         }

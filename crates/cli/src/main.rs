@@ -12,6 +12,7 @@ mod links;
 mod load;
 mod metrics_server;
 mod migrate;
+mod push;
 mod rules;
 mod runtime;
 mod serve;

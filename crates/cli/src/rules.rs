@@ -7,13 +7,26 @@
 //! History is the embedded store (`--data-dir`), ClickHouse
 //! (`--clickhouse-url`), or a file `otstream import` reads (a recording,
 //! Recorder `.rec`, GPX, ...). Positions are read by device and time,
-//! streamed: memory holds the devices' states and the counts, not the
-//! history. Time-driven events (`silent`) are not evaluated: nothing
-//! passes in a back-test but the fixes.
+//! streamed: memory holds the devices' states and what fired (an id per
+//! event), not the history.
+//!
+//! Where it may differ from what ran live, by design:
+//! - the time is each fix's `received_at`, as the stage's clock read it
+//!   live (the filters' `future`/`past` judge history as they judged it);
+//! - a window (`--from`) starts `--warm-up-s` earlier, so that a device
+//!   inside a fence or a stop at its start is not counted as entering it;
+//!   only what fires inside the window is counted;
+//! - from a store, fixes come in time order and the devices' own regions
+//!   (their current versions) are known from the start; live, a late fix
+//!   no newer than its device's last was ignored, and a region counted
+//!   from when it arrived. A recording replays arrival order exactly;
+//! - time-driven events (`silent`, and so `back`) are not evaluated:
+//!   nothing passes in a back-test but the fixes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -21,8 +34,8 @@ use otstream_api::read::{Query, Reader};
 use otstream_bus::{Ack, Message};
 use otstream_decode::{Decoder, KeyRing};
 use otstream_geofence::rules::Rules;
-use otstream_geofence::stage::{Tracker, load_fences, load_rules};
-use otstream_model::{Event, Meta, Position, Record, Transport};
+use otstream_geofence::stage::{Clock, Tracker, load_fences, load_rules};
+use otstream_model::{Event, Meta, Position, Record, Transport, Waypoint};
 use otstream_schema::clickhouse::ClickHouseConfig;
 
 use crate::config::ServeConfig;
@@ -68,6 +81,10 @@ struct TestArgs {
     /// Fixes up to this time (UNIX s or ISO 8601).
     #[arg(long)]
     to: Option<String>,
+    /// With --from: fixes this long before it are evaluated but what they
+    /// fire is not counted (devices start where they were).
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    warm_up_s: i64,
     /// Compare with these rules (the ones in use).
     #[arg(long, value_name = "CURRENT")]
     against: Option<PathBuf>,
@@ -100,10 +117,12 @@ pub fn run(args: RulesArgs) -> Result<()> {
     if let Some(current) = &args.against {
         runs.push(Run::new(current, load(current)?));
     }
+    let clock = Arc::new(Replayed::default());
     let trackers: Vec<Tracker> = runs
         .iter()
         .map(|r| {
-            let mut t = Tracker::new(&stage, Arc::clone(&fences)).without_snapshots();
+            let mut t =
+                Tracker::with_clock(&stage, Arc::clone(&fences), clock.clone()).without_snapshots();
             t.set_rules(r.rules.clone());
             t
         })
@@ -112,11 +131,14 @@ pub fn run(args: RulesArgs) -> Result<()> {
         time(args.from.as_deref(), i64::MIN / 2)?,
         time(args.to.as_deref(), i64::MAX / 2)?,
     );
+    let read_from = window.0.saturating_sub(args.warm_up_s.max(0));
     let started = Instant::now();
     let mut eval = Evaluation {
         trackers,
         runs,
         window,
+        read_from,
+        clock,
         fixes: 0,
         ndjson: args.ndjson,
         out: Vec::new(),
@@ -182,7 +204,11 @@ impl Run {
 struct Evaluation {
     trackers: Vec<Tracker>,
     runs: Vec<Run>,
+    /// What is counted.
     window: (i64, i64),
+    /// Where reading starts: the window less the warm-up.
+    read_from: i64,
+    clock: Arc<Replayed>,
     fixes: u64,
     ndjson: bool,
     out: Vec<Message<Record>>,
@@ -193,13 +219,14 @@ impl Evaluation {
     fn record(&mut self, r: Record) {
         let key = match &r {
             Record::Position(p) => {
-                if p.tst < self.window.0 || p.tst > self.window.1 {
+                if p.tst < self.read_from || p.tst > self.window.1 {
                     return;
                 }
+                self.clock.0.store(p.meta.received_at, Ordering::Relaxed);
                 self.fixes += 1;
                 p.meta.key()
             }
-            _ => String::new(),
+            other => other.key(),
         };
         let last = self.trackers.len() - 1;
         let mut r = Some(r);
@@ -215,6 +242,9 @@ impl Evaluation {
             for m in self.out.drain(..) {
                 let Record::Event(e) = m.value else { continue };
                 let Some(rule) = e.rule.clone() else { continue };
+                if e.tst < self.window.0 || e.tst > self.window.1 {
+                    continue;
+                }
                 // An event evaluated again (a stop's arrival estimated
                 // anew) has the same id: stored once, printed once.
                 let first = !self.runs[i].fired.contains_key(&e.id);
@@ -233,9 +263,18 @@ impl Evaluation {
         }
     }
 
-    /// Every stored position in the window, by device and time.
+    /// The devices' own regions, then every stored position in the
+    /// window, by device and time.
     async fn stored(&mut self, reader: &Reader) -> Result<()> {
-        let q = Query::window(self.window.0, self.window.1);
+        let q = Query::window(self.read_from, self.window.1);
+        let mut regions = reader
+            .waypoints(&q)
+            .await
+            .context("cannot read the devices' regions")?;
+        regions.sort_by_key(|w| w.received_at);
+        for w in regions {
+            self.record(Record::Waypoint(waypoint(w)));
+        }
         let mut rows = reader
             .positions(&q)
             .await
@@ -326,6 +365,11 @@ impl Evaluation {
                 .kind_of(name)
                 .or_else(|| current.and_then(|c| c.rules.kind_of(name)))
                 .unwrap_or("-");
+            // Driven by the clock, not by fixes: never fires here.
+            let kind = match kind {
+                "silent" | "back" => format!("{kind} (not evaluated)"),
+                k => k.to_owned(),
+            };
             let n = count(new, name);
             match current {
                 None => println!("{name:<24} {kind:<12} {n:>8}"),
@@ -394,6 +438,42 @@ impl Evaluation {
                 println!("{l}");
             }
         }
+    }
+}
+
+/// The time of the record being evaluated: what the live stage's clock
+/// read when it was evaluated (its `received_at`).
+#[derive(Debug, Default)]
+struct Replayed(AtomicI64);
+
+impl Clock for Replayed {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A stored region as the geofence stage is given it.
+fn waypoint(w: otstream_api::read::Waypoint) -> Waypoint {
+    let meta = Meta {
+        user: w.user.as_str().into(),
+        device: w.device.as_str().into(),
+        tid: None,
+        received_at: w.received_at,
+        transport: Transport::Http,
+        topic: None,
+    };
+    Waypoint {
+        meta,
+        tst: Some(w.tst),
+        lat: Some(w.lat),
+        lon: Some(w.lon),
+        rad: w.rad,
+        desc: w.desc.map(Into::into),
+        rid: w.rid.map(Into::into),
+        uuid: None,
+        major: None,
+        minor: None,
+        extra: None,
     }
 }
 

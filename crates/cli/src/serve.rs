@@ -180,8 +180,13 @@ pub fn check(args: Args) -> Result<()> {
     );
     let stage = config.geo_stage();
     let fences = otstream_geofence::stage::load_fences(stage.geofence.fences.as_deref())?;
-    let rules =
+    let mut rules =
         otstream_geofence::stage::load_rules(stage.geofence.rules.as_deref(), &stage.groups)?;
+    for (rule, fence) in rules.bind(&fences) {
+        println!(
+            "warning: rule {rule:?} names the fence {fence:?}, which the fences file does not have (a region a device defines may have that name)"
+        );
+    }
     let names: Vec<&str> = rules.names().collect();
     println!(
         "fences: {}, rules: {}",

@@ -112,6 +112,8 @@ pub enum Unit {
     Depth,
     /// The friends lists' last fixes, from the store.
     Friends,
+    /// The fences pushed to the phones, from the fences file.
+    Push,
     Decode,
     Geofence,
     Sink,
@@ -161,7 +163,7 @@ use StopBy::{Front, Input, Turn};
 /// first (its senders close the links), then each stage once its input
 /// is drained, then the side jobs, which the sink's last commit may
 /// still feed.
-pub const UNITS: [Row; 13] = [
+pub const UNITS: [Row; 14] = [
     row(
         Unit::MqttIngress,
         "mqtt ingress",
@@ -181,6 +183,7 @@ pub const UNITS: [Row; 13] = [
     row(Unit::Files, "files", Part::Ingress, None, Some(Raw), Front),
     row(Unit::Depth, "depth", Part::Ingress, None, None, Front),
     row(Unit::Friends, "friends", Part::Ingress, None, None, Front),
+    row(Unit::Push, "push", Part::Ingress, None, None, Front),
     row(
         Unit::Decode,
         "decode",
@@ -238,6 +241,7 @@ impl Selection {
                 Unit::MqttIngress => config.mqtt.is_some(),
                 Unit::Depth => in_process,
                 Unit::Friends => config.http.friends.enabled,
+                Unit::Push => config.geofence.push,
                 Unit::Retention => config.clickhouse.is_none(),
                 Unit::Addresses => config.geocode.addresses.url.is_some(),
                 Unit::Events => {
@@ -363,9 +367,18 @@ pub(crate) async fn build<L: Links>(
                 )
                 .with_fallback(api.fallback.clone())
                 .with_friends(friends.as_ref().map(|f| f.friends()));
+                let push = if select.units.contains(&Unit::Push) {
+                    Some(crate::push::FencePush::new(&config.geofence)?)
+                } else {
+                    None
+                };
+                let ingress = ingress.with_push(push.as_ref().map(|(_, p)| p.clone()));
                 start.unit(name, ingress, none(), links.intake()?, stop);
                 if let Some(f) = friends {
                     start.unit("friends", f, none(), none(), Front);
+                }
+                if let Some((unit, _)) = push {
+                    start.unit("push", unit, none(), none(), Front);
                 }
             }
             Unit::Files => {
@@ -377,8 +390,8 @@ pub(crate) async fn build<L: Links>(
                     start.unit(name, depth, none(), none(), stop);
                 }
             }
-            // Built with the ingress, which it feeds.
-            Unit::Friends => {}
+            // Built with the ingress, which they feed.
+            Unit::Friends | Unit::Push => {}
             Unit::Decode => {
                 let decode = DecodeStage::new(config.decode.clone(), keys.clone());
                 let (input, output) = (links.raw_rx()?, links.records_tx()?);

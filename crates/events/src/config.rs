@@ -98,6 +98,11 @@ pub struct WebhookConfig {
     /// Only events about these fences.
     #[serde(default)]
     pub fences: Vec<String>,
+    /// Only the events these rules fire (`"*"`: any rule's); by default
+    /// every event, the built-in ones and those the rules fire (a rule's
+    /// copy of a built-in kind carries `rule` and an id of its own).
+    #[serde(default)]
+    pub rules: Vec<String>,
     /// Longest one POST may take, ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -167,6 +172,11 @@ pub struct EventsMqttConfig {
     /// Only these users' devices.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Only the events these rules fire (`"*"`: any rule's); by default
+    /// every event, the built-in ones and those the rules fire (a rule's
+    /// copy of a built-in kind carries `rule` and an id of its own).
+    #[serde(default)]
+    pub rules: Vec<String>,
 }
 
 fn default_client_id() -> String {
@@ -187,6 +197,7 @@ impl Default for EventsMqttConfig {
             topic: default_topic(),
             kinds: Vec::new(),
             users: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -248,6 +259,7 @@ impl EventsConfig {
                 kinds: kinds(&w.kinds, "events.webhooks.kinds")?,
                 users: set(&w.users),
                 fences: set(&w.fences),
+                rules: set(&w.rules),
             });
         }
         if self.mqtt.enabled {
@@ -259,6 +271,7 @@ impl EventsConfig {
                 kinds: kinds(&self.mqtt.kinds, "events.mqtt.kinds")?,
                 users: set(&self.mqtt.users),
                 fences: HashSet::new(),
+                rules: set(&self.mqtt.rules),
             });
         }
         Ok(routes)
@@ -315,6 +328,41 @@ mod tests {
         assert!(e.contains("unknown event kind \"entered\""), "{e}");
         let ftp: EventsConfig = toml_like(r#"{"webhooks":[{"url":"ftp://h/"}]}"#);
         assert!(ftp.validate().is_err());
+    }
+
+    /// A route takes every event by default, or only the events the
+    /// rules it names fire; a rule's `enter` is published over MQTT as an
+    /// event, never as a second transition.
+    #[test]
+    fn routes_take_rules_events_as_told_and_mqtt_publishes_them_as_events() {
+        use otstream_model::Event;
+        let c: EventsConfig = toml_like(
+            r#"{"webhooks":[{"url":"http://127.0.0.1:1/all"},{"url":"http://127.0.0.1:1/rules","rules":["*"]},{"url":"http://127.0.0.1:1/depot","rules":["depot-in"]}]}"#,
+        );
+        c.validate().unwrap();
+        let routes = c.routes().unwrap();
+        let meta = otstream_model::Meta {
+            user: "jane".into(),
+            device: "phone".into(),
+            tid: None,
+            received_at: 1,
+            transport: otstream_model::Transport::Http,
+            topic: None,
+        };
+        let enter = Event::new(EventKind::Enter, meta, 10, (1.0, 2.0), Some("Depot".into()));
+        let by_rule = enter.clone().for_rule("depot-in");
+        let other = enter.clone().for_rule("yard-in");
+        let takes = |e: &Event| -> Vec<bool> { routes.iter().map(|r| r.wants(e)).collect() };
+        assert_eq!(takes(&enter), [true, false, false]);
+        assert_eq!(takes(&by_rule), [true, true, true]);
+        assert_eq!(takes(&other), [true, true, false]);
+        let mqtt: serde_json::Value = serde_json::from_str(&by_rule.to_mqtt_json()).unwrap();
+        assert_eq!(
+            (&mqtt["_type"], &mqtt["rule"]),
+            (&serde_json::json!("event"), &serde_json::json!("depot-in"))
+        );
+        let plain: serde_json::Value = serde_json::from_str(&enter.to_mqtt_json()).unwrap();
+        assert_eq!(plain["_type"], "transition");
     }
 
     fn toml_like(json: &str) -> EventsConfig {

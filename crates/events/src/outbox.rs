@@ -63,6 +63,8 @@ pub struct Route {
     pub users: HashSet<String>,
     /// Only events about these fences.
     pub fences: HashSet<String>,
+    /// Only the events these rules fire (`*`: any rule's).
+    pub rules: HashSet<String>,
 }
 
 impl Route {
@@ -74,6 +76,10 @@ impl Route {
                 || e.fence
                     .as_ref()
                     .is_some_and(|f| self.fences.contains(f.as_str())))
+            && (self.rules.is_empty()
+                || e.rule
+                    .as_ref()
+                    .is_some_and(|r| self.rules.contains("*") || self.rules.contains(r.as_str())))
     }
 }
 
@@ -229,7 +235,13 @@ pub fn device_transitions(batch: &mut Vec<Message<Record>>) {
         let Record::Transition(t) = &m.value else {
             continue;
         };
-        if t.source != "device" {
+        // The phone's copy of a fence the server pushed to it: the server
+        // raised this transition's event from the fence itself.
+        let pushed = t
+            .rid
+            .as_deref()
+            .is_some_and(|r| r.starts_with(otstream_model::PUSHED_RID_PREFIX));
+        if t.source != "device" || pushed {
             continue;
         }
         if let Some(e) = Event::of_record(&m.value) {

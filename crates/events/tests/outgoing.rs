@@ -41,6 +41,7 @@ async fn a_device_transition_is_queued_before_its_rows_and_acknowledged_after_th
         kinds: Default::default(),
         users: Default::default(),
         fences: Default::default(),
+        rules: Default::default(),
     };
     let outbox = Outbox::open(dir.path(), vec![route]).unwrap();
     let reader = outbox.reader("hook").unwrap();

@@ -32,6 +32,11 @@ pub struct GeofenceConfig {
     /// check keeps the rules in use. See [`crate::rules`].
     #[serde(default)]
     pub rules: Option<std::path::PathBuf>,
+    /// Send each phone the circular fences that apply to it, as an
+    /// OwnTracks `setWaypoints` command in the answer to its next location
+    /// over HTTP after they changed (see `otstream_ingress::push`).
+    #[serde(default)]
+    pub push: bool,
     /// How often the fences and rules files are checked for a change, ms.
     #[serde(default = "default_reload_ms")]
     pub reload_ms: u64,
@@ -78,6 +83,7 @@ impl Default for GeofenceConfig {
             max_acc_ratio: default_max_acc_ratio(),
             fences: None,
             rules: None,
+            push: false,
             reload_ms: default_reload_ms(),
             state_interval_ms: default_state_interval_ms(),
             max_regions_per_device: default_max_regions_per_device(),
@@ -317,6 +323,14 @@ impl Geofencer {
         let (Some(lat), Some(lon), Some(rad)) = (w.lat, w.lon, w.rad) else {
             return Learned::Nothing;
         };
+        // An operator fence the server pushed: evaluated as the fence
+        // already, it would give every transition twice.
+        if w.rid
+            .as_deref()
+            .is_some_and(|r| r.starts_with(otstream_model::PUSHED_RID_PREFIX))
+        {
+            return Learned::Nothing;
+        }
         if rad <= 0 {
             return Learned::Nothing;
         }

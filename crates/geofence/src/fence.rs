@@ -55,9 +55,7 @@ pub struct Fence {
 /// FNV-1a: stable across processes and releases, unlike std's hasher, so
 /// persisted device state keeps meaning.
 pub fn fence_key(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    otstream_model::identity::stable_hash(id)
 }
 
 impl Fence {

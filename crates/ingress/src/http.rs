@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HttpConfig;
 use crate::friends::Friends;
 use crate::intake::Intake;
+use crate::push::Push;
 use otstream_auth::{Authenticator, Facts};
 
 /// Why the ingress could not start or keep running.
@@ -98,6 +99,7 @@ struct State<I> {
     decoders: Mutex<Vec<Decoder>>,
     auth: Arc<Authenticator>,
     friends: Option<Arc<Friends>>,
+    push: Option<Arc<Push>>,
     meters: Meters,
 }
 
@@ -114,6 +116,7 @@ pub struct HttpIngress {
     fallback: Option<Arc<dyn Fallback>>,
     auth: Arc<Authenticator>,
     friends: Option<Arc<Friends>>,
+    push: Option<Arc<Push>>,
 }
 
 impl HttpIngress {
@@ -136,6 +139,7 @@ impl HttpIngress {
             fallback: None,
             auth,
             friends: None,
+            push: None,
         }
     }
 
@@ -150,6 +154,13 @@ impl HttpIngress {
     /// feed it from the store) answers each 200.
     pub fn with_friends(mut self, friends: Option<Arc<Friends>>) -> Self {
         self.friends = friends;
+        self
+    }
+
+    /// `push` sends a device the operator's fences in the answer to its
+    /// next location after they changed.
+    pub fn with_push(mut self, push: Option<Arc<Push>>) -> Self {
+        self.push = push;
         self
     }
 }
@@ -174,6 +185,7 @@ impl<I: Intake> Stage<(), I> for HttpIngress {
             fallback,
             auth,
             friends,
+            push,
         } = self;
         config.validate()?;
         if let (Some(path), false) = (&config.htpasswd, auth.required()) {
@@ -204,6 +216,7 @@ impl<I: Intake> Stage<(), I> for HttpIngress {
             decoders: Mutex::new(Vec::new()),
             auth,
             friends,
+            push,
             meters: Meters::new(),
         });
         otstream_http::serve(
@@ -427,6 +440,13 @@ async fn respond<I: Intake>(
     let (ack, done) = Ack::new();
     // The friends answer is made of what was stored; only then is it known.
     let for_friends = state.friends.as_ref().map(|_| records.clone());
+    // A location says the app is listening: it may be sent its fences.
+    let pushing = state.push.as_ref().and_then(|_| {
+        records.iter().find_map(|r| match r {
+            Record::Position(p) => Some((p.meta.user.clone(), p.meta.device.clone())),
+            _ => None,
+        })
+    });
     let handed = state
         .output
         .hand_off(key.clone(), raw, records, verdict.as_ref().map(|_| ()), ack)
@@ -447,15 +467,21 @@ async fn respond<I: Intake>(
     }
     match verdict {
         Ok(()) => {
-            let body = match (&state.friends, for_friends) {
+            let mut answer = match (&state.friends, for_friends) {
                 (Some(f), Some(records)) => {
                     f.update(&records);
-                    serde_json::Value::Array(f.response(&key))
+                    f.response(&key)
                 }
-                // The common answer, without building a JSON value.
-                _ => return empty_list(),
+                _ => Vec::new(),
             };
-            json_response(StatusCode::OK, &body)
+            if let (Some(push), Some((user, device))) = (&state.push, pushing) {
+                answer.extend(push.command(&user, &device));
+            }
+            if answer.is_empty() {
+                // The common answer, without building a JSON value.
+                return empty_list();
+            }
+            json_response(StatusCode::OK, &serde_json::Value::Array(answer))
         }
         Err(e) => {
             state.meters.rejected(e.kind);

@@ -5,7 +5,8 @@
 //! [`RawMessage`](otstream_model::RawMessage) per request on the bus (or its
 //! decoded records), keyed by device, and an answer to the phone that tells the truth:
 //!
-//! - **200** with a JSON array (`[]`, or the friends of the sender) only once
+//! - **200** with a JSON array (`[]`, the friends of the sender, its fences
+//!   as a `setWaypoints` command) only once
 //!   the message is durable downstream: its [`Ack`](otstream_bus::Ack) came
 //!   back delivered. Never an empty body, `OK` or `{}`: Android 2.5.7-2.5.9
 //!   re-queue forever on those.
@@ -36,6 +37,7 @@
 //! Layout:
 //! - [`config`]: [`HttpConfig`] and its parts.
 //! - [`friends`]: the friends list returned to the apps.
+//! - [`push`]: the operator's fences, sent to the phones as `setWaypoints`.
 //! - [`http`]: the server and the request handler.
 //! - [`intake`]: where it hands a message: raw (over Kafka) or decoded
 //!   (in one process, so that a message is decoded once).
@@ -46,6 +48,7 @@ pub mod friends;
 pub mod http;
 pub mod intake;
 pub mod mqtt;
+pub mod push;
 
 pub use config::{FriendsConfig, HttpConfig};
 pub use http::{Fallback, FallbackBody, HttpIngress, IngressError};

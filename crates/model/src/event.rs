@@ -253,7 +253,9 @@ impl Event {
             Ok(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
         };
-        let transition = matches!(self.kind, EventKind::Enter | EventKind::Leave);
+        // A rule's copy is an alert, not a transition a second time.
+        let transition =
+            matches!(self.kind, EventKind::Enter | EventKind::Leave) && self.rule.is_none();
         let ty = if transition { "transition" } else { "event" };
         v.insert("_type".into(), ty.into());
         if transition {

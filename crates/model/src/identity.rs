@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::Text;
 
+/// FNV-1a of `s`: stable across processes and releases, unlike std's
+/// hasher, so what is stored or sent with it keeps its meaning.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The default MQTT topic prefix the apps publish under.
 pub const DEFAULT_TOPIC_PREFIX: &str = "owntracks";
 

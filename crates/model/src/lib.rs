@@ -40,3 +40,9 @@ pub use record::{
     StateSnapshot, Steps, Stop, Text, Transition, Trip, Unknown, Waypoint,
 };
 pub use visible::Visible;
+
+/// The `rid` prefix of the regions otstream pushes to the phones (the
+/// operator's fences, as `setWaypoints`): the server evaluates those
+/// fences itself, so a phone's copy is never learned as a region of its
+/// own and its transitions for them raise no event a second time.
+pub const PUSHED_RID_PREFIX: &str = "otstream:";

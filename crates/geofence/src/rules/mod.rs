@@ -179,6 +179,8 @@ struct Rule {
     fences: Vec<Text>,
     /// The keys of the fences named, in the fences in use.
     keys: Vec<u64>,
+    /// The names of the fences named by id: what events call them.
+    bound_names: Vec<Text>,
     schedule: Option<Schedule>,
     debounce_s: i64,
 }
@@ -198,7 +200,8 @@ impl Rule {
 
     /// Whether the fence named `name` (an event's fence) is one of the rule's.
     fn names(&self, name: Option<&Text>) -> bool {
-        self.fences.is_empty() || name.is_some_and(|n| self.fences.contains(n))
+        self.fences.is_empty()
+            || name.is_some_and(|n| self.fences.contains(n) || self.bound_names.contains(n))
     }
 
     /// Whether the fence with key `k` is one the rule names: an operator
@@ -364,6 +367,7 @@ impl Rules {
             who,
             fences: spec.fences.into_iter().map(Text::from).collect(),
             keys: Vec::new(),
+            bound_names: Vec::new(),
             schedule,
             debounce_s: i64::try_from(spec.debounce_s)
                 .map_err(|_| bad("debounce_s is too large".into()))?,
@@ -375,12 +379,14 @@ impl Rules {
     pub fn bind(&mut self, fences: &FenceSet) -> Vec<(Text, Text)> {
         let mut missing = Vec::new();
         for r in &mut self.rules {
-            r.keys = fences
-                .fences()
-                .iter()
-                .filter(|f| r.fences.contains(&f.name) || r.fences.contains(&f.id))
-                .map(|f| f.key)
-                .collect();
+            let named = || {
+                fences
+                    .fences()
+                    .iter()
+                    .filter(|f| r.fences.contains(&f.name) || r.fences.contains(&f.id))
+            };
+            r.keys = named().map(|f| f.key).collect();
+            r.bound_names = named().map(|f| f.name.clone()).collect();
             for n in &r.fences {
                 if !fences.fences().iter().any(|f| f.name == *n || f.id == *n) {
                     missing.push((r.name.clone(), n.clone()));
@@ -614,7 +620,11 @@ struct Entry {
 }
 
 impl Held {
-    fn entry(&mut self, rule: u64, fence: u64) -> &mut Entry {
+    /// The memory of `rule` at `fence`, made if there is room. When the
+    /// memory is full, the oldest debounce makes room; conditions that
+    /// hold are never forgotten for a new one (that one is not counted,
+    /// and `otstream_rule_entries_refused_total` says so).
+    fn entry(&mut self, rule: u64, fence: u64) -> Option<&mut Entry> {
         let i = match self
             .entries
             .iter()
@@ -623,16 +633,18 @@ impl Held {
             Some(i) => i,
             None => {
                 if self.entries.len() >= MAX_ENTRIES {
-                    // The oldest memory goes: a condition long held, or a
-                    // debounce long past.
                     let oldest = self
                         .entries
                         .iter()
                         .enumerate()
-                        .min_by_key(|(_, e)| e.since.max(e.last))
-                        .map_or(0, |(i, _)| i);
+                        .filter(|(_, e)| e.since == 0)
+                        .min_by_key(|(_, e)| e.last)
+                        .map(|(i, _)| i);
+                    let Some(oldest) = oldest else {
+                        metrics::counter!("otstream_rule_entries_refused_total").increment(1);
+                        return None;
+                    };
                     self.entries.swap_remove(oldest);
-                    metrics::counter!("otstream_rule_entries_dropped_total").increment(1);
                 }
                 self.entries.push(Entry {
                     rule,
@@ -644,7 +656,7 @@ impl Held {
                 self.entries.len() - 1
             }
         };
-        &mut self.entries[i]
+        self.entries.get_mut(i)
     }
 
     /// The condition of `rule` (at `fence`) holds at `tst`, since `start`
@@ -658,16 +670,31 @@ impl Held {
         tst: i64,
         min_s: i64,
     ) -> Option<i64> {
-        let e = self.entry(rule.id, fence);
-        let begin = start.unwrap_or(tst);
-        if e.since == 0 || start.is_some_and(|s| s != e.since) {
+        let e = self.entry(rule.id, fence)?;
+        // A fixed start (a stop's arrival) counts from when the schedule
+        // let it: a stop that began before the period opened counts from
+        // the period's first fix.
+        let begin = match start {
+            Some(s) if rule.active(s) => s,
+            Some(s) => s.max(tst),
+            None => tst,
+        };
+        if e.since == 0 {
             e.since = begin;
             e.fired = false;
+        } else if start.is_some() && !e.fired && begin != e.since {
+            // The trip rules estimated the arrival anew: the same stop.
+            e.since = begin;
         }
-        if e.fired || tst - e.since < min_s || (e.last != 0 && tst - e.last < rule.debounce_s) {
+        if e.fired || tst - e.since < min_s {
             return None;
         }
+        // Fired for this hold either way: a debounce suppresses, it does
+        // not postpone.
         e.fired = true;
+        if e.last != 0 && tst - e.last < rule.debounce_s {
+            return None;
+        }
         e.last = tst;
         Some(e.since)
     }
@@ -675,11 +702,14 @@ impl Held {
     /// A built-in event `e` for `rule`, unless debounced.
     fn fire_once(&mut self, rule: &Rule, e: &Event) -> Option<Event> {
         let fence = e.fence.as_deref().map_or(0, fence_key);
-        let entry = self.entry(rule.id, fence);
-        if entry.last != 0 && e.tst - entry.last < rule.debounce_s {
-            return None;
+        // Without room to remember it (every memory a holding condition),
+        // the event still fires, undebounced.
+        if let Some(entry) = self.entry(rule.id, fence) {
+            if entry.last != 0 && e.tst - entry.last < rule.debounce_s {
+                return None;
+            }
+            entry.last = e.tst;
         }
-        entry.last = e.tst;
         Some(e.clone().for_rule(&rule.name))
     }
 
@@ -706,14 +736,22 @@ impl Held {
 
 /// A schedule's text, checked.
 fn schedule(s: &ScheduleSpec) -> Result<Schedule, String> {
-    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    const DAYS: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
     let mut days = 0u8;
     for d in &s.days {
         let lower = d.to_ascii_lowercase();
         let i = DAYS
             .iter()
-            .position(|n| lower.starts_with(n))
-            .ok_or_else(|| format!("{d:?} is not a day (mon .. sun)"))?;
+            .position(|n| lower == *n || (lower.len() == 3 && n.starts_with(&lower)))
+            .ok_or_else(|| format!("{d:?} is not a day (mon .. sun, or monday .. sunday)"))?;
         days |= 1 << i;
     }
     if s.days.is_empty() {
@@ -733,6 +771,12 @@ fn schedule(s: &ScheduleSpec) -> Result<Schedule, String> {
         Ok(h * 3600 + m * 60)
     };
     let (from, to) = (time(&s.from)?, time(&s.to)? % 86_400);
+    if from == 86_400 {
+        return Err(format!(
+            "from = {:?}: a period opens at 00:00 .. 23:59",
+            s.from
+        ));
+    }
     let tz = jiff::tz::TimeZone::get(&s.tz)
         .map_err(|_| format!("{:?} is not a time zone (e.g. Europe/Berlin, UTC)", s.tz))?;
     Ok(Schedule { days, from, to, tz })

@@ -292,21 +292,164 @@ fn built_in_kinds_narrowed_to_devices_and_fences_with_ids_of_their_own_and_a_deb
     );
 }
 
+/// 70 regions at once, one dwell rule over any fence: 64 holds are kept
+/// (the rest refused, not counted), each fires once, none is forgotten for
+/// a newer one, so nothing fires twice.
 #[test]
-fn a_devices_rule_memory_is_bounded() {
-    // 70 fences a device is inside at once, one dwell rule over any fence.
+fn a_devices_rule_memory_is_bounded_and_keeps_what_it_holds() {
     let r = rules("[[rules]]\nname = \"d\"\nkind = \"dwell\"\nmin_s = 60\n");
     let inside: Vec<u64> = (1..=70).collect();
     let mut state = RuleState::default();
-    let p = fix("van1", 1_000, None);
-    let seen = Seen {
-        fix: &p,
-        inside: &inside,
-        stop_since: None,
-        prev: None,
+    let mut fired = Vec::new();
+    for tst in [1_000, 1_060, 1_120, 1_180] {
+        let p = fix("van1", tst, None);
+        let seen = Seen {
+            fix: &p,
+            inside: &inside,
+            stop_since: None,
+            prev: None,
+        };
+        let mut events = Vec::new();
+        r.evaluate(&mut state, seen, &|_| None, &mut events);
+        fired.push(events.len());
+        assert_eq!(state.entries(), MAX_ENTRIES);
+    }
+    assert_eq!(fired, [0, MAX_ENTRIES, 0, 0]);
+}
+
+#[test]
+fn fences_are_named_by_name_or_id_for_every_kind() {
+    let mut r = rules(
+        "[[rules]]\nname = \"in\"\nkind = \"enter\"\nfences = [\"depot\"]\n\
+         [[rules]]\nname = \"stay\"\nkind = \"dwell\"\nmin_s = 60\nfences = [\"depot\"]\n",
+    );
+    let set = FenceSet::new(vec![crate::Fence::new(
+        "depot",
+        "Main depot",
+        crate::Shape::Circle {
+            lat: 48.0,
+            lon: 11.0,
+            radius_m: 100.0,
+        },
+    )]);
+    assert_eq!(r.bind(&set), Vec::<(Text, Text)>::new());
+    let key = set.fences()[0].key;
+    let named = |k: u64| (k == key).then(|| Text::from("Main depot"));
+    let mut state = RuleState::default();
+    let mut ids = Vec::new();
+    for tst in [1_000, 1_060] {
+        let p = fix("van1", tst, None);
+        let mut events = if tst == 1_000 {
+            vec![enter("van1", tst, "Main depot")]
+        } else {
+            Vec::new()
+        };
+        let n = events.len();
+        let seen = Seen {
+            fix: &p,
+            inside: &[key],
+            stop_since: None,
+            prev: None,
+        };
+        r.evaluate(&mut state, seen, &named, &mut events);
+        ids.extend(events.into_iter().skip(n).map(|e| e.id));
+    }
+    assert_eq!(
+        ids,
+        [
+            "enter:acme/van1:1000:Main depot#in",
+            "dwell:acme/van1:1060:Main depot#stay"
+        ]
+    );
+}
+
+#[test]
+fn what_a_removed_rule_remembered_is_forgotten_at_the_next_fix() {
+    let a = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 90\nmin_s = 30\n");
+    let b = rules("[[rules]]\nname = \"slow\"\nkind = \"overspeed\"\nmax_kmh = 200\n");
+    let mut state = RuleState::default();
+    for (set, tst) in [(&a, 1_000), (&b, 1_010)] {
+        let p = fix("van1", tst, Some(100));
+        let seen = Seen {
+            fix: &p,
+            inside: &[],
+            stop_since: None,
+            prev: None,
+        };
+        set.evaluate(&mut state, seen, &name, &mut Vec::new());
+    }
+    assert!(state.is_empty());
+}
+
+#[test]
+fn idle_fires_once_a_stop_whose_arrival_is_estimated_again() {
+    let r = rules("[[rules]]\nname = \"idle-10\"\nkind = \"idle\"\nmin_s = 600\n");
+    let fired = run(
+        &r,
+        &[
+            (1_500, None, &[], Some(1_100)),
+            // Estimated earlier: 600 s since 1,000.
+            (1_600, None, &[], Some(1_000)),
+            (1_700, None, &[], Some(1_200)),
+            (2_500, None, &[], Some(1_200)),
+        ],
+    );
+    assert_eq!(fired, ["idle:acme/van1:1600#idle-10"]);
+}
+
+#[test]
+fn a_debounce_suppresses_rather_than_postpones() {
+    let r = rules(
+        "[[rules]]\nname = \"d\"\nkind = \"dwell\"\nmin_s = 60\nfences = [\"Depot\"]\ndebounce_s = 1000\n",
+    );
+    let (inside, out): (&[u64], &[u64]) = (&[DEPOT], &[]);
+    let fired = run(
+        &r,
+        &[
+            (1_000, None, inside, None),
+            (1_060, None, inside, None),
+            (1_100, None, out, None),
+            // Back within the debounce: held, suppressed, and not fired
+            // later in the same visit.
+            (1_200, None, inside, None),
+            (1_300, None, inside, None),
+            (2_200, None, inside, None),
+            (2_300, None, out, None),
+            (2_400, None, inside, None),
+            (2_460, None, inside, None),
+        ],
+    );
+    assert_eq!(
+        fired,
+        [
+            "dwell:acme/van1:1060:Depot#d",
+            "dwell:acme/van1:2460:Depot#d"
+        ]
+    );
+}
+
+#[test]
+fn schedule_days_and_times_are_checked() {
+    let bad = |schedule: &str| {
+        refusal(&format!(
+            "[[rules]]\nname = \"s\"\nkind = \"enter\"\nschedule = {schedule}\n"
+        ))
     };
-    r.evaluate(&mut state, seen, &|_| None, &mut Vec::new());
-    assert_eq!(state.entries(), MAX_ENTRIES);
+    assert_eq!(
+        bad(r#"{ days = ["month"], from = "08:00", to = "18:00", tz = "UTC" }"#),
+        "rule \"s\": schedule: \"month\" is not a day (mon .. sun, or monday .. sunday)"
+    );
+    assert_eq!(
+        bad(r#"{ from = "24:00", to = "06:00", tz = "UTC" }"#),
+        "rule \"s\": schedule: from = \"24:00\": a period opens at 00:00 .. 23:59"
+    );
+    let r = rules(
+        "[[rules]]\nname = \"s\"\nkind = \"enter\"\nschedule = { days = [\"Saturday\", \"sun\"], from = \"00:00\", to = \"24:00\", tz = \"UTC\" }\n",
+    );
+    let s = r.rules[0].schedule.as_ref().expect("schedule");
+    assert!(s.active(at("2026-12-05T00:00:00Z")));
+    assert!(s.active(at("2026-12-06T23:59:59Z")));
+    assert!(!s.active(at("2026-12-07T00:00:00Z")));
 }
 
 #[test]

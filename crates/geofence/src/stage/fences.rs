@@ -37,10 +37,10 @@ pub fn load_rules(
 }
 
 /// How a watched file is read.
-pub(super) type Load<T> = Arc<dyn Fn(&Path) -> Result<T, StageError> + Send + Sync>;
+pub type Load<T> = Arc<dyn Fn(&Path) -> Result<T, StageError> + Send + Sync>;
 
 /// A file as last read, to notice when it changes.
-pub(super) struct Watched<T> {
+pub struct Watched<T> {
     path: PathBuf,
     stamp: Option<(SystemTime, u64)>,
     load: Load<T>,
@@ -48,14 +48,14 @@ pub(super) struct Watched<T> {
 
 impl<T: Send + 'static> Watched<T> {
     /// The file at `path`, as it is now, read by `load` when it changes.
-    pub(super) fn new(path: PathBuf, load: Load<T>) -> Self {
+    pub fn new(path: PathBuf, load: Load<T>) -> Self {
         let stamp = stamp(&path);
         Watched { path, stamp, load }
     }
 
     /// What the file says when it changed since the last call (an error
     /// when it changed into something unusable), `None` when it did not.
-    pub(super) async fn reload(&mut self) -> Option<Result<T, StageError>> {
+    pub async fn reload(&mut self) -> Option<Result<T, StageError>> {
         let now = stamp(&self.path);
         if now == self.stamp {
             return None;

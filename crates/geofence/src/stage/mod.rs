@@ -49,12 +49,11 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use fences::{load_fences, load_rules};
+pub use fences::{Load, Watched, load_fences, load_rules};
 pub use tracker::{DeviceGeo, Tracker};
 
 use crate::rules::{RuleError, Rules};
 use crate::{FenceError, GeofenceConfig};
-use fences::Watched;
 
 /// Most records handled per trip to the blocking pool.
 pub const BATCH: usize = 256;
