@@ -299,3 +299,70 @@ fn two_ingress_processes_share_a_subscription() {
     assert!(ra > 0 && rb > 0, "both processes take part: {ra} and {rb}");
     assert_eq!(ra + rb, 1000, "each message delivered to one of them");
 }
+
+/// `[geofence] push` over MQTT: after a device's location, its fences go
+/// to its command topic once (marked as otstream's), and the ingress,
+/// which subscribes to `cmd` too, leaves them alone rather than storing
+/// them as the device's.
+#[test]
+fn fences_are_pushed_on_the_command_topic_once_and_not_taken_back() {
+    let dir = tempdir();
+    let (prefix, client_id) = unique("push");
+    let fences = dir.path().join("fences.geojson");
+    std::fs::write(
+        &fences,
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"id":"depot","name":"Depot","radius":150},"geometry":{"type":"Point","coordinates":[13.4,52.5]}}]}"#,
+    )
+    .unwrap();
+    let sub = otstream_tests::Subscriber::start(
+        &mqtt_url(),
+        &format!("{client_id}-sub"),
+        &format!("{prefix}/+/+/cmd"),
+    );
+    let serve = serve_mqtt(
+        dir.path(),
+        &prefix,
+        &client_id,
+        &[
+            ("OTSTREAM_GEOFENCE__PUSH", "true"),
+            ("OTSTREAM_GEOFENCE__FENCES", fences.to_str().unwrap()),
+        ],
+    );
+    let acked = publish_qos1(
+        &mqtt_url(),
+        &format!("{client_id}-pub"),
+        &[
+            location(&prefix, "van1", 1_700_000_000),
+            location(&prefix, "van1", 1_700_000_060),
+        ],
+    );
+    assert_eq!(acked, [true, true]);
+    wait_rows(&serve, "SELECT count(*) FROM positions", 2);
+    otstream_tests::wait_until(
+        "the command seen back by the ingress",
+        Duration::from_secs(30),
+        || serve.metric("otstream_mqtt_own_events_total") == Some(1.0),
+    );
+    let got = sub.messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, format!("{prefix}/fleet/van1/cmd"));
+    let cmd: Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(
+        (
+            &cmd["_type"],
+            &cmd["action"],
+            &cmd["_otstream"],
+            &cmd["waypoints"]["waypoints"][0]["rid"]
+        ),
+        (
+            &Value::from("cmd"),
+            &Value::from("setWaypoints"),
+            &Value::from(true),
+            &Value::from("otstream:depot")
+        )
+    );
+    assert_eq!(
+        rows(&serve.db(), "SELECT count(*) FROM device_events"),
+        ["0"]
+    );
+}

@@ -334,6 +334,12 @@ pub(crate) async fn build<L: Links>(
     // Every unit is built before any runs: a bad fences file or an
     // unreachable ClickHouse stops the start, not a running stage.
     let mut start = Start::default();
+    // The fences pushed to the phones: one for both ingresses.
+    let mut push = if select.units.contains(&Unit::Push) {
+        Some(crate::push::FencePush::new(&config.geofence)?)
+    } else {
+        None
+    };
     for row in &UNITS {
         if !select.has(row.unit) {
             continue;
@@ -349,7 +355,8 @@ pub(crate) async fn build<L: Links>(
                 }
                 let (subscribed, watch) = tokio::sync::watch::channel(false);
                 start.ready_after.push(watch);
-                let ingress = MqttIngress::new(m, subscribed);
+                let ingress = MqttIngress::new(m, subscribed)
+                    .with_push(push.as_ref().map(|(_, p)| p.clone()));
                 start.unit(name, ingress, none(), links.raw_tx()?, stop);
             }
             Unit::HttpIngress => {
@@ -367,17 +374,12 @@ pub(crate) async fn build<L: Links>(
                 )
                 .with_fallback(api.fallback.clone())
                 .with_friends(friends.as_ref().map(|f| f.friends()));
-                let push = if select.units.contains(&Unit::Push) {
-                    Some(crate::push::FencePush::new(&config.geofence)?)
-                } else {
-                    None
-                };
                 let ingress = ingress.with_push(push.as_ref().map(|(_, p)| p.clone()));
                 start.unit(name, ingress, none(), links.intake()?, stop);
                 if let Some(f) = friends {
                     start.unit("friends", f, none(), none(), Front);
                 }
-                if let Some((unit, _)) = push {
+                if let Some((unit, _)) = push.take() {
                     start.unit("push", unit, none(), none(), Front);
                 }
             }

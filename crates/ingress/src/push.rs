@@ -1,8 +1,8 @@
 //! The operator's fences, pushed to the phones: a device is sent the
 //! circular fences that apply to it as an OwnTracks `cmd` `setWaypoints`
-//! in the answer to its next location after they changed, so that the
-//! app's own region monitoring (and what it shows) agrees with the
-//! server's.
+//! after its next location once they changed (over HTTP in the answer,
+//! over MQTT on its command topic), so that the app's own region
+//! monitoring (and what it shows) agrees with the server's.
 //!
 //! In: the fences as regions ([`Regions`], from a `watch` channel the
 //! fences file feeds, each with a version). Out: at most one command per
@@ -127,6 +127,14 @@ impl Push {
             "action": "setWaypoints",
             "waypoints": {"_type": "waypoints", "waypoints": waypoints},
         }))
+    }
+
+    /// Forgets that `user/device` was sent its fences: the command could
+    /// not be sent, the next location tries again.
+    pub fn unsent(&self, user: &str, device: &str) {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.remove(&format!("{user}/{device}"));
+        }
     }
 
     /// Devices remembered as sent their fences.

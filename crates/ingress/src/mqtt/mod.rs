@@ -64,13 +64,26 @@ struct Meters {
 pub struct MqttIngress {
     config: MqttConfig,
     subscribed: tokio::sync::watch::Sender<bool>,
+    push: Option<std::sync::Arc<crate::push::Push>>,
 }
 
 impl MqttIngress {
     /// Subscribes per `config`; `subscribed` says whether the broker has
     /// granted every subscription on the current connection.
     pub fn new(config: MqttConfig, subscribed: tokio::sync::watch::Sender<bool>) -> Self {
-        MqttIngress { config, subscribed }
+        MqttIngress {
+            config,
+            subscribed,
+            push: None,
+        }
+    }
+
+    /// `push` sends a device the operator's fences on its command topic
+    /// (`<prefix>/<user>/<device>/cmd`) after its next location once they
+    /// changed.
+    pub fn with_push(mut self, push: Option<std::sync::Arc<crate::push::Push>>) -> Self {
+        self.push = push;
+        self
     }
 }
 
@@ -95,7 +108,11 @@ impl<S: Sender<RawMessage>> Stage<(), S> for MqttIngress {
         output: S,
         shutdown: CancellationToken,
     ) -> Result<(), MqttError> {
-        let MqttIngress { config, subscribed } = self;
+        let MqttIngress {
+            config,
+            subscribed,
+            push,
+        } = self;
         config.validate()?;
         // The URL was checked above; what is left to fail is the TLS setup.
         let (client, eventloop) =
@@ -128,6 +145,8 @@ impl<S: Sender<RawMessage>> Stage<(), S> for MqttIngress {
             resync,
             meters,
             config,
+            push,
+            pushing: std::sync::Arc::new(tokio::sync::Semaphore::new(session::PUSHES_IN_FLIGHT)),
         };
         session.run(shutdown).await;
         drop(session.ack_tx);

@@ -16,7 +16,16 @@ pub(super) struct Session<S> {
     pub(super) resync: CancellationToken,
     pub(super) meters: Meters,
     pub(super) config: MqttConfig,
+    pub(super) push: Option<std::sync::Arc<crate::push::Push>>,
+    /// Pushes being handed to the client, at most [`PUSHES_IN_FLIGHT`].
+    pub(super) pushing: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Fences commands handed to the MQTT client at once. Each waits in a task
+/// of its own for room in the client's queue, which only this session's
+/// loop empties: waiting in the loop would stop it. Past the bound a
+/// device is left for its next location.
+pub(super) const PUSHES_IN_FLIGHT: usize = 64;
 
 impl<S: Sender<RawMessage>> Session<S> {
     pub(super) async fn run(&mut self, shutdown: CancellationToken) {
@@ -103,10 +112,15 @@ impl<S: Sender<RawMessage>> Session<S> {
             payload: p.payload().to_vec(),
         };
         let (ack, done) = Ack::new();
-        match self.output.send(Message::new(key, raw, ack)).await {
+        // A location on the device's own topic says the app is listening.
+        let device_topic = p.topic().matches('/').count() == 2;
+        match self.output.send(Message::new(key.clone(), raw, ack)).await {
             // QoS 0 messages have nothing to acknowledge; the FIFO keeps
             // them only if they carry a packet id.
             Ok(()) => {
+                if device_topic {
+                    self.push_fences(&p.topic(), &key);
+                }
                 let _ = self.ack_tx.send((p, done));
             }
             Err(e) => {
@@ -114,6 +128,38 @@ impl<S: Sender<RawMessage>> Session<S> {
                 tracing::debug!(error = %e, "bus closed; message left to the broker");
             }
         }
+    }
+}
+
+impl<S> Session<S> {
+    /// The device's fences on its command topic, if they changed since it
+    /// was last sent them. Marked as ours, so that this subscription, which
+    /// takes the `cmd` subtopic too, leaves it alone.
+    fn push_fences(&self, topic: &str, key: &str) {
+        let Some(push) = &self.push else { return };
+        let Some((user, device)) = key.split_once('/') else {
+            return;
+        };
+        let Some(mut cmd) = push.command(user, device) else {
+            return;
+        };
+        let Ok(permit) = self.pushing.clone().try_acquire_owned() else {
+            push.unsent(user, device);
+            return;
+        };
+        cmd["_otstream"] = serde_json::Value::Bool(true);
+        let body = cmd.to_string().into_bytes();
+        let (client, topic) = (self.client.clone(), format!("{topic}/cmd"));
+        let (push, key) = (push.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = client.publish(&topic, body).await {
+                tracing::warn!(error = %e, device = %key, "cannot publish the fences command");
+                if let Some((user, device)) = key.split_once('/') {
+                    push.unsent(user, device);
+                }
+            }
+        });
     }
 }
 
