@@ -476,6 +476,13 @@ fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
 fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
     let _turn = broker_turn();
     let p = Pipeline::new("kafka_serve", 2, 1_000_000);
+    // A rule over Kafka too: the geofence stage's member evaluates it.
+    let rules = p.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nname = \"k1-low\"\nkind = \"battery_low\"\ndevices = [\"ev/k1\"]\n",
+    )
+    .unwrap();
     let serve = Serve::start_cmd(
         &["serve"],
         &p.dir.path().join("serve"),
@@ -487,6 +494,8 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
             &p.brokers,
             "--bus",
             "kafka",
+            "--rules",
+            rules.to_str().unwrap(),
         ],
         &[],
     )
@@ -530,8 +539,11 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
         60,
     );
     p.eventually(
-        "SELECT kind, id FROM events FINAL WHERE device = 'k1'",
-        &[format!("battery_low\tbattery_low:ev/k1:{}", t + 120)],
+        "SELECT kind, id, visitParamExtractString(body, 'rule') FROM events FINAL WHERE device = 'k1' ORDER BY id",
+        &[
+            format!("battery_low\tbattery_low:ev/k1:{}\t", t + 120),
+            format!("battery_low\tbattery_low:ev/k1:{}#k1-low\tk1-low", t + 120),
+        ],
         60,
     );
     let mut kafka = KafkaConfig::new(p.brokers.clone());
@@ -545,7 +557,13 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
                 _ => None,
             })
             .collect();
-    assert_eq!(in_topic, [format!("battery_low:ev/k1:{}", t + 120)]);
+    assert_eq!(
+        in_topic,
+        [
+            format!("battery_low:ev/k1:{}", t + 120),
+            format!("battery_low:ev/k1:{}#k1-low", t + 120)
+        ]
+    );
     let log = serve.log();
     assert!(
         log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),
