@@ -250,11 +250,11 @@ fn positions_over_http_give_transitions_trips_and_stops_in_the_store() {
         r#",{{"type":"Feature","properties":{{"id":"wh","name":"Warehouse","radius":300}},"geometry":{{"type":"Point","coordinates":[{wlon},{wlat}]}}}}"#
     );
     std::fs::write(&fences_file, fences(&warehouse)).unwrap();
-    wait_for_log(&serve, "fences file changed; reloaded");
+    serve.wait_for_log("fences file changed; reloaded");
     let t = T0 + 20_000;
     post_all(&serve, &[(t, wlat, wlon)]);
     std::fs::write(&fences_file, "{ not json").unwrap();
-    wait_for_log(&serve, "cannot be used; keeping the fences in use");
+    serve.wait_for_log("cannot be used; keeping the fences in use");
     post_all(&serve, &[(t + 60, HOME.0, HOME.1)]);
     assert_eq!(
         rows(
@@ -270,18 +270,6 @@ fn positions_over_http_give_transitions_trips_and_stops_in_the_store() {
             format!("{}|leave|wh", t + 60),
         ]
     );
-}
-
-fn wait_for_log(serve: &Serve, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !serve.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The track in one run, and in two runs with a SIGKILL in the middle of

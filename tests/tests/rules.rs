@@ -5,7 +5,6 @@
 //! must give the same rule events the live pipeline stored.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use otstream_tests::{Serve, rows, run};
 
@@ -134,18 +133,6 @@ fn post_as(serve: &Serve, device: &[(&str, &str)], fixes: &[(i64, (f64, f64), i3
     }
 }
 
-fn wait_for_log(serve: &Serve, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !serve.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_test_agrees() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +167,7 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
         "[[rules]]\nname = \"x\"\nkind = \"teleport\"\n",
     )
     .unwrap();
-    wait_for_log(&serve, "rules file changed but cannot be used");
+    serve.wait_for_log("rules file changed but cannot be used");
     assert!(
         serve.log().contains("unknown kind \\\"teleport\\\"")
             || serve.log().contains("unknown kind \"teleport\"")

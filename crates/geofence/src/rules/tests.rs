@@ -33,6 +33,20 @@ fn fix(device: &str, tst: i64, vel: Option<i32>) -> Position {
 
 const DEPOT: u64 = 7;
 
+fn seen<'a>(
+    p: &'a Position,
+    inside: &'a [u64],
+    stop_since: Option<i64>,
+    prev: Option<(i64, f64, f64)>,
+) -> Seen<'a> {
+    Seen {
+        fix: p,
+        inside,
+        stop_since,
+        prev,
+    }
+}
+
 fn name(k: u64) -> Option<Text> {
     (k == DEPOT).then(|| Text::from("Depot"))
 }
@@ -48,13 +62,12 @@ fn run(rules: &Rules, fixes: &[Step<'_>]) -> Vec<String> {
     for (tst, vel, inside, stop_since) in fixes {
         let p = fix("van1", *tst, *vel);
         let mut events = Vec::new();
-        let seen = Seen {
-            fix: &p,
-            inside,
-            stop_since: *stop_since,
-            prev: None,
-        };
-        rules.evaluate(&mut state, seen, &name, &mut events);
+        rules.evaluate(
+            &mut state,
+            seen(&p, inside, *stop_since, None),
+            &name,
+            &mut events,
+        );
         out.extend(events.into_iter().map(|e| e.id));
     }
     out
@@ -184,13 +197,7 @@ fn overspeed_needs_its_seconds_above_the_limit_and_reads_vel_or_the_distance() {
         let mut p = fix("van1", tst, None);
         p.lat = lat;
         let mut events = Vec::new();
-        let seen = Seen {
-            fix: &p,
-            inside: &[],
-            stop_since: None,
-            prev,
-        };
-        r.evaluate(&mut state, seen, &name, &mut events);
+        r.evaluate(&mut state, seen(&p, &[], None, prev), &name, &mut events);
         ids.extend(
             events
                 .into_iter()
@@ -269,13 +276,7 @@ fn built_in_kinds_narrowed_to_devices_and_fences_with_ids_of_their_own_and_a_deb
     ] {
         let p = fix(device, tst, None);
         let mut events = vec![enter(device, tst, fence)];
-        let seen = Seen {
-            fix: &p,
-            inside: &[],
-            stop_since: None,
-            prev: None,
-        };
-        r.evaluate(&mut state, seen, &name, &mut events);
+        r.evaluate(&mut state, seen(&p, &[], None, None), &name, &mut events);
         ids.extend(events.into_iter().skip(1).map(|e| e.id));
     }
     assert_eq!(
@@ -303,12 +304,7 @@ fn a_devices_rule_memory_is_bounded_and_keeps_what_it_holds() {
     let mut fired = Vec::new();
     for tst in [1_000, 1_060, 1_120, 1_180] {
         let p = fix("van1", tst, None);
-        let seen = Seen {
-            fix: &p,
-            inside: &inside,
-            stop_since: None,
-            prev: None,
-        };
+        let seen = seen(&p, &inside, None, None);
         let mut events = Vec::new();
         r.evaluate(&mut state, seen, &|_| None, &mut events);
         fired.push(events.len());
@@ -345,13 +341,12 @@ fn fences_are_named_by_name_or_id_for_every_kind() {
             Vec::new()
         };
         let n = events.len();
-        let seen = Seen {
-            fix: &p,
-            inside: &[key],
-            stop_since: None,
-            prev: None,
-        };
-        r.evaluate(&mut state, seen, &named, &mut events);
+        r.evaluate(
+            &mut state,
+            seen(&p, &[key], None, None),
+            &named,
+            &mut events,
+        );
         ids.extend(events.into_iter().skip(n).map(|e| e.id));
     }
     assert_eq!(
@@ -370,13 +365,12 @@ fn what_a_removed_rule_remembered_is_forgotten_at_the_next_fix() {
     let mut state = RuleState::default();
     for (set, tst) in [(&a, 1_000), (&b, 1_010)] {
         let p = fix("van1", tst, Some(100));
-        let seen = Seen {
-            fix: &p,
-            inside: &[],
-            stop_since: None,
-            prev: None,
-        };
-        set.evaluate(&mut state, seen, &name, &mut Vec::new());
+        set.evaluate(
+            &mut state,
+            seen(&p, &[], None, None),
+            &name,
+            &mut Vec::new(),
+        );
     }
     assert!(state.is_empty());
 }
@@ -457,13 +451,12 @@ fn rule_state_is_stored_compactly_and_read_back() {
     let r = rules("[[rules]]\nname = \"fast\"\nkind = \"overspeed\"\nmax_kmh = 90\nmin_s = 30\n");
     let mut state = RuleState::default();
     let p = fix("van1", 1_000, Some(100));
-    let seen = Seen {
-        fix: &p,
-        inside: &[],
-        stop_since: None,
-        prev: None,
-    };
-    r.evaluate(&mut state, seen, &name, &mut Vec::new());
+    r.evaluate(
+        &mut state,
+        seen(&p, &[], None, None),
+        &name,
+        &mut Vec::new(),
+    );
     let json = serde_json::to_string(&state).expect("json");
     assert_eq!(
         json,
@@ -476,12 +469,11 @@ fn rule_state_is_stored_compactly_and_read_back() {
     assert_eq!(back, state);
     // Back under the limit: nothing held, nothing stored.
     let p = fix("van1", 1_010, Some(80));
-    let seen = Seen {
-        fix: &p,
-        inside: &[],
-        stop_since: None,
-        prev: None,
-    };
-    r.evaluate(&mut state, seen, &name, &mut Vec::new());
+    r.evaluate(
+        &mut state,
+        seen(&p, &[], None, None),
+        &name,
+        &mut Vec::new(),
+    );
     assert!(state.is_empty());
 }
