@@ -8,7 +8,9 @@
 //! (`--clickhouse-url`), or a file `otstream import` reads (a recording,
 //! Recorder `.rec`, GPX, ...). Positions are read by device and time,
 //! streamed: memory holds the devices' states and what fired (an id per
-//! event), not the history.
+//! event), not the history. Devices are split between worker threads
+//! (one less than the cores), each with its own trackers, beside the
+//! thread that reads and decodes.
 //!
 //! Where it may differ from what ran live, by design:
 //! - the time is each fix's `received_at`, as the stage's clock read it
@@ -117,31 +119,48 @@ pub fn run(args: RulesArgs) -> Result<()> {
     if let Some(current) = &args.against {
         runs.push(Run::new(current, load(current)?));
     }
-    let clock = Arc::new(Replayed::default());
-    let trackers: Vec<Tracker> = runs
-        .iter()
-        .map(|r| {
-            let mut t =
-                Tracker::with_clock(&stage, Arc::clone(&fences), clock.clone()).without_snapshots();
-            t.set_rules(r.rules.clone());
-            t
-        })
-        .collect();
     let window = (
         time(args.from.as_deref(), i64::MIN / 2)?,
         time(args.to.as_deref(), i64::MAX / 2)?,
     );
     let read_from = window.0.saturating_sub(args.warm_up_s.max(0));
     let started = Instant::now();
+    // Devices are split between workers, each with its own trackers; the
+    // reading and decoding go on beside them.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .clamp(1, 8);
+    let rule_sets: Vec<Rules> = runs.iter().map(|r| r.rules.clone()).collect();
+    let shards = (0..workers)
+        .map(|_| {
+            let clock = Arc::new(Replayed::default());
+            let trackers = rule_sets
+                .iter()
+                .map(|rules| {
+                    let mut t = Tracker::with_clock(&stage, Arc::clone(&fences), clock.clone())
+                        .without_snapshots();
+                    t.set_rules(rules.clone());
+                    t
+                })
+                .collect();
+            Shard {
+                trackers,
+                fired: rule_sets.iter().map(|_| BTreeMap::new()).collect(),
+                window,
+                clock,
+                ndjson: args.ndjson,
+                out: Vec::new(),
+            }
+            .spawn()
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut eval = Evaluation {
-        trackers,
+        shards,
         runs,
         window,
         read_from,
-        clock,
         fixes: 0,
-        ndjson: args.ndjson,
-        out: Vec::new(),
+        devices: 0,
     };
     match (&args.data_dir, &args.clickhouse_url, &args.recording) {
         (Some(dir), None, None) => {
@@ -161,6 +180,7 @@ pub fn run(args: RulesArgs) -> Result<()> {
         (None, None, Some(file)) => eval.recording(file, &config)?,
         _ => bail!("say where the history is: --data-dir DIR, --clickhouse-url URL or a RECORDING"),
     }
+    eval.finish()?;
     if !args.ndjson {
         eval.report(args.examples, started.elapsed().as_secs_f64());
     }
@@ -201,66 +221,73 @@ impl Run {
     }
 }
 
+/// Reads the history and hands each device's records to its shard.
 struct Evaluation {
-    trackers: Vec<Tracker>,
+    shards: Vec<Worker>,
     runs: Vec<Run>,
     /// What is counted.
     window: (i64, i64),
     /// Where reading starts: the window less the warm-up.
     read_from: i64,
-    clock: Arc<Replayed>,
     fixes: u64,
-    ndjson: bool,
-    out: Vec<Message<Record>>,
+    devices: usize,
 }
 
+/// A shard's thread, and the batch being filled for it.
+struct Worker {
+    tx: std::sync::mpsc::SyncSender<Vec<Record>>,
+    batch: Vec<Record>,
+    done: std::thread::JoinHandle<Shard>,
+}
+
+/// Records handed to a shard at once: a channel hand-over per record
+/// would cost more than the record.
+const BATCH: usize = 512;
+
 impl Evaluation {
-    /// Evaluates one record with every rule set.
+    /// Hands one record to its device's shard.
     fn record(&mut self, r: Record) {
         let key = match &r {
             Record::Position(p) => {
                 if p.tst < self.read_from || p.tst > self.window.1 {
                     return;
                 }
-                self.clock.0.store(p.meta.received_at, Ordering::Relaxed);
                 self.fixes += 1;
                 p.meta.key()
             }
             other => other.key(),
         };
-        let last = self.trackers.len() - 1;
-        let mut r = Some(r);
-        for (i, tracker) in self.trackers.iter_mut().enumerate() {
-            // The last set takes the record, the others a copy.
-            let value = match (i == last, &r) {
-                (true, _) => r.take(),
-                (false, Some(v)) => Some(v.clone()),
-                (false, None) => None,
-            };
-            let Some(value) = value else { break };
-            tracker.process(Message::new(key.clone(), value, Ack::none()), &mut self.out);
-            for m in self.out.drain(..) {
-                let Record::Event(e) = m.value else { continue };
-                let Some(rule) = e.rule.clone() else { continue };
-                if e.tst < self.window.0 || e.tst > self.window.1 {
-                    continue;
-                }
-                // An event evaluated again (a stop's arrival estimated
-                // anew) has the same id: stored once, printed once.
-                let first = !self.runs[i].fired.contains_key(&e.id);
-                if self.ndjson && i == 0 && first {
-                    println!("{}", event_json(&e));
-                }
-                self.runs[i].fired.insert(
-                    e.id.clone(),
-                    Fired {
-                        rule: rule.to_string(),
-                        device: format!("{}/{}", e.meta.user, e.meta.device),
-                        tst: e.tst,
-                    },
-                );
+        let n = self.shards.len() as u64;
+        let i = usize::try_from(otstream_model::identity::stable_hash(&key) % n).unwrap_or(0);
+        let Some(w) = self.shards.get_mut(i) else {
+            return;
+        };
+        w.batch.push(r);
+        if w.batch.len() >= BATCH {
+            let batch = std::mem::replace(&mut w.batch, Vec::with_capacity(BATCH));
+            // A shard that is gone failed: finish() says so.
+            let _ = w.tx.send(batch);
+        }
+    }
+
+    /// Hands over what is left, waits for the shards and gathers what
+    /// fired.
+    fn finish(&mut self) -> Result<()> {
+        for w in std::mem::take(&mut self.shards) {
+            let Worker { tx, batch, done } = w;
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            drop(tx);
+            let shard = done
+                .join()
+                .map_err(|_| anyhow::anyhow!("a rules test worker failed"))?;
+            self.devices += shard.trackers.first().map_or(0, Tracker::devices);
+            for (run, fired) in self.runs.iter_mut().zip(shard.fired) {
+                run.fired.extend(fired);
             }
         }
+        Ok(())
     }
 
     /// The devices' own regions, then every stored position in the
@@ -335,7 +362,7 @@ impl Evaluation {
             new.rules.names().count(),
             new.file.display(),
             self.fixes,
-            self.trackers[0].devices()
+            self.devices
         );
         let current = self.runs.get(1);
         let count = |run: &Run, rule: &str| run.fired.values().filter(|f| f.rule == rule).count();
@@ -436,6 +463,87 @@ impl Evaluation {
             println!("\nonly with the current rules: {}", gone.len());
             for l in gone.iter().take(examples) {
                 println!("{l}");
+            }
+        }
+    }
+}
+
+/// Some of the devices, evaluated by every rule set on a thread of its own.
+struct Shard {
+    /// One per rule set, in the runs' order.
+    trackers: Vec<Tracker>,
+    /// What each rule set fired, by id.
+    fired: Vec<BTreeMap<String, Fired>>,
+    window: (i64, i64),
+    clock: Arc<Replayed>,
+    ndjson: bool,
+    out: Vec<Message<Record>>,
+}
+
+impl Shard {
+    fn spawn(mut self) -> Result<Worker> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(4);
+        let done = std::thread::Builder::new()
+            .name("rules-test".into())
+            .spawn(move || {
+                for batch in rx {
+                    for r in batch {
+                        self.evaluate(r);
+                    }
+                }
+                self
+            })
+            .context("cannot start a rules test worker")?;
+        Ok(Worker {
+            tx,
+            batch: Vec::with_capacity(BATCH),
+            done,
+        })
+    }
+
+    /// Evaluates one record with every rule set.
+    fn evaluate(&mut self, r: Record) {
+        let key = match &r {
+            Record::Position(p) => {
+                self.clock.0.store(p.meta.received_at, Ordering::Relaxed);
+                p.meta.key()
+            }
+            other => other.key(),
+        };
+        let last = self.trackers.len() - 1;
+        let mut r = Some(r);
+        for (i, tracker) in self.trackers.iter_mut().enumerate() {
+            // The last set takes the record, the others a copy.
+            let value = match (i == last, &r) {
+                (true, _) => r.take(),
+                (false, Some(v)) => Some(v.clone()),
+                (false, None) => None,
+            };
+            let Some(value) = value else { break };
+            tracker.process(Message::new(key.clone(), value, Ack::none()), &mut self.out);
+            for m in self.out.drain(..) {
+                let Record::Event(e) = m.value else { continue };
+                let Some(rule) = e.rule.clone() else { continue };
+                if e.tst < self.window.0 || e.tst > self.window.1 {
+                    continue;
+                }
+                let Some(fired) = self.fired.get_mut(i) else {
+                    continue;
+                };
+                // An event evaluated again (a stop's arrival estimated
+                // anew) has the same id: stored once, printed once.
+                let first = !fired.contains_key(&e.id);
+                if self.ndjson && i == 0 && first {
+                    println!("{}", event_json(&e));
+                }
+                fired.insert(
+                    e.id.clone(),
+                    Fired {
+                        rule: rule.to_string(),
+                        device: format!("{}/{}", e.meta.user, e.meta.device),
+                        tst: e.tst,
+                    },
+                );
             }
         }
     }
