@@ -400,19 +400,31 @@ fn fences_are_pushed_to_the_phone_once_per_change_and_its_copy_counts_once() {
     );
     assert_eq!(answer(&at(T0 + 60)), serde_json::json!([]));
 
-    // The phone reports its copy back, and a transition for it.
+    // The phone reports its copy back as Android does (no rid: the tst
+    // names it), and transitions for it as iOS (its rid) and Android (its
+    // tst as wtst) do.
+    let tst = &first[0]["waypoints"]["waypoints"][0]["tst"];
     let copy = format!(
-        r#"{{"_type":"waypoints","waypoints":[{{"_type":"waypoint","desc":"Depot","lat":{},"lon":{},"rad":150,"tst":{},"rid":"otstream:depot"}}]}}"#,
-        HOME.0, HOME.1, first[0]["waypoints"]["waypoints"][0]["tst"]
+        r#"{{"_type":"waypoints","waypoints":[{{"_type":"waypoint","desc":"Depot","lat":{},"lon":{},"rad":150,"tst":{tst}}}]}}"#,
+        HOME.0, HOME.1
     );
     assert_eq!(answer(copy.as_bytes()), serde_json::json!([]));
-    let reported = format!(
-        r#"{{"_type":"transition","event":"enter","desc":"Depot","rid":"otstream:depot","lat":{},"lon":{},"tst":{},"wtst":1,"acc":8,"t":"c"}}"#,
-        HOME.0,
-        HOME.1,
-        T0 + 1
-    );
-    assert_eq!(answer(reported.as_bytes()), serde_json::json!([]));
+    for reported in [
+        format!(
+            r#"{{"_type":"transition","event":"enter","desc":"Depot","rid":"otstream:depot","lat":{},"lon":{},"tst":{},"wtst":{tst},"acc":8,"t":"c"}}"#,
+            HOME.0,
+            HOME.1,
+            T0 + 1
+        ),
+        format!(
+            r#"{{"_type":"transition","event":"leave","desc":"Depot","lat":{},"lon":{},"tst":{},"wtst":{tst},"acc":8,"t":"c"}}"#,
+            HOME.0,
+            HOME.1,
+            T0 + 2
+        ),
+    ] {
+        assert_eq!(answer(reported.as_bytes()), serde_json::json!([]));
+    }
     assert_eq!(answer(&at(T0 + 120)), serde_json::json!([]));
 
     // A new fence: the next location is sent both.
@@ -442,9 +454,13 @@ fn fences_are_pushed_to_the_phone_once_per_change_and_its_copy_counts_once() {
     assert_eq!(
         rows(
             &db,
-            "SELECT source, event, rid FROM transitions ORDER BY source"
+            "SELECT source, event, rid FROM transitions ORDER BY source, tst"
         ),
-        ["device|enter|otstream:depot", "server|enter|depot"]
+        [
+            "pushed|enter|otstream:depot",
+            "pushed|leave|NULL",
+            "server|enter|depot"
+        ]
     );
     assert_eq!(
         rows(&db, "SELECT id FROM events WHERE kind = 'enter'"),

@@ -328,16 +328,25 @@ fn fences_are_pushed_on_the_command_topic_once_and_not_taken_back() {
             ("OTSTREAM_GEOFENCE__FENCES", fences.to_str().unwrap()),
         ],
     );
+    // Two locations, a last will and a body that is no message: only the
+    // first location asks for the fences.
+    let base = format!("{prefix}/fleet/van1");
     let acked = publish_qos1(
         &mqtt_url(),
         &format!("{client_id}-pub"),
         &[
             location(&prefix, "van1", 1_700_000_000),
             location(&prefix, "van1", 1_700_000_060),
+            (
+                base.clone(),
+                br#"{"_type":"lwt","tst":1700000100}"#.to_vec(),
+            ),
+            (base, b"not json".to_vec()),
         ],
     );
-    assert_eq!(acked, [true, true]);
+    assert_eq!(acked, [true, true, true, true]);
     wait_rows(&serve, "SELECT count(*) FROM positions", 2);
+    wait_rows(&serve, "SELECT count(*) FROM dead_letters", 1);
     otstream_tests::wait_until(
         "the command seen back by the ingress",
         Duration::from_secs(30),
@@ -361,8 +370,9 @@ fn fences_are_pushed_on_the_command_topic_once_and_not_taken_back() {
             &Value::from("otstream:depot")
         )
     );
+    assert_eq!(serve.metric("otstream_fences_pushed_total"), Some(1.0));
     assert_eq!(
-        rows(&serve.db(), "SELECT count(*) FROM device_events"),
-        ["0"]
+        rows(&serve.db(), "SELECT event FROM device_events"),
+        ["lwt"]
     );
 }

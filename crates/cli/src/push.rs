@@ -72,8 +72,13 @@ impl Stage<(), ()> for FencePush {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => match file.reload().await {
                     Some(Ok(set)) => {
-                        version += 1;
-                        tx.send_replace(Arc::new(regions(&set, version)));
+                        // A file touched or reformatted, its circles the
+                        // same: nothing to send again.
+                        let next = regions(&set, version + 1);
+                        if next.regions != tx.borrow().regions {
+                            version += 1;
+                            tx.send_replace(Arc::new(next));
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "fences file changed but cannot be used; pushing the fences in use");

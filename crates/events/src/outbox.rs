@@ -235,8 +235,11 @@ pub fn device_transitions(batch: &mut Vec<Message<Record>>) {
         let Record::Transition(t) = &m.value else {
             continue;
         };
-        // The phone's copy of a fence the server pushed to it: the server
-        // raised this transition's event from the fence itself.
+        // The phone's copy of a fence the server pushed to it, which the
+        // server raised the event for from the fence itself: marked
+        // `pushed` by the geofence stage in one process (by `rid` or
+        // `wtst`), and known by its `rid` here in every mode (over Kafka
+        // the sink reads the phone's transitions before that stage).
         let pushed = t
             .rid
             .as_deref()

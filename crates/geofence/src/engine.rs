@@ -246,7 +246,19 @@ pub struct Region {
 pub struct Geofencer {
     config: GeofenceConfig,
     fences: Arc<FenceSet>,
+    /// The `tst` each circle is pushed to the phones with, to its key.
+    pushed: HashMap<i64, u64>,
     waypoints: HashMap<String, Regions>,
+}
+
+/// The circles of `fences` by the `tst` they are pushed to the phones with.
+fn pushed_tsts(fences: &FenceSet) -> HashMap<i64, u64> {
+    fences
+        .fences()
+        .iter()
+        .filter(|f| matches!(f.shape, Shape::Circle { .. }))
+        .map(|f| (otstream_model::pushed_tst(&f.id), f.key))
+        .collect()
 }
 
 /// What a waypoint did to its device's regions.
@@ -289,6 +301,7 @@ impl Geofencer {
     pub fn new(config: GeofenceConfig, fences: Arc<FenceSet>) -> Self {
         Self {
             config,
+            pushed: pushed_tsts(&fences),
             fences,
             waypoints: HashMap::new(),
         }
@@ -296,7 +309,31 @@ impl Geofencer {
 
     /// Replaces the operator fences (the file changed); device state is kept.
     pub fn set_fences(&mut self, fences: Arc<FenceSet>) {
+        self.pushed = pushed_tsts(&fences);
         self.fences = fences;
+    }
+
+    /// Whether a region or a transition a device reports is its copy of
+    /// an operator circle the server pushes to it: its `rid`
+    /// (`otstream:<id>`; iOS) or its `tst`/`wtst` (Android sends no rid)
+    /// names a circle that applies to that device. The server evaluates
+    /// the fence itself: the copy would count everything twice.
+    pub fn is_pushed_copy(
+        &self,
+        (user, device): (&str, &str),
+        rid: Option<&str>,
+        tst: Option<i64>,
+    ) -> bool {
+        let by_rid = rid
+            .and_then(|r| r.strip_prefix(otstream_model::PUSHED_RID_PREFIX))
+            .and_then(|id| self.fences.by_key(fence_key(id)));
+        let by_tst = || {
+            tst.and_then(|t| self.pushed.get(&t))
+                .and_then(|k| self.fences.by_key(*k))
+        };
+        by_rid
+            .or_else(by_tst)
+            .is_some_and(|f| matches!(f.shape, Shape::Circle { .. }) && f.applies_to(user, device))
     }
 
     /// The operator fences in use.
@@ -325,10 +362,7 @@ impl Geofencer {
         };
         // An operator fence the server pushed: evaluated as the fence
         // already, it would give every transition twice.
-        if w.rid
-            .as_deref()
-            .is_some_and(|r| r.starts_with(otstream_model::PUSHED_RID_PREFIX))
-        {
+        if self.is_pushed_copy((&w.meta.user, &w.meta.device), w.rid.as_deref(), w.tst) {
             return Learned::Nothing;
         }
         if rad <= 0 {

@@ -28,6 +28,11 @@ pub const MAX_PUSHED: usize = 20;
 /// Devices remembered as sent the current version.
 pub const MAX_DEVICES: usize = 100_000;
 
+/// A device is sent its fences again after this long, even unchanged: an
+/// answer can be lost on its way, and a broker may drop what its access
+/// rules do not allow without saying so.
+pub const RESEND_S: i64 = 86_400;
+
 /// One fence as a phone's region.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
@@ -52,9 +57,7 @@ impl Region {
     /// region on the phone) comes from the fence's id, so that the same
     /// fence pushed again replaces itself rather than adding a copy.
     fn waypoint(&self) -> Value {
-        let tst = 1_000_000_000
-            + i64::try_from(otstream_model::identity::stable_hash(&self.id) % 500_000_000)
-                .unwrap_or(0);
+        let tst = otstream_model::pushed_tst(&self.id);
         json!({
             "_type": "waypoint",
             "desc": self.name.as_str(),
@@ -84,7 +87,8 @@ pub struct Regions {
 /// Who is sent which regions, and who was sent them already.
 pub struct Push {
     regions: watch::Receiver<Arc<Regions>>,
-    sent: Mutex<HashMap<String, u64>>,
+    /// Device → the version it was sent and when (UNIX s).
+    sent: Mutex<HashMap<String, (u64, i64)>>,
 }
 
 impl Push {
@@ -97,24 +101,39 @@ impl Push {
     }
 
     /// The `setWaypoints` command for `user/device`, unless it was sent
-    /// this version already or no fence applies to it.
+    /// this version already (within [`RESEND_S`]) or no fence applies to it.
     pub fn command(&self, user: &str, device: &str) -> Option<Value> {
+        self.command_of(user, device, false)
+    }
+
+    /// [`Push::command`] with the fences for everyone only: for a topic
+    /// that others than the device may read.
+    pub fn command_for_everyone(&self, user: &str, device: &str) -> Option<Value> {
+        self.command_of(user, device, true)
+    }
+
+    fn command_of(&self, user: &str, device: &str, everyone: bool) -> Option<Value> {
         let regions = Arc::clone(&self.regions.borrow());
         let key = format!("{user}/{device}");
+        let now = otstream_model::raw::now_ms() / 1000;
         {
             let mut sent = self.sent.lock().ok()?;
-            if sent.get(&key) == Some(&regions.version) {
+            if sent
+                .get(&key)
+                .is_some_and(|(v, at)| *v == regions.version && now - at < RESEND_S)
+            {
                 return None;
             }
             if sent.len() >= MAX_DEVICES && !sent.contains_key(&key) {
                 sent.clear();
             }
-            sent.insert(key, regions.version);
+            sent.insert(key, (regions.version, now));
         }
         let waypoints: Vec<Value> = regions
             .regions
             .iter()
             .filter(|r| r.applies(user, device))
+            .filter(|r| !everyone || (r.user.is_none() && r.device.is_none()))
             .take(MAX_PUSHED)
             .map(Region::waypoint)
             .collect();

@@ -46,3 +46,10 @@ pub use visible::Visible;
 /// fences itself, so a phone's copy is never learned as a region of its
 /// own and its transitions for them raise no event a second time.
 pub const PUSHED_RID_PREFIX: &str = "otstream:";
+
+/// The `tst` of the region pushed for the fence `id`: what names a region
+/// on the phone (so that pushing it again replaces it), and what the
+/// phone's transitions for it carry as `wtst` (Android sends no `rid`).
+pub fn pushed_tst(id: &str) -> i64 {
+    1_000_000_000 + i64::try_from(identity::stable_hash(id) % 500_000_000).unwrap_or(0)
+}

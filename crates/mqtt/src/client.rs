@@ -205,6 +205,15 @@ impl Delivery {
         }
     }
 
+    /// Whether the broker kept it as its topic's retained message (and
+    /// sends it again on every subscription).
+    pub fn retained(&self) -> bool {
+        match self {
+            Delivery::V4(p) => p.retain,
+            Delivery::V5(p) => p.retain,
+        }
+    }
+
     /// Its payload.
     pub fn payload(&self) -> &[u8] {
         match self {

@@ -283,6 +283,7 @@ impl Tracker {
                 msg.ack.delivered();
             }
             Record::Position(_) => self.position(msg, out),
+            Record::Transition(_) => self.transition(msg, out),
             Record::Waypoint(w) => match self.geofencer.on_waypoint(w) {
                 Learned::Region => {
                     // Its regions are snapshotted once, when the batch ends
@@ -311,6 +312,24 @@ impl Tracker {
 }
 
 impl Tracker {
+    /// A transition a device reports: stored as it is, but one for its copy
+    /// of a fence the server pushed to it is marked `source = "pushed"`
+    /// (and raises no event: the server's own evaluation of the fence did).
+    fn transition(&mut self, mut msg: Message<Record>, out: &mut Vec<Message<Record>>) {
+        if let Record::Transition(t) = &mut msg.value
+            && t.source == "device"
+            && self.geofencer.is_pushed_copy(
+                (&t.meta.user, &t.meta.device),
+                t.rid.as_deref(),
+                t.wtst,
+            )
+        {
+            t.source = Text::from("pushed");
+            metrics::counter!("otstream_pushed_transitions_total").increment(1);
+        }
+        self.pass(msg, out);
+    }
+
     /// A position: the filters' verdict; for a fix taken, the transitions,
     /// trips, stops and events it causes, then the device's state.
     fn position(&mut self, mut msg: Message<Record>, out: &mut Vec<Message<Record>>) {

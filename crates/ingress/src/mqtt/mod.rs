@@ -125,13 +125,14 @@ impl<S: Sender<RawMessage>> Stage<(), S> for MqttIngress {
         };
         let filters = config.filters();
         let prefix = config.topic_prefix.clone();
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter)>();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Delivery, AckWaiter, session::PushTo)>();
         let resync = CancellationToken::new();
         let acker = tokio::spawn(ack_in_order(
             client.clone(),
             ack_rx,
             resync.clone(),
             meters.unacked.clone(),
+            push.clone(),
         ));
         let mut session = Session {
             client,
@@ -146,7 +147,6 @@ impl<S: Sender<RawMessage>> Stage<(), S> for MqttIngress {
             meters,
             config,
             push,
-            pushing: std::sync::Arc::new(tokio::sync::Semaphore::new(session::PUSHES_IN_FLIGHT)),
         };
         session.run(shutdown).await;
         drop(session.ack_tx);

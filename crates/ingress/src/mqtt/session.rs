@@ -12,20 +12,16 @@ pub(super) struct Session<S> {
     pub(super) filters: Vec<String>,
     pub(super) prefix: String,
     pub(super) output: S,
-    pub(super) ack_tx: mpsc::UnboundedSender<(Delivery, AckWaiter)>,
+    pub(super) ack_tx: mpsc::UnboundedSender<(Delivery, AckWaiter, PushTo)>,
     pub(super) resync: CancellationToken,
     pub(super) meters: Meters,
     pub(super) config: MqttConfig,
     pub(super) push: Option<std::sync::Arc<crate::push::Push>>,
-    /// Pushes being handed to the client, at most [`PUSHES_IN_FLIGHT`].
-    pub(super) pushing: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-/// Fences commands handed to the MQTT client at once. Each waits in a task
-/// of its own for room in the client's queue, which only this session's
-/// loop empties: waiting in the loop would stop it. Past the bound a
-/// device is left for its next location.
-pub(super) const PUSHES_IN_FLIGHT: usize = 64;
+/// A device to send its fences once its location is stored: user,
+/// device, and its command topic.
+pub(super) type PushTo = Option<(String, String, String)>;
 
 impl<S: Sender<RawMessage>> Session<S> {
     pub(super) async fn run(&mut self, shutdown: CancellationToken) {
@@ -93,7 +89,7 @@ impl<S: Sender<RawMessage>> Session<S> {
             self.meters.own.increment(1);
             let (ack, done) = Ack::new();
             ack.delivered();
-            let _ = self.ack_tx.send((p, done));
+            let _ = self.ack_tx.send((p, done, None));
             return;
         }
         self.meters.received.increment(1);
@@ -112,16 +108,12 @@ impl<S: Sender<RawMessage>> Session<S> {
             payload: p.payload().to_vec(),
         };
         let (ack, done) = Ack::new();
-        // A location on the device's own topic says the app is listening.
-        let device_topic = p.topic().matches('/').count() == 2;
-        match self.output.send(Message::new(key.clone(), raw, ack)).await {
+        let push_to = self.push_to(&p, &key);
+        match self.output.send(Message::new(key, raw, ack)).await {
             // QoS 0 messages have nothing to acknowledge; the FIFO keeps
             // them only if they carry a packet id.
             Ok(()) => {
-                if device_topic {
-                    self.push_fences(&p.topic(), &key);
-                }
-                let _ = self.ack_tx.send((p, done));
+                let _ = self.ack_tx.send((p, done, push_to));
             }
             Err(e) => {
                 // The bus is closed: shutting down. No PUBACK: redelivered.
@@ -132,47 +124,62 @@ impl<S: Sender<RawMessage>> Session<S> {
 }
 
 impl<S> Session<S> {
-    /// The device's fences on its command topic, if they changed since it
-    /// was last sent them. Marked as ours, so that this subscription, which
-    /// takes the `cmd` subtopic too, leaves it alone.
-    fn push_fences(&self, topic: &str, key: &str) {
-        let Some(push) = &self.push else { return };
-        let Some((user, device)) = key.split_once('/') else {
-            return;
-        };
-        let Some(mut cmd) = push.command(user, device) else {
-            return;
-        };
-        let Ok(permit) = self.pushing.clone().try_acquire_owned() else {
-            push.unsent(user, device);
-            return;
-        };
-        cmd["_otstream"] = serde_json::Value::Bool(true);
-        let body = cmd.to_string().into_bytes();
-        let (client, topic) = (self.client.clone(), format!("{topic}/cmd"));
-        let (push, key) = (push.clone(), key.to_owned());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = client.publish(&topic, body).await {
-                tracing::warn!(error = %e, device = %key, "cannot publish the fences command");
-                if let Some((user, device)) = key.split_once('/') {
-                    push.unsent(user, device);
-                }
-            }
-        });
+    /// Whom `p` asks to be sent its fences: a location (not a retained
+    /// copy, not a last will, not anything else) on the device's own topic,
+    /// when fences are pushed.
+    fn push_to(&self, p: &Delivery, key: &str) -> PushTo {
+        self.push.as_ref()?;
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "_type", borrow)]
+            kind: &'a str,
+        }
+        let topic = p.topic();
+        if p.retained() || topic != format!("{}/{key}", self.prefix) {
+            return None;
+        }
+        let kind: Kind<'_> = serde_json::from_slice(p.payload()).ok()?;
+        if kind.kind != "location" {
+            return None;
+        }
+        let (user, device) = key.split_once('/')?;
+        Some((user.to_owned(), device.to_owned(), format!("{topic}/cmd")))
+    }
+}
+
+/// The device's fences on its command topic, if they changed since it was
+/// last sent them (only the fences for everyone: anyone allowed to read
+/// the topic reads them). Marked as ours, so that this subscription, which
+/// takes the `cmd` subtopic too, leaves it alone.
+async fn push_fences(
+    client: &Client,
+    push: &crate::push::Push,
+    (user, device, topic): (String, String, String),
+) {
+    let Some(mut cmd) = push.command_for_everyone(&user, &device) else {
+        return;
+    };
+    cmd["_otstream"] = serde_json::Value::Bool(true);
+    if let Err(e) = client.publish(&topic, cmd.to_string().into_bytes()).await {
+        tracing::warn!(error = %e, %user, %device, "cannot publish the fences command");
+        push.unsent(&user, &device);
     }
 }
 
 /// Sends PUBACKs in the order the PUBLISHes arrived, each once its message
 /// is stored. A message that was not stored stops the line (no later
 /// message may be acknowledged before it) and asks for a session resync.
+/// A location's fences are pushed here, once it is stored: never for what
+/// was not, and never from the session's loop, which is what empties the
+/// client's queue.
 pub(super) async fn ack_in_order(
     client: Client,
-    mut rx: mpsc::UnboundedReceiver<(Delivery, AckWaiter)>,
+    mut rx: mpsc::UnboundedReceiver<(Delivery, AckWaiter, PushTo)>,
     resync: CancellationToken,
     unacked: Counter,
+    push: Option<std::sync::Arc<crate::push::Push>>,
 ) {
-    let mut pending: VecDeque<(Delivery, AckWaiter)> = VecDeque::new();
+    let mut pending: VecDeque<(Delivery, AckWaiter, PushTo)> = VecDeque::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -183,11 +190,14 @@ pub(super) async fn ack_in_order(
         while let Ok(item) = rx.try_recv() {
             pending.push_back(item);
         }
-        let Some((publish, waiter)) = pending.pop_front() else {
+        let Some((publish, waiter, push_to)) = pending.pop_front() else {
             continue;
         };
         match waiter.await {
             AckStatus::Delivered => {
+                if let (Some(push), Some(to)) = (&push, push_to) {
+                    push_fences(&client, push, to).await;
+                }
                 if let Err(e) = client.ack(&publish).await {
                     // The client is going away: the broker redelivers what
                     // it has no PUBACK for once the session is back.
