@@ -51,7 +51,7 @@ async fn at_least_once_with_offsets_committed_after_delivery() {
     config.topic_prefix = format!("t{}_{}.", std::process::id(), line!());
     config.partitions = 3;
     let created = create_topics(&config).await.unwrap();
-    assert_eq!(created.len(), 6);
+    assert_eq!(created.len(), 7);
     assert!(created.iter().all(|(_, new)| *new), "{created:?}");
     let again = create_topics(&config).await.unwrap();
     assert!(again.iter().all(|(_, new)| !*new), "{again:?}");

@@ -73,7 +73,7 @@ period_ms = 100
         let stdout = create_topics(&config, &brokers);
         assert_eq!(
             stdout.lines().filter(|l| l.ends_with("\tcreated")).count(),
-            6,
+            7,
             "{stdout}"
         );
         Pipeline {
@@ -476,11 +476,13 @@ fn a_stopped_sink_turns_into_503s_at_the_ingress_with_memory_flat() {
 fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
     let _turn = broker_turn();
     let p = Pipeline::new("kafka_serve", 2, 1_000_000);
-    // A rule over Kafka too: the geofence stage's member evaluates it.
+    // Rules over Kafka too: the geofence stage's member evaluates the
+    // battery rule, the proximity stage's the one comparing two devices.
     let rules = p.dir.path().join("rules.toml");
     std::fs::write(
         &rules,
-        "[[rules]]\nname = \"k1-low\"\nkind = \"battery_low\"\ndevices = [\"ev/k1\"]\n",
+        "[[rules]]\nname = \"k1-low\"\nkind = \"battery_low\"\ndevices = [\"ev/k1\"]\n\
+         [[rules]]\nname = \"pair\"\nkind = \"proximity\"\nwithin_m = 100\ndevices = [\"ev/p1\", \"ev/p4\"]\n",
     )
     .unwrap();
     let serve = Serve::start_cmd(
@@ -564,9 +566,56 @@ fn serve_over_the_kafka_bus_runs_every_stage_in_one_process() {
             format!("battery_low:ev/k1:{}#k1-low", t + 120)
         ]
     );
+    // Two devices whose fixes are on different partitions of `positions`
+    // meet in the proximity stage: near at 50 m, apart at 500 m. (Across
+    // partitions nothing orders one device's fixes against another's: p4
+    // goes once the proximity stage has stored p1's fix.)
+    for (device, dt, east_m) in [("p1", 0, 0.0), ("p4", 10, 50.0), ("p4", 20, 500.0)] {
+        if device == "p4" {
+            p.eventually(
+                "SELECT count() FROM device_state FINAL WHERE kind = 'proximity' AND user = '~near' AND device = 'pair' AND position(state, 'ev/p1') > 0",
+                &["1".to_owned()],
+                60,
+            );
+        }
+        let lon = 13.4 + east_m / (111_195.08 * 52.5_f64.to_radians().cos());
+        let body = format!(
+            r#"{{"_type":"location","lat":52.5,"lon":{lon},"tst":{}}}"#,
+            t + dt
+        );
+        let who = [("X-Limit-U", "ev"), ("X-Limit-D", device)];
+        assert_eq!(
+            otstream_tests::post(&p.url(), &who, body.as_bytes()).status,
+            200
+        );
+    }
+    p.eventually(
+        "SELECT id, visitParamExtractBool(body, 'near') FROM events FINAL WHERE kind = 'proximity' ORDER BY tst",
+        &[
+            format!("proximity:ev/p4:{}:ev/p1:near#pair\t1", t + 10),
+            format!("proximity:ev/p4:{}:ev/p1:apart#pair\t0", t + 20),
+        ],
+        60,
+    );
+    let on_first: BTreeSet<String> =
+        read_to_end::<Record>(&kafka, "positions", &[0], Duration::from_secs(60))
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.value {
+                Record::Position(p) if p.meta.device.starts_with('p') => {
+                    Some(p.meta.device.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+    assert_eq!(
+        on_first.len(),
+        1,
+        "one of the two on partition 0, the other on 1: {on_first:?}"
+    );
     let log = serve.log();
     assert!(
-        log.contains(r#"stages=["http ingress", "decode", "geofence", "sink"]"#),
+        log.contains(r#"stages=["http ingress", "decode", "geofence", "proximity", "sink"]"#),
         "{log}"
     );
     dashboard_queries_only_metrics_the_stages_serve(&serve);

@@ -355,6 +355,117 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
     );
 }
 
+/// Two vans a proximity rule compares: they come near within 100 m, stay
+/// near inside the hysteresis (150 m) through a SIGKILL of the server
+/// between the two, part past it, and come near again; the back-test of
+/// the store says the same.
+#[test]
+fn two_vans_come_near_and_part_with_hysteresis_through_a_crash_and_the_back_test_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nname = \"close\"\nkind = \"proximity\"\nwithin_m = 100\nleave_m = 150\ndevices = [\"fleet/van1\", \"fleet/van2\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--rules", rules.to_str().unwrap()];
+    let t = T0 + 86_400;
+    let van = |d: &'static str| [("X-Limit-U", "fleet"), ("X-Limit-D", d)];
+    let serve = Serve::start(&data, &args, &[]).unwrap();
+    post_as(&serve, &van("van1"), &[(t, east(0.0), 0)]);
+    post_as(
+        &serve,
+        &van("van2"),
+        &[
+            (t + 10, east(300.0), 0),
+            (t + 20, east(101.0), 0),
+            (t + 30, east(99.0), 0),
+        ],
+    );
+    serve.kill();
+    let serve = Serve::start(&data, &args, &[]).unwrap();
+    // 140 m apart: still near (the pair's state survived the kill).
+    post_as(&serve, &van("van1"), &[(t + 40, east(-41.0), 0)]);
+    // 151 m: apart.
+    post_as(&serve, &van("van2"), &[(t + 50, east(110.0), 0)]);
+    post_as(&serve, &van("van1"), &[(t + 60, east(60.0), 0)]);
+    let expected = vec![
+        format!(
+            "proximity:fleet/van2:{}:fleet/van1:near#close|true|99",
+            t + 30
+        ),
+        format!(
+            "proximity:fleet/van2:{}:fleet/van1:apart#close|false|151",
+            t + 50
+        ),
+        format!(
+            "proximity:fleet/van1:{}:fleet/van2:near#close|true|50",
+            t + 60
+        ),
+    ];
+    let db = serve.db();
+    let stored: Vec<String> = rows(
+        &db,
+        "SELECT id, body FROM events WHERE kind = 'proximity' ORDER BY tst",
+    )
+    .into_iter()
+    .map(|r| {
+        let (id, body) = r.split_once('|').unwrap();
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["rule"], "close");
+        format!(
+            "{id}|{}|{}",
+            body["near"],
+            body["distance"].as_f64().unwrap().round()
+        )
+    })
+    .collect();
+    assert_eq!(stored, expected, "{}", serve.log());
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT user, device FROM device_state WHERE kind = 'proximity'"
+        ),
+        ["~near|close"]
+    );
+    assert!(serve.interrupt().unwrap());
+
+    let out = run(
+        &[
+            "rules",
+            "test",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--ndjson",
+        ],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fired: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let ids: Vec<String> = expected
+        .iter()
+        .map(|e| e.split('|').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(fired, ids);
+}
+
 /// Rules over a simulated fleet's phones, with their noise, outliers and
 /// late fixes (the phones send no regions of their own, and there are no
 /// operator fences: the dwell is the van's test above).

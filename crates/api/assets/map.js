@@ -251,6 +251,8 @@
     li.append(el('span', 'when', clock(e.tst)), ' ', el('span', 'rule', e.rule), ' · ',
       el('span', 'kind', e.kind), ' · ', el('span', 'who', who),
       el('span', 'where', e.fence ? ' · ' + e.fence : ''));
+    // Proximity: the other device, and whether they came near or parted.
+    if (e.peer) { li.append(el('span', 'peer', ' · ' + (e.near ? 'near ' : 'apart from ') + e.peer)); }
     alertList.prepend(li);
     while (alertList.children.length > MAX_ALERTS) { alertList.lastChild.remove(); }
     alertsEl.hidden = false;

@@ -100,7 +100,16 @@ fn event(r: &Record, visible: &Visible, events: bool) -> Option<Vec<u8>> {
             transition_row(t).members(&mut out);
         }
         // As the outboxes deliver it: one line of JSON, as SSE needs.
-        Record::Event(e) if events && visible.allows(&e.meta.user, &e.meta.device) => {
+        // A proximity event names a second device (`peer`): shown only to
+        // a client that may see that one too.
+        Record::Event(e)
+            if events
+                && visible.allows(&e.meta.user, &e.meta.device)
+                && e.peer.as_deref().is_none_or(|peer| {
+                    peer.split_once('/')
+                        .is_some_and(|(u, d)| visible.allows(u, d))
+                }) =>
+        {
             out.extend_from_slice(b"event: event\ndata: ");
             out.extend_from_slice(e.to_json().as_bytes());
         }
@@ -192,5 +201,37 @@ mod tests {
             "{sent}"
         );
         assert!(sent.ends_with("}\n\n"), "{sent}");
+    }
+
+    /// A proximity event says where a second device is (its distance from
+    /// the first): a reader who may see only the first is not sent it.
+    #[test]
+    fn a_proximity_event_goes_only_to_readers_of_both_devices() {
+        let meta = Meta {
+            user: "jane".into(),
+            device: "phone".into(),
+            tid: None,
+            received_at: 1,
+            transport: Transport::Http,
+            topic: None,
+        };
+        let e = Event {
+            peer: Some("bob/car".into()),
+            distance: Some(42.0),
+            near: Some(true),
+            ..Event::new(EventKind::Proximity, meta, 10, (1.0, 2.0), None).for_rule("close")
+        };
+        let r = Record::Event(e);
+        let jane = Visible::Some {
+            users: vec!["jane".into()],
+            devices: vec![],
+        };
+        assert_eq!(event(&r, &jane, true), None);
+        let both = Visible::Some {
+            users: vec!["jane".into()],
+            devices: vec![("bob".into(), "car".into())],
+        };
+        assert!(event(&r, &both, true).is_some());
+        assert!(event(&r, &Visible::All, true).is_some());
     }
 }

@@ -226,7 +226,13 @@ async fn import(
     let counted = tally.clone();
     let mut links = InProcess::new(&config).observed(Arc::new(move |batch| count(&counted, batch)));
     let mut sup = Supervisor::new(Duration::from_millis(config.shutdown_timeout_ms));
-    topology::build(&config, Selection::import(reader), &mut links, &mut sup).await?;
+    topology::build(
+        &config,
+        Selection::import(&config, reader),
+        &mut links,
+        &mut sup,
+    )
+    .await?;
     drop(links);
     let ended = sup.finish().await;
     progress.finish_and_clear();

@@ -16,6 +16,11 @@
 //!   derives; over Kafka the records are in their topics already, the
 //!   geofence stage sends only what it derives (`events`, `state`), and
 //!   the sink consumes all five topics.
+//! - `near`: the fixes proximity rules compare, keyed by the rule, from
+//!   the geofence stage to the proximity stage (in one process the
+//!   geofence stage's output sends them there and the rest on `stored`;
+//!   over Kafka the `near` topic, read by the group `proximity`). The
+//!   proximity stage writes onto `stored`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +71,9 @@ pub(crate) trait Links {
     type RawRx: Receiver<RawMessage>;
     type RecTx: Sender<Record>;
     type RecRx: Receiver<Record>;
+    /// The geofence stage's output: `stored`, and `near` for the fixes
+    /// proximity rules compare.
+    type GeoTx: Sender<Record>;
     type Intake: otstream_ingress::Intake;
 
     /// Whether the geofence stage forwards what it reads onto `stored`
@@ -85,6 +93,10 @@ pub(crate) trait Links {
     fn records_rx(&mut self, restored: Vec<Message<Record>>) -> Result<End<Self::RecRx>>;
     fn stored_tx(&mut self) -> Result<End<Self::RecTx>>;
     fn stored_rx(&mut self) -> Result<End<Self::RecRx>>;
+    fn geofenced_tx(&mut self) -> Result<End<Self::GeoTx>>;
+    /// `restored` (the proximity rules' stored state) comes first, in one
+    /// process.
+    fn near_rx(&mut self, restored: Vec<Message<Record>>) -> Result<End<Self::RecRx>>;
     /// What reports the links' depth, when they have one to report.
     fn depth(&self) -> Option<crate::topology::Depth>;
 }
@@ -99,6 +111,7 @@ pub(crate) struct InProcess {
     raw: (InProcSender<RawMessage>, Option<InProcReceiver<RawMessage>>),
     records: (InProcSender<Record>, Option<InProcReceiver<Record>>),
     stored: (InProcSender<Record>, Option<InProcReceiver<Record>>),
+    near: (InProcSender<Record>, Option<InProcReceiver<Record>>),
     observe: Option<Observer>,
 }
 
@@ -108,12 +121,14 @@ impl InProcess {
         let (raw_tx, raw_rx) = channel(capacity);
         let (rec_tx, rec_rx) = channel(capacity);
         let (sto_tx, sto_rx) = channel(capacity);
+        let (near_tx, near_rx) = channel(capacity);
         InProcess {
             send_timeout: Duration::from_millis(config.http.send_timeout_ms),
             topic_prefix: config.decode.topic_prefix.clone(),
             raw: (raw_tx, Some(raw_rx)),
             records: (rec_tx, Some(rec_rx)),
             stored: (sto_tx, Some(sto_rx)),
+            near: (near_tx, Some(near_rx)),
             observe: None,
         }
     }
@@ -159,6 +174,7 @@ impl Links for InProcess {
     type RawRx = InProcReceiver<RawMessage>;
     type RecTx = InProcSender<Record>;
     type RecRx = InRx;
+    type GeoTx = Geofenced;
     type Intake = Decoded<InProcSender<Record>>;
 
     fn forwards(&self) -> bool {
@@ -208,17 +224,65 @@ impl Links for InProcess {
         }))
     }
 
+    fn geofenced_tx(&mut self) -> Result<End<Self::GeoTx>> {
+        Ok(End::bare(Geofenced {
+            stored: self.stored.0.clone(),
+            near: self.near.0.clone(),
+        }))
+    }
+
+    fn near_rx(&mut self, restored: Vec<Message<Record>>) -> Result<End<Self::RecRx>> {
+        Ok(End::bare(InRx {
+            first: restored.into_iter(),
+            rest: taken(&mut self.near.1, "near")?,
+            observe: None,
+        }))
+    }
+
     fn depth(&self) -> Option<crate::topology::Depth> {
-        let (raw, records, stored) = (
+        let (raw, records, stored, near) = (
             self.raw.0.clone(),
             self.records.0.clone(),
             self.stored.0.clone(),
+            self.near.0.clone(),
         );
         Some(crate::topology::Depth::new(vec![
             ("raw", Box::new(move || raw.depth())),
             ("records", Box::new(move || records.depth())),
             ("geofenced", Box::new(move || stored.depth())),
+            ("near", Box::new(move || near.depth())),
         ]))
+    }
+}
+
+/// The geofence stage's output in one process: the fixes proximity rules
+/// compare to the proximity stage, the rest to the sink, each in order.
+#[derive(Clone)]
+pub(crate) struct Geofenced {
+    stored: InProcSender<Record>,
+    near: InProcSender<Record>,
+}
+
+impl Sender<Record> for Geofenced {
+    async fn send(&self, msg: Message<Record>) -> Result<(), otstream_bus::BusError> {
+        match msg.value {
+            Record::Near(_) => self.near.send(msg).await,
+            _ => self.stored.send(msg).await,
+        }
+    }
+
+    async fn send_all(&self, msgs: Vec<Message<Record>>) -> Result<(), otstream_bus::BusError> {
+        let (near, stored): (Vec<_>, Vec<_>) = msgs
+            .into_iter()
+            .partition(|m| matches!(m.value, Record::Near(_)));
+        if !near.is_empty() {
+            self.near.send_all(near).await?;
+        }
+        self.stored.send_all(stored).await
+    }
+
+    fn depth(&self) -> usize {
+        self.stored.depth()
     }
 }
 
@@ -297,11 +361,12 @@ impl Kafka {
     fn consumer<T: KafkaCodec>(
         &self,
         kafka: &KafkaConfig,
-        part: Part,
+        name: &str,
+        inputs: &[&str],
         hook: Option<AssignHook<T>>,
     ) -> Result<End<KafkaReceiver<T>>> {
-        let group = kafka.group(part.name());
-        let rx = KafkaReceiver::with_assign_hook(kafka, &group, part.inputs(), hook)
+        let group = kafka.group(name);
+        let rx = KafkaReceiver::with_assign_hook(kafka, &group, inputs, hook)
             .with_context(|| format!("cannot join consumer group {group}"))?;
         let flag = rx.stop_handle();
         let closed = rx.closed();
@@ -310,6 +375,16 @@ impl Kafka {
             stop: Some(Box::new(move || flag.store(true, Ordering::Release))),
             then: Some(Box::pin(async move { closed.wait().await })),
         })
+    }
+
+    /// The consumer of `part`'s group.
+    fn part<T: KafkaCodec>(
+        &self,
+        kafka: &KafkaConfig,
+        part: Part,
+        hook: Option<AssignHook<T>>,
+    ) -> Result<End<KafkaReceiver<T>>> {
+        self.consumer(kafka, part.name(), part.inputs(), hook)
     }
 
     fn producer<T: Send + 'static>(&self) -> Result<End<KafkaSender<T>>>
@@ -336,6 +411,7 @@ impl Links for Kafka {
     type RawRx = KafkaReceiver<RawMessage>;
     type RecTx = KafkaSender<Record>;
     type RecRx = KafkaReceiver<Record>;
+    type GeoTx = KafkaSender<Record>;
     type Intake = Raw<KafkaSender<RawMessage>>;
 
     fn forwards(&self) -> bool {
@@ -366,7 +442,7 @@ impl Links for Kafka {
     }
 
     fn raw_rx(&mut self) -> Result<End<Self::RawRx>> {
-        self.consumer(&self.kafka, Part::Decode, None)
+        self.part(&self.kafka, Part::Decode, None)
     }
 
     fn records_tx(&mut self) -> Result<End<Self::RecTx>> {
@@ -376,7 +452,7 @@ impl Links for Kafka {
     /// The state comes per partition, through the consumer's hook.
     fn records_rx(&mut self, _restored: Vec<Message<Record>>) -> Result<End<Self::RecRx>> {
         let hook = state_restorer(self.kafka.clone());
-        self.consumer(&self.kafka, Part::Geofence, Some(hook))
+        self.part(&self.kafka, Part::Geofence, Some(hook))
     }
 
     fn stored_tx(&mut self) -> Result<End<Self::RecTx>> {
@@ -388,7 +464,20 @@ impl Links for Kafka {
     fn stored_rx(&mut self) -> Result<End<Self::RecRx>> {
         let mut kafka = self.kafka.clone();
         kafka.max_in_flight = self.sink_in_flight;
-        self.consumer(&kafka, Part::Sink, None)
+        self.part(&kafka, Part::Sink, None)
+    }
+
+    /// Each record to its topic: the fixes proximity rules compare to
+    /// `near`, keyed by the rule.
+    fn geofenced_tx(&mut self) -> Result<End<Self::GeoTx>> {
+        self.producer()
+    }
+
+    /// The group `proximity` on `near`: a rule's fixes and its state (the
+    /// `state` topic, keyed alike) come through the same partition.
+    fn near_rx(&mut self, _restored: Vec<Message<Record>>) -> Result<End<Self::RecRx>> {
+        let hook = state_restorer(self.kafka.clone());
+        self.consumer(&self.kafka, "proximity", &[topics::NEAR], Some(hook))
     }
 
     fn depth(&self) -> Option<crate::topology::Depth> {

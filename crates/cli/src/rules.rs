@@ -23,7 +23,11 @@
 //!   no newer than its device's last was ignored, and a region counted
 //!   from when it arrived. A recording replays arrival order exactly;
 //! - time-driven events (`silent`, and so `back`) are not evaluated:
-//!   nothing passes in a back-test but the fixes.
+//!   nothing passes in a back-test but the fixes;
+//! - proximity compares devices: the fixes the shards send on to
+//!   proximity rules are gathered, put in the order they were received
+//!   (`received_at`, as the live `near` link had them) and evaluated once
+//!   the shards are done.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +39,7 @@ use anyhow::{Context as _, Result, bail};
 use otstream_api::read::{Query, Reader};
 use otstream_bus::{Ack, Message};
 use otstream_decode::{Decoder, KeyRing};
-use otstream_geofence::rules::Rules;
+use otstream_geofence::rules::{NearState, Rules};
 use otstream_geofence::stage::{Clock, Tracker, load_fences, load_rules};
 use otstream_model::{Event, Meta, Position, Record, Transport, Waypoint};
 use otstream_schema::clickhouse::ClickHouseConfig;
@@ -146,6 +150,8 @@ pub fn run(args: RulesArgs) -> Result<()> {
             Shard {
                 trackers,
                 fired: rule_sets.iter().map(|_| BTreeMap::new()).collect(),
+                near: rule_sets.iter().map(|_| Vec::new()).collect(),
+                near_overflow: false,
                 window,
                 clock,
                 ndjson: args.ndjson,
@@ -161,6 +167,7 @@ pub fn run(args: RulesArgs) -> Result<()> {
         read_from,
         fixes: 0,
         devices: 0,
+        ndjson: args.ndjson,
     };
     match (&args.data_dir, &args.clickhouse_url, &args.recording) {
         (Some(dir), None, None) => {
@@ -202,6 +209,8 @@ struct Run {
     rules: Rules,
     /// Fired events by id: what a replay, or a live run, would have stored.
     fired: BTreeMap<String, Fired>,
+    /// The fixes its proximity rules compare, gathered from the shards.
+    near: Vec<otstream_model::Near>,
 }
 
 /// What the report keeps of a fired event.
@@ -217,6 +226,7 @@ impl Run {
             file: file.to_owned(),
             rules,
             fired: BTreeMap::new(),
+            near: Vec::new(),
         }
     }
 }
@@ -231,6 +241,7 @@ struct Evaluation {
     read_from: i64,
     fixes: u64,
     devices: usize,
+    ndjson: bool,
 }
 
 /// A shard's thread, and the batch being filled for it.
@@ -239,6 +250,10 @@ struct Worker {
     batch: Vec<Record>,
     done: std::thread::JoinHandle<Shard>,
 }
+
+/// Most fixes a worker gathers for proximity rules, which are evaluated
+/// in arrival order once the history is read (about 300 bytes each).
+const MAX_NEAR_A_SHARD: usize = 4_000_000;
 
 /// Records handed to a shard at once: a channel hand-over per record
 /// would cost more than the record.
@@ -282,9 +297,28 @@ impl Evaluation {
             let shard = done
                 .join()
                 .map_err(|_| anyhow::anyhow!("a rules test worker failed"))?;
+            if shard.near_overflow {
+                bail!(
+                    "proximity rules compare more fixes than a back-test holds ({MAX_NEAR_A_SHARD} a worker): narrow --from/--to"
+                );
+            }
             self.devices += shard.trackers.first().map_or(0, Tracker::devices);
-            for (run, fired) in self.runs.iter_mut().zip(shard.fired) {
+            for ((run, fired), near) in self.runs.iter_mut().zip(shard.fired).zip(shard.near) {
                 run.fired.extend(fired);
+                run.near.extend(near);
+            }
+        }
+        for (i, run) in self.runs.iter_mut().enumerate() {
+            let mut near = std::mem::take(&mut run.near);
+            near.sort_by_key(|n| (n.fix.meta.received_at, n.fix.tst));
+            let mut states: BTreeMap<otstream_model::Text, NearState> = BTreeMap::new();
+            let mut events = Vec::new();
+            for n in near {
+                let state = states.entry(n.rule.clone()).or_default();
+                run.rules.near(&n.rule, state, &n.fix, &mut events);
+            }
+            for e in events {
+                record_fired(&mut run.fired, e, self.window, self.ndjson && i == 0);
             }
         }
         Ok(())
@@ -474,6 +508,10 @@ struct Shard {
     trackers: Vec<Tracker>,
     /// What each rule set fired, by id.
     fired: Vec<BTreeMap<String, Fired>>,
+    /// The fixes each rule set's proximity rules compare.
+    near: Vec<Vec<otstream_model::Near>>,
+    /// More of them than [`MAX_NEAR_A_SHARD`].
+    near_overflow: bool,
     window: (i64, i64),
     clock: Arc<Replayed>,
     ndjson: bool,
@@ -522,31 +560,41 @@ impl Shard {
             let Some(value) = value else { break };
             tracker.process(Message::new(key.clone(), value, Ack::none()), &mut self.out);
             for m in self.out.drain(..) {
-                let Record::Event(e) = m.value else { continue };
-                let Some(rule) = e.rule.clone() else { continue };
-                if e.tst < self.window.0 || e.tst > self.window.1 {
-                    continue;
-                }
-                let Some(fired) = self.fired.get_mut(i) else {
+                let (Some(fired), Some(near)) = (self.fired.get_mut(i), self.near.get_mut(i))
+                else {
                     continue;
                 };
-                // An event evaluated again (a stop's arrival estimated
-                // anew) has the same id: stored once, printed once.
-                let first = !fired.contains_key(&e.id);
-                if self.ndjson && i == 0 && first {
-                    println!("{}", event_json(&e));
+                match m.value {
+                    Record::Event(e) => record_fired(fired, e, self.window, self.ndjson && i == 0),
+                    Record::Near(n) if near.len() < MAX_NEAR_A_SHARD => near.push(n),
+                    Record::Near(_) => self.near_overflow = true,
+                    _ => {}
                 }
-                fired.insert(
-                    e.id.clone(),
-                    Fired {
-                        rule: rule.to_string(),
-                        device: format!("{}/{}", e.meta.user, e.meta.device),
-                        tst: e.tst,
-                    },
-                );
             }
         }
     }
+}
+
+/// Counts a rule's event `e` fired inside `window` (printing it with
+/// `print`, the first time).
+fn record_fired(fired: &mut BTreeMap<String, Fired>, e: Event, window: (i64, i64), print: bool) {
+    let Some(rule) = e.rule.clone() else { return };
+    if e.tst < window.0 || e.tst > window.1 {
+        return;
+    }
+    // An event evaluated again (a stop's arrival estimated anew) has the
+    // same id: stored once, printed once.
+    if print && !fired.contains_key(&e.id) {
+        println!("{}", event_json(&e));
+    }
+    fired.insert(
+        e.id.clone(),
+        Fired {
+            rule: rule.to_string(),
+            device: format!("{}/{}", e.meta.user, e.meta.device),
+            tst: e.tst,
+        },
+    );
 }
 
 /// The time of the record being evaluated: what the live stage's clock

@@ -9,6 +9,7 @@
 //! ```text
 //! mqtt ingress --raw--> decode --records--> geofence --stored--> sink (its outgoing step first)
 //! http ingress ---------(records in one process, raw over Kafka)
+//!                                  geofence --near--> proximity --stored--> sink
 //! side jobs: depth, friends, retention, addresses, events, shipper, api
 //! ```
 //!
@@ -23,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use otstream_bus::Stage;
 use otstream_decode_stage::DecodeStage;
+use otstream_geofence::stage::{KIND_NEAR, ProximityStage};
 use otstream_ingress::HttpIngress;
 use otstream_ingress::MqttIngress;
 use otstream_model::topics;
@@ -42,7 +44,8 @@ pub enum Part {
     /// `raw` into `positions`, `records`, `events`, `dead-letters`.
     Decode,
     /// `positions` and `records` into server transitions, trips and stops
-    /// (`events`) and device state (`state`).
+    /// (`events`) and device state (`state`); and `near` (the fixes
+    /// proximity rules compare) into their events, in a group of its own.
     Geofence,
     /// Every topic into ClickHouse or the embedded store.
     Sink,
@@ -99,6 +102,9 @@ pub enum Link {
     Records,
     /// Everything the sink stores.
     Stored,
+    /// Fixes keyed by the proximity rule that compares them
+    /// ([`otstream_model::Near`]).
+    Near,
 }
 
 /// A unit of the topology: a stage or a side job.
@@ -116,6 +122,8 @@ pub enum Unit {
     Push,
     Decode,
     Geofence,
+    /// Proximity rules, over the fixes the geofence stage re-keys.
+    Proximity,
     Sink,
     Retention,
     Addresses,
@@ -156,14 +164,14 @@ const fn row(
     }
 }
 
-use Link::{Intake, Raw, Records, Stored};
+use Link::{Intake, Near, Raw, Records, Stored};
 use StopBy::{Front, Input, Turn};
 
 /// The topology, in the order its units stop in: what takes requests
 /// first (its senders close the links), then each stage once its input
 /// is drained, then the side jobs, which the sink's last commit may
 /// still feed.
-pub const UNITS: [Row; 14] = [
+pub const UNITS: [Row; 15] = [
     row(
         Unit::MqttIngress,
         "mqtt ingress",
@@ -197,6 +205,14 @@ pub const UNITS: [Row; 14] = [
         "geofence",
         Part::Geofence,
         Some(Records),
+        Some(Stored),
+        Input,
+    ),
+    row(
+        Unit::Proximity,
+        "proximity",
+        Part::Geofence,
+        Some(Near),
         Some(Stored),
         Input,
     ),
@@ -248,6 +264,7 @@ impl Selection {
                     events.enabled && (events.mqtt.enabled || !events.webhooks.is_empty())
                 }
                 Unit::Shipper => buffered,
+                Unit::Proximity => config.geofence.rules.is_some(),
                 _ => true,
             })
             .map(|r| r.unit)
@@ -278,9 +295,13 @@ impl Selection {
     }
 
     /// `files` read into the stages behind the ingress; no side job.
-    pub(crate) fn import(files: crate::import::Files) -> Selection {
+    pub(crate) fn import(config: &ServeConfig, files: crate::import::Files) -> Selection {
+        let mut units = vec![Unit::Files, Unit::Decode, Unit::Geofence, Unit::Sink];
+        if config.geofence.rules.is_some() {
+            units.insert(3, Unit::Proximity);
+        }
         Selection {
-            units: vec![Unit::Files, Unit::Decode, Unit::Geofence, Unit::Sink],
+            units,
             buffered: false,
             files: Some(files),
         }
@@ -304,10 +325,14 @@ pub(crate) async fn build<L: Links>(
     // process it gives back the device state stored with the rows, the
     // geofence stage's first input.
     let (mut sink, mut shipper, mut restored) = (None, None, Vec::new());
+    let mut near_restored = Vec::new();
     if select.has(Unit::Sink) {
         let (s, ship) = Sink::build(config, select.buffered).await?;
         if links.state_from_store() {
-            restored = s.stored_state().await?;
+            // The proximity rules' state is the proximity stage's.
+            (near_restored, restored) = s.stored_state().await?.into_iter().partition(
+                |m| matches!(&m.value, otstream_model::Record::State(s) if s.kind == KIND_NEAR),
+            );
         }
         sink = Some(s);
         shipper = ship;
@@ -411,7 +436,12 @@ pub(crate) async fn build<L: Links>(
                 }
                 let geofence = stages::geofence(geo).await?;
                 let input = links.records_rx(std::mem::take(&mut restored))?;
-                start.unit(name, geofence, input, links.stored_tx()?, stop);
+                start.unit(name, geofence, input, links.geofenced_tx()?, stop);
+            }
+            Unit::Proximity => {
+                let proximity = ProximityStage::new(&config.geo_stage())?;
+                let input = links.near_rx(std::mem::take(&mut near_restored))?;
+                start.unit(name, proximity, input, links.stored_tx()?, stop);
             }
             Unit::Sink => {
                 let sink = sink.take().context("the sink was built")?;

@@ -32,16 +32,24 @@
 //! The same stage computes trips and stops (rules in `otstream-trips`),
 //! since both need every position of a device in order and its state.
 //!
+//! Proximity compares devices, so it cannot be evaluated per device: the
+//! geofence stage sends each fix a proximity rule applies to on as a
+//! [`otstream_model::Near`] keyed by the rule, and the proximity stage
+//! ([`stage::ProximityStage`]) evaluates each rule with its own state
+//! (events and the rule's state out).
+//!
 //! Layout:
 //! - [`fence`]: fences, shapes, GeoJSON parsing (pure).
 //! - [`engine`]: the index, per-device state and evaluation (pure).
 //! - [`filter`]: the position filters, which set bad fixes aside (pure).
 //! - [`events`]: battery and silence events (pure); the others come from
 //!   transitions, trips and stops.
-//! - [`rules`]: the operator's rules (dwell, idle, overspeed, built-in
-//!   events narrowed), their schedules and per-device state (pure).
+//! - [`rules`]: the operator's rules (dwell, idle, overspeed, proximity,
+//!   built-in events narrowed), their schedules and per-device state
+//!   (pure); a proximity rule's state in [`rules::near`].
 //! - [`stage`]: the stage loop: records in, records plus transitions,
-//!   trips, stops and state snapshots out; fences file reloading.
+//!   trips, stops and state snapshots out; fences file reloading; the
+//!   proximity stage.
 
 pub mod engine;
 pub mod events;

@@ -42,11 +42,14 @@ pub enum EventKind {
     Idle,
     /// A rule's overspeed: above its `max_kmh` for its `min_s`.
     Overspeed,
+    /// A rule's proximity: two devices came within its `within_m` (`near`
+    /// true) or moved apart past its `leave_m` (`near` false).
+    Proximity,
 }
 
 impl EventKind {
     /// Every kind, for configuration checks and metrics.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Enter,
         EventKind::Leave,
         EventKind::TripStarted,
@@ -59,6 +62,7 @@ impl EventKind {
         EventKind::Dwell,
         EventKind::Idle,
         EventKind::Overspeed,
+        EventKind::Proximity,
     ];
 
     /// The name, as in the JSON `kind` field.
@@ -76,6 +80,7 @@ impl EventKind {
             EventKind::Dwell => "dwell",
             EventKind::Idle => "idle",
             EventKind::Overspeed => "overspeed",
+            EventKind::Proximity => "proximity",
         }
     }
 
@@ -145,6 +150,16 @@ pub struct Event {
     /// The speed that broke the limit, km/h (`overspeed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f64>,
+    /// The other device, `user/device` (`proximity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Text>,
+    /// Metres between the two devices' last fixes (`proximity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f64>,
+    /// Whether the two came near (`true`) or moved apart (`false`)
+    /// (`proximity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near: Option<bool>,
 }
 
 impl Event {
@@ -176,6 +191,9 @@ impl Event {
             rule: None,
             since: None,
             speed: None,
+            peer: None,
+            distance: None,
+            near: None,
         }
     }
 

@@ -73,6 +73,17 @@ impl DeviceId {
                 });
             }
         }
+        // The key of the proximity rules' fixes and state: a device of
+        // this user would share their partition key in `state`.
+        if user == crate::Near::USER {
+            return Err(IdentityError::Invalid {
+                part: "user",
+                why: format!(
+                    "{:?} is reserved (otstream's proximity rules)",
+                    crate::Near::USER
+                ),
+            });
+        }
         Ok(Self::new(user, device))
     }
 

@@ -36,7 +36,7 @@ pub use event::{Event, EventKind, Span};
 pub use identity::{DeviceId, IdentityError, IdentityHints};
 pub use raw::{RawMessage, RecordingError, RecordingLine, Transport};
 pub use record::{
-    Beacon, Card, Command, Configuration, DeadLetter, DeviceEvent, Meta, Position, Record,
+    Beacon, Card, Command, Configuration, DeadLetter, DeviceEvent, Meta, Near, Position, Record,
     StateSnapshot, Steps, Stop, Text, Transition, Trip, Unknown, Waypoint,
 };
 pub use visible::Visible;

@@ -559,6 +559,32 @@ impl StateSnapshot {
     }
 }
 
+/// A fix on its way to a rule that compares devices (`proximity`):
+/// keyed by the rule ([`Near::key`]) rather than by the device, so that
+/// every device the rule compares meets in one partition, whatever
+/// partitions their own fixes are on. Never stored: it goes from the
+/// geofence stage to the proximity stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Near {
+    /// The rule's name.
+    pub rule: Text,
+    /// The fix, as the geofence stage took it.
+    pub fix: Position,
+}
+
+impl Near {
+    /// The user part of the bus key of a rule's fixes and of its state
+    /// snapshots (`~near/<rule>`): `~` is never in a device's own key
+    /// that the rules could confuse with it, and the state's `kind`
+    /// (`proximity`) keeps the two apart in `device_state` anyway.
+    pub const USER: &'static str = "~near";
+
+    /// The bus key of the rule `rule`'s fixes and state.
+    pub fn key(rule: &str) -> String {
+        format!("{}/{rule}", Near::USER)
+    }
+}
+
 /// Any normalized record. The JSON form carries the variant in `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -594,6 +620,8 @@ pub enum Record {
     State(StateSnapshot),
     /// Something to tell an operator about (see [`crate::event`]).
     Event(crate::event::Event),
+    /// A fix on its way to a proximity rule (not stored).
+    Near(Near),
 }
 
 impl Record {
@@ -614,6 +642,7 @@ impl Record {
             Record::Trip(r) => &r.meta,
             Record::Stop(r) => &r.meta,
             Record::Event(r) => &r.meta,
+            Record::Near(n) => &n.fix.meta,
             Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
@@ -640,6 +669,7 @@ impl Record {
         match self {
             Record::DeadLetter(d) => (&d.user, &d.device),
             Record::State(s) => (&s.user, &s.device),
+            Record::Near(n) => (Near::USER, &n.rule),
             r => r.meta().map_or(("", ""), |m| (&m.user, &m.device)),
         }
     }
@@ -660,6 +690,7 @@ impl Record {
             Record::Trip(r) => &mut r.meta,
             Record::Stop(r) => &mut r.meta,
             Record::Event(r) => &mut r.meta,
+            Record::Near(n) => &mut n.fix.meta,
             Record::DeadLetter(_) | Record::State(_) => return None,
         })
     }
@@ -682,6 +713,7 @@ impl Record {
             Record::Stop(_) => "stop",
             Record::State(_) => "state",
             Record::Event(_) => "event",
+            Record::Near(_) => "near",
         }
     }
 

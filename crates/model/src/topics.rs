@@ -1,5 +1,6 @@
 //! Bus topic names. Every topic is keyed by device identity so that one
-//! device's messages stay in order inside one partition.
+//! device's messages stay in order inside one partition, but `near`,
+//! keyed by the rule (every device a rule compares in one partition).
 
 /// The default prefix in front of every topic name.
 pub const DEFAULT_PREFIX: &str = "otstream.";
@@ -19,6 +20,10 @@ pub const DEAD_LETTERS: &str = "dead-letters";
 /// Each stateful stage's latest state per device (compacted): what a
 /// consumer restores when it takes over a partition.
 pub const STATE: &str = "state";
+
+/// Fixes re-keyed by the proximity rule that compares them (see
+/// [`crate::Near`]): the proximity stage's input.
+pub const NEAR: &str = "near";
 
 /// Version of the JSON written to the normalized topics. Carried as a header
 /// so that readers can refuse a shape they do not know.
@@ -44,6 +49,7 @@ pub fn topic_for(record: &crate::Record) -> &'static str {
         Record::Transition(_) | Record::Trip(_) | Record::Stop(_) | Record::Event(_) => EVENTS,
         Record::State(_) => STATE,
         Record::DeadLetter(_) => DEAD_LETTERS,
+        Record::Near(_) => NEAR,
         _ => RECORDS,
     }
 }

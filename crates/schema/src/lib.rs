@@ -90,9 +90,10 @@ impl Table {
         Table::DeviceState,
     ];
 
-    /// The table a record goes to.
-    pub fn of(r: &Record) -> Table {
-        match r {
+    /// The table a record goes to; `None` for one that goes between
+    /// stages only (a fix on its way to a proximity rule).
+    pub fn of(r: &Record) -> Option<Table> {
+        Some(match r {
             Record::Position(_) => Table::Positions,
             Record::Transition(_) => Table::Transitions,
             Record::Waypoint(_) => Table::Waypoints,
@@ -106,7 +107,8 @@ impl Table {
             Record::Stop(_) => Table::Stops,
             Record::State(_) => Table::DeviceState,
             Record::Event(_) => Table::Events,
-        }
+            Record::Near(_) => return None,
+        })
     }
 
     /// The table's name.

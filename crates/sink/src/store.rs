@@ -69,8 +69,10 @@ impl Store {
         {
             let mut statements = Statements::new(&tx);
             for r in records {
-                insert(&mut statements, r)?;
-                counts[Table::of(r) as usize] += 1;
+                if let Some(t) = Table::of(r) {
+                    insert(&mut statements, r)?;
+                    counts[t as usize] += 1;
+                }
             }
         }
         tx.commit()?;
@@ -375,6 +377,8 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
             ])?;
         }
         Record::State(st) => save_state(stmts, st)?,
+        // Never given: `write` keeps to stored records.
+        Record::Near(_) => {}
         Record::Event(e) => {
             let m = &e.meta;
             stmts.get(sqlite::insert(Table::Events))?.execute(params![

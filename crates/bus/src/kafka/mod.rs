@@ -216,13 +216,14 @@ impl KafkaConfig {
 pub struct KafkaBusError(#[from] KafkaError);
 
 /// Every topic the stages use, as (name, compacted).
-pub const TOPICS: [(&str, bool); 6] = [
+pub const TOPICS: [(&str, bool); 7] = [
     (otstream_model::topics::RAW, false),
     (otstream_model::topics::POSITIONS, false),
     (otstream_model::topics::EVENTS, false),
     (otstream_model::topics::RECORDS, false),
     (otstream_model::topics::DEAD_LETTERS, false),
     (otstream_model::topics::STATE, true),
+    (otstream_model::topics::NEAR, false),
 ];
 
 /// Creates the topics that do not exist yet; returns each topic with

@@ -49,6 +49,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::fence::{FenceSet, fence_key};
 
+pub mod near;
+pub use near::NearState;
+
 /// Most rules in a file: each is looked at for every fix.
 pub const MAX_RULES: usize = 256;
 
@@ -98,6 +101,9 @@ struct Spec {
     kind: String,
     min_s: Option<u64>,
     max_kmh: Option<f64>,
+    within_m: Option<f64>,
+    leave_m: Option<f64>,
+    fresh_s: Option<u64>,
     #[serde(default)]
     devices: Vec<String>,
     #[serde(default)]
@@ -125,6 +131,7 @@ enum Kind {
     Dwell { min_s: i64 },
     Idle { min_s: i64 },
     Overspeed { max_kmh: f64, min_s: i64 },
+    Proximity(near::Distances),
     Builtin(EventKind),
 }
 
@@ -308,9 +315,36 @@ impl Rules {
                 }
             }
             "proximity" => {
-                return Err(bad(
-                    "proximity is not evaluated by this version of otstream".into(),
-                ));
+                let within_m = spec
+                    .within_m
+                    .filter(|v| v.is_finite() && *v > 0.0 && *v <= near::MAX_WITHIN_M)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "proximity needs within_m above 0, at most {} (metres)",
+                            near::MAX_WITHIN_M
+                        ))
+                    })?;
+                // Hysteresis: a pair near stays near until this far apart,
+                // so that two devices at the edge do not flap.
+                let leave_m = spec.leave_m.unwrap_or(within_m * 1.2);
+                if !leave_m.is_finite() || leave_m < within_m || leave_m > near::MAX_WITHIN_M {
+                    return Err(bad(format!(
+                        "leave_m is at least within_m, at most {}",
+                        near::MAX_WITHIN_M
+                    )));
+                }
+                if !spec.fences.is_empty() {
+                    return Err(bad("proximity compares devices anywhere: no fences".into()));
+                }
+                let fresh_s = i64::try_from(spec.fresh_s.unwrap_or(300))
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| bad("fresh_s is 1 second or more".into()))?;
+                Kind::Proximity(near::Distances {
+                    within_m,
+                    leave_m,
+                    fresh_s,
+                })
             }
             other => match EventKind::named(other) {
                 Some(k) => Kind::Builtin(k),
@@ -318,10 +352,10 @@ impl Rules {
                     let builtin: Vec<&str> = EventKind::ALL
                         .iter()
                         .map(|k| k.as_str())
-                        .filter(|k| !["dwell", "idle", "overspeed"].contains(k))
+                        .filter(|k| !["dwell", "idle", "overspeed", "proximity"].contains(k))
                         .collect();
                     return Err(bad(format!(
-                        "unknown kind {other:?}: dwell, idle, overspeed, or a built-in kind ({})",
+                        "unknown kind {other:?}: dwell, idle, overspeed, proximity, or a built-in kind ({})",
                         builtin.join(", ")
                     )));
                 }
@@ -330,7 +364,14 @@ impl Rules {
         if spec.max_kmh.is_some() && !matches!(kind, Kind::Overspeed { .. }) {
             return Err(bad("max_kmh is for overspeed only".into()));
         }
-        if spec.min_s.is_some() && matches!(kind, Kind::Builtin(_)) {
+        let is_near = matches!(kind, Kind::Proximity(_));
+        if (spec.within_m.is_some() || spec.leave_m.is_some() || spec.fresh_s.is_some()) && !is_near
+        {
+            return Err(bad(
+                "within_m, leave_m and fresh_s are for proximity only".into()
+            ));
+        }
+        if spec.min_s.is_some() && matches!(kind, Kind::Builtin(_) | Kind::Proximity(_)) {
             return Err(bad(format!("min_s does not apply to {}", spec.kind)));
         }
         let mut who = Vec::new();
@@ -413,6 +454,7 @@ impl Rules {
             Kind::Dwell { .. } => EventKind::Dwell.as_str(),
             Kind::Idle { .. } => EventKind::Idle.as_str(),
             Kind::Overspeed { .. } => EventKind::Overspeed.as_str(),
+            Kind::Proximity(_) => EventKind::Proximity.as_str(),
             Kind::Builtin(k) => k.as_str(),
         })
     }
@@ -444,6 +486,9 @@ impl Rules {
             // lookup), and memory is made only for a condition that holds:
             // most fixes of most devices hold none.
             match rule.kind {
+                // Compares devices: the proximity stage's, from the fixes
+                // `near_rules` sends it.
+                Kind::Proximity(_) => {}
                 Kind::Builtin(kind) => {
                     for i in 0..builtin {
                         let e = &events[i];

@@ -81,7 +81,7 @@ fn a_bad_rules_file_is_refused_naming_the_rule_and_the_problem() {
     );
     assert_eq!(
         refusal("[[rules]]\nname = \"x\"\nkind = \"teleport\"\n"),
-        "rule \"x\": unknown kind \"teleport\": dwell, idle, overspeed, or a built-in kind (enter, leave, trip_started, trip_ended, stop_started, stop_ended, silent, back, battery_low)"
+        "rule \"x\": unknown kind \"teleport\": dwell, idle, overspeed, proximity, or a built-in kind (enter, leave, trip_started, trip_ended, stop_started, stop_ended, silent, back, battery_low)"
     );
     assert_eq!(
         refusal("[[rules]]\nname = \"s\"\nkind = \"overspeed\"\nmax_kmh = 0\n"),
@@ -105,7 +105,21 @@ fn a_bad_rules_file_is_refused_naming_the_rule_and_the_problem() {
     );
     assert_eq!(
         refusal("[[rules]]\nname = \"p\"\nkind = \"proximity\"\n"),
-        "rule \"p\": proximity is not evaluated by this version of otstream"
+        "rule \"p\": proximity needs within_m above 0, at most 100000 (metres)"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"p\"\nkind = \"proximity\"\nwithin_m = 100\nleave_m = 50\n"),
+        "rule \"p\": leave_m is at least within_m, at most 100000"
+    );
+    assert_eq!(
+        refusal(
+            "[[rules]]\nname = \"p\"\nkind = \"proximity\"\nwithin_m = 100\nfences = [\"Depot\"]\n"
+        ),
+        "rule \"p\": proximity compares devices anywhere: no fences"
+    );
+    assert_eq!(
+        refusal("[[rules]]\nname = \"d\"\nkind = \"dwell\"\nmin_s = 5\nwithin_m = 100\n"),
+        "rule \"d\": within_m, leave_m and fresh_s are for proximity only"
     );
     assert!(
         refusal("[[rules]]\nname = \"t\"\nkind = \"enter\"\nmin_secs = 3\n")
@@ -476,4 +490,181 @@ fn rule_state_is_stored_compactly_and_read_back() {
         &mut Vec::new(),
     );
     assert!(state.is_empty());
+}
+
+/// `van` at `north_m` metres north of 48°N 11°E at `tst`.
+fn north(van: &str, tst: i64, north_m: f64) -> Position {
+    Position {
+        lat: 48.0 + north_m / 111_195.0,
+        ..fix(van, tst, None)
+    }
+}
+
+/// Runs the proximity rule `rule` over `fixes` in order: each event as
+/// `(device, tst, peer, near)`.
+fn near_run(
+    rules: &Rules,
+    state: &mut NearState,
+    fixes: &[Position],
+) -> Vec<(String, i64, String, bool)> {
+    let mut events = Vec::new();
+    for p in fixes {
+        rules.near("close", state, p, &mut events);
+    }
+    events
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e.kind, EventKind::Proximity);
+            assert_eq!(e.rule.as_deref(), Some("close"));
+            (
+                e.meta.device.to_string(),
+                e.tst,
+                e.peer.map(|p| p.to_string()).unwrap_or_default(),
+                e.near.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_devices_come_near_within_the_distance_and_part_only_past_the_hysteresis() {
+    let r =
+        rules("[[rules]]\nname = \"close\"\nkind = \"proximity\"\nwithin_m = 100\nleave_m = 150\n");
+    let mut state = NearState::default();
+    let fired = near_run(
+        &r,
+        &mut state,
+        &[
+            north("van1", 1000, 0.0),
+            north("van2", 1010, 300.0),
+            // 101 m apart: not yet.
+            north("van2", 1020, 101.0),
+            // 99 m: near, told for the device whose fix decided it.
+            north("van2", 1030, 99.0),
+            // 140 m: inside the hysteresis, still near.
+            north("van1", 1040, -41.0),
+            // 151 m: apart.
+            north("van2", 1050, 110.0),
+            // Near again from van1's side.
+            north("van1", 1060, 20.0),
+        ],
+    );
+    assert_eq!(
+        fired,
+        [
+            ("van2".into(), 1030, "acme/van1".into(), true),
+            ("van2".into(), 1050, "acme/van1".into(), false),
+            ("van1".into(), 1060, "acme/van2".into(), true),
+        ]
+    );
+    assert_eq!(state.pairs_near(), 1);
+    // The id names the device, the fix, the peer and the rule.
+    let mut events = Vec::new();
+    let mut fresh = NearState::default();
+    r.near("close", &mut fresh, &north("van1", 1, 0.0), &mut events);
+    r.near("close", &mut fresh, &north("van2", 2, 10.0), &mut events);
+    assert_eq!(events[0].id, "proximity:acme/van2:2:acme/van1:near#close");
+    assert_eq!(events[0].distance, Some(10.0));
+}
+
+#[test]
+fn a_stale_fix_is_not_compared_and_a_restored_state_goes_on_where_it_was() {
+    let r =
+        rules("[[rules]]\nname = \"close\"\nkind = \"proximity\"\nwithin_m = 100\nfresh_s = 60\n");
+    let mut state = NearState::default();
+    // van1 last reported 61 s before van2 passes by: not near anyone.
+    let fired = near_run(
+        &r,
+        &mut state,
+        &[north("van1", 1000, 0.0), north("van2", 1061, 0.0)],
+    );
+    assert!(fired.is_empty(), "{fired:?}");
+    let fired = near_run(&r, &mut state, &[north("van1", 1070, 50.0)]);
+    assert_eq!(fired, [("van1".into(), 1070, "acme/van2".into(), true)]);
+    // Through its stored form, as after a restart: near stays near.
+    let stored = serde_json::to_string(&state).expect("json");
+    let mut restored: NearState = serde_json::from_str(&stored).expect("restored");
+    assert_eq!(restored, state);
+    let fired = near_run(
+        &r,
+        &mut restored,
+        &[north("van2", 1080, 40.0), north("van2", 1090, 500.0)],
+    );
+    assert_eq!(fired, [("van2".into(), 1090, "acme/van1".into(), false)]);
+    // A fix no newer than the device's last changes nothing.
+    let mut events = Vec::new();
+    assert!(!r.near(
+        "close",
+        &mut restored,
+        &north("van2", 1090, 0.0),
+        &mut events
+    ));
+    assert!(events.is_empty());
+}
+
+#[test]
+fn proximity_keeps_to_its_devices_schedule_and_debounce() {
+    let r = rules(
+        "[[rules]]\nname = \"close\"\nkind = \"proximity\"\nwithin_m = 100\ndevices = [\"acme/van1\", \"acme/van2\"]\ndebounce_s = 600\n",
+    );
+    assert_eq!(
+        r.near_rules("acme", "van1")
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        ["close"]
+    );
+    assert_eq!(r.near_rules("acme", "van3").count(), 0);
+    let mut state = NearState::default();
+    let fired = near_run(
+        &r,
+        &mut state,
+        &[
+            north("van1", 1000, 0.0),
+            north("van3", 1001, 0.0),
+            north("van2", 1002, 0.0),
+            north("van2", 1100, 1000.0),
+            // Near again within the debounce: not told, nor its parting.
+            north("van2", 1200, 0.0),
+            north("van2", 1300, 1000.0),
+        ],
+    );
+    assert_eq!(
+        fired,
+        [
+            ("van2".into(), 1002, "acme/van1".into(), true),
+            ("van2".into(), 1100, "acme/van1".into(), false),
+        ]
+    );
+    // After it: told (van1's fix is too old to compare with van2's last).
+    let fired = near_run(
+        &r,
+        &mut state,
+        &[north("van1", 1610, 0.0), north("van2", 1700, 0.0)],
+    );
+    assert_eq!(fired, [("van2".into(), 1700, "acme/van1".into(), true)]);
+}
+
+#[test]
+fn a_rule_compares_at_most_its_bound_of_devices_and_makes_room_from_silent_ones() {
+    let r =
+        rules("[[rules]]\nname = \"close\"\nkind = \"proximity\"\nwithin_m = 10\nfresh_s = 60\n");
+    let mut state = NearState::default();
+    let mut events = Vec::new();
+    for i in 0..near::MAX_DEVICES {
+        // 20 m apart each: nobody near.
+        let p = north(&format!("v{i}"), 1000, i as f64 * 20.0);
+        assert!(r.near("close", &mut state, &p, &mut events));
+    }
+    assert_eq!(state.devices(), near::MAX_DEVICES);
+    // Every device reported within fresh_s: no room for one more, not
+    // even for a fix dated a day ahead (the server's clock judges quiet).
+    assert!(!r.near("close", &mut state, &north("late", 1030, 0.0), &mut events));
+    let mut ahead = north("ahead", 1030 + 86_400, 0.0);
+    ahead.meta.received_at = 1_030_000;
+    assert!(!r.near("close", &mut state, &ahead, &mut events));
+    assert_eq!(state.devices(), near::MAX_DEVICES);
+    // Once they are silent for longer, the newcomer takes the oldest's place.
+    assert!(r.near("close", &mut state, &north("late", 1100, 5.0), &mut events));
+    assert_eq!(state.devices(), near::MAX_DEVICES);
+    assert!(events.is_empty());
 }

@@ -29,10 +29,12 @@
 //! Layout: [`tracker`] evaluates records for every device (pure but for
 //! the clock); [`fences`] reads the fences and rules files and notices
 //! them change;
-//! [`clock`] is where the stage reads the time; this module is the loop.
+//! [`clock`] is where the stage reads the time; [`near`] is the
+//! proximity stage, behind this one; this module is the loop.
 
 mod clock;
 mod fences;
+mod near;
 #[cfg(test)]
 mod tests;
 mod tracker;
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use fences::{Load, Watched, load_fences, load_rules};
+pub use near::ProximityStage;
 pub use tracker::{DeviceGeo, Tracker};
 
 use crate::rules::{RuleError, Rules};
@@ -66,6 +69,9 @@ const INLINE_BATCH: usize = 32;
 pub const KIND_GEO: &str = "geo";
 /// `kind` of a device's own regions in `device_state`.
 pub const KIND_REGIONS: &str = "waypoints";
+/// `kind` of a proximity rule's state in `device_state` (user
+/// [`otstream_model::Near::USER`], device the rule's name).
+pub const KIND_NEAR: &str = "proximity";
 
 /// Why the stage could not start or went on.
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use metrics::Counter;
 use otstream_bus::{Ack, Message};
-use otstream_model::{Event, EventKind, Record, StateSnapshot, Stop, Text, Trip};
+use otstream_model::{Event, EventKind, Near, Record, StateSnapshot, Stop, Text, Trip};
 use otstream_trips::{Detector, Finished, TripState};
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, SystemClock};
-use super::{KIND_GEO, KIND_REGIONS, StageConfig};
+use super::{KIND_GEO, KIND_NEAR, KIND_REGIONS, StageConfig};
 use crate::events::{EventRules, EventState, started};
 use crate::filter::{FilterState, Filters, Reason};
 use crate::rules::{RuleState, Rules, Seen};
@@ -209,6 +209,9 @@ impl Tracker {
                 KIND_REGIONS => serde_json::from_str::<Vec<Region>>(&s.state)
                     .map(|r| self.geofencer.restore_regions(&key, r))
                     .is_ok(),
+                // A proximity rule's, on the same partition of `state` over
+                // Kafka: the proximity stage's to restore.
+                KIND_NEAR => continue,
                 _ => false,
             };
             if ok {
@@ -405,12 +408,28 @@ impl Tracker {
                     .evaluate(&mut dev.rules, seen, &name, &mut events);
             }
             derived.extend(events.into_iter().map(Record::Event));
+            // Proximity compares devices: the fix goes on to each rule that
+            // compares this device, keyed by the rule (the proximity stage).
+            if self.rule_set.has_near() {
+                derived.extend(self.rule_set.near_rules(&p.meta.user, &p.meta.device).map(
+                    |rule| {
+                        Record::Near(Near {
+                            rule: rule.clone(),
+                            fix: p.clone(),
+                        })
+                    },
+                ));
+            }
         }
         let (user, device) = (p.meta.user.clone(), p.meta.device.clone());
         let ack = msg.ack.clone();
         self.pass(msg, out);
         for r in derived {
-            out.push(Message::new(key.clone(), r, ack.clone()));
+            let key = match &r {
+                Record::Near(n) => Near::key(&n.rule),
+                _ => key.clone(),
+            };
+            out.push(Message::new(key, r, ack.clone()));
         }
         self.settle(out, key, (user, device), fresh, ack);
     }

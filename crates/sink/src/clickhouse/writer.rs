@@ -124,7 +124,9 @@ impl Writer<'_> {
     async fn flush(&self, batch: &[Message<Record>]) -> Result<Vec<usize>, Stopped> {
         let mut by_table: BTreeMap<Table, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
-            by_table.entry(Table::of(&m.value)).or_default().push(i);
+            if let Some(t) = Table::of(&m.value) {
+                by_table.entry(t).or_default().push(i);
+            }
         }
         // A stage writes its state with every input; only the latest per
         // device matters, and the rest would be merged away anyway.
