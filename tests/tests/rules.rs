@@ -133,6 +133,28 @@ fn post_as(serve: &Serve, device: &[(&str, &str)], fixes: &[(i64, (f64, f64), i3
     }
 }
 
+/// The ids `otstream rules test --ndjson` prints for `args`, in its order.
+fn backtest_ids(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["rules", "test", "--ndjson"];
+    all.extend_from_slice(args);
+    let out = run(&all, b"").unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 #[test]
 fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_test_agrees() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,36 +276,16 @@ fn every_rule_kind_fires_exactly_through_a_crash_and_a_bad_reload_and_the_back_t
     // The back-test over the same store gives what the live pipeline stored.
     let data_dir = data.to_str().unwrap();
     let (rules_arg, fences_arg) = (rules.to_str().unwrap(), fences.to_str().unwrap());
-    let out = run(
-        &[
-            "rules",
-            "test",
-            "--data-dir",
-            data_dir,
-            "--rules",
-            rules_arg,
-            "--fences",
-            fences_arg,
-            "--ndjson",
-        ],
-        b"",
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fired: BTreeSet<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let fired: BTreeSet<String> = backtest_ids(&[
+        "--data-dir",
+        data_dir,
+        "--rules",
+        rules_arg,
+        "--fences",
+        fences_arg,
+    ])
+    .into_iter()
+    .collect();
     let stored: BTreeSet<String> = expected
         .iter()
         .map(|l| l.split_once('|').unwrap().1.to_owned())
@@ -431,34 +433,12 @@ fn two_vans_come_near_and_part_with_hysteresis_through_a_crash_and_the_back_test
     );
     assert!(serve.interrupt().unwrap());
 
-    let out = run(
-        &[
-            "rules",
-            "test",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--rules",
-            rules.to_str().unwrap(),
-            "--ndjson",
-        ],
-        b"",
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fired: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let fired = backtest_ids(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
     let ids: Vec<String> = expected
         .iter()
         .map(|e| e.split('|').next().unwrap().to_owned())

@@ -178,18 +178,22 @@ mod tests {
     use super::*;
     use otstream_model::{Event, EventKind, Meta, Transport};
 
-    /// Events name fences and rules: a share link or a token of last
-    /// positions (`events` false) is never sent one; a reader of history is.
-    #[test]
-    fn events_go_only_to_readers_of_history() {
-        let meta = Meta {
+    fn jane_phone() -> Meta {
+        Meta {
             user: "jane".into(),
             device: "phone".into(),
             tid: None,
             received_at: 1,
             transport: Transport::Http,
             topic: None,
-        };
+        }
+    }
+
+    /// Events name fences and rules: a share link or a token of last
+    /// positions (`events` false) is never sent one; a reader of history is.
+    #[test]
+    fn events_go_only_to_readers_of_history() {
+        let meta = jane_phone();
         let e = Event::new(EventKind::Enter, meta, 10, (1.0, 2.0), Some("Depot".into()))
             .for_rule("depot-in");
         let r = Record::Event(e);
@@ -207,14 +211,7 @@ mod tests {
     /// the first): a reader who may see only the first is not sent it.
     #[test]
     fn a_proximity_event_goes_only_to_readers_of_both_devices() {
-        let meta = Meta {
-            user: "jane".into(),
-            device: "phone".into(),
-            tid: None,
-            received_at: 1,
-            transport: Transport::Http,
-            topic: None,
-        };
+        let meta = jane_phone();
         let e = Event {
             peer: Some("bob/car".into()),
             distance: Some(42.0),
