@@ -151,6 +151,54 @@ fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String, String) {
     (status, resp.into_string().unwrap_or_default(), ct)
 }
 
+fn get_bytes(url: &str) -> (u16, Vec<u8>, String) {
+    let resp = match ureq::get(url).timeout(Duration::from_secs(60)).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let (status, ct) = (resp.status(), resp.content_type().to_owned());
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    (status, body, ct)
+}
+
+/// A Parquet file as chDB reads it: the types of the columns `typed`
+/// (`name\ttype`), then the rows of `SELECT {select}` from it.
+fn read_parquet(file: &[u8], typed: &str, select: &str) -> (Vec<String>, Vec<Value>) {
+    const READ: &str = r#"
+import sys, chdb
+p, typed, select = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+f = f"file('{p}', Parquet)"
+for line in str(chdb.query(f"DESCRIBE {f}", "TSV")).splitlines():
+    name, kind = line.split("\t")[:2]
+    if name in typed:
+        print(f"{name}\t{kind}")
+print("--")
+print(chdb.query(f"SELECT {select} FROM {f} SETTINGS output_format_json_quote_64bit_integers = 0", "JSONEachRow"), end="")
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.parquet");
+    std::fs::write(&path, file).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", READ, path.to_str().unwrap(), typed, select])
+        .output()
+        .expect("python3 with chdb (the test command installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (types, rows) = text.split_once("--\n").unwrap();
+    (
+        types.lines().map(str::to_owned).collect(),
+        rows.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
+}
+
 fn get_json(serve: &Serve, path: &str) -> Value {
     let (status, body, _) = get(&format!("{}{path}", serve.url), None);
     assert_eq!(status, 200, "{path}: {body}");
@@ -352,6 +400,44 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
         assert_eq!(&r[col("user")], "jane");
     }
 
+    // Parquet, read back by a real reader (chDB, ClickHouse's engine from
+    // PyPI): the JSON export's rows, with times as timestamps.
+    let (status, parquet, ct) = get_bytes(&format!("{}{path}&format=parquet", serve.url));
+    assert_eq!(
+        (status, ct.as_str()),
+        (200, "application/vnd.apache.parquet")
+    );
+    let (types, read_back) = read_parquet(
+        &parquet,
+        "tst,lat,batt,inregions,received_at",
+        "user, device, toUnixTimestamp(tst) AS tst, lat, lon, batt, \
+         toUnixTimestamp64Milli(received_at) AS received_at, inregions",
+    );
+    assert_eq!(
+        types,
+        [
+            "tst\tDateTime64(3, \\'UTC\\')",
+            "lat\tFloat64",
+            "batt\tNullable(Int32)",
+            "inregions\tArray(Nullable(String))",
+            "received_at\tDateTime64(3, \\'UTC\\')",
+        ]
+    );
+    let from_json: Vec<Value> = positions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "user": p["user"], "device": p["device"], "tst": p["tst"],
+                "lat": p["lat"], "lon": p["lon"], "batt": p["batt"],
+                "received_at": p["received_at"],
+                "inregions": p.get("inregions").cloned().unwrap_or(serde_json::json!([])),
+            })
+        })
+        .collect();
+    assert_eq!(read_back, from_json);
+
     // Last positions and card names.
     let devices = get_json(serve, "/api/v1/devices");
     let got: Vec<DeviceRow> = devices
@@ -437,6 +523,32 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
         json!({"user":"jane","device":"phone","tst":T0+345,"wtst":T0-1000,
         "lat":HOME.0,"lon":HOME.1,"acc":10,"event":"leave","desc":"Home","t":"c","source":"device"})
     );
+    // Trips and stops in Parquet: the same rows.
+    for (what, json) in [("trips", &trips), ("stops", &stops)] {
+        let url = format!("{}/api/v1/{what}?{WINDOW}&format=parquet", serve.url);
+        let (status, parquet, _) = get_bytes(&url);
+        assert_eq!(status, 200);
+        let (types, read_back) = read_parquet(
+            &parquet,
+            "start,duration",
+            "user, device, toUnixTimestamp(start) AS start, toUnixTimestamp(\"end\") AS end, duration, points",
+        );
+        assert_eq!(
+            types,
+            ["start\tDateTime64(3, \\'UTC\\')", "duration\tInt64"]
+        );
+        let want: Vec<Value> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                serde_json::json!({"user": t["user"], "device": t["device"], "start": t["start"],
+                    "end": t["end"], "duration": t["duration"], "points": t["points"]})
+            })
+            .collect();
+        assert_eq!(read_back, want, "{what}");
+    }
+
     let (_, trips_geo, _) = get(
         &format!("{}/api/v1/trips?{WINDOW}&format=geojson", serve.url),
         None,

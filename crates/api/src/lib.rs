@@ -48,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::read::format::parquet::ParquetEncoder;
 use crate::read::format::{
     EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
     summary_json,
@@ -406,10 +407,17 @@ impl Api {
             }
             Endpoint::Positions => {
                 let q = query(&params, &grant, now, V1_SPAN_S)?;
+                if params.get("format") == Some("parquet") {
+                    let rows = self.0.reader.positions(&q).await?;
+                    return streamed(rows, ParquetEncoder::new()).await;
+                }
                 let format = match params.get("format") {
                     None => Format::Json,
                     Some(f) => Format::parse(f).ok_or_else(|| {
-                        BadParam::new("format", format!("{f:?} is not one of {}", Format::NAMES))
+                        BadParam::new(
+                            "format",
+                            format!("{f:?} is not one of {}, parquet", Format::NAMES),
+                        )
                     })?,
                 };
                 let rows = self.0.reader.positions(&q).await?;
@@ -417,11 +425,25 @@ impl Api {
             }
             Endpoint::Trips | Endpoint::Stops | Endpoint::Transitions => {
                 let q = query(&params, &grant, now, V1_SPAN_S)?;
-                let encoder = FeatureEncoder::new(event_format(&params)?);
-                match endpoint {
-                    Endpoint::Trips => streamed(self.0.reader.trips(&q).await?, encoder).await,
-                    Endpoint::Stops => streamed(self.0.reader.stops(&q).await?, encoder).await,
-                    _ => streamed(self.0.reader.transitions(&q).await?, encoder).await,
+                match (endpoint, params.get("format")) {
+                    (Endpoint::Trips, Some("parquet")) => {
+                        streamed(self.0.reader.trips(&q).await?, ParquetEncoder::new()).await
+                    }
+                    (Endpoint::Stops, Some("parquet")) => {
+                        streamed(self.0.reader.stops(&q).await?, ParquetEncoder::new()).await
+                    }
+                    _ => {
+                        let encoder = FeatureEncoder::new(event_format(&params)?);
+                        match endpoint {
+                            Endpoint::Trips => {
+                                streamed(self.0.reader.trips(&q).await?, encoder).await
+                            }
+                            Endpoint::Stops => {
+                                streamed(self.0.reader.stops(&q).await?, encoder).await
+                            }
+                            _ => streamed(self.0.reader.transitions(&q).await?, encoder).await,
+                        }
+                    }
                 }
             }
             Endpoint::Summary => {

@@ -109,8 +109,12 @@ where
 pub(crate) fn event_format(params: &Params) -> Result<EventFormat, BadParam> {
     match params.get("format") {
         None => Ok(EventFormat::Json),
-        Some(f) => EventFormat::parse(f)
-            .ok_or_else(|| BadParam::new("format", format!("{f:?} is not one of json, geojson"))),
+        Some(f) => EventFormat::parse(f).ok_or_else(|| {
+            BadParam::new(
+                "format",
+                format!("{f:?} is not one of json, geojson (and parquet for trips and stops)"),
+            )
+        }),
     }
 }
 

@@ -16,14 +16,17 @@
 //! back to the same double), except in GPX, where XML Schema's decimal
 //! has no exponent.
 //!
+//! Parquet ([`parquet`]): positions, trips and stops as typed columns.
+//!
 //! Layout: one module a format: [`json`], [`geojson`], `gpx`, `csv` (the
-//! `csv-core` writer), and `dates`.
+//! `csv-core` writer), [`parquet`], and `dates`.
 
 mod csv;
 mod dates;
 pub mod geojson;
 mod gpx;
 pub mod json;
+pub mod parquet;
 #[cfg(test)]
 mod tests;
 

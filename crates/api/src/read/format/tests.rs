@@ -141,3 +141,93 @@ fn recorder_fields_project_the_location() {
         "{\"tst\":1700000000,\"isotst\":\"2023-11-14T22:13:20Z\"}"
     );
 }
+
+/// Parquet comes out as it is encoded (a row group at a time, the magic
+/// with the first), and parquet's own reader reads back every row with its types.
+#[test]
+fn parquet_streams_row_groups_and_reads_back_typed() {
+    use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use arrow_array::Array as _;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int32Type, TimestampMillisecondType};
+
+    let n = parquet::ROW_GROUP + 10;
+    let rows: Vec<Position> = (0..n)
+        .map(|i| Position {
+            user: "jane".into(),
+            device: "phone".into(),
+            tst: 1_700_000_000 + i as i64,
+            lat: 48.0 + i as f64 * 1e-6,
+            lon: 11.0,
+            batt: (i % 2 == 0).then_some(80),
+            inregions: if i == 1 {
+                vec!["Home".into(), "Gym <b>".into()]
+            } else {
+                vec![]
+            },
+            received_at: 1_700_000_000_000 + i as i64,
+            ..Position::default()
+        })
+        .collect();
+    let mut enc = parquet::ParquetEncoder::<Position>::new();
+    let mut out = Vec::new();
+    enc.begin(&mut out);
+    for r in &rows[..parquet::ROW_GROUP] {
+        enc.row(r, &mut out);
+    }
+    let first_group = out.len();
+    assert!(
+        first_group > 4 && out.starts_with(b"PAR1"),
+        "the first row group is out before the end"
+    );
+    for r in &rows[parquet::ROW_GROUP..] {
+        enc.row(r, &mut out);
+    }
+    assert_eq!(out.len(), first_group, "the rest waits for its row group");
+    enc.end(&mut out);
+    assert_eq!(enc.content_type(), "application/vnd.apache.parquet");
+
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(out))
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+    let b = &batches[0];
+    let schema = b.schema();
+    assert_eq!(
+        schema
+            .field_with_name("tst")
+            .unwrap()
+            .data_type()
+            .to_string(),
+        "Timestamp(ms, \"UTC\")"
+    );
+    let tst = b
+        .column_by_name("tst")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    assert_eq!(tst.value(1), 1_700_000_001_000);
+    let received = b
+        .column_by_name("received_at")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    assert_eq!(received.value(3), 1_700_000_000_003);
+    let lat = b
+        .column_by_name("lat")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert_eq!(lat.value(2), 48.0 + 2.0 * 1e-6);
+    let batt = b
+        .column_by_name("batt")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    assert_eq!((batt.value(0), batt.is_null(1)), (80, true));
+    let regions = b.column_by_name("inregions").unwrap().as_list::<i32>();
+    let second = regions.value(1);
+    let names = second.as_string::<i32>();
+    assert_eq!(
+        (names.value(0), names.value(1), regions.value(0).len()),
+        ("Home", "Gym <b>", 0)
+    );
+}
