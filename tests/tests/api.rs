@@ -322,6 +322,61 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
     assert_eq!(keys, want_keys);
     out.insert("positions", without_received_at(all.clone()));
 
+    // The heatmap: those positions counted per H3 cell, by cell, at each
+    // stored resolution; its GeoJSON the same cells as hexagons.
+    for res in otstream_schema::h3::RESOLUTIONS {
+        let mut want: BTreeMap<u64, u64> = BTreeMap::new();
+        for p in all.as_array().unwrap() {
+            assert!(p.get("filtered").is_none_or(Value::is_null), "{p}");
+            let cells =
+                otstream_schema::h3::cells(p["lat"].as_f64().unwrap(), p["lon"].as_f64().unwrap())
+                    .unwrap();
+            let i = otstream_schema::h3::RESOLUTIONS
+                .iter()
+                .position(|r| *r == res)
+                .unwrap();
+            *want.entry(cells[i]).or_default() += 1;
+        }
+        let want: Vec<(String, u64)> = want
+            .into_iter()
+            .map(|(c, n)| (otstream_schema::h3::hex(c), n))
+            .collect();
+        let heat = get_json(serve, &format!("/api/v1/heatmap?res={res}&{WINDOW}"));
+        let got: Vec<(String, u64)> = heat
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["cell"].as_str().unwrap().to_owned(),
+                    c["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "res {res}");
+        let geo = get_json(
+            serve,
+            &format!("/api/v1/heatmap?res={res}&{WINDOW}&format=geojson"),
+        );
+        let features = geo["features"].as_array().unwrap();
+        assert_eq!(features.len(), want.len());
+        assert_eq!(
+            features[0]["geometry"]["coordinates"][0]
+                .as_array()
+                .unwrap()
+                .len(),
+            7
+        );
+        assert_eq!(
+            features[0]["properties"]["cell"].as_str(),
+            Some(want[0].0.as_str())
+        );
+        out.insert(
+            ["heatmap_5", "heatmap_7", "heatmap_9"][usize::from(res / 2 - 2)],
+            heat,
+        );
+    }
+
     // Every format of the same answer, read back by a real parser.
     let path = format!("/api/v1/positions?user=jane&device=phone&{WINDOW}");
     let (_, ndjson, ct) = get(&format!("{}{path}&format=ndjson", serve.url), None);
@@ -1352,6 +1407,23 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
         b.eval("document.getElementById('detail-title').textContent")
             .unwrap(),
         json!("ph — today")
+    );
+
+    // The heatmap: off until asked for, then the week's cells as hexagons.
+    assert_eq!(
+        b.eval("document.querySelectorAll('path.heat').length")
+            .unwrap(),
+        json!(0)
+    );
+    b.eval("document.getElementById('heat').click()").unwrap();
+    b.wait_for(
+        "Number(document.body.dataset.heat) > 0",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(
+        b.eval("[Number(document.body.dataset.heat) === document.querySelectorAll('path.heat').length, document.getElementById('heat-toggle').hidden]").unwrap(),
+        json!([true, false])
     );
 
     let shot = otstream_tests::root().join("target/screenshots/map.png");

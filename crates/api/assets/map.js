@@ -288,6 +288,39 @@
     });
   }
 
+  // The heatmap: the positions of the last week counted per H3 cell by
+  // the server, at a resolution for the zoom; off until asked for. Counts
+  // and cell ids are numbers and hex; nothing of a device's text.
+  var heatLayer = L.layerGroup();
+  var heatToggle = document.getElementById('heat');
+  var heatRes = 0;
+  function resForZoom(z) { return z < 9 ? 5 : (z < 12 ? 7 : 9); }
+  function drawHeat(geo) {
+    heatLayer.clearLayers();
+    var max = 1;
+    geo.features.forEach(function (f) { max = Math.max(max, f.properties.count); });
+    L.geoJSON(geo, {
+      style: function (f) {
+        var t = Math.log(1 + f.properties.count) / Math.log(1 + max);
+        return { className: 'heat', stroke: false, fillColor: '#dc2626', fillOpacity: 0.1 + 0.45 * t };
+      }
+    }).addTo(heatLayer);
+    document.body.dataset.heat = String(geo.features.length);
+  }
+  function loadHeat() {
+    if (!heatToggle.checked) { return; }
+    heatRes = resForZoom(map.getZoom());
+    var to = Math.floor(Date.now() / 1000);
+    getJSON('/api/v1/heatmap?' + query({ res: heatRes, from: to - 7 * 86400, to: to, format: 'geojson' }))
+      .then(drawHeat).catch(showError);
+  }
+  heatToggle.addEventListener('change', function () {
+    if (heatToggle.checked) { heatLayer.addTo(map); loadHeat(); } else { heatLayer.remove(); }
+  });
+  map.on('zoomend', function () {
+    if (heatToggle.checked && resForZoom(map.getZoom()) !== heatRes) { loadHeat(); }
+  });
+
   filterEl.addEventListener('input', applyFilter);
   setInterval(function () { devices.forEach(renderItem); }, 10000);
 
@@ -299,6 +332,8 @@
     fit();
     document.body.dataset.loaded = String(rows.length);
   }).catch(showError);
+  // A share link reads no history: no heatmap.
+  document.getElementById('heat-toggle').hidden = !!share;
   if (!share) {
     getJSON('/api/v1/fences').then(drawFences).catch(showError);
     getJSON('/api/v1/waypoints?format=geojson').then(drawWaypoints).catch(showError);

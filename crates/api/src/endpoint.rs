@@ -23,6 +23,8 @@ pub enum Endpoint {
     Transitions,
     /// `/api/v1/summary`.
     Summary,
+    /// `/api/v1/heatmap`.
+    Heatmap,
     /// `/api/v1/live`, a stream.
     Live,
     /// `/api/v1/fences`.
@@ -44,7 +46,7 @@ pub enum Endpoint {
 use Endpoint::*;
 
 /// The routes: every path and its endpoint.
-const ROUTES: [(&str, Endpoint); 17] = [
+const ROUTES: [(&str, Endpoint); 18] = [
     ("/", Page),
     ("/map", Page),
     ("/share", Share),
@@ -54,6 +56,7 @@ const ROUTES: [(&str, Endpoint); 17] = [
     ("/api/v1/stops", Stops),
     ("/api/v1/transitions", Transitions),
     ("/api/v1/summary", Summary),
+    ("/api/v1/heatmap", Heatmap),
     ("/api/v1/live", Live),
     ("/api/v1/fences", Fences),
     ("/api/v1/waypoints", Waypoints),
@@ -89,6 +92,7 @@ impl Endpoint {
             Stops => "stops",
             Transitions => "transitions",
             Summary => "summary",
+            Heatmap => "heatmap",
             Live => "live",
             Fences => "fences",
             Waypoints => "waypoints",

@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 
 use crate::read::format::parquet::ParquetEncoder;
 use crate::read::format::{
-    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
-    summary_json,
+    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, heatmap_json,
+    recorder_last, summary_json,
 };
 use crate::read::{Query, QueryError, Reader, Visible};
 use bytes::Bytes;
@@ -179,6 +179,11 @@ const V1_SPAN_S: i64 = 86_400;
 const RECORDER_SPAN_S: i64 = 6 * 3600;
 /// Default window of the summary: a week of days.
 const SUMMARY_SPAN_S: i64 = 7 * 86_400;
+/// Default window of the heatmap: a week, as the map shows it.
+const HEATMAP_SPAN_S: i64 = 7 * 86_400;
+/// Most cells a heatmap answers with (about 20 MB of GeoJSON): past it
+/// the client is told to ask for a coarser resolution.
+const MAX_HEAT_CELLS: usize = 50_000;
 
 struct Inner {
     config: ApiConfig,
@@ -445,6 +450,46 @@ impl Api {
                         }
                     }
                 }
+            }
+            Endpoint::Heatmap => {
+                let q = query(&params, &grant, now, HEATMAP_SPAN_S)?;
+                let res = match params.get("res") {
+                    None => 7,
+                    Some(r) => r
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|r| otstream_schema::h3::column(*r).is_some())
+                        .ok_or_else(|| {
+                            BadParam::new("res", format!("{r:?} is not one of 5, 7, 9"))
+                        })?,
+                };
+                let geojson = match params.get("format") {
+                    None | Some("json") => false,
+                    Some("geojson") => true,
+                    Some(f) => {
+                        return Err(BadParam::new(
+                            "format",
+                            format!("{f:?} is not one of json, geojson"),
+                        )
+                        .into());
+                    }
+                };
+                let cells = self
+                    .0
+                    .reader
+                    .heatmap(&q, res, MAX_HEAT_CELLS + 1)
+                    .await?
+                    .unwrap_or_default();
+                if cells.len() > MAX_HEAT_CELLS {
+                    return Err(BadParam::new(
+                        "res",
+                        format!(
+                            "more than {MAX_HEAT_CELLS} cells: ask for a coarser res or a narrower window"
+                        ),
+                    )
+                    .into());
+                }
+                Ok(ok_json(heatmap_json(&cells, res, geojson)))
             }
             Endpoint::Summary => {
                 let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;

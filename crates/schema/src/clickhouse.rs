@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "addresses",
         template: include_str!("../../../deploy/clickhouse/migrations/0006_addresses.sql"),
     },
+    Migration {
+        version: 7,
+        name: "h3",
+        template: include_str!("../../../deploy/clickhouse/migrations/0007_h3.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.

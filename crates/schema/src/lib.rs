@@ -12,6 +12,7 @@
 //! types and SQLite statements are built from [`Table::columns`]).
 //!
 //! Layout: [`Table`] (names, columns), [`rows`] (the rows a read returns),
+//! [`h3`] (the heatmap's cells, stored with each position),
 //! [`sqlite`] (migrations, the insert
 //! statements), [`file`] (how the store's SQLite files are opened, and the
 //! retry loop of their writers), [`clickhouse`] (migrations rendered per server version,
@@ -19,6 +20,7 @@
 
 pub mod clickhouse;
 pub mod file;
+pub mod h3;
 pub mod rows;
 pub mod sqlite;
 
@@ -139,6 +141,7 @@ impl Table {
                 "user", "device", "tid", "tst", "lat", "lon", "acc", "alt", "vac", "vel", "cog",
                 "batt", "bs", "t", "conn", "p", "m", "ssid", "bssid", "created_at", "inregions",
                 "inrids", "topic", "transport", "received_at", "extra", "filtered", "place", "cc",
+                "h3_5", "h3_7", "h3_9",
             ],
             Table::Transitions => cols![
                 "user", "device", "tid", "tst", "wtst", "lat", "lon", "acc", "event", "desc", "rid",

@@ -184,9 +184,19 @@ CREATE TABLE IF NOT EXISTS addresses (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 7: the heatmap's cells, the H3 index of each position at
+/// resolutions 5, 7 and 9 (NULL for positions stored before), and the
+/// index a fleet-wide window reads by.
+pub const SCHEMA_V7: &str = r#"
+ALTER TABLE positions ADD COLUMN h3_5 INTEGER;
+ALTER TABLE positions ADD COLUMN h3_7 INTEGER;
+ALTER TABLE positions ADD COLUMN h3_9 INTEGER;
+CREATE INDEX IF NOT EXISTS positions_tst ON positions (tst);
+"#;
+
 /// Every version, in order.
-pub const MIGRATIONS: [&str; 6] = [
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+pub const MIGRATIONS: [&str; 7] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
 
 /// The statement that writes one row of `table`, its parameters

@@ -173,6 +173,11 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
     match r {
         Record::Position(p) => {
             let m = &p.meta;
+            // The heatmap's cells (SQLite stores integers signed; an H3
+            // index has its top bit clear).
+            let h3 = otstream_schema::h3::cells(p.lat, p.lon)
+                .map(|c| c.map(|x| i64::try_from(x).unwrap_or_default()));
+            let [h3_5, h3_7, h3_9] = h3.map_or([None; 3], |c| c.map(Some));
             stmts
                 .get(sqlite::insert(Table::Positions))?
                 .execute(params![
@@ -205,6 +210,9 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
                     p.filtered.as_deref(),
                     p.place.as_deref(),
                     p.cc.as_deref(),
+                    h3_5,
+                    h3_7,
+                    h3_9,
                 ])?;
         }
         Record::Transition(t) => {

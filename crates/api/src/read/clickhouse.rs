@@ -155,6 +155,27 @@ impl ClickHouseReader {
         Ok((rows > 0).then_some(first.into()))
     }
 
+    /// See [`Reader::heatmap`](crate::read::Reader::heatmap): `column` is
+    /// one of the cells' columns. `FINAL`: a fix delivered twice counts
+    /// once.
+    pub async fn heatmap(
+        &self,
+        q: &Query,
+        column: &'static str,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, QueryError> {
+        let (predicate, params) = Self::predicate(q, "tst");
+        Ok(self
+            .bound(
+                &format!(
+                    "SELECT {column}, count() FROM positions FINAL WHERE {predicate} AND filtered = '' AND {column} != 0 GROUP BY {column} ORDER BY {column} LIMIT {limit}"
+                ),
+                params,
+            )
+            .fetch_all::<(u64, u64)>()
+            .await?)
+    }
+
     /// Every stored version of the regions matching `q` that have a
     /// centre (no `FINAL`: [`Waypoint::current`] keeps the last).
     pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {

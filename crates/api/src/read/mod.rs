@@ -293,6 +293,24 @@ impl Reader {
         Ok(Waypoint::current(rows))
     }
 
+    /// The positions matching `q` (not set aside by the filters) counted
+    /// per H3 cell of the stored resolution `res`, by cell: at most
+    /// `limit` cells. `None` for a resolution not stored.
+    pub async fn heatmap(
+        &self,
+        q: &Query,
+        res: u8,
+        limit: usize,
+    ) -> Result<Option<Vec<(u64, u64)>>, QueryError> {
+        let Some(column) = otstream_schema::h3::column(res) else {
+            return Ok(None);
+        };
+        Ok(Some(match self {
+            Reader::Sqlite(r) => r.heatmap(q, column, limit).await?,
+            Reader::ClickHouse(r) => r.heatmap(q, column, limit).await?,
+        }))
+    }
+
     /// Per device per UTC day: distance, driving time, trips, stops and
     /// top speed, from the trips and stops starting in the window.
     pub async fn summary(&self, q: &Query) -> Result<Vec<DaySummary>, QueryError> {

@@ -117,6 +117,33 @@ impl SqliteReader {
         .await
     }
 
+    /// See [`Reader::heatmap`](crate::read::Reader::heatmap): `column` is
+    /// one of the cells' columns.
+    pub async fn heatmap(
+        &self,
+        q: &Query,
+        column: &'static str,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, QueryError> {
+        let (predicate, params) = q.predicate("tst");
+        let sql = format!(
+            "SELECT {column}, count(*) FROM positions WHERE {predicate} AND filtered IS NULL AND {column} IS NOT NULL GROUP BY {column} ORDER BY {column} LIMIT {limit}"
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (cell, n) = row?;
+                out.push((cell as u64, n as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Every stored version of the regions matching `q` that have a centre.
     pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
         let (predicate, params) = q.predicate("coalesce(tst, 0)");

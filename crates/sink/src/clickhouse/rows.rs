@@ -48,6 +48,9 @@ struct PositionRow<'a> {
     filtered: &'a str,
     place: &'a str,
     cc: &'a str,
+    h3_5: u64,
+    h3_7: u64,
+    h3_9: u64,
 }
 
 #[derive(Row, Serialize)]
@@ -295,6 +298,8 @@ pub async fn insert(
         Table::Positions => write_all!(PositionRow, |r| match r {
             Record::Position(p) => {
                 let c = m(&p.meta);
+                let [h3_5, h3_7, h3_9] =
+                    otstream_schema::h3::cells(p.lat, p.lon).unwrap_or_default();
                 PositionRow {
                     user: c.user,
                     device: c.device,
@@ -325,6 +330,9 @@ pub async fn insert(
                     filtered: p.filtered.as_deref().unwrap_or_default(),
                     place: p.place.as_deref().unwrap_or_default(),
                     cc: p.cc.as_deref().unwrap_or_default(),
+                    h3_5,
+                    h3_7,
+                    h3_9,
                 }
             }
             _ => continue,

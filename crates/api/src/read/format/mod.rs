@@ -17,6 +17,7 @@
 //! has no exponent.
 //!
 //! Parquet ([`parquet`]): positions, trips and stops as typed columns.
+//! The heatmap's cells: JSON objects or GeoJSON hexagons (`heat`).
 //!
 //! Layout: one module a format: [`json`], [`geojson`], `gpx`, `csv` (the
 //! `csv-core` writer), [`parquet`], and `dates`.
@@ -25,6 +26,7 @@ mod csv;
 mod dates;
 pub mod geojson;
 mod gpx;
+mod heat;
 pub mod json;
 pub mod parquet;
 #[cfg(test)]
@@ -36,6 +38,7 @@ use crate::read::rows::{Position, Str};
 
 pub use dates::{civil, day, days_from_civil, iso8601};
 pub use geojson::{EventFormat, Feature, FeatureEncoder};
+pub use heat::heatmap_json;
 use json::{Obj, float, position_members};
 pub use json::{
     device_json, devices_json, position_json, recorder_last, recorder_location, summary_json,
