@@ -26,11 +26,15 @@ with tempfile.TemporaryDirectory() as path:
         sess.query(stmt.rstrip(";"))
     row = ("('jane', 'phone', 'JJ', 1700000000, 52.5, 13.4, 5, NULL, NULL, 12, NULL, 80, NULL,"
            " 'u', NULL, NULL, NULL, NULL, NULL, NULL, [], [], NULL, 'http', 1700000000123, '', '', 'Berlin', 'DE')")
+    # The columns named: later ones (the heatmap's cells) take their defaults.
+    columns = ("user, device, tid, tst, lat, lon, acc, alt, vac, vel, cog, batt, bs, t, conn, p, m,"
+               " ssid, bssid, created_at, inregions, inrids, topic, transport, received_at, extra,"
+               " filtered, place, cc")
     for _ in range(2):  # the same row twice: FINAL keeps one
-        sess.query(f"INSERT INTO otstream.positions VALUES {row}")
+        sess.query(f"INSERT INTO otstream.positions ({columns}) VALUES {row}")
     # A fix the filters set aside, dated later: not the last position.
     flagged = row.replace("1700000000, 52.5", "1800000000, 0.0").replace("'', '', 'Berlin'", "'', 'future', 'Berlin'")
-    sess.query(f"INSERT INTO otstream.positions VALUES {flagged}")
+    sess.query(f"INSERT INTO otstream.positions ({columns}) VALUES {flagged}")
     count = sess.query("SELECT count() FROM otstream.positions FINAL WHERE filtered = ''", "CSV").bytes().decode().strip()
     last = sess.query("SELECT user, device, tst FROM otstream.last_positions FINAL", "CSV").bytes().decode().strip()
     types = sess.query(

@@ -840,6 +840,9 @@ fn answers(serve: &Serve, fixes: &[Fix]) -> BTreeMap<&'static str, Value> {
         ("/api/v1/positions?device=phone", "user"),
         ("/api/v1/positions?limit=-1", "limit"),
         ("/api/v1/trips?format=gpx", "format"),
+        ("/api/v1/heatmap?res=8", "res"),
+        ("/api/v1/heatmap?from=2025-01-01&to=2025-12-01", "from"),
+        ("/api/v1/heatmap?format=csv", "format"),
         ("/api/0/locations?user=jane", "device"),
         (
             "/api/0/locations?user=jane&device=phone&format=xml",

@@ -307,12 +307,15 @@
     }).addTo(heatLayer);
     document.body.dataset.heat = String(geo.features.length);
   }
+  var heatAsked = 0;
   function loadHeat() {
     if (!heatToggle.checked) { return; }
     heatRes = resForZoom(map.getZoom());
     var to = Math.floor(Date.now() / 1000);
+    // Only the last answer asked for is drawn: an earlier zoom's may come later.
+    var asked = ++heatAsked;
     getJSON('/api/v1/heatmap?' + query({ res: heatRes, from: to - 7 * 86400, to: to, format: 'geojson' }))
-      .then(drawHeat).catch(showError);
+      .then(function (geo) { if (asked === heatAsked) { drawHeat(geo); } }).catch(showError);
   }
   heatToggle.addEventListener('change', function () {
     if (heatToggle.checked) { heatLayer.addTo(map); loadHeat(); } else { heatLayer.remove(); }

@@ -173,6 +173,10 @@ mod tests {
                 && admits(&share, Endpoint::of("/api/v1/live").unwrap()).is_ok()
         );
         assert!(admits(&share, Endpoint::of("/api/v1/positions").unwrap()).is_err());
+        // The heatmap is history: not for share links, nor last positions.
+        assert!(admits(&share, Endpoint::of("/api/v1/heatmap").unwrap()).is_err());
+        assert!(admits(&last, Endpoint::of("/api/v1/heatmap").unwrap()).is_err());
+        assert!(admits(&full, Endpoint::of("/api/v1/heatmap").unwrap()).is_ok());
         assert!(
             admits(&track, Endpoint::of("/api/v1/positions").unwrap()).is_ok()
                 && admits(&track, Endpoint::of("/api/v1/trips").unwrap()).is_ok()

@@ -73,6 +73,14 @@ where
         let mut next = first;
         loop {
             let Some(chunk) = next else { break };
+            if encoder.failed() {
+                let _ = tx
+                    .send(Err(std::io::Error::other(
+                        "the answer could not be encoded",
+                    )))
+                    .await;
+                return;
+            }
             for row in &chunk {
                 encoder.row(row, &mut buf);
                 if buf.len() >= FLUSH_BYTES {
@@ -93,6 +101,14 @@ where
             };
         }
         encoder.end(&mut buf);
+        if encoder.failed() {
+            let _ = tx
+                .send(Err(std::io::Error::other(
+                    "the answer could not be encoded",
+                )))
+                .await;
+            return;
+        }
         let _ = tx.send(Ok(buf.into())).await;
     });
     Ok(body)

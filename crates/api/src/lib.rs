@@ -181,6 +181,8 @@ const RECORDER_SPAN_S: i64 = 6 * 3600;
 const SUMMARY_SPAN_S: i64 = 7 * 86_400;
 /// Default window of the heatmap: a week, as the map shows it.
 const HEATMAP_SPAN_S: i64 = 7 * 86_400;
+/// Longest window of a heatmap: a quarter.
+const MAX_HEATMAP_SPAN_S: i64 = 92 * 86_400;
 /// Most cells a heatmap answers with (about 20 MB of GeoJSON): past it
 /// the client is told to ask for a coarser resolution.
 const MAX_HEAT_CELLS: usize = 50_000;
@@ -453,6 +455,18 @@ impl Api {
             }
             Endpoint::Heatmap => {
                 let q = query(&params, &grant, now, HEATMAP_SPAN_S)?;
+                // A window bounds the scan: ten million positions take a
+                // second of either store.
+                if q.to.saturating_sub(q.from) > MAX_HEATMAP_SPAN_S {
+                    return Err(BadParam::new(
+                        "from",
+                        format!(
+                            "a heatmap covers at most {} days",
+                            MAX_HEATMAP_SPAN_S / 86_400
+                        ),
+                    )
+                    .into());
+                }
                 let res = match params.get("res") {
                     None => 7,
                     Some(r) => r

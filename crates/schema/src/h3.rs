@@ -22,8 +22,15 @@ pub fn column(res: u8) -> Option<&'static str> {
 /// The cells of a position at [`RESOLUTIONS`]; `None` for coordinates H3
 /// cannot place (not finite).
 pub fn cells(lat: f64, lon: f64) -> Option<[u64; 3]> {
-    let at = LatLng::new(lat, lon).ok()?;
-    Some([Resolution::Five, Resolution::Seven, Resolution::Nine].map(|r| u64::from(at.to_cell(r))))
+    // The finest from the coordinates, the coarser as its parents: a
+    // parent is bit arithmetic, a cell from coordinates a projection.
+    let fine = LatLng::new(lat, lon).ok()?.to_cell(Resolution::Nine);
+    let parent = |r| fine.parent(r).map_or(0, u64::from);
+    Some([
+        parent(Resolution::Five),
+        parent(Resolution::Seven),
+        u64::from(fine),
+    ])
 }
 
 /// A cell's centre and its boundary (a closed ring), `(lat, lon)` in

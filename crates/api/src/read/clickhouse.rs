@@ -157,7 +157,7 @@ impl ClickHouseReader {
 
     /// See [`Reader::heatmap`](crate::read::Reader::heatmap): `column` is
     /// one of the cells' columns. `FINAL`: a fix delivered twice counts
-    /// once.
+    /// once. At most a minute of the server's time.
     pub async fn heatmap(
         &self,
         q: &Query,
@@ -167,8 +167,12 @@ impl ClickHouseReader {
         let (predicate, params) = Self::predicate(q, "tst");
         Ok(self
             .bound(
+                // The filters' verdict is read after FINAL picked each fix's
+                // newest version (in the outer query: 18.16 would move a
+                // condition on it to PREWHERE, before the dedup); the key's
+                // columns may be filtered before.
                 &format!(
-                    "SELECT {column}, count() FROM positions FINAL WHERE {predicate} AND filtered = '' AND {column} != 0 GROUP BY {column} ORDER BY {column} LIMIT {limit}"
+                    "SELECT {column}, count() FROM (SELECT {column}, filtered FROM positions FINAL WHERE {predicate}) WHERE filtered = '' AND {column} != 0 GROUP BY {column} ORDER BY {column} LIMIT {limit} SETTINGS max_execution_time = 60"
                 ),
                 params,
             )

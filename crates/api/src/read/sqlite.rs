@@ -118,7 +118,9 @@ impl SqliteReader {
     }
 
     /// See [`Reader::heatmap`](crate::read::Reader::heatmap): `column` is
-    /// one of the cells' columns.
+    /// one of the cells' columns. Counted here, not by `GROUP BY`: SQLite
+    /// sorts ten million cells into a temporary B-tree (3.5 s) where a hash
+    /// map counts them as the covering index `positions_heat` is read.
     pub async fn heatmap(
         &self,
         q: &Query,
@@ -127,18 +129,25 @@ impl SqliteReader {
     ) -> Result<Vec<(u64, u64)>, QueryError> {
         let (predicate, params) = q.predicate("tst");
         let sql = format!(
-            "SELECT {column}, count(*) FROM positions WHERE {predicate} AND filtered IS NULL AND {column} IS NOT NULL GROUP BY {column} ORDER BY {column} LIMIT {limit}"
+            "SELECT {column} FROM positions WHERE {predicate} AND filtered IS NULL AND {column} IS NOT NULL"
         );
         self.read(move |conn| {
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (cell, n) = row?;
-                out.push((cell as u64, n as u64));
+            let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+            let mut counts: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+            while let Some(row) = rows.next()? {
+                *counts.entry(row.get::<_, i64>(0)?).or_default() += 1;
+                // More cells than asked for: the caller refuses the answer.
+                if counts.len() > limit {
+                    break;
+                }
             }
+            let mut out: Vec<(u64, u64)> = counts
+                .into_iter()
+                .map(|(cell, n)| (cell as u64, n))
+                .collect();
+            out.sort_unstable();
+            out.truncate(limit);
             Ok(out)
         })
         .await

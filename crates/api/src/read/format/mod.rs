@@ -54,6 +54,11 @@ pub trait Encoder<T> {
     fn end(&mut self, out: &mut Vec<u8>);
     /// The `Content-Type` of the document.
     fn content_type(&self) -> &'static str;
+    /// Whether the document can no longer be completed (an encoder that
+    /// failed): the answer is then cut off, never ended as if whole.
+    fn failed(&self) -> bool {
+        false
+    }
 }
 
 /// The output formats of positions.

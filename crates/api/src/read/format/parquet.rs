@@ -79,6 +79,8 @@ pub struct ParquetEncoder<T: Columns> {
     bytes: Shared,
     builders: T::Builders,
     buffered: usize,
+    /// A row group could not be written: the file cannot be completed.
+    broken: bool,
 }
 
 impl<T: Columns> Default for ParquetEncoder<T> {
@@ -107,12 +109,14 @@ impl<T: Columns> ParquetEncoder<T> {
         let writer = ArrowWriter::try_new(bytes.clone(), Arc::clone(&schema), Some(props))
             .map_err(|e| tracing::error!(error = %e, "parquet writer refused the schema"))
             .ok();
+        let broken = writer.is_none();
         Self {
             schema,
             writer,
             bytes,
             builders: T::Builders::default(),
             buffered: 0,
+            broken,
         }
     }
 
@@ -133,10 +137,11 @@ impl<T: Columns> ParquetEncoder<T> {
                 None => Ok(()),
             });
         if let Err(e) = written {
-            // The answer is cut off here: a reader sees a file without its
-            // footer, never a file missing rows silently.
+            // The answer is cut off (see `failed`): a reader gets an
+            // aborted transfer, never a file missing rows silently.
             tracing::error!(error = %e, "cannot write a parquet row group; cutting the answer off");
             self.writer = None;
+            self.broken = true;
         }
         self.bytes.take_into(out);
     }
@@ -149,6 +154,9 @@ impl<T: Columns + Send> Encoder<T> for ParquetEncoder<T> {
     }
 
     fn row(&mut self, row: &T, out: &mut Vec<u8>) {
+        if self.broken {
+            return;
+        }
         row.append(&mut self.builders);
         self.buffered += 1;
         if self.buffered >= ROW_GROUP {
@@ -162,12 +170,17 @@ impl<T: Columns + Send> Encoder<T> for ParquetEncoder<T> {
             && let Err(e) = w.close()
         {
             tracing::error!(error = %e, "cannot finish a parquet file");
+            self.broken = true;
         }
         self.bytes.take_into(out);
     }
 
     fn content_type(&self) -> &'static str {
         "application/vnd.apache.parquet"
+    }
+
+    fn failed(&self) -> bool {
+        self.broken
     }
 }
 
@@ -289,7 +302,7 @@ impl Columns for Position {
         b.user.append_value(&self.user);
         b.device.append_value(&self.device);
         b.tid.append_option(self.tid.as_deref());
-        b.tst.append_value(self.tst * 1000);
+        b.tst.append_value(self.tst.saturating_mul(1000));
         b.lat.append_value(self.lat);
         b.lon.append_value(self.lon);
         let ints = [
@@ -304,8 +317,9 @@ impl Columns for Position {
         b.m.append_option(self.m);
         b.ssid.append_option(self.ssid.as_deref());
         b.bssid.append_option(self.bssid.as_deref());
+        // A phone may send any `created_at`: one past the range is absent.
         b.created_at
-            .append_option(self.created_at.map(|t| t * 1000));
+            .append_option(self.created_at.and_then(|t| t.checked_mul(1000)));
         for (list, names) in [
             (&mut b.inregions, &self.inregions),
             (&mut b.inrids, &self.inrids),
@@ -409,7 +423,7 @@ impl Columns for Trip {
             builder.append_value(v);
         }
         for (builder, v) in b.times.iter_mut().zip([self.start, self.end]) {
-            builder.append_value(v * 1000);
+            builder.append_value(v.saturating_mul(1000));
         }
         let floats = [
             self.start_lat,
@@ -495,7 +509,7 @@ impl Columns for Stop {
             builder.append_value(v);
         }
         for (builder, v) in b.times.iter_mut().zip([self.start, self.end]) {
-            builder.append_value(v * 1000);
+            builder.append_value(v.saturating_mul(1000));
         }
         for (builder, v) in b.floats.iter_mut().zip([self.lat, self.lon]) {
             builder.append_value(v);
