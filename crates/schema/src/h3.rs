@@ -19,8 +19,11 @@ pub fn column(res: u8) -> Option<&'static str> {
     })
 }
 
-/// The cells of a position at [`RESOLUTIONS`]; `None` for coordinates H3
-/// cannot place (not finite).
+/// The cells of a position at [`RESOLUTIONS`]: its cell at 9 and that
+/// cell's ancestors at 7 and 5 (H3's hierarchy: near a coarse cell's edge
+/// an ancestor may differ from the coarse cell of the point itself, and
+/// every count at 5 and 7 is the sum of its children's at 9); `None` for
+/// coordinates H3 cannot place (not finite).
 pub fn cells(lat: f64, lon: f64) -> Option<[u64; 3]> {
     // The finest from the coordinates, the coarser as its parents: a
     // parent is bit arithmetic, a cell from coordinates a projection.
