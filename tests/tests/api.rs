@@ -134,7 +134,7 @@ fn depot_fence() -> String {
 }
 
 /// GET `url`: status, body, content type.
-fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String, String) {
+pub(crate) fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String, String) {
     let mut req = ureq::get(url).timeout(Duration::from_secs(60));
     if let Some((user, password)) = auth {
         use base64::Engine as _;
@@ -151,7 +151,7 @@ fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String, String) {
     (status, resp.into_string().unwrap_or_default(), ct)
 }
 
-fn get_bytes(url: &str) -> (u16, Vec<u8>, String) {
+pub(crate) fn get_bytes(url: &str) -> (u16, Vec<u8>, String) {
     let resp = match ureq::get(url).timeout(Duration::from_secs(60)).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -165,7 +165,7 @@ fn get_bytes(url: &str) -> (u16, Vec<u8>, String) {
 
 /// A Parquet file as chDB reads it: the types of the columns `typed`
 /// (`name\ttype`), then the rows of `SELECT {select}` from it.
-fn read_parquet(file: &[u8], typed: &str, select: &str) -> (Vec<String>, Vec<Value>) {
+pub(crate) fn read_parquet(file: &[u8], typed: &str, select: &str) -> (Vec<String>, Vec<Value>) {
     const READ: &str = r#"
 import sys, chdb
 p, typed, select = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
@@ -199,7 +199,7 @@ print(chdb.query(f"SELECT {select} FROM {f} SETTINGS output_format_json_quote_64
     )
 }
 
-fn get_json(serve: &Serve, path: &str) -> Value {
+pub(crate) fn get_json(serve: &Serve, path: &str) -> Value {
     let (status, body, _) = get(&format!("{}{path}", serve.url), None);
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
@@ -207,7 +207,7 @@ fn get_json(serve: &Serve, path: &str) -> Value {
 
 /// Removes `received_at` (when each run received a row), the one value
 /// two runs of the same fleet do not share.
-fn without_received_at(mut v: Value) -> Value {
+pub(crate) fn without_received_at(mut v: Value) -> Value {
     match &mut v {
         Value::Array(a) => a
             .iter_mut()

@@ -61,7 +61,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         format!(
-            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5, 6, 7] in database {db}",
+            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5, 6, 7, 8] in database {db}",
             major_minor.join(".")
         )
     );
@@ -84,7 +84,8 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "4\tfilters_events",
             "5\tplaces",
             "6\taddresses",
-            "7\th3"
+            "7\th3",
+            "8\tvisits"
         ]
     );
     assert_eq!(

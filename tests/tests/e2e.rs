@@ -25,6 +25,8 @@ mod kafka;
 mod mqtt;
 // Stages as separate processes over Kafka: kills, rebalances, backpressure.
 mod pipeline;
+// Places and visits: stops clustered per device and per user, both stores, a crash.
+mod places;
 // Rules: every per-device kind through a crash and a bad reload; `rules test` agrees.
 mod rules;
 // Recorder's clients: /ws/last, /api/0/last as Recorder writes it, CORS, its web frontend in a browser.

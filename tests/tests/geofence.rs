@@ -361,7 +361,11 @@ fn positions_over_http_give_transitions_trips_and_stops_in_clickhouse() {
     );
     assert_eq!(
         q("SELECT kind, user, device FROM device_state FINAL ORDER BY kind"),
-        ["geo|fleet|van1", "waypoints|fleet|van1"]
+        [
+            "geo|fleet|van1",
+            "places|fleet|van1",
+            "waypoints|fleet|van1"
+        ]
     );
 }
 

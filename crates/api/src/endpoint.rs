@@ -25,6 +25,10 @@ pub enum Endpoint {
     Summary,
     /// `/api/v1/heatmap`.
     Heatmap,
+    /// `/api/v1/places`.
+    Places,
+    /// `/api/v1/visits`.
+    Visits,
     /// `/api/v1/live`, a stream.
     Live,
     /// `/api/v1/fences`.
@@ -46,7 +50,7 @@ pub enum Endpoint {
 use Endpoint::*;
 
 /// The routes: every path and its endpoint.
-const ROUTES: [(&str, Endpoint); 18] = [
+const ROUTES: [(&str, Endpoint); 20] = [
     ("/", Page),
     ("/map", Page),
     ("/share", Share),
@@ -57,6 +61,8 @@ const ROUTES: [(&str, Endpoint); 18] = [
     ("/api/v1/transitions", Transitions),
     ("/api/v1/summary", Summary),
     ("/api/v1/heatmap", Heatmap),
+    ("/api/v1/places", Places),
+    ("/api/v1/visits", Visits),
     ("/api/v1/live", Live),
     ("/api/v1/fences", Fences),
     ("/api/v1/waypoints", Waypoints),
@@ -93,6 +99,8 @@ impl Endpoint {
             Transitions => "transitions",
             Summary => "summary",
             Heatmap => "heatmap",
+            Places => "places",
+            Visits => "visits",
             Live => "live",
             Fences => "fences",
             Waypoints => "waypoints",

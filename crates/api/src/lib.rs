@@ -17,6 +17,7 @@
 //! Endpoints (see the README for each with curl):
 //! - `/api/v1/devices`, `/positions`, `/trips`, `/stops`,
 //!   `/transitions`, `/summary`, `/live`, `/fences`;
+//! - the analyst's: `/api/v1/heatmap`, `/places`, `/visits` ([`analyst`]);
 //! - Recorder's `/api/0/last`, `/locations`, `/list`, `/version`, and its
 //!   WebSocket `/ws/last` ([`ws`]);
 //! - the map: `/` and `/map`, its assets under `/assets/`.
@@ -31,8 +32,10 @@
 //! - [`page`]: the map page and its bundled assets.
 //! - [`cors`]: cross-origin reads for an allow-list of origins.
 //! - [`ws`]: Recorder's `/ws/last` WebSocket.
+//! - `analyst`: the heatmap, places and visits.
 
 pub mod access;
+mod analyst;
 pub mod body;
 pub mod cors;
 pub mod endpoint;
@@ -50,8 +53,8 @@ use std::time::{Duration, Instant};
 
 use crate::read::format::parquet::ParquetEncoder;
 use crate::read::format::{
-    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, heatmap_json,
-    recorder_last, summary_json,
+    EventFormat, FeatureEncoder, Format, PositionEncoder, Shape, devices_json, recorder_last,
+    summary_json,
 };
 use crate::read::{Query, QueryError, Reader, Visible};
 use bytes::Bytes;
@@ -179,13 +182,6 @@ const V1_SPAN_S: i64 = 86_400;
 const RECORDER_SPAN_S: i64 = 6 * 3600;
 /// Default window of the summary: a week of days.
 const SUMMARY_SPAN_S: i64 = 7 * 86_400;
-/// Default window of the heatmap: a week, as the map shows it.
-const HEATMAP_SPAN_S: i64 = 7 * 86_400;
-/// Longest window of a heatmap: a quarter.
-const MAX_HEATMAP_SPAN_S: i64 = 92 * 86_400;
-/// Most cells a heatmap answers with (about 20 MB of GeoJSON): past it
-/// the client is told to ask for a coarser resolution.
-const MAX_HEAT_CELLS: usize = 50_000;
 
 struct Inner {
     config: ApiConfig,
@@ -202,6 +198,9 @@ struct Inner {
     live_streams: Budget,
     /// Origins allowed to read across origins.
     cors: cors::Cors,
+    /// Device places within this are one place of their user, metres
+    /// (`trips.place_radius_m`).
+    place_radius_m: f64,
 }
 
 /// The read API: cheap to clone, one per process.
@@ -212,7 +211,8 @@ impl Api {
     /// An API reading through `reader`, checking reads with `auth`,
     /// feeding `/api/v1/live` from `live` (committed records; none: the
     /// feed answers 503) and serving the operator's `fences` file to the
-    /// map. Live streams end when `shutdown` is cancelled.
+    /// map. Live streams end when `shutdown` is cancelled. A user's places
+    /// merge their devices' within `place_radius_m`.
     pub fn new(
         config: ApiConfig,
         reader: Reader,
@@ -220,6 +220,7 @@ impl Api {
         live: Option<broadcast::Sender<Record>>,
         fences: Option<PathBuf>,
         shutdown: CancellationToken,
+        place_radius_m: f64,
     ) -> Self {
         Self(Arc::new(Inner {
             page_policy: page::page_policy(&config),
@@ -233,6 +234,7 @@ impl Api {
             live,
             fences,
             shutdown,
+            place_radius_m,
         }))
     }
 
@@ -453,58 +455,9 @@ impl Api {
                     }
                 }
             }
-            Endpoint::Heatmap => {
-                let q = query(&params, &grant, now, HEATMAP_SPAN_S)?;
-                // A window bounds the scan: ten million positions take a
-                // second of either store.
-                if q.to.saturating_sub(q.from) > MAX_HEATMAP_SPAN_S {
-                    return Err(BadParam::new(
-                        "from",
-                        format!(
-                            "a heatmap covers at most {} days",
-                            MAX_HEATMAP_SPAN_S / 86_400
-                        ),
-                    )
-                    .into());
-                }
-                let res = match params.get("res") {
-                    None => 7,
-                    Some(r) => r
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|r| otstream_schema::h3::column(*r).is_some())
-                        .ok_or_else(|| {
-                            BadParam::new("res", format!("{r:?} is not one of 5, 7, 9"))
-                        })?,
-                };
-                let geojson = match params.get("format") {
-                    None | Some("json") => false,
-                    Some("geojson") => true,
-                    Some(f) => {
-                        return Err(BadParam::new(
-                            "format",
-                            format!("{f:?} is not one of json, geojson"),
-                        )
-                        .into());
-                    }
-                };
-                let cells = self
-                    .0
-                    .reader
-                    .heatmap(&q, res, MAX_HEAT_CELLS + 1)
-                    .await?
-                    .unwrap_or_default();
-                if cells.len() > MAX_HEAT_CELLS {
-                    return Err(BadParam::new(
-                        "res",
-                        format!(
-                            "more than {MAX_HEAT_CELLS} cells: ask for a coarser res or a narrower window"
-                        ),
-                    )
-                    .into());
-                }
-                Ok(ok_json(heatmap_json(&cells, res, geojson)))
-            }
+            Endpoint::Heatmap => self.heatmap(&params, &grant, now).await,
+            Endpoint::Places => self.places(&params, &grant, now).await,
+            Endpoint::Visits => self.visits(&params, &grant, now).await,
             Endpoint::Summary => {
                 let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;
                 Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))

@@ -112,7 +112,9 @@ pub(crate) fn event_format(params: &Params) -> Result<EventFormat, BadParam> {
         Some(f) => EventFormat::parse(f).ok_or_else(|| {
             BadParam::new(
                 "format",
-                format!("{f:?} is not one of json, geojson (and parquet for trips and stops)"),
+                format!(
+                    "{f:?} is not one of json, geojson (and parquet for trips, stops and visits)"
+                ),
             )
         }),
     }
@@ -162,6 +164,7 @@ pub(crate) fn query(
         to,
         limit: params.count("limit")?,
         visible,
+        place: None,
     })
 }
 

@@ -43,6 +43,7 @@ pub(crate) fn build(
         live,
         config.geofence.fences.clone(),
         shutdown,
+        config.trips.place_radius_m,
     )))
 }
 

@@ -531,6 +531,10 @@ pub struct Stop {
     /// Its ISO country code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc: Option<Text>,
+    /// The place it is a visit of: the start of that place's first stop
+    /// (`otstream_trips::places`); `None` for stops stored before places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place_id: Option<i64>,
 }
 
 /// A stage's remembered state for one device, written beside the records

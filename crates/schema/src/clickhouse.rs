@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "h3",
         template: include_str!("../../../deploy/clickhouse/migrations/0007_h3.sql"),
     },
+    Migration {
+        version: 8,
+        name: "visits",
+        template: include_str!("../../../deploy/clickhouse/migrations/0008_visits.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.

@@ -182,7 +182,7 @@ impl Table {
             ],
             Table::Stops => cols![
                 "user", "device", "start", "end", "lat", "lon", "duration", "points", "received_at",
-                "place", "locality", "cc",
+                "place", "locality", "cc", "place_id",
             ],
             Table::Events => cols![
                 "id", "kind", "user", "device", "tst", "lat", "lon", "fence", "body", "received_at",

@@ -249,6 +249,58 @@ pub struct Stop {
     pub cc: Option<String>,
     /// Street address, once the addresses job has it.
     pub address: Option<String>,
+    /// The place it is a visit of (the start of that place's first stop),
+    /// absent for stops stored before places.
+    #[serde(deserialize_with = "de::zero_none")]
+    pub place_id: Option<i64>,
+}
+
+/// A place a device keeps returning to: its stops clustered
+/// (`stops.place_id`, `otstream_trips::places`), with figures from its
+/// stops in the window read; or, merged across a user's devices, the
+/// places of several.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Place {
+    /// User part of the identity.
+    pub user: String,
+    /// The device whose stop founded it.
+    pub device: String,
+    /// Its id: the start of its first stop, UNIX s.
+    pub id: i64,
+    /// Centre, degrees: the mean of its stops' positions.
+    pub lat: f64,
+    /// Centre's longitude, degrees.
+    pub lon: f64,
+    /// No stop of it lies farther from the centre, whole metres.
+    pub radius: f64,
+    /// The operator's fence (or the device's region) a stop of it lies in.
+    pub fence: Option<String>,
+    /// Street address of its first stop, once the addresses job has it.
+    pub address: Option<String>,
+    /// Nearest populated place of its first stop (`name, region`).
+    pub locality: Option<String>,
+    /// Its ISO country code.
+    pub cc: Option<String>,
+    /// Arrival of its first stop in the window, UNIX s.
+    pub first_seen: i64,
+    /// Departure of its last stop in the window, UNIX s.
+    pub last_seen: i64,
+    /// Stops in the window.
+    pub visits: i64,
+    /// Their total duration, s.
+    pub dwell_s: i64,
+    /// Merged across a user's devices: each device with a place in it.
+    pub devices: Vec<String>,
+}
+
+impl Place {
+    /// What to call it: the fence's name, else the street address, else
+    /// the locality.
+    pub fn name(&self) -> Option<&str> {
+        [&self.fence, &self.address, &self.locality]
+            .into_iter()
+            .find_map(|n| n.as_deref().filter(|n| !n.is_empty()))
+    }
 }
 
 /// A region a device defined itself (`waypoints`): where the app reports

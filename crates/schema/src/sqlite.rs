@@ -196,9 +196,18 @@ CREATE INDEX IF NOT EXISTS positions_heat ON positions (tst, h3_5, h3_7, h3_9, f
     WHERE filtered IS NULL;
 "#;
 
+/// Version 8: places. Each stop names the place it is a visit of (the
+/// start of the place's first stop, `otstream_trips::places`; NULL for
+/// stops stored before); a place's figures are read from its stops by
+/// this index.
+pub const SCHEMA_V8: &str = r#"
+ALTER TABLE stops ADD COLUMN place_id INTEGER;   -- UNIX s: the start of the place's first stop
+CREATE INDEX IF NOT EXISTS stops_place ON stops (user, device, place_id) WHERE place_id IS NOT NULL;
+"#;
+
 /// Every version, in order.
-pub const MIGRATIONS: [&str; 7] = [
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+pub const MIGRATIONS: [&str; 8] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// The statement that writes one row of `table`, its parameters

@@ -121,7 +121,7 @@ fn each_sqlite_statement_writes_the_columns_in_order() {
     }
     assert_eq!(
         sqlite::insert(Table::Stops),
-        r#"INSERT OR REPLACE INTO stops ("user", "device", "start", "end", "lat", "lon", "duration", "points", "received_at", "place", "locality", "cc") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"#
+        r#"INSERT OR REPLACE INTO stops ("user", "device", "start", "end", "lat", "lon", "duration", "points", "received_at", "place", "locality", "cc", "place_id") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"#
     );
 }
 
@@ -145,6 +145,6 @@ fn every_field_of_a_read_row_is_a_column_of_its_table() {
     }
     assert_eq!(
         select::<Stop>(),
-        r#""user", "device", "start", "end", "lat", "lon", "duration", "points", "place", "locality", "cc", "address""#
+        r#""user", "device", "start", "end", "lat", "lon", "duration", "points", "place", "locality", "cc", "address", "place_id""#
     );
 }

@@ -382,6 +382,7 @@ fn insert(stmts: &mut Statements<'_>, r: &Record) -> rusqlite::Result<()> {
                 st.place.as_deref(),
                 st.locality.as_deref(),
                 st.cc.as_deref(),
+                st.place_id,
             ])?;
         }
         Record::State(st) => save_state(stmts, st)?,

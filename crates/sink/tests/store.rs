@@ -322,22 +322,23 @@ fn a_store_from_before_stop_places_gains_the_column() {
         place: Some("Depot".into()),
         locality: Some("Berlin".into()),
         cc: Some("DE".into()),
+        place_id: Some(1000),
     });
     store.write([&stop].into_iter()).unwrap();
     drop(store);
     assert_eq!(
         query(
             &db,
-            "SELECT start, points, place, locality, cc FROM stops ORDER BY start"
+            "SELECT start, points, place, locality, cc, place_id FROM stops ORDER BY start"
         ),
-        ["100|7|NULL|NULL|NULL", "1000|9|Depot|Berlin|DE"]
+        ["100|7|NULL|NULL|NULL|NULL", "1000|9|Depot|Berlin|DE|1000"]
     );
     // Version 6: no address yet, for the addresses job to find.
     assert_eq!(
         query(&db, "SELECT count(*) FROM stops WHERE address IS NULL"),
         ["2"]
     );
-    assert_eq!(query(&db, "PRAGMA user_version"), ["7"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["8"]);
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
@@ -346,14 +347,14 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // version's schema.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 8;")
+        .execute_batch("PRAGMA user_version = 9;")
         .unwrap();
     let Err(e) = Store::open(dir.path()) else {
         panic!("a store from a newer version opened");
     };
     assert_eq!(e.code(), "schema");
     assert!(e.to_string().starts_with("store schema: "), "{e}");
-    assert_eq!(query(&db, "PRAGMA user_version"), ["8"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["9"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! Trips and stops, per device, from its positions in order.
+//! Trips and stops, per device, from its positions in order; and the
+//! places its stops are visits of ([`places`]).
 //!
 //! In: one device's fixes (time, place, and what the fix says about
 //! itself: accuracy and reported speed), in order, through
@@ -52,6 +53,7 @@
 //! its fixes where they have one, else the speed over the segment.
 
 mod detector;
+pub mod places;
 
 use geo::{Distance, Geodesic, Haversine, Point};
 use otstream_model::ConfigError;
@@ -81,6 +83,10 @@ pub struct TripConfig {
     /// unless the next one agrees with it, km/h.
     #[serde(default = "default_max_kmh")]
     pub max_kmh: f64,
+    /// A stop within this distance of one of the device's places is a
+    /// visit of it, metres ([`places`]).
+    #[serde(default = "default_place_radius_m")]
+    pub place_radius_m: f64,
 }
 
 fn default_min_distance_m() -> f64 {
@@ -98,6 +104,9 @@ fn default_moving_kmh() -> f64 {
 fn default_max_kmh() -> f64 {
     300.0
 }
+fn default_place_radius_m() -> f64 {
+    150.0
+}
 
 impl Default for TripConfig {
     fn default() -> Self {
@@ -107,6 +116,7 @@ impl Default for TripConfig {
             max_gap_s: default_max_gap_s(),
             moving_kmh: default_moving_kmh(),
             max_kmh: default_max_kmh(),
+            place_radius_m: default_place_radius_m(),
         }
     }
 }
@@ -118,6 +128,12 @@ impl TripConfig {
             return Err(ConfigError::new(
                 "trips.min_distance_m",
                 "trips.min_distance_m must be a positive number of metres",
+            ));
+        }
+        if !(self.place_radius_m > 0.0 && self.place_radius_m.is_finite()) {
+            return Err(ConfigError::new(
+                "trips.place_radius_m",
+                "trips.place_radius_m must be a positive number of metres",
             ));
         }
         if self.min_stop_s <= 0 || self.max_gap_s <= 0 {

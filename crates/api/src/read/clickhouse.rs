@@ -8,10 +8,11 @@ use clickhouse::{Client, Row};
 use otstream_schema::clickhouse::ClickHouseConfig;
 use serde::Deserialize;
 
+use crate::read::places::Aggregate;
 use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
 use crate::read::slices::{self, SLICE_ROWS, Span};
 use crate::read::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
-use crate::read::{Chunker, Param, Query, QueryError, RowStream};
+use crate::read::{Chunker, Param, Query, QueryError, RowStream, Visits};
 
 /// Reads the tables of one ClickHouse database.
 #[derive(Clone)]
@@ -178,6 +179,83 @@ impl ClickHouseReader {
             )
             .fetch_all::<(u64, u64)>()
             .await?)
+    }
+
+    /// See [`Reader::places`](crate::read::Reader::places): each place's
+    /// stops in the window summed up after `FINAL`, joined with its first
+    /// stop (the one whose start is its id) for the names.
+    pub(crate) async fn places(
+        &self,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Aggregate>, QueryError> {
+        #[derive(Row, Deserialize)]
+        struct ChPlace {
+            user: String,
+            device: String,
+            place_id: u32,
+            c_lat: f64,
+            c_lon: f64,
+            min_lat: f64,
+            max_lat: f64,
+            min_lon: f64,
+            max_lon: f64,
+            fence: String,
+            address: Option<String>,
+            locality: String,
+            cc: String,
+            first_seen: u32,
+            last_seen: u32,
+            visits: u64,
+            dwell: u64,
+        }
+        let visits = Query {
+            place: Some(Visits::Any),
+            limit: None,
+            ..q.clone()
+        };
+        let (predicate, mut params) = Self::predicate(&visits, "start");
+        // The first stops may lie before the window.
+        let first = Query {
+            from: 0,
+            to: u32::MAX.into(),
+            ..visits
+        };
+        let (first_predicate, first_params) = Self::predicate(&first, "start");
+        params.extend(first_params);
+        // Aliases differ from the columns: ClickHouse resolves an alias
+        // anywhere in the query, so `avg(lat) AS lat` would feed `min(lat)`.
+        let sql = format!(
+            "SELECT user, device, place_id, c_lat, c_lon, min_lat, max_lat, min_lon, max_lon, fence, address, locality, cc, first_seen, last_seen, visits, dwell FROM (\
+             SELECT user, device, place_id, avg(lat) AS c_lat, avg(lon) AS c_lon, min(lat) AS min_lat, max(lat) AS max_lat, \
+             min(lon) AS min_lon, max(lon) AS max_lon, max(place) AS fence, toUInt32(min(start)) AS first_seen, \
+             toUInt32(max(end)) AS last_seen, count() AS visits, toUInt64(sum(duration)) AS dwell \
+             FROM stops FINAL WHERE {predicate} GROUP BY user, device, place_id\
+             ) ANY LEFT JOIN (\
+             SELECT user, device, place_id, address, locality, cc FROM stops FINAL WHERE place_id = toUInt32(start) AND {first_predicate}\
+             ) USING (user, device, place_id) ORDER BY user, device, place_id LIMIT {limit}"
+        );
+        let rows: Vec<ChPlace> = self.bound(&sql, params).fetch_all().await?;
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        Ok(rows
+            .into_iter()
+            .map(|r| Aggregate {
+                user: r.user,
+                device: r.device,
+                id: r.place_id.into(),
+                lat: r.c_lat,
+                lon: r.c_lon,
+                bbox: (r.min_lat, r.max_lat, r.min_lon, r.max_lon),
+                fence: text(r.fence),
+                address: r.address,
+                locality: text(r.locality),
+                cc: text(r.cc),
+                first: r.first_seen.into(),
+                last: r.last_seen.into(),
+                visits: i64::try_from(r.visits).unwrap_or(i64::MAX),
+                dwell: i64::try_from(r.dwell).unwrap_or(i64::MAX),
+            })
+            .collect())
     }
 
     /// Every stored version of the regions matching `q` that have a

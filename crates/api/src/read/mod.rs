@@ -22,11 +22,14 @@
 //! - [`slices`]: one device's long export read in parallel slices, from
 //!   ClickHouse in its columnar Native format (`native`).
 //! - [`summary`]: per device per day figures from trips and stops (pure).
+//! - [`places`]: places from their stops, and merged across a user's
+//!   devices (pure).
 //! - [`format`]: encoders, one per output format, and ISO-8601 times.
 
 pub mod clickhouse;
 pub mod format;
 mod native;
+pub mod places;
 pub mod slices;
 pub mod sqlite;
 pub mod summary;
@@ -34,7 +37,7 @@ pub mod summary;
 use std::collections::BTreeMap;
 
 pub use otstream_schema::rows;
-pub use rows::{DaySummary, Device, Position, Stop, Transition, Trip, Waypoint};
+pub use rows::{DaySummary, Device, Place, Position, Stop, Transition, Trip, Waypoint};
 use tokio::sync::mpsc;
 
 /// Rows in one chunk of a stream: large enough that the per-chunk cost
@@ -96,6 +99,17 @@ pub struct Query {
     pub limit: Option<u64>,
     /// Who is asking: rows of other devices are never read.
     pub visible: Visible,
+    /// Stops only: those that are visits of a place, or of this place.
+    pub place: Option<Visits>,
+}
+
+/// Which stops a read of stops keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visits {
+    /// Every stop assigned to a place (not those stored before places).
+    Any,
+    /// The visits of the place with this id (of the query's device).
+    Of(i64),
 }
 
 impl Query {
@@ -108,6 +122,7 @@ impl Query {
             to,
             limit: None,
             visible: Visible::All,
+            place: None,
         }
     }
 
@@ -124,6 +139,16 @@ impl Query {
         if let Some(d) = &self.device {
             sql.push_str(" AND device = ?");
             params.push(Param::Text(d.clone()));
+        }
+        match self.place {
+            // Ids are UNIX seconds: none is 0, which is ClickHouse's "no
+            // place" (and SQLite's NULL compares false).
+            Some(Visits::Any) => sql.push_str(" AND place_id > 0"),
+            Some(Visits::Of(id)) => {
+                sql.push_str(" AND place_id = ?");
+                params.push(Param::Int(id));
+            }
+            None => {}
         }
         visible_predicate(&self.visible, &mut sql, &mut params);
         (sql, params)
@@ -309,6 +334,17 @@ impl Reader {
             Reader::Sqlite(r) => r.heatmap(q, column, limit).await?,
             Reader::ClickHouse(r) => r.heatmap(q, column, limit).await?,
         }))
+    }
+
+    /// The places of the devices matching `q`, with the figures of their
+    /// stops starting in the window ([`places`]), by user, device and id:
+    /// at most `limit`.
+    pub async fn places(&self, q: &Query, limit: usize) -> Result<Vec<Place>, QueryError> {
+        let rows = match self {
+            Reader::Sqlite(r) => r.places(q, limit).await?,
+            Reader::ClickHouse(r) => r.places(q, limit).await?,
+        };
+        Ok(rows.into_iter().map(places::Aggregate::place).collect())
     }
 
     /// Per device per UTC day: distance, driving time, trips, stops and

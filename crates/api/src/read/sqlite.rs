@@ -8,8 +8,9 @@ use std::sync::LazyLock;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
 
+use crate::read::places::Aggregate;
 use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint, select};
-use crate::read::{Chunker, Param, Query, QueryError, RowStream};
+use crate::read::{Chunker, Param, Query, QueryError, RowStream, Visits};
 
 // The columns a read selects: the row types' fields, in the order the
 // functions below read them.
@@ -153,6 +154,53 @@ impl SqliteReader {
         .await
     }
 
+    /// See [`Reader::places`](crate::read::Reader::places): each place's
+    /// stops in the window, summed up by the partial index `stops_place`,
+    /// with the names of its first stop (whose start is its id).
+    pub(crate) async fn places(
+        &self,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Aggregate>, QueryError> {
+        let q = Query {
+            place: Some(Visits::Any),
+            limit: None,
+            ..q.clone()
+        };
+        let (predicate, params) = q.predicate("start");
+        let sql = format!(
+            "SELECT s.user, s.device, s.place_id, avg(s.lat), avg(s.lon), min(s.lat), max(s.lat), \
+             min(s.lon), max(s.lon), max(s.place), f.address, f.locality, f.cc, min(s.start), \
+             max(s.\"end\"), count(*), sum(s.duration) \
+             FROM (SELECT * FROM stops WHERE {predicate}) s \
+             LEFT JOIN stops f ON f.user = s.user AND f.device = s.device AND f.start = s.place_id \
+             GROUP BY s.user, s.device, s.place_id ORDER BY s.user, s.device, s.place_id LIMIT {limit}"
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                Ok(Aggregate {
+                    user: r.get(0)?,
+                    device: r.get(1)?,
+                    id: r.get(2)?,
+                    lat: r.get(3)?,
+                    lon: r.get(4)?,
+                    bbox: (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                    fence: r.get(9)?,
+                    address: r.get(10)?,
+                    locality: r.get(11)?,
+                    cc: r.get(12)?,
+                    first: r.get(13)?,
+                    last: r.get(14)?,
+                    visits: r.get(15)?,
+                    dwell: r.get(16)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Every stored version of the regions matching `q` that have a centre.
     pub async fn waypoints(&self, q: &Query) -> Result<Vec<Waypoint>, QueryError> {
         let (predicate, params) = q.predicate("coalesce(tst, 0)");
@@ -222,6 +270,7 @@ impl SqliteReader {
                 locality: r.get(9)?,
                 cc: r.get(10)?,
                 address: r.get(11)?,
+                place_id: r.get(12)?,
             })
         })
     }

@@ -72,6 +72,9 @@ pub const KIND_REGIONS: &str = "waypoints";
 /// `kind` of a proximity rule's state in `device_state` (user
 /// [`otstream_model::Near::USER`], device the rule's name).
 pub const KIND_NEAR: &str = "proximity";
+/// `kind` of a device's places (`otstream_trips::places`) in
+/// `device_state`: stored only when a stop is assigned, not with every fix.
+pub const KIND_PLACES: &str = "places";
 
 /// Why the stage could not start or went on.
 #[derive(Debug, thiserror::Error)]

@@ -682,3 +682,79 @@ fn a_state_stored_before_the_rules_reads_back_and_rule_memory_round_trips() {
     assert_eq!(back, ruled);
     assert_eq!(back.rules.entries(), 1, "{json}");
 }
+
+#[test]
+fn stops_are_visits_of_places_that_survive_a_restart() {
+    // Home (11 min), 2 km north to the office (11 min), back home (11
+    // min), away: three stops, two places; the tracker restarts from its
+    // snapshots between the office and the second stay at home.
+    let home = (52.5, 13.4);
+    let office = (52.518, 13.4);
+    type Fixes = Vec<(i64, (f64, f64))>;
+    // A fix a minute, from a minute after the last.
+    let next = |fixes: &Fixes| fixes.last().map_or(1000, |f| f.0 + 60);
+    let stay = |fixes: &mut Fixes, at: (f64, f64)| {
+        let t0 = next(fixes);
+        fixes.extend((0..11).map(|i| (t0 + 60 * i, at)));
+    };
+    let drive = |fixes: &mut Fixes, from: (f64, f64), to: (f64, f64)| {
+        let t0 = next(fixes);
+        fixes.extend((0..3).map(|i| {
+            let f = f64::from(i + 1) / 4.0;
+            let at = (from.0 + (to.0 - from.0) * f, from.1 + (to.1 - from.1) * f);
+            (t0 + 60 * i64::from(i), at)
+        }));
+    };
+    let mut fixes = Fixes::new();
+    stay(&mut fixes, home);
+    drive(&mut fixes, home, office);
+    stay(&mut fixes, office);
+    let restart_at = fixes.len();
+    drive(&mut fixes, office, home);
+    stay(&mut fixes, home);
+    drive(&mut fixes, home, (52.55, 13.4));
+
+    let none = Arc::new(FenceSet::new(Vec::new()));
+    let mut t = Tracker::new(&StageConfig::default(), none.clone());
+    let (mut stops, mut states) = (Vec::new(), Vec::new());
+    for (i, (tst, (lat, lon))) in fixes.into_iter().enumerate() {
+        if i == restart_at {
+            t = Tracker::new(&StageConfig::default(), none.clone());
+            // Every snapshot so far, in order: the last of each kind wins.
+            let n = states.len();
+            assert_eq!(t.restore(states.drain(..)), n);
+        }
+        let mut out = Vec::new();
+        t.process(
+            Message::new("jane/phone", pos(tst, lat, lon), Ack::none()),
+            &mut out,
+        );
+        for m in out {
+            match m.value {
+                Record::Stop(s) => stops.push((s.start, s.place_id)),
+                Record::State(s) => states.push(s),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(stops.len(), 3, "{stops:?}");
+    let (home_id, office_id) = (stops[0].0, stops[1].0);
+    assert_eq!(
+        stops,
+        [
+            (home_id, Some(home_id)),
+            (office_id, Some(office_id)),
+            (stops[2].0, Some(home_id))
+        ]
+    );
+    // The places' state is stored with the stop that changed it: the last
+    // one holds both places, home visited twice.
+    let last: otstream_trips::places::Places = states
+        .iter()
+        .rev()
+        .find(|s| s.kind == KIND_PLACES)
+        .map(|s| serde_json::from_str(&s.state).unwrap())
+        .unwrap();
+    let visits: Vec<(i64, u32)> = last.places().iter().map(|p| (p.id, p.stops)).collect();
+    assert_eq!(visits, [(home_id, 2), (office_id, 1)]);
+}

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use metrics::Counter;
 use otstream_bus::{Ack, Message};
 use otstream_model::{Event, EventKind, Near, Record, StateSnapshot, Stop, Text, Trip};
+use otstream_trips::places::Places;
 use otstream_trips::{Detector, Finished, TripState};
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, SystemClock};
-use super::{KIND_GEO, KIND_NEAR, KIND_REGIONS, StageConfig};
+use super::{KIND_GEO, KIND_NEAR, KIND_PLACES, KIND_REGIONS, StageConfig};
 use crate::events::{EventRules, EventState, started};
 use crate::filter::{FilterState, Filters, Reason};
 use crate::rules::{RuleState, Rules, Seen};
@@ -56,6 +57,11 @@ pub struct Tracker {
     /// Fixes set aside, per [`Reason`] (in [`Reason::ALL`] order).
     filtered: [Counter; Reason::ALL.len()],
     devices: HashMap<String, DeviceGeo>,
+    /// Each device's places, apart from [`DeviceGeo`]: they change only
+    /// when a stop ends, so they are stored only then.
+    places: HashMap<String, Places>,
+    /// A stop within this of a place is a visit of it, metres.
+    place_radius_m: f64,
     derived_only: bool,
     /// Where the time is read.
     clock: Arc<dyn Clock>,
@@ -108,6 +114,8 @@ impl Tracker {
                 |r| metrics::counter!("otstream_filtered_positions_total", "reason" => r.as_str()),
             ),
             devices: HashMap::new(),
+            places: HashMap::new(),
+            place_radius_m: config.trips.place_radius_m,
             derived_only: config.derived_only,
             clock,
             last_updated: 0,
@@ -206,6 +214,11 @@ impl Tracker {
                         self.devices.insert(key.clone(), d);
                     })
                     .is_ok(),
+                KIND_PLACES => serde_json::from_str::<Places>(&s.state)
+                    .map(|p| {
+                        self.places.insert(key.clone(), p);
+                    })
+                    .is_ok(),
                 KIND_REGIONS => serde_json::from_str::<Vec<Region>>(&s.state)
                     .map(|r| self.geofencer.restore_regions(&key, r))
                     .is_ok(),
@@ -226,6 +239,11 @@ impl Tracker {
     /// The state of `user/device`.
     pub fn device(&self, key: &str) -> Option<&DeviceGeo> {
         self.devices.get(key)
+    }
+
+    /// The places of `user/device`.
+    pub fn places(&self, key: &str) -> Option<&Places> {
+        self.places.get(key)
     }
 
     /// Devices with state.
@@ -381,6 +399,15 @@ impl Tracker {
                 .into_iter()
                 .map(|f| finished_record(&p.meta, f, place)),
         );
+        let mut visited = false;
+        for r in &mut derived {
+            if let Record::Stop(s) = r {
+                let places = self.places.entry(key.clone()).or_default();
+                let at = (s.start, s.end);
+                s.place_id = Some(places.visit(self.place_radius_m, at, s.lat, s.lon));
+                visited = true;
+            }
+        }
         if fresh && self.rules.enabled {
             let mut events: Vec<Event> = derived.iter().filter_map(Event::of_record).collect();
             if let Some(s) = self.detector.open_stop(&dev.trip)
@@ -430,6 +457,19 @@ impl Tracker {
                 _ => key.clone(),
             };
             out.push(Message::new(key, r, ack.clone()));
+        }
+        if visited && self.snapshots {
+            // Stored with the stops that changed them, under the same ack.
+            let places = self.places.get(&key).and_then(|p| state_json(&key, p));
+            let places_ack = ack.clone();
+            self.send_state(
+                out,
+                key.clone(),
+                (&user, &device),
+                KIND_PLACES,
+                places,
+                places_ack,
+            );
         }
         self.settle(out, key, (user, device), fresh, ack);
     }
@@ -547,6 +587,7 @@ fn finished_record(
             place: place(s.start.lat, s.start.lon),
             locality: None,
             cc: None,
+            place_id: None,
         }),
     }
 }

@@ -226,6 +226,7 @@ struct StopRow<'a> {
     place: &'a str,
     locality: &'a str,
     cc: &'a str,
+    place_id: u32,
 }
 
 #[derive(Row, Serialize)]
@@ -548,6 +549,7 @@ pub async fn insert(
                 place: t.place.as_deref().unwrap_or_default(),
                 locality: t.locality.as_deref().unwrap_or_default(),
                 cc: t.cc.as_deref().unwrap_or_default(),
+                place_id: dt(t.place_id),
             },
             _ => continue,
         }),

@@ -1,7 +1,7 @@
 //! GeoJSON of derived rows (trips, stops, waypoints, transitions) and the
 //! encoder of rows that are a JSON object and a geometry.
 
-use crate::read::rows::{Stop, Transition, Trip, Waypoint};
+use crate::read::rows::{Place, Stop, Transition, Trip, Waypoint};
 
 use super::Encoder;
 use super::json::{Obj, float};
@@ -89,6 +89,36 @@ impl Feature for Stop {
         o.opt_str("locality", self.locality.as_deref());
         o.opt_str("cc", self.cc.as_deref());
         o.opt_str("address", self.address.as_deref().filter(|a| !a.is_empty()));
+        if let Some(id) = self.place_id {
+            o.int("place_id", id);
+        }
+        o.close();
+    }
+
+    fn points(&self) -> Vec<(f64, f64)> {
+        vec![(self.lon, self.lat)]
+    }
+}
+
+impl Feature for Place {
+    fn members(&self, out: &mut Vec<u8>) {
+        let mut o = Obj::open(out, None);
+        o.str("user", &self.user);
+        o.str("device", &self.device);
+        o.int("id", self.id);
+        o.float("lat", self.lat);
+        o.float("lon", self.lon);
+        o.float("radius", self.radius);
+        o.opt_str("name", self.name());
+        o.opt_str("fence", self.fence.as_deref());
+        o.opt_str("address", self.address.as_deref().filter(|a| !a.is_empty()));
+        o.opt_str("locality", self.locality.as_deref());
+        o.opt_str("cc", self.cc.as_deref());
+        o.int("first_seen", self.first_seen);
+        o.int("last_seen", self.last_seen);
+        o.int("visits", self.visits);
+        o.int("dwell_s", self.dwell_s);
+        o.list("devices", &self.devices);
         o.close();
     }
 

@@ -16,7 +16,9 @@
 //! back to the same double), except in GPX, where XML Schema's decimal
 //! has no exponent.
 //!
-//! Parquet ([`parquet`]): positions, trips and stops as typed columns.
+//! Parquet ([`parquet`]): positions, trips and stops (and visits, which
+//! are stops) as typed columns. Places: JSON objects or GeoJSON Points
+//! ([`Feature`]).
 //! The heatmap's cells: JSON objects or GeoJSON hexagons (`heat`).
 //!
 //! Layout: one module a format: [`json`], [`geojson`], `gpx`, `csv` (the
@@ -59,6 +61,17 @@ pub trait Encoder<T> {
     fn failed(&self) -> bool {
         false
     }
+}
+
+/// `rows` written whole by `encoder`: an answer already in memory.
+pub fn encode_all<T, E: Encoder<T>>(rows: &[T], mut encoder: E) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + rows.len() * 256);
+    encoder.begin(&mut out);
+    for r in rows {
+        encoder.row(r, &mut out);
+    }
+    encoder.end(&mut out);
+    out
 }
 
 /// The output formats of positions.

@@ -471,6 +471,7 @@ pub struct StopColumns {
     floats: [Float64Builder; 2],
     ints: [Int64Builder; 2],
     places: [StringBuilder; 4],
+    place_id: Int64Builder,
 }
 
 impl Default for StopColumns {
@@ -481,6 +482,7 @@ impl Default for StopColumns {
             floats: std::array::from_fn(|_| Float64Builder::new()),
             ints: std::array::from_fn(|_| Int64Builder::new()),
             places: std::array::from_fn(|_| StringBuilder::new()),
+            place_id: Int64Builder::new(),
         }
     }
 }
@@ -501,6 +503,8 @@ impl Columns for Stop {
         fields.extend(["lat", "lon"].map(|n| col(n, DataType::Float64, false)));
         fields.extend(["duration", "points"].map(|n| col(n, DataType::Int64, false)));
         fields.extend(["place", "locality", "cc", "address"].map(|n| col(n, text(), true)));
+        // The place's id, as the JSON has it: the start of its first stop, s.
+        fields.push(col("place_id", DataType::Int64, true));
         Arc::new(Schema::new(fields))
     }
 
@@ -522,6 +526,7 @@ impl Columns for Stop {
         for (builder, v) in b.places.iter_mut().zip(places) {
             builder.append_option(v.as_deref().filter(|s| !s.is_empty()));
         }
+        b.place_id.append_option(self.place_id);
     }
 
     fn finish(b: &mut StopColumns) -> Vec<ArrayRef> {
@@ -530,6 +535,7 @@ impl Columns for Stop {
         cols.extend(b.floats.iter_mut().map(|x| arc(x.finish())));
         cols.extend(b.ints.iter_mut().map(|x| arc(x.finish())));
         cols.extend(b.places.iter_mut().map(|x| arc(x.finish())));
+        cols.push(arc(b.place_id.finish()));
         cols
     }
 }

@@ -1,0 +1,277 @@
+//! Places and visits: a van's and a phone's stops clustered into places
+//! per device and per user, kept through a SIGKILL, the same from the
+//! embedded store and from ClickHouse, visits in JSON and Parquet.
+
+use otstream_tests::{Serve, clickhouse_url, unique_db};
+use serde_json::{Value, json};
+
+use super::api::{get, get_bytes, get_json, read_parquet, without_received_at};
+
+/// 2025-11-24T16:00:00Z.
+const T0: i64 = 1_764_000_000;
+const HOME: (f64, f64) = (48.85, 2.35);
+
+/// `m` metres north of `from`, to six decimals as the apps send.
+fn north(from: (f64, f64), m: f64) -> (f64, f64) {
+    (((from.0 + m / 111_320.0) * 1e6).round() / 1e6, from.1)
+}
+
+/// The depot, 2 km north of home, in a fence of that name.
+fn depot() -> (f64, f64) {
+    north(HOME, 2000.0)
+}
+
+struct Fix {
+    device: &'static str,
+    tst: i64,
+    at: (f64, f64),
+    vel: i64,
+}
+
+/// A fix a minute: eleven at rest at `at` (a ten-minute stop), from `t`.
+fn stay(out: &mut Vec<Fix>, device: &'static str, t: i64, at: (f64, f64)) -> i64 {
+    for i in 0..11 {
+        out.push(Fix {
+            device,
+            tst: t + 60 * i,
+            at,
+            vel: 0,
+        });
+    }
+    t + 660
+}
+
+/// Four fixes a minute apart at 40 km/h from `from` to `to`.
+fn drive(
+    out: &mut Vec<Fix>,
+    device: &'static str,
+    t: i64,
+    from: (f64, f64),
+    to: (f64, f64),
+) -> i64 {
+    for i in 0..4 {
+        let f = f64::from(i + 1) / 5.0;
+        let at = (((from.0 + (to.0 - from.0) * f) * 1e6).round() / 1e6, from.1);
+        out.push(Fix {
+            device,
+            tst: t + 60 * i64::from(i),
+            at,
+            vel: 40,
+        });
+    }
+    t + 240
+}
+
+/// kim/van: home, the depot, home again 30 m further north, away; then
+/// kim/phone: home 60 m north of the van's first stop, away. Split where
+/// the depot's stop has been found (a crash goes there).
+fn script() -> (Vec<Fix>, Vec<Fix>) {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let mut t = stay(&mut before, "van", T0, HOME);
+    t = drive(&mut before, "van", t, HOME, depot());
+    t = stay(&mut before, "van", t, depot());
+    t = drive(&mut before, "van", t, depot(), HOME);
+    t = stay(&mut after, "van", t, north(HOME, 30.0));
+    drive(&mut after, "van", t, HOME, north(HOME, -3000.0));
+    let t = stay(&mut after, "phone", T0 + 7200, north(HOME, 60.0));
+    drive(&mut after, "phone", t, HOME, north(HOME, -3000.0));
+    (before, after)
+}
+
+fn post(serve: &Serve, fixes: &[Fix]) {
+    for f in fixes {
+        let body = json!({"_type": "location", "tst": f.tst, "lat": f.at.0, "lon": f.at.1,
+            "acc": 10, "vel": f.vel});
+        let a = serve.post(
+            "/pub",
+            &[("X-Limit-U", "kim"), ("X-Limit-D", f.device)],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(a.status, 200, "{}\n{}", a.body, serve.log());
+    }
+}
+
+fn fences(dir: &std::path::Path) -> String {
+    let (lat, lon) = depot();
+    let path = dir.join("fences.geojson");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"id":"depot","name":"Depot","radius":200}},"geometry":{{"type":"Point","coordinates":[{lon},{lat}]}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// What one store answers, checked against the script; returned to be
+/// compared with the other's.
+fn answers(serve: &Serve) -> Vec<Value> {
+    let stops = get_json(serve, "/api/v1/stops?user=kim&from=0");
+    let starts: Vec<(&str, i64, i64, i64)> = stops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["device"].as_str().unwrap(),
+                s["start"].as_i64().unwrap(),
+                s["duration"].as_i64().unwrap(),
+                s["place_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Arrivals and departures as the trip rules estimate them from the
+    // drives' speeds; the van's second stay at home is a visit of the
+    // place its first founded.
+    let (home, at_depot, home_again) = (T0, T0 + 876, T0 + 1773);
+    let phone = T0 + 7200;
+    assert_eq!(
+        starts,
+        [
+            ("phone", phone, 600, phone),
+            ("van", home, 624, home),
+            ("van", at_depot, 648, at_depot),
+            ("van", home_again, 630, home),
+        ],
+        "{stops}"
+    );
+
+    let places = get_json(serve, "/api/v1/places?user=kim&device=van");
+    let mid = ((HOME.0 + north(HOME, 30.0).0) / 2.0 * 1e7).round() / 1e7;
+    // Named by the fence, else (no street addresses here) by the offline
+    // geocoder's locality of the first stop.
+    let depot_place = json!({"user": "kim", "device": "van", "id": at_depot,
+        "lat": depot().0, "lon": HOME.1, "radius": 0.0, "name": "Depot", "fence": "Depot",
+        "locality": "Paris, Ile-de-France", "cc": "FR",
+        "first_seen": at_depot, "last_seen": at_depot + 648, "visits": 1, "dwell_s": 648});
+    // The centre between the two stays, the radius to the farthest.
+    let home_place = json!({"user": "kim", "device": "van", "id": home, "lat": mid,
+        "lon": HOME.1, "radius": 15.0, "name": "Paris, Ile-de-France",
+        "locality": "Paris, Ile-de-France", "cc": "FR",
+        "first_seen": home, "last_seen": home_again + 630, "visits": 2, "dwell_s": 1254});
+    assert_eq!(places, json!([home_place, depot_place]), "{places}");
+
+    // By user: the phone's place at home, 45 m from the van's centre,
+    // joins the van's (founded first).
+    let by_user = get_json(serve, "/api/v1/places?user=kim&by=user");
+    let merged = by_user.as_array().unwrap();
+    assert_eq!(merged.len(), 2, "{by_user}");
+    let (h, d) = (&merged[0], &merged[1]);
+    assert_eq!(
+        (
+            &h["device"],
+            &h["id"],
+            &h["visits"],
+            &h["dwell_s"],
+            &h["devices"]
+        ),
+        (
+            &json!("van"),
+            &json!(home),
+            &json!(3),
+            &json!(1854),
+            &json!(["phone", "van"])
+        )
+    );
+    assert_eq!(
+        (&h["first_seen"], &h["last_seen"]),
+        (&json!(home), &json!(phone + 600))
+    );
+    assert_eq!(
+        (&d["id"], &d["devices"]),
+        (&json!(at_depot), &json!(["van"]))
+    );
+
+    // GeoJSON: the same places as Points.
+    let geo = get_json(serve, "/api/v1/places?user=kim&device=van&format=geojson");
+    let features = geo["features"].as_array().unwrap();
+    assert_eq!(
+        features[1]["geometry"],
+        json!({"type": "Point", "coordinates": [HOME.1, depot().0]})
+    );
+    assert_eq!(features[1]["properties"]["name"], "Depot");
+
+    // Visits of one place, and in Parquet with their place.
+    let visits = get_json(
+        serve,
+        &format!("/api/v1/visits?user=kim&device=van&place={home}"),
+    );
+    let got: Vec<(i64, i64)> = visits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["start"].as_i64().unwrap(),
+                v["place_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(home, home), (home_again, home)]);
+    let (status, file, _) = get_bytes(&format!(
+        "{}/api/v1/visits?user=kim&format=parquet&from=0",
+        serve.url
+    ));
+    assert_eq!(status, 200);
+    let (types, rows) = read_parquet(
+        &file,
+        "place_id",
+        "device, toUnixTimestamp(start) AS start, place_id",
+    );
+    assert_eq!(types, ["place_id\tNullable(Int64)"]);
+    let want: Vec<Value> = starts
+        .iter()
+        .map(|(device, start, _, place)| json!({"device": device, "start": start, "place_id": place}))
+        .collect();
+    assert_eq!(rows, want);
+
+    // Bad parameters name themselves.
+    for (path, param) in [
+        ("/api/v1/places?by=fleet", "by"),
+        ("/api/v1/visits?user=kim&place=1", "place"),
+        ("/api/v1/visits?user=kim&device=van&place=home", "place"),
+    ] {
+        let (status, body, _) = get(&format!("{}{path}", serve.url), None);
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["field"], param, "{path}: {body}");
+    }
+    [stops, places, by_user, geo, visits]
+        .into_iter()
+        .map(without_received_at)
+        .collect()
+}
+
+#[test]
+fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let fences = fences(dir.path());
+    let (before, after) = script();
+
+    // The embedded store, SIGKILLed once the depot's stop is stored: the
+    // places come back from the stored state.
+    let data = dir.path().join("sqlite");
+    let serve = Serve::start(&data, &["--fences", &fences], &[]).unwrap();
+    post(&serve, &before);
+    serve.kill();
+    let sqlite = Serve::start(&data, &["--fences", &fences], &[]).unwrap();
+    post(&sqlite, &after);
+    let from_sqlite = answers(&sqlite);
+    drop(sqlite);
+
+    let db = unique_db("places");
+    let clickhouse = Serve::start(
+        &dir.path().join("ch"),
+        &["--fences", &fences, "--clickhouse-url", &clickhouse_url()],
+        &[
+            ("OTSTREAM_CLICKHOUSE__DATABASE", &db),
+            ("OTSTREAM_CLICKHOUSE__PERIOD_MS", "50"),
+        ],
+    )
+    .unwrap();
+    post(&clickhouse, &before);
+    post(&clickhouse, &after);
+    clickhouse.wait_shipped();
+    assert_eq!(answers(&clickhouse), from_sqlite);
+}
