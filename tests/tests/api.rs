@@ -1411,6 +1411,15 @@ fn map_page_lists_and_draws_devices_and_follows_the_live_feed_in_chromium() {
             .unwrap(),
         json!("ph — today")
     );
+    // And links to the day's report of that device.
+    let link = b
+        .eval("document.getElementById('report-link').getAttribute('href')")
+        .unwrap();
+    let link = link.as_str().unwrap();
+    assert!(
+        link.starts_with("/report?user=jane&device=phone&day=") && link.len() == 45,
+        "{link}"
+    );
 
     // The heatmap: off until asked for, then the week's cells as hexagons.
     assert_eq!(

@@ -2,6 +2,9 @@
 //! per device and per user, kept through a SIGKILL, the same from the
 //! embedded store and from ClickHouse, visits in JSON and Parquet.
 
+use std::time::Duration;
+
+use otstream_tests::browser::Browser;
 use otstream_tests::{Serve, clickhouse_url, unique_db};
 use serde_json::{Value, json};
 
@@ -252,12 +255,16 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     // The embedded store, SIGKILLed once the depot's stop is stored: the
     // places come back from the stored state.
     let data = dir.path().join("sqlite");
-    let serve = Serve::start(&data, &["--fences", &fences], &[]).unwrap();
+    // No tiles: the machine has no network, and the report page must not
+    // need it.
+    let no_tiles = [("OTSTREAM_API__TILE_URL", "")];
+    let serve = Serve::start(&data, &["--fences", &fences], &no_tiles).unwrap();
     post(&serve, &before);
     serve.kill();
-    let sqlite = Serve::start(&data, &["--fences", &fences], &[]).unwrap();
+    let sqlite = Serve::start(&data, &["--fences", &fences], &no_tiles).unwrap();
     post(&sqlite, &after);
     let from_sqlite = answers(&sqlite);
+    report_page(&sqlite);
     drop(sqlite);
 
     let db = unique_db("places");
@@ -274,4 +281,88 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     post(&clickhouse, &after);
     clickhouse.wait_shipped();
     assert_eq!(answers(&clickhouse), from_sqlite);
+}
+
+/// The report page in Chromium: the van's day as a track, a speed chart,
+/// its trips and its stops with their places; the card's markup as text.
+fn report_page(serve: &Serve) {
+    let card = r#"{"_type":"card","name":"<b>Kim's van</b>"}"#;
+    let a = serve.post(
+        "/pub",
+        &[("X-Limit-U", "kim"), ("X-Limit-D", "van")],
+        card.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut b = Browser::start(1280, 900).unwrap();
+    b.navigate(&format!(
+        "{}/report?user=kim&device=van&day=2025-11-24",
+        serve.url
+    ))
+    .unwrap();
+    b.wait_for(
+        "document.body.dataset.loaded === 'kim/van/2025-11-24/day'",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut cells = |table: &str| {
+        b.eval(&format!(
+            "Array.from(document.querySelectorAll('#{table} tbody tr')).map(tr => Array.from(tr.children).map(td => td.textContent))"
+        ))
+        .unwrap()
+    };
+    // Home to the depot and back (the drive away is still going on).
+    let trips = cells("trips");
+    let trips: Vec<(String, String)> = trips
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trips,
+        [
+            ("16:10".to_owned(), "16:14".to_owned()),
+            ("16:25".to_owned(), "16:29".to_owned())
+        ]
+    );
+    assert_eq!(
+        cells("stops"),
+        json!([
+            ["16:00", "16:10", "10 min", "Paris, Ile-de-France", "2"],
+            ["16:14", "16:25", "11 min", "Depot", "1"],
+            ["16:29", "16:40", "11 min", "Paris, Ile-de-France", "2"]
+        ])
+    );
+    // Every fix of the day in the chart; the drives' 40 km/h its top.
+    assert_eq!(
+        b.eval("[document.getElementById('speed').dataset.points, document.getElementById('speed').dataset.max]")
+            .unwrap(),
+        json!(["45", "40"])
+    );
+    assert_eq!(
+        b.eval("[document.querySelector('#device option[value=\"kim/van\"]').textContent, document.querySelectorAll('b').length]")
+            .unwrap(),
+        json!(["<b>Kim's van</b> (kim/van)", 0])
+    );
+    let summary = b
+        .eval("document.getElementById('summary').textContent")
+        .unwrap();
+    assert!(
+        summary.as_str().unwrap().starts_with("2 trips, ")
+            && summary.as_str().unwrap().ends_with("; 3 stops"),
+        "{summary}"
+    );
+    let shot = otstream_tests::root().join("target/screenshots/report.png");
+    b.screenshot(&shot).unwrap();
+    let errors = b.errors().unwrap();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot too small"
+    );
 }

@@ -161,6 +161,8 @@
     var scope = { user: d.user, device: d.device, from: from };
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = label(d) + ' — today';
+    document.getElementById('report-link').href = '/report?' +
+      query({ user: d.user, device: d.device, day: new Date().toISOString().slice(0, 10) });
     document.getElementById('detail-summary').textContent = 'loading…';
     trackLayer.clearLayers();
     var trips = document.getElementById('trips');

@@ -11,6 +11,8 @@ pub enum Endpoint {
     Page,
     /// The page a share link opens (no data in it).
     Share,
+    /// The report page of a device's day or week (no data in it).
+    Report,
     /// `/api/v1/devices`.
     Devices,
     /// `/api/v1/positions`.
@@ -50,10 +52,11 @@ pub enum Endpoint {
 use Endpoint::*;
 
 /// The routes: every path and its endpoint.
-const ROUTES: [(&str, Endpoint); 20] = [
+const ROUTES: [(&str, Endpoint); 21] = [
     ("/", Page),
     ("/map", Page),
     ("/share", Share),
+    ("/report", Report),
     ("/api/v1/devices", Devices),
     ("/api/v1/positions", Positions),
     ("/api/v1/trips", Trips),
@@ -91,7 +94,7 @@ impl Endpoint {
     /// Its name in metric labels.
     pub fn label(self) -> &'static str {
         match self {
-            Page | Share => "page",
+            Page | Share | Report => "page",
             Devices => "devices",
             Positions => "positions",
             Trips => "trips",

@@ -409,6 +409,8 @@ impl Api {
         let now = now_s();
         match endpoint {
             Endpoint::Page | Endpoint::Share => Ok(page::index(&self.0.config)),
+            // No data in it: its script reads with the reader's credentials.
+            Endpoint::Report => Ok(page::report(&self.0.config)),
             Endpoint::Devices => {
                 let (user, device) = scope(&params, &visible)?;
                 let devices = self.0.reader.devices(user, device, &visible).await?;

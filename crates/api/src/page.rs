@@ -1,6 +1,7 @@
-//! The fleet map: one HTML page, its script and style, and Leaflet (from
-//! npm, `leaflet@1.9.4`, see assets/vendor/leaflet/), all compiled into
-//! the binary, so the page works with no network beyond this server. The
+//! The fleet map and the report of a device's day or week: two HTML
+//! pages, their scripts and styles, and Leaflet (from npm,
+//! `leaflet@1.9.4`, see assets/vendor/leaflet/), all compiled into the
+//! binary, so the page works with no network beyond this server. The
 //! tile URL is the only outside address, and it is optional.
 
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -85,7 +86,8 @@ pub fn secure(headers: &mut HeaderMap, page_policy: Option<&HeaderValue>) {
 }
 
 const INDEX: &str = include_str!("../assets/index.html");
-const ASSETS: [(&str, &str, &[u8]); 4] = [
+const REPORT: &str = include_str!("../assets/report.html");
+const ASSETS: [(&str, &str, &[u8]); 6] = [
     (
         "/assets/map.js",
         "text/javascript; charset=utf-8",
@@ -95,6 +97,16 @@ const ASSETS: [(&str, &str, &[u8]); 4] = [
         "/assets/map.css",
         "text/css; charset=utf-8",
         include_bytes!("../assets/map.css"),
+    ),
+    (
+        "/assets/report.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/report.js"),
+    ),
+    (
+        "/assets/report.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/report.css"),
     ),
     (
         "/assets/leaflet.js",
@@ -122,9 +134,20 @@ pub fn asset(path: &str) -> Option<Response<FallbackBody>> {
     Some(r)
 }
 
-/// The page, with the map's settings in a JSON data block (read by the
-/// script, never executed).
+/// The map page, with the map's settings in a JSON data block (read by
+/// the script, never executed).
 pub fn index(config: &ApiConfig) -> Response<FallbackBody> {
+    html(INDEX, config)
+}
+
+/// The report page (`/report?user&device&day&span=day|week`), with the
+/// same settings; it reads its data from the API with the reader's own
+/// credentials.
+pub fn report(config: &ApiConfig) -> Response<FallbackBody> {
+    html(REPORT, config)
+}
+
+fn html(page: &str, config: &ApiConfig) -> Response<FallbackBody> {
     let settings = serde_json::json!({
         "tileUrl": config.tile_url,
         "tileAttribution": config.tile_attribution,
@@ -132,7 +155,7 @@ pub fn index(config: &ApiConfig) -> Response<FallbackBody> {
     .to_string()
     // A JSON string cannot end the script element it is embedded in.
     .replace("</", "<\\/");
-    let html = INDEX.replace("{{SETTINGS}}", &settings);
+    let html = page.replace("{{SETTINGS}}", &settings);
     let mut r = Response::new(body::full(html));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -145,7 +168,7 @@ pub fn index(config: &ApiConfig) -> Response<FallbackBody> {
 
 /// Whether an answer to `path` is the page (and takes the page's policy).
 pub fn is_page(path: &str, status: StatusCode) -> bool {
-    status.is_success() && matches!(path, "/" | "/map" | "/share")
+    status.is_success() && matches!(path, "/" | "/map" | "/share" | "/report")
 }
 
 #[cfg(test)]
