@@ -61,7 +61,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         format!(
-            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5, 6, 7, 8] in database {db}",
+            "ClickHouse {}: applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9] in database {db}",
             major_minor.join(".")
         )
     );
@@ -85,7 +85,8 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "5\tplaces",
             "6\taddresses",
             "7\th3",
-            "8\tvisits"
+            "8\tvisits",
+            "9\tpresence"
         ]
     );
     assert_eq!(
@@ -106,6 +107,8 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             "last_positions",
             "last_positions_mv",
             "positions",
+            "presence",
+            "presence_mv",
             "schema_migrations",
             "steps",
             "stops",
@@ -119,7 +122,7 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
             &url,
             &db,
             &format!(
-                "SELECT table, name FROM system.columns WHERE database = '{db}' AND comment = '' AND table != 'last_positions_mv'"
+                "SELECT table, name FROM system.columns WHERE database = '{db}' AND comment = '' AND table NOT IN ('last_positions_mv', 'presence_mv')"
             )
         ),
         Vec::<String>::new(),

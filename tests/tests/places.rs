@@ -229,9 +229,90 @@ fn answers(serve: &Serve) -> Vec<Value> {
         .collect();
     assert_eq!(rows, want);
 
+    // Statistics from the rollups: the van's day, and kim's devices
+    // together over the window (the phone's drive away is still going on).
+    let trips = get_json(serve, "/api/v1/trips?user=kim&from=0");
+    let km: f64 = trips
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["distance"].as_f64().unwrap())
+        .sum();
+    let stats = get_json(
+        serve,
+        "/api/v1/stats?user=kim&device=van&from=2025-11-24&to=2025-11-25",
+    );
+    let van = &stats[0];
+    assert_eq!(stats.as_array().unwrap().len(), 1, "{stats}");
+    assert_eq!(
+        (
+            &van["period"],
+            &van["trips"],
+            &van["stops"],
+            &van["stop_s"],
+            &van["max_vel"]
+        ),
+        (
+            &json!("2025-11-24"),
+            &json!(2),
+            &json!(3),
+            &json!(1902),
+            &json!(40.0)
+        )
+    );
+    assert_eq!(van["distance"].as_f64().unwrap(), km);
+    assert_eq!(van["countries"], json!([{"cc": "FR", "days": 1}]));
+    // The drive south passes Le Kremlin-Bicetre.
+    assert_eq!(
+        van["cities"],
+        json!([
+            {"name": "Le Kremlin-Bicetre, Ile-de-France", "cc": "FR", "days": 1},
+            {"name": "Paris, Ile-de-France", "cc": "FR", "days": 1}
+        ])
+    );
+    assert_eq!(
+        van["places"],
+        json!([
+            {"device": "van", "id": home, "name": "Paris, Ile-de-France", "visits": 2, "dwell_s": 1254},
+            {"device": "van", "id": at_depot, "name": "Depot", "visits": 1, "dwell_s": 648}
+        ])
+    );
+    let all = get_json(
+        serve,
+        "/api/v1/stats?user=kim&by=user&per=all&from=2025-11-01&to=2025-12-01",
+    );
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(
+        (
+            &all[0]["device"],
+            &all[0]["period"],
+            &all[0]["trips"],
+            &all[0]["stops"],
+            &all[0]["countries"]
+        ),
+        (
+            &Value::Null,
+            &json!("all"),
+            &json!(2),
+            &json!(4),
+            &json!([{"cc": "FR", "days": 1}])
+        )
+    );
+    // The daily summary is the same figures' daily view.
+    let summary = get_json(
+        serve,
+        "/api/v1/summary?user=kim&device=van&from=2025-11-24&to=2025-11-25",
+    );
+    assert_eq!(
+        summary,
+        json!([{"user": "kim", "device": "van", "day": "2025-11-24", "distance": km,
+            "driving_s": van["moving_s"], "trips": 2, "stops": 3, "max_vel": 40.0}])
+    );
+
     // Bad parameters name themselves.
     for (path, param) in [
         ("/api/v1/places?by=fleet", "by"),
+        ("/api/v1/stats?per=year", "per"),
         ("/api/v1/visits?user=kim&place=1", "place"),
         ("/api/v1/visits?user=kim&device=van&place=home", "place"),
     ] {
@@ -240,7 +321,7 @@ fn answers(serve: &Serve) -> Vec<Value> {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["field"], param, "{path}: {body}");
     }
-    [stops, places, by_user, geo, visits]
+    [stops, places, by_user, geo, visits, stats, all, summary]
         .into_iter()
         .map(without_received_at)
         .collect()
@@ -263,6 +344,9 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     serve.kill();
     let sqlite = Serve::start(&data, &["--fences", &fences], &no_tiles).unwrap();
     post(&sqlite, &after);
+    // Delivered twice (a phone that never saw its answers): nothing counts
+    // twice.
+    post(&sqlite, &after);
     let from_sqlite = answers(&sqlite);
     report_page(&sqlite);
     drop(sqlite);
@@ -278,6 +362,7 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     )
     .unwrap();
     post(&clickhouse, &before);
+    post(&clickhouse, &after);
     post(&clickhouse, &after);
     clickhouse.wait_shipped();
     assert_eq!(answers(&clickhouse), from_sqlite);

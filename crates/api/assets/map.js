@@ -161,8 +161,14 @@
     var scope = { user: d.user, device: d.device, from: from };
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = label(d) + ' — today';
-    document.getElementById('report-link').href = '/report?' +
-      query({ user: d.user, device: d.device, day: new Date().toISOString().slice(0, 10) });
+    // The report's day is a UTC day: the one of the viewer's date.
+    var now = new Date();
+    var day = now.getFullYear() + '-' + String(now.getMonth() + 1).padStart(2, '0') + '-' +
+      String(now.getDate()).padStart(2, '0');
+    var link = document.getElementById('report-link');
+    link.href = '/report?' + query({ user: d.user, device: d.device, day: day });
+    // A share link's token is in the page's fragment, not for other pages.
+    link.parentElement.hidden = !!share;
     document.getElementById('detail-summary').textContent = 'loading…';
     trackLayer.clearLayers();
     var trips = document.getElementById('trips');

@@ -18,12 +18,21 @@
   var canvas = document.getElementById('speed');
 
   function isoDay(t) { return new Date(t * 1000).toISOString().slice(0, 10); }
+  // A real day (2026-02-31 is none), else today.
+  function dayOr(s, fallback) {
+    var t = Date.parse((s || '') + 'T00:00:00Z');
+    return /^\d{4}-\d{2}-\d{2}$/.test(s || '') && !isNaN(t) && isoDay(t / 1000) === s ? s : fallback;
+  }
   var state = {
     user: params.get('user') || '',
     device: params.get('device') || '',
-    day: /^\d{4}-\d{2}-\d{2}$/.test(params.get('day') || '') ? params.get('day') : isoDay(Date.now() / 1000),
+    day: dayOr(params.get('day'), isoDay(Date.now() / 1000)),
     span: params.get('span') === 'week' ? 'week' : 'day'
   };
+  // What the page shows, to redraw the chart at a new size; and which
+  // load is the latest (an earlier answer arriving later is not drawn).
+  var shown = null;
+  var loads = 0;
 
   var map = L.map('map').setView([20, 0], 2);
   if (settings.tileUrl) {
@@ -204,7 +213,8 @@
     document.getElementById('summary').textContent = trips.length + (trips.length === 1 ? ' trip' : ' trips') +
       ', ' + km.toFixed(1) + ' km, driving ' + duration(driving) + '; ' +
       stops.length + (stops.length === 1 ? ' stop' : ' stops');
-    drawSpeed(speeds(positions), trips, w);
+    shown = { points: speeds(positions), trips: trips, w: w };
+    drawSpeed(shown.points, trips, w);
   }
 
   function load() {
@@ -216,12 +226,16 @@
     var one = { user: state.user, device: state.device };
     var windowed = { user: state.user, device: state.device, from: w.from, to: w.to };
     setStatus('loading…', '');
+    var asked = ++loads;
     Promise.all([
       getJSON('/api/v1/positions?' + query(windowed)),
       getJSON('/api/v1/trips?' + query(windowed)),
       getJSON('/api/v1/stops?' + query(windowed)),
-      getJSON('/api/v1/places?' + query(one))
+      // The places name the stops; without them (a token that may not
+      // read them) the stops keep their own names.
+      getJSON('/api/v1/places?' + query(one)).catch(function () { return []; })
     ]).then(function (r) {
+      if (asked !== loads) { return; }
       render(r[0], r[1], r[2], r[3]);
       setStatus(r[0].length + ' fixes', 'ok');
       document.body.dataset.loaded = state.user + '/' + state.device + '/' + state.day + '/' + state.span;
@@ -232,7 +246,7 @@
     var parts = deviceEl.value.split('/');
     state.user = parts[0] || '';
     state.device = parts.slice(1).join('/');
-    state.day = dayEl.value || state.day;
+    state.day = dayOr(dayEl.value, state.day);
     state.span = spanEl.value;
     history.replaceState(null, '', '/report?' + query(state));
     load();
@@ -255,5 +269,12 @@
     load();
   }).catch(function (e) { setStatus(String(e.message || e), 'down'); });
   [deviceEl, dayEl, spanEl].forEach(function (e) { e.addEventListener('change', go); });
-  window.addEventListener('resize', function () { if (document.body.dataset.loaded) { load(); } });
+  // A new size redraws the chart from what is shown; nothing is read again.
+  var resizing = 0;
+  window.addEventListener('resize', function () {
+    cancelAnimationFrame(resizing);
+    resizing = requestAnimationFrame(function () {
+      if (shown) { drawSpeed(shown.points, shown.trips, shown.w); }
+    });
+  });
 })();

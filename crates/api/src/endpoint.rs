@@ -31,6 +31,8 @@ pub enum Endpoint {
     Places,
     /// `/api/v1/visits`.
     Visits,
+    /// `/api/v1/stats`.
+    Stats,
     /// `/api/v1/live`, a stream.
     Live,
     /// `/api/v1/fences`.
@@ -52,7 +54,7 @@ pub enum Endpoint {
 use Endpoint::*;
 
 /// The routes: every path and its endpoint.
-const ROUTES: [(&str, Endpoint); 21] = [
+const ROUTES: [(&str, Endpoint); 22] = [
     ("/", Page),
     ("/map", Page),
     ("/share", Share),
@@ -66,6 +68,7 @@ const ROUTES: [(&str, Endpoint); 21] = [
     ("/api/v1/heatmap", Heatmap),
     ("/api/v1/places", Places),
     ("/api/v1/visits", Visits),
+    ("/api/v1/stats", Stats),
     ("/api/v1/live", Live),
     ("/api/v1/fences", Fences),
     ("/api/v1/waypoints", Waypoints),
@@ -104,6 +107,7 @@ impl Endpoint {
             Heatmap => "heatmap",
             Places => "places",
             Visits => "visits",
+            Stats => "stats",
             Live => "live",
             Fences => "fences",
             Waypoints => "waypoints",

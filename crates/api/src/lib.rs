@@ -17,7 +17,8 @@
 //! Endpoints (see the README for each with curl):
 //! - `/api/v1/devices`, `/positions`, `/trips`, `/stops`,
 //!   `/transitions`, `/summary`, `/live`, `/fences`;
-//! - the analyst's: `/api/v1/heatmap`, `/places`, `/visits` ([`analyst`]);
+//! - the analyst's: `/api/v1/heatmap`, `/places`, `/visits`, `/stats`
+//!   (`analyst`);
 //! - Recorder's `/api/0/last`, `/locations`, `/list`, `/version`, and its
 //!   WebSocket `/ws/last` ([`ws`]);
 //! - the map: `/` and `/map`, its assets under `/assets/`.
@@ -32,7 +33,7 @@
 //! - [`page`]: the map page and its bundled assets.
 //! - [`cors`]: cross-origin reads for an allow-list of origins.
 //! - [`ws`]: Recorder's `/ws/last` WebSocket.
-//! - `analyst`: the heatmap, places and visits.
+//! - `analyst`: the heatmap, places, visits and statistics.
 
 pub mod access;
 mod analyst;
@@ -441,7 +442,8 @@ impl Api {
                         streamed(self.0.reader.trips(&q).await?, ParquetEncoder::new()).await
                     }
                     (Endpoint::Stops, Some("parquet")) => {
-                        streamed(self.0.reader.stops(&q).await?, ParquetEncoder::new()).await
+                        let rows = analyst::stops_for(&grant, self.0.reader.stops(&q).await?);
+                        streamed(rows, ParquetEncoder::new()).await
                     }
                     _ => {
                         let encoder = FeatureEncoder::new(event_format(&params)?);
@@ -450,7 +452,9 @@ impl Api {
                                 streamed(self.0.reader.trips(&q).await?, encoder).await
                             }
                             Endpoint::Stops => {
-                                streamed(self.0.reader.stops(&q).await?, encoder).await
+                                let rows =
+                                    analyst::stops_for(&grant, self.0.reader.stops(&q).await?);
+                                streamed(rows, encoder).await
                             }
                             _ => streamed(self.0.reader.transitions(&q).await?, encoder).await,
                         }
@@ -460,6 +464,7 @@ impl Api {
             Endpoint::Heatmap => self.heatmap(&params, &grant, now).await,
             Endpoint::Places => self.places(&params, &grant, now).await,
             Endpoint::Visits => self.visits(&params, &grant, now).await,
+            Endpoint::Stats => self.stats(&params, &grant, now).await,
             Endpoint::Summary => {
                 let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;
                 Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))

@@ -48,6 +48,14 @@ impl ApiError {
                 "reads are GET (Recorder's /api/0 also takes POST); OwnTracks payloads are POSTed to the ingest paths".into(),
             ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, m.clone()),
+            // The client asked for more than an answer holds: a 400 saying
+            // how to ask for less, not the store's failure.
+            ApiError::Query(QueryError::TooLarge(m)) => (
+                StatusCode::BAD_REQUEST,
+                "too_large",
+                None,
+                m.clone(),
+            ),
             ApiError::Query(e) => {
                 tracing::warn!(error = %e, "read failed");
                 (

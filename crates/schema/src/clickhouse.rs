@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "visits",
         template: include_str!("../../../deploy/clickhouse/migrations/0008_visits.sql"),
     },
+    Migration {
+        version: 9,
+        name: "presence",
+        template: include_str!("../../../deploy/clickhouse/migrations/0009_presence.sql"),
+    },
 ];
 
 /// A ClickHouse server version, `major.minor` is all that decides types.

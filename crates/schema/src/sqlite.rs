@@ -205,9 +205,32 @@ ALTER TABLE stops ADD COLUMN place_id INTEGER;   -- UNIX s: the start of the pla
 CREATE INDEX IF NOT EXISTS stops_place ON stops (user, device, place_id) WHERE place_id IS NOT NULL;
 "#;
 
+/// Version 9: where each device was on each UTC day (the geocoded place
+/// and country of its fixes taken): the statistics' rollup, kept by the
+/// sink as it writes positions, so that a year's countries and cities
+/// never scan a year's positions. Filled from the positions stored before.
+pub const SCHEMA_V9: &str = r#"
+CREATE TABLE IF NOT EXISTS presence (
+    user TEXT NOT NULL, device TEXT NOT NULL,
+    day INTEGER NOT NULL,            -- UTC day: UNIX s / 86400
+    cc TEXT NOT NULL,                -- ISO country code
+    place TEXT NOT NULL,             -- nearest populated place: name, region
+    PRIMARY KEY (user, device, day, cc, place)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO presence (user, device, day, cc, place)
+    SELECT DISTINCT user, device, tst / 86400, cc, coalesce(place, '') FROM positions
+    WHERE cc IS NOT NULL AND filtered IS NULL AND tst >= 0;
+"#;
+
+/// The sink's statement of a day present, its parameters user, device,
+/// day, cc and place: a set, so a batch delivered twice adds nothing.
+pub const INSERT_PRESENCE: &str =
+    "INSERT OR IGNORE INTO presence (user, device, day, cc, place) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 /// Every version, in order.
-pub const MIGRATIONS: [&str; 8] = [
+pub const MIGRATIONS: [&str; 9] = [
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 /// The statement that writes one row of `table`, its parameters

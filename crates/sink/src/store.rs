@@ -5,6 +5,7 @@
 //! to the other (ClickHouse's `sqlite()` table function reads this file):
 //! same table names, same column names, same units (see the model crate).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -68,11 +69,36 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut statements = Statements::new(&tx);
+            // The days present (the statistics' rollup), once per batch
+            // each: a fleet's batch holds a few per device.
+            let mut present = HashSet::new();
             for r in records {
                 if let Some(t) = Table::of(r) {
                     insert(&mut statements, r)?;
                     counts[t as usize] += 1;
                 }
+                if let Record::Position(p) = r
+                    && p.filtered.is_none()
+                    && let Some(cc) = p.cc.as_deref()
+                {
+                    let place = p.place.as_deref().unwrap_or_default();
+                    present.insert((
+                        &p.meta.user,
+                        &p.meta.device,
+                        p.tst.div_euclid(86_400),
+                        cc,
+                        place,
+                    ));
+                }
+            }
+            for (user, device, day, cc, place) in present {
+                statements.get(sqlite::INSERT_PRESENCE)?.execute(params![
+                    user.as_str(),
+                    device.as_str(),
+                    day,
+                    cc,
+                    place
+                ])?;
             }
         }
         tx.commit()?;

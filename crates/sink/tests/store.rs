@@ -338,7 +338,7 @@ fn a_store_from_before_stop_places_gains_the_column() {
         query(&db, "SELECT count(*) FROM stops WHERE address IS NULL"),
         ["2"]
     );
-    assert_eq!(query(&db, "PRAGMA user_version"), ["8"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["9"]);
     // Opening it again changes nothing.
     Store::open(dir.path()).unwrap();
     assert_eq!(query(&db, "SELECT count(*) FROM stops"), ["2"]);
@@ -347,14 +347,14 @@ fn a_store_from_before_stop_places_gains_the_column() {
     // version's schema.
     Connection::open(&db)
         .unwrap()
-        .execute_batch("PRAGMA user_version = 9;")
+        .execute_batch("PRAGMA user_version = 10;")
         .unwrap();
     let Err(e) = Store::open(dir.path()) else {
         panic!("a store from a newer version opened");
     };
     assert_eq!(e.code(), "schema");
     assert!(e.to_string().starts_with("store schema: "), "{e}");
-    assert_eq!(query(&db, "PRAGMA user_version"), ["9"]);
+    assert_eq!(query(&db, "PRAGMA user_version"), ["10"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

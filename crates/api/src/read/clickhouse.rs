@@ -12,7 +12,8 @@ use crate::read::places::Aggregate;
 use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint};
 use crate::read::slices::{self, SLICE_ROWS, Span};
 use crate::read::sqlite::{POSITION_COLUMNS, STOP_COLUMNS, TRANSITION_COLUMNS, TRIP_COLUMNS};
-use crate::read::{Chunker, Param, Query, QueryError, RowStream, Visits};
+use crate::read::stats::Presence;
+use crate::read::{Chunker, Param, Query, QueryError, RowStream};
 
 /// Reads the tables of one ClickHouse database.
 #[derive(Clone)]
@@ -74,26 +75,32 @@ impl ClickHouseReader {
         R: Row + for<'b> Row<Value<'b> = R> + for<'de> Deserialize<'de> + Send + 'static,
         T: Send + 'static,
     {
-        let (predicate, params) = Self::predicate(q, time);
+        let (predicate, mut params) = Self::predicate(q, time);
+        let (place, place_params) = q.place_predicate();
+        params.extend(place_params);
+        // A condition on a stop's place applies to the version FINAL kept.
+        let source = if place.is_empty() {
+            format!("{table} FINAL WHERE {predicate}")
+        } else {
+            format!("(SELECT * FROM {table} FINAL WHERE {predicate}) WHERE 1 = 1{place}")
+        };
         let (dedupe, sql) = match (q.limit, dedupe) {
             // The last N: duplicates must not count, so FINAL.
             (Some(n), _) => (
                 None,
                 format!(
-                    "SELECT * FROM (SELECT {columns} FROM {table} FINAL WHERE {predicate} ORDER BY user DESC, device DESC, {time} DESC LIMIT {n}) ORDER BY user, device, {time}"
+                    "SELECT * FROM (SELECT {columns} FROM {source} ORDER BY user DESC, device DESC, {time} DESC LIMIT {n}) ORDER BY user, device, {time}"
                 ),
             ),
             (None, Some(same)) => (
                 Some(same),
                 format!(
-                    "SELECT {columns} FROM {table} WHERE {predicate} ORDER BY user, device, {time}, received_at"
+                    "SELECT {columns} FROM {table} WHERE {predicate}{place} ORDER BY user, device, {time}, received_at"
                 ),
             ),
             (None, None) => (
                 None,
-                format!(
-                    "SELECT {columns} FROM {table} FINAL WHERE {predicate} ORDER BY user, device, {time}"
-                ),
+                format!("SELECT {columns} FROM {source} ORDER BY user, device, {time}"),
             ),
         };
         let mut cursor = self.bound(&sql, params).fetch::<R>()?;
@@ -210,7 +217,7 @@ impl ClickHouseReader {
             dwell: u64,
         }
         let visits = Query {
-            place: Some(Visits::Any),
+            place: None,
             limit: None,
             ..q.clone()
         };
@@ -230,10 +237,14 @@ impl ClickHouseReader {
              SELECT user, device, place_id, avg(lat) AS c_lat, avg(lon) AS c_lon, min(lat) AS min_lat, max(lat) AS max_lat, \
              min(lon) AS min_lon, max(lon) AS max_lon, max(place) AS fence, toUInt32(min(start)) AS first_seen, \
              toUInt32(max(end)) AS last_seen, count() AS visits, toUInt64(sum(duration)) AS dwell \
-             FROM stops FINAL WHERE {predicate} GROUP BY user, device, place_id\
+             FROM (SELECT user, device, place_id, lat, lon, place, start, end, duration FROM stops FINAL WHERE {predicate}) \
+             WHERE place_id > 0 GROUP BY user, device, place_id\
              ) ANY LEFT JOIN (\
-             SELECT user, device, place_id, address, locality, cc FROM stops FINAL WHERE place_id = toUInt32(start) AND {first_predicate}\
-             ) USING (user, device, place_id) ORDER BY user, device, place_id LIMIT {limit}"
+             SELECT user, device, place_id, address, locality, cc FROM (\
+             SELECT user, device, place_id, start, address, locality, cc FROM stops FINAL WHERE {first_predicate}\
+             ) WHERE place_id = toUInt32(start)\
+             ) USING (user, device, place_id) ORDER BY user, device, place_id LIMIT {limit} \
+             SETTINGS max_execution_time = 60"
         );
         let rows: Vec<ChPlace> = self.bound(&sql, params).fetch_all().await?;
         let text = |s: String| (!s.is_empty()).then_some(s);
@@ -255,6 +266,28 @@ impl ClickHouseReader {
                 visits: i64::try_from(r.visits).unwrap_or(i64::MAX),
                 dwell: i64::try_from(r.dwell).unwrap_or(i64::MAX),
             })
+            .collect())
+    }
+
+    /// The days present (`presence`) matching `q`, whose window is in UTC
+    /// days, once each (`DISTINCT`: the set's copies not merged yet).
+    pub(crate) async fn presence(
+        &self,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Presence>, QueryError> {
+        // A plain number column: no DateTime conversion of the window.
+        let (predicate, params) = q.predicate("day");
+        let rows: Vec<(String, String, u32, String, String)> = self
+            .bound(
+                &format!("SELECT DISTINCT user, device, day, cc, place FROM presence WHERE {predicate} LIMIT {limit}"),
+                params,
+            )
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(u, d, day, cc, place)| (u, d, i64::from(day), cc, place))
             .collect())
     }
 

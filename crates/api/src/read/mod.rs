@@ -21,7 +21,9 @@
 //! - [`sqlite`] and [`clickhouse`]: the two backends behind [`Reader`].
 //! - [`slices`]: one device's long export read in parallel slices, from
 //!   ClickHouse in its columnar Native format (`native`).
-//! - [`summary`]: per device per day figures from trips and stops (pure).
+//! - [`stats`]: figures per device or user per day, week or month from
+//!   the rollups (trips, stops, days present), and the daily summary
+//!   (pure).
 //! - [`places`]: places from their stops, and merged across a user's
 //!   devices (pure).
 //! - [`format`]: encoders, one per output format, and ISO-8601 times.
@@ -32,9 +34,7 @@ mod native;
 pub mod places;
 pub mod slices;
 pub mod sqlite;
-pub mod summary;
-
-use std::collections::BTreeMap;
+pub mod stats;
 
 pub use otstream_schema::rows;
 pub use rows::{DaySummary, Device, Place, Position, Stop, Transition, Trip, Waypoint};
@@ -64,6 +64,9 @@ pub enum QueryError {
     /// ClickHouse answered in a shape other than the one asked for.
     #[error("clickhouse answered an unexpected shape: {0}")]
     Shape(String),
+    /// The answer would exceed its bound: the client should ask for less.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl QueryError {
@@ -74,6 +77,7 @@ impl QueryError {
             QueryError::ClickHouse(_) => "clickhouse",
             QueryError::Thread(_) => "thread",
             QueryError::Shape(_) => "clickhouse_shape",
+            QueryError::TooLarge(_) => "too_large",
         }
     }
 }
@@ -140,18 +144,21 @@ impl Query {
             sql.push_str(" AND device = ?");
             params.push(Param::Text(d.clone()));
         }
+        visible_predicate(&self.visible, &mut sql, &mut params);
+        (sql, params)
+    }
+
+    /// The condition on `place_id` ([`Query::place`]), to be `AND`ed to
+    /// [`Query::predicate`]: empty when there is none. ClickHouse applies
+    /// it after `FINAL` (18.16 would move it before the dedup).
+    pub(crate) fn place_predicate(&self) -> (&'static str, Vec<Param>) {
         match self.place {
             // Ids are UNIX seconds: none is 0, which is ClickHouse's "no
             // place" (and SQLite's NULL compares false).
-            Some(Visits::Any) => sql.push_str(" AND place_id > 0"),
-            Some(Visits::Of(id)) => {
-                sql.push_str(" AND place_id = ?");
-                params.push(Param::Int(id));
-            }
-            None => {}
+            Some(Visits::Any) => (" AND place_id > 0", Vec::new()),
+            Some(Visits::Of(id)) => (" AND place_id = ?", vec![Param::Int(id)]),
+            None => ("", Vec::new()),
         }
-        visible_predicate(&self.visible, &mut sql, &mut params);
-        (sql, params)
     }
 }
 
@@ -348,22 +355,71 @@ impl Reader {
     }
 
     /// Per device per UTC day: distance, driving time, trips, stops and
-    /// top speed, from the trips and stops starting in the window.
+    /// top speed: the daily view of [`Reader::stats`].
     pub async fn summary(&self, q: &Query) -> Result<Vec<DaySummary>, QueryError> {
-        let mut days = BTreeMap::new();
+        let stats = self.stats(q, stats::Period::Day, false, false).await?;
+        Ok(stats.iter().map(DaySummary::from).collect())
+    }
+
+    /// Figures per device (per user with `by_user`) per `period` over
+    /// `q`'s window ([`stats`]): trips and stops starting in it, and, with
+    /// `presence`, the days present in each country and city and the
+    /// places most dwelt at. `None` when the days present exceed
+    /// [`stats::MAX_PRESENCE`] (ask for fewer devices or a shorter window).
+    pub async fn stats(
+        &self,
+        q: &Query,
+        period: stats::Period,
+        by_user: bool,
+        presence: bool,
+    ) -> Result<Vec<stats::Stat>, QueryError> {
+        let mut sums = stats::Stats::new(period, by_user);
         let mut trips = self.trips(q).await?;
         while let Some(chunk) = trips.recv().await {
             for t in chunk? {
-                summary::add_trip(&mut days, &t);
+                sums.trip(&t);
             }
         }
         let mut stops = self.stops(q).await?;
         while let Some(chunk) = stops.recv().await {
             for s in chunk? {
-                summary::add_stop(&mut days, &s);
+                sums.stop(&s);
             }
         }
-        Ok(days.into_values().collect())
+        if !presence {
+            return Ok(sums.finish(&[]));
+        }
+        // The days the window touches, UNIX s / 86400.
+        let days = Query {
+            from: q.from.div_euclid(86_400),
+            to: q.to.div_euclid(86_400),
+            limit: None,
+            ..q.clone()
+        };
+        let limit = stats::MAX_PRESENCE + 1;
+        let rows = match self {
+            Reader::Sqlite(r) => r.presence(&days, limit).await?,
+            Reader::ClickHouse(r) => r.presence(&days, limit).await?,
+        };
+        if rows.len() > stats::MAX_PRESENCE {
+            return Err(QueryError::TooLarge(format!(
+                "more than {} days present in places: ask for a user, a device or a shorter window",
+                stats::MAX_PRESENCE
+            )));
+        }
+        for (user, device, day, cc, place) in &rows {
+            sums.present(user, device, *day, cc, place);
+        }
+        let places = self
+            .places(
+                &Query {
+                    from: 0,
+                    ..q.clone()
+                },
+                places::MAX_PLACES_ANSWER,
+            )
+            .await?;
+        Ok(sums.finish(&places))
     }
 }
 

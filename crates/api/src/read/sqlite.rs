@@ -10,6 +10,7 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql};
 
 use crate::read::places::Aggregate;
 use crate::read::rows::{Device, Position, Stop, Str, Transition, Trip, Waypoint, select};
+use crate::read::stats::Presence;
 use crate::read::{Chunker, Param, Query, QueryError, RowStream, Visits};
 
 // The columns a read selects: the row types' fields, in the order the
@@ -70,7 +71,10 @@ impl SqliteReader {
         q: &Query,
         read: fn(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<RowStream<T>, QueryError> {
-        let (predicate, params) = q.predicate(time);
+        let (mut predicate, mut params) = q.predicate(time);
+        let (place, place_params) = q.place_predicate();
+        predicate.push_str(place);
+        params.extend(place_params);
         let select = format!("SELECT {columns} FROM {table} WHERE {predicate}");
         let sql = match q.limit {
             // The last `limit` of the window, still handed out in order.
@@ -167,13 +171,17 @@ impl SqliteReader {
             limit: None,
             ..q.clone()
         };
-        let (predicate, params) = q.predicate("start");
+        let (mut predicate, mut params) = q.predicate("start");
+        let (place, place_params) = q.place_predicate();
+        predicate.push_str(place);
+        params.extend(place_params);
         let sql = format!(
             "SELECT s.user, s.device, s.place_id, avg(s.lat), avg(s.lon), min(s.lat), max(s.lat), \
              min(s.lon), max(s.lon), max(s.place), f.address, f.locality, f.cc, min(s.start), \
              max(s.\"end\"), count(*), sum(s.duration) \
              FROM (SELECT * FROM stops WHERE {predicate}) s \
              LEFT JOIN stops f ON f.user = s.user AND f.device = s.device AND f.start = s.place_id \
+             AND f.place_id = f.start \
              GROUP BY s.user, s.device, s.place_id ORDER BY s.user, s.device, s.place_id LIMIT {limit}"
         );
         self.read(move |conn| {
@@ -195,6 +203,27 @@ impl SqliteReader {
                     visits: r.get(15)?,
                     dwell: r.get(16)?,
                 })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The days present (`presence`) matching `q`, whose window is in UTC
+    /// days: user, device, day, country, place; at most `limit`.
+    pub(crate) async fn presence(
+        &self,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Presence>, QueryError> {
+        let (predicate, params) = q.predicate("day");
+        let sql = format!(
+            "SELECT user, device, day, cc, place FROM presence WHERE {predicate} LIMIT {limit}"
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })

@@ -683,14 +683,15 @@ fn a_state_stored_before_the_rules_reads_back_and_rule_memory_round_trips() {
     assert_eq!(back.rules.entries(), 1, "{json}");
 }
 
-#[test]
-fn stops_are_visits_of_places_that_survive_a_restart() {
-    // Home (11 min), 2 km north to the office (11 min), back home (11
-    // min), away: three stops, two places; the tracker restarts from its
-    // snapshots between the office and the second stay at home.
+/// Fixes: time, (lat, lon).
+type Fixes = Vec<(i64, (f64, f64))>;
+
+/// Home (11 min), 2 km north to the office (11 min), back home (11 min),
+/// away, a fix a minute: three stops, two places. Also where to restart
+/// (between the office and the second stay at home).
+fn a_day_of_stops() -> (Fixes, usize) {
     let home = (52.5, 13.4);
     let office = (52.518, 13.4);
-    type Fixes = Vec<(i64, (f64, f64))>;
     // A fix a minute, from a minute after the last.
     let next = |fixes: &Fixes| fixes.last().map_or(1000, |f| f.0 + 60);
     let stay = |fixes: &mut Fixes, at: (f64, f64)| {
@@ -714,6 +715,14 @@ fn stops_are_visits_of_places_that_survive_a_restart() {
     stay(&mut fixes, home);
     drive(&mut fixes, home, (52.55, 13.4));
 
+    (fixes, restart_at)
+}
+
+#[test]
+fn stops_are_visits_of_places_that_survive_a_restart() {
+    // The tracker restarts from its snapshots between the office and the
+    // second stay at home.
+    let (fixes, restart_at) = a_day_of_stops();
     let none = Arc::new(FenceSet::new(Vec::new()));
     let mut t = Tracker::new(&StageConfig::default(), none.clone());
     let (mut stops, mut states) = (Vec::new(), Vec::new());
@@ -757,4 +766,42 @@ fn stops_are_visits_of_places_that_survive_a_restart() {
         .unwrap();
     let visits: Vec<(i64, u32)> = last.places().iter().map(|p| (p.id, p.stops)).collect();
     assert_eq!(visits, [(home_id, 2), (office_id, 1)]);
+}
+
+#[test]
+fn over_kafka_the_places_travel_in_the_devices_one_snapshot() {
+    // The compacted `state` topic keeps one value per device: the places
+    // must be in it, not in a snapshot of their own.
+    let (fixes, restart_at) = a_day_of_stops();
+    let none = Arc::new(FenceSet::new(Vec::new()));
+    let mut t = Tracker::new(&over_kafka(250), none.clone());
+    let mut states = Vec::new();
+    let mut stops = Vec::new();
+    for (i, (tst, (lat, lon))) in fixes.into_iter().enumerate() {
+        if i == restart_at {
+            // Only the latest value of the key survives compaction.
+            let last = states.pop().unwrap();
+            t = Tracker::new(&over_kafka(250), none.clone());
+            assert_eq!(t.restore([last]), 1);
+            states.clear();
+        }
+        let mut out = Vec::new();
+        t.process(
+            Message::new("jane/phone", pos(tst, lat, lon), Ack::none()),
+            &mut out,
+        );
+        t.flush(true, &mut out);
+        for m in out {
+            match m.value {
+                Record::Stop(s) => stops.push((s.start, s.place_id)),
+                Record::State(s) => {
+                    assert_eq!(s.kind, KIND_GEO);
+                    states.push(s);
+                }
+                _ => {}
+            }
+        }
+    }
+    let ids: Vec<Option<i64>> = stops.iter().map(|s| s.1).collect();
+    assert_eq!(ids, [Some(stops[0].0), Some(stops[1].0), Some(stops[0].0)]);
 }

@@ -174,7 +174,7 @@ impl Tracker {
             let Some(p) = self.pending.remove(&key) else {
                 continue;
             };
-            let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
+            let state = self.geo_json(&key);
             let ack = Ack::join(p.acks);
             self.send_state(out, key, (&p.user, &p.device), KIND_GEO, state, ack);
         }
@@ -212,6 +212,10 @@ impl Tracker {
                     .map(|mut d| {
                         d.events.name(&s.user, &s.device);
                         self.devices.insert(key.clone(), d);
+                        // Over Kafka the places come with it.
+                        if let Ok(WithPlaces { places: Some(p) }) = serde_json::from_str(&s.state) {
+                            self.places.insert(key.clone(), p);
+                        }
                     })
                     .is_ok(),
                 KIND_PLACES => serde_json::from_str::<Places>(&s.state)
@@ -458,7 +462,11 @@ impl Tracker {
             };
             out.push(Message::new(key, r, ack.clone()));
         }
-        if visited && self.snapshots {
+        // Over Kafka (coalescing) the places go with the device's state
+        // (`geo_json`): the compacted `state` topic keeps one value per
+        // device. In one process they are a row of their own, written only
+        // when a stop changed them.
+        if visited && self.snapshots && !self.coalescing() {
             // Stored with the stops that changed them, under the same ack.
             let places = self.places.get(&key).and_then(|p| state_json(&key, p));
             let places_ack = ack.clone();
@@ -501,7 +509,7 @@ impl Tracker {
             pending.acks.push(ack);
             return;
         }
-        let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
+        let state = self.geo_json(&key);
         self.send_state(out, key, (&user, &device), KIND_GEO, state, ack);
     }
 
@@ -530,9 +538,38 @@ impl Tracker {
             for e in events {
                 out.push(Message::new(key.clone(), Record::Event(e), Ack::none()));
             }
-            let state = self.devices.get(&key).and_then(|d| state_json(&key, d));
+            let state = self.geo_json(&key);
             self.send_state(out, key, (&user, &device), KIND_GEO, state, Ack::none());
         }
+    }
+}
+
+/// The places in a device's state over Kafka, beside [`DeviceGeo`]'s
+/// members.
+#[derive(Deserialize)]
+struct WithPlaces {
+    #[serde(rename = "p", default)]
+    places: Option<Places>,
+}
+
+impl Tracker {
+    /// `key`'s state as stored: its [`DeviceGeo`], with its places when
+    /// snapshots are coalesced (over Kafka, where the compacted `state`
+    /// topic keeps one value per device).
+    fn geo_json(&self, key: &str) -> Option<String> {
+        #[derive(Serialize)]
+        struct Geo<'a> {
+            #[serde(flatten)]
+            geo: &'a DeviceGeo,
+            #[serde(rename = "p", skip_serializing_if = "Option::is_none")]
+            places: Option<&'a Places>,
+        }
+        let geo = self.devices.get(key)?;
+        if !self.coalescing() {
+            return state_json(key, geo);
+        }
+        let places = self.places.get(key).filter(|p| !p.is_empty());
+        state_json(key, &Geo { geo, places })
     }
 }
 

@@ -3,6 +3,7 @@
 //! escaping are copied as they are; integers with itoa, floats with ryu.
 
 use crate::read::rows::{DaySummary, Device, Position};
+use crate::read::stats::Stat;
 
 use super::dates::push_iso8601;
 
@@ -284,6 +285,65 @@ pub fn position_json(out: &mut Vec<u8>, p: &Position) {
     let mut o = Obj::open(out, None);
     position_members(&mut o, p, true);
     o.close();
+}
+
+/// `/api/v1/stats`: each device's (or user's) figures per period.
+pub fn stats_json(stats: &[Stat]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(400 * stats.len() + 2);
+    out.push(b'[');
+    for (i, s) in stats.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut o = Obj::open(&mut out, None);
+        o.str("user", &s.user);
+        o.opt_str("device", s.device.as_deref());
+        o.str("period", &s.period);
+        o.float("distance", s.distance);
+        o.int("moving_s", s.moving_s);
+        o.int("trips", s.trips.into());
+        o.float("max_vel", s.max_vel);
+        o.int("stops", s.stops.into());
+        o.int("stop_s", s.stop_s);
+        let out = o.raw("countries");
+        out.push(b'[');
+        for (j, (cc, days)) in s.countries.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            let mut c = Obj::open(out, None);
+            c.str("cc", cc);
+            c.int("days", (*days).into());
+            c.close();
+        }
+        out.extend_from_slice(b"],\"cities\":[");
+        for (j, (name, cc, days)) in s.cities.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            let mut c = Obj::open(out, None);
+            c.str("name", name);
+            c.str("cc", cc);
+            c.int("days", (*days).into());
+            c.close();
+        }
+        out.extend_from_slice(b"],\"places\":[");
+        for (j, (device, id, name, visits, dwell)) in s.places.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            let mut c = Obj::open(out, None);
+            c.str("device", device);
+            c.int("id", *id);
+            c.opt_str("name", name.as_deref());
+            c.int("visits", (*visits).into());
+            c.int("dwell_s", *dwell);
+            c.close();
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.push(b']');
+    out
 }
 
 /// `/api/v1/summary`.

@@ -43,7 +43,8 @@ pub use geojson::{EventFormat, Feature, FeatureEncoder};
 pub use heat::heatmap_json;
 use json::{Obj, float, position_members};
 pub use json::{
-    device_json, devices_json, position_json, recorder_last, recorder_location, summary_json,
+    device_json, devices_json, position_json, recorder_last, recorder_location, stats_json,
+    summary_json,
 };
 
 /// Writes rows of `T` as one document.
