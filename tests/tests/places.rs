@@ -349,6 +349,7 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     post(&sqlite, &after);
     let from_sqlite = answers(&sqlite);
     report_page(&sqlite);
+    every_documented_endpoint_answers_as_documented(&sqlite);
     drop(sqlite);
 
     let db = unique_db("places");
@@ -450,4 +451,80 @@ fn report_page(serve: &Serve) {
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "screenshot too small"
     );
+}
+
+/// The OpenAPI document (`/api/v1/openapi.json`) against the real
+/// answers: every documented path called with the van's day, each answer
+/// validated against its schema (members the schema does not name fail
+/// too), and an error against the error's schema.
+fn every_documented_endpoint_answers_as_documented(serve: &Serve) {
+    let doc = get_json(serve, "/api/v1/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let validate = |schema: &Value, answer: &Value, what: &str| {
+        // The schema's `$ref`s point into the document's components.
+        let mut schema = schema.clone();
+        schema["components"] = doc["components"].clone();
+        let validator =
+            jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(answer)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what} does not match its schema: {errors:#?}\n{answer}"
+        );
+    };
+    let paths = doc["paths"].as_object().unwrap();
+    let mut called = Vec::new();
+    for (path, item) in paths {
+        let (content_type, media) = item["get"]["responses"]["200"]["content"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        let url = match path.as_str() {
+            "/api/v1/devices" | "/api/v1/fences" | "/api/v1/openapi.json" | "/api/v1/live" => {
+                format!("{}{path}", serve.url)
+            }
+            "/api/v1/waypoints" => format!("{}{path}?user=kim", serve.url),
+            _ => format!(
+                "{}{path}?user=kim&device=van&from=2025-11-24&to=2025-11-25",
+                serve.url
+            ),
+        };
+        if content_type == "text/event-stream" {
+            // A stream: its head is the answer.
+            let resp = ureq::get(&url)
+                .timeout(Duration::from_secs(10))
+                .call()
+                .unwrap();
+            assert_eq!(
+                (resp.status(), resp.content_type()),
+                (200, "text/event-stream"),
+                "{path}"
+            );
+            called.push(path.clone());
+            continue;
+        }
+        let (status, body, ct) = get(&url, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(&ct, content_type, "{path}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        // An empty answer proves nothing of its rows' schema.
+        let empty = answer.as_array().is_some_and(Vec::is_empty);
+        assert!(
+            !empty || path == "/api/v1/waypoints",
+            "{path} answered nothing"
+        );
+        validate(&media["schema"], &answer, path);
+        called.push(path.clone());
+    }
+    assert_eq!(called.len(), 14, "{called:?}");
+    let (status, body, _) = get(&format!("{}/api/v1/stats?per=year", serve.url), None);
+    assert_eq!(status, 400);
+    let bad = &doc["paths"]["/api/v1/stats"]["get"]["responses"]["400"]["content"]["application/json"]
+        ["schema"];
+    validate(bad, &serde_json::from_str(&body).unwrap(), "a 400");
 }

@@ -98,7 +98,7 @@ pub fn admits(grant: &Grant, endpoint: Endpoint) -> Result<(), Refusal> {
     use Endpoint::*;
     let history = grant.history_since.is_some();
     let shared = match endpoint {
-        Page | Share | Report | Devices | Live => true,
+        Page | Share | Report | Devices | Live | OpenApi => true,
         Positions | Trips | Stops => history,
         _ => false,
     };
@@ -109,7 +109,7 @@ pub fn admits(grant: &Grant, endpoint: Endpoint) -> Result<(), Refusal> {
     }
     let last_only = matches!(
         endpoint,
-        Page | Share | Report | Devices | Live | Fences | RecorderLast | RecorderWs
+        Page | Share | Report | Devices | Live | OpenApi | Fences | RecorderLast | RecorderWs
     );
     if !history && !last_only {
         return Err(Refusal::Forbidden("this token reads last positions only"));

@@ -33,6 +33,8 @@ pub enum Endpoint {
     Visits,
     /// `/api/v1/stats`.
     Stats,
+    /// `/api/v1/openapi.json`.
+    OpenApi,
     /// `/api/v1/live`, a stream.
     Live,
     /// `/api/v1/fences`.
@@ -54,7 +56,7 @@ pub enum Endpoint {
 use Endpoint::*;
 
 /// The routes: every path and its endpoint.
-const ROUTES: [(&str, Endpoint); 22] = [
+const ROUTES: [(&str, Endpoint); 23] = [
     ("/", Page),
     ("/map", Page),
     ("/share", Share),
@@ -69,6 +71,7 @@ const ROUTES: [(&str, Endpoint); 22] = [
     ("/api/v1/places", Places),
     ("/api/v1/visits", Visits),
     ("/api/v1/stats", Stats),
+    ("/api/v1/openapi.json", OpenApi),
     ("/api/v1/live", Live),
     ("/api/v1/fences", Fences),
     ("/api/v1/waypoints", Waypoints),
@@ -87,6 +90,11 @@ static ROUTER: LazyLock<matchit::Router<Endpoint>> = LazyLock::new(|| {
     }
     router
 });
+
+/// Every routed path.
+pub fn paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(p, _)| *p)
+}
 
 impl Endpoint {
     /// The endpoint at `path`, if any.
@@ -108,6 +116,7 @@ impl Endpoint {
             Places => "places",
             Visits => "visits",
             Stats => "stats",
+            OpenApi => "openapi",
             Live => "live",
             Fences => "fences",
             Waypoints => "waypoints",

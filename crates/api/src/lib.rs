@@ -34,6 +34,7 @@
 //! - [`cors`]: cross-origin reads for an allow-list of origins.
 //! - [`ws`]: Recorder's `/ws/last` WebSocket.
 //! - `analyst`: the heatmap, places, visits and statistics.
+//! - [`openapi`]: the OpenAPI 3.1 document of `/api/v1`.
 
 pub mod access;
 mod analyst;
@@ -41,6 +42,7 @@ pub mod body;
 pub mod cors;
 pub mod endpoint;
 pub mod live;
+pub mod openapi;
 pub mod page;
 pub mod params;
 pub mod read;
@@ -465,6 +467,7 @@ impl Api {
             Endpoint::Places => self.places(&params, &grant, now).await,
             Endpoint::Visits => self.visits(&params, &grant, now).await,
             Endpoint::Stats => self.stats(&params, &grant, now).await,
+            Endpoint::OpenApi => Ok(ok_json(openapi::json().to_vec())),
             Endpoint::Summary => {
                 let q = query(&params, &grant, now, SUMMARY_SPAN_S)?;
                 Ok(ok_json(summary_json(&self.0.reader.summary(&q).await?)))
