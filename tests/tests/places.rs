@@ -25,6 +25,7 @@ fn depot() -> (f64, f64) {
 }
 
 struct Fix {
+    user: &'static str,
     device: &'static str,
     tst: i64,
     at: (f64, f64),
@@ -35,6 +36,7 @@ struct Fix {
 fn stay(out: &mut Vec<Fix>, device: &'static str, t: i64, at: (f64, f64)) -> i64 {
     for i in 0..11 {
         out.push(Fix {
+            user: if device == "truck" { "lee" } else { "kim" },
             device,
             tst: t + 60 * i,
             at,
@@ -56,6 +58,7 @@ fn drive(
         let f = f64::from(i + 1) / 5.0;
         let at = (((from.0 + (to.0 - from.0) * f) * 1e6).round() / 1e6, from.1);
         out.push(Fix {
+            user: if device == "truck" { "lee" } else { "kim" },
             device,
             tst: t + 60 * i64::from(i),
             at,
@@ -81,13 +84,44 @@ fn script() -> (Vec<Fix>, Vec<Fix>) {
     (before, after)
 }
 
+/// lee/truck's week about Lyon: home, the depot and two customers, days
+/// starting at 08:00 at home and ending there, then away. The nights at
+/// home are one stop each; 14 stops in all, at four places.
+const LYON: (f64, f64) = (45.76, 4.83);
+
+fn week() -> Vec<Fix> {
+    let home = LYON;
+    let depot = north(LYON, 2000.0);
+    let (a, b) = (north(LYON, 5000.0), north(LYON, 8000.0));
+    let days = [
+        vec![home, depot, a, home],
+        vec![home, depot, b, home],
+        vec![home, a, home],
+        vec![home, depot, home],
+        vec![home, b, a, home],
+    ];
+    let mut out = Vec::new();
+    for (d, places) in days.iter().enumerate() {
+        let mut t = T0 + 3 * 86_400 + d as i64 * 86_400 - 8 * 3600;
+        for (i, &at) in places.iter().enumerate() {
+            if i > 0 {
+                t = drive(&mut out, "truck", t, places[i - 1], at);
+            }
+            t = stay(&mut out, "truck", t, at);
+        }
+    }
+    let t = out.last().map_or(0, |f| f.tst + 60);
+    drive(&mut out, "truck", t, LYON, north(LYON, -9000.0));
+    out
+}
+
 fn post(serve: &Serve, fixes: &[Fix]) {
     for f in fixes {
         let body = json!({"_type": "location", "tst": f.tst, "lat": f.at.0, "lon": f.at.1,
             "acc": 10, "vel": f.vel});
         let a = serve.post(
             "/pub",
-            &[("X-Limit-U", "kim"), ("X-Limit-D", f.device)],
+            &[("X-Limit-U", f.user), ("X-Limit-D", f.device)],
             body.to_string().as_bytes(),
         );
         assert_eq!(a.status, 200, "{}\n{}", a.body, serve.log());
@@ -309,6 +343,46 @@ fn answers(serve: &Serve) -> Vec<Value> {
             "driving_s": van["moving_s"], "trips": 2, "stops": 3, "max_vel": 40.0}])
     );
 
+    // lee/truck's week: four places with the visits the script made, and
+    // each day's trips and stops as counted by hand.
+    let truck = get_json(serve, "/api/v1/places?user=lee&device=truck");
+    let truck_visits: Vec<i64> = truck
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["visits"].as_i64().unwrap())
+        .collect();
+    assert_eq!(truck_visits, [6, 3, 3, 2], "{truck}");
+    let first_stop = get_json(serve, "/api/v1/stops?user=lee&from=0&limit=1000");
+    assert_eq!(first_stop.as_array().unwrap().len(), 14);
+    assert_eq!(truck[0]["id"], first_stop[0]["start"]);
+    let days = get_json(
+        serve,
+        "/api/v1/stats?user=lee&device=truck&from=2025-11-27&to=2025-12-02",
+    );
+    let got: Vec<(&str, i64, i64)> = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["period"].as_str().unwrap(),
+                d["trips"].as_i64().unwrap(),
+                d["stops"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("2025-11-27", 3, 4),
+            ("2025-11-28", 3, 3),
+            ("2025-11-29", 2, 2),
+            ("2025-11-30", 2, 2),
+            ("2025-12-01", 3, 3)
+        ]
+    );
+
     // Bad parameters name themselves.
     for (path, param) in [
         ("/api/v1/places?by=fleet", "by"),
@@ -321,10 +395,12 @@ fn answers(serve: &Serve) -> Vec<Value> {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["field"], param, "{path}: {body}");
     }
-    [stops, places, by_user, geo, visits, stats, all, summary]
-        .into_iter()
-        .map(without_received_at)
-        .collect()
+    [
+        stops, places, by_user, geo, visits, stats, all, summary, truck, days,
+    ]
+    .into_iter()
+    .map(without_received_at)
+    .collect()
 }
 
 #[test]
@@ -344,6 +420,7 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     serve.kill();
     let sqlite = Serve::start(&data, &["--fences", &fences], &no_tiles).unwrap();
     post(&sqlite, &after);
+    post(&sqlite, &week());
     // Delivered twice (a phone that never saw its answers): nothing counts
     // twice.
     post(&sqlite, &after);
@@ -364,6 +441,7 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     .unwrap();
     post(&clickhouse, &before);
     post(&clickhouse, &after);
+    post(&clickhouse, &week());
     post(&clickhouse, &after);
     clickhouse.wait_shipped();
     assert_eq!(answers(&clickhouse), from_sqlite);
