@@ -374,21 +374,11 @@ impl Reader {
         presence: bool,
     ) -> Result<Vec<stats::Stat>, QueryError> {
         let mut sums = stats::Stats::new(period, by_user);
+        // The reads go out together (each is a round trip to ClickHouse,
+        // and they are independent): the trips and stops streams start
+        // reading as they are asked for.
         let mut trips = self.trips(q).await?;
-        while let Some(chunk) = trips.recv().await {
-            for t in chunk? {
-                sums.trip(&t);
-            }
-        }
         let mut stops = self.stops(q).await?;
-        while let Some(chunk) = stops.recv().await {
-            for s in chunk? {
-                sums.stop(&s);
-            }
-        }
-        if !presence {
-            return Ok(sums.finish(&[]));
-        }
         // The days the window touches, UNIX s / 86400.
         let days = Query {
             from: q.from.div_euclid(86_400),
@@ -397,10 +387,29 @@ impl Reader {
             ..q.clone()
         };
         let limit = stats::MAX_PRESENCE + 1;
-        let rows = match self {
-            Reader::Sqlite(r) => r.presence(&days, limit).await?,
-            Reader::ClickHouse(r) => r.presence(&days, limit).await?,
+        let extra = async {
+            if !presence {
+                return Ok(Vec::new());
+            }
+            match self {
+                Reader::Sqlite(r) => r.presence(&days, limit).await,
+                Reader::ClickHouse(r) => r.presence(&days, limit).await,
+            }
         };
+        let sum = async {
+            while let Some(chunk) = trips.recv().await {
+                for t in chunk? {
+                    sums.trip(&t);
+                }
+            }
+            while let Some(chunk) = stops.recv().await {
+                for s in chunk? {
+                    sums.stop(&s);
+                }
+            }
+            Ok::<_, QueryError>(())
+        };
+        let (rows, ()) = tokio::try_join!(extra, sum)?;
         if rows.len() > stats::MAX_PRESENCE {
             return Err(QueryError::TooLarge(format!(
                 "more than {} days present in places: ask for a user, a device or a shorter window",
@@ -410,16 +419,7 @@ impl Reader {
         for (user, device, day, cc, place) in &rows {
             sums.present(user, device, *day, cc, place);
         }
-        let places = self
-            .places(
-                &Query {
-                    from: 0,
-                    ..q.clone()
-                },
-                places::MAX_PLACES_ANSWER,
-            )
-            .await?;
-        Ok(sums.finish(&places))
+        Ok(sums.finish())
     }
 }
 

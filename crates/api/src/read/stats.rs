@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::read::format::{civil, days_from_civil};
-use crate::read::rows::{DaySummary, Place, Stop, Trip};
+use crate::read::rows::{DaySummary, Stop, Trip};
 
 /// A day present: user, device, UTC day (UNIX s / 86400), country, place.
 pub type Presence = (String, String, i64, String, String);
@@ -103,7 +103,18 @@ struct Acc {
     stat: Stat,
     countries: BTreeMap<String, BTreeSet<i64>>,
     cities: BTreeMap<(String, String), BTreeSet<i64>>,
-    places: HashMap<(String, i64), (u32, i64)>,
+    places: HashMap<(String, i64), Dwelt>,
+}
+
+/// A place's visits in a period, and what its stops there call it.
+#[derive(Default)]
+struct Dwelt {
+    visits: u32,
+    dwell: i64,
+    /// A fence one of its stops lies in.
+    fence: Option<String>,
+    /// The street address, else the locality, of its first stop.
+    first: Option<Option<String>>,
 }
 
 /// Sums figures per key (user, device or not, period).
@@ -155,8 +166,17 @@ impl Stats {
         a.stat.stop_s += st.duration;
         if let Some(id) = st.place_id {
             let p = a.places.entry((st.device.clone(), id)).or_default();
-            p.0 += 1;
-            p.1 += st.duration;
+            p.visits += 1;
+            p.dwell += st.duration;
+            if p.fence.is_none() {
+                p.fence = st.place.clone().filter(|f| !f.is_empty());
+            }
+            // Stops come in order: the first seen is the period's first.
+            p.first.get_or_insert_with(|| {
+                [&st.address, &st.locality]
+                    .into_iter()
+                    .find_map(|n| n.clone().filter(|n| !n.is_empty()))
+            });
         }
     }
 
@@ -173,13 +193,11 @@ impl Stats {
         }
     }
 
-    /// The figures, by user, device and period; places named from
-    /// `places` (the devices' places).
-    pub fn finish(self, places: &[Place]) -> Vec<Stat> {
-        let names: HashMap<(&str, &str, i64), Option<&str>> = places
-            .iter()
-            .map(|p| ((p.user.as_str(), p.device.as_str(), p.id), p.name()))
-            .collect();
+    /// The figures, by user, device and period; a place named as its
+    /// stops in the period name it (a fence one lies in, else the street
+    /// address or locality of the first), as `/api/v1/places` names it
+    /// from its stops: no read of the place's whole history.
+    pub fn finish(self) -> Vec<Stat> {
         let days = |s: &BTreeSet<i64>| u32::try_from(s.len()).unwrap_or(u32::MAX);
         self.acc
             .into_values()
@@ -203,13 +221,9 @@ impl Stats {
                 let mut top: Vec<_> = a
                     .places
                     .into_iter()
-                    .map(|((device, id), (visits, dwell))| {
-                        let name = names
-                            .get(&(stat.user.as_str(), device.as_str(), id))
-                            .copied()
-                            .flatten()
-                            .map(str::to_owned);
-                        (device, id, name, visits, dwell)
+                    .map(|((device, id), p)| {
+                        let name = p.fence.or(p.first.flatten());
+                        (device, id, name, p.visits, p.dwell)
                     })
                     .collect();
                 top.sort_by(|x, y| y.4.cmp(&x.4).then_with(|| (&x.0, x.1).cmp(&(&y.0, y.1))));
@@ -281,7 +295,10 @@ mod tests {
             s.trip(&trip("a", 1_700_006_399, 500.5, 60, 55.0));
             s.trip(&trip("a", 1_700_006_400, 10.0, 5, 9.0));
             s.trip(&trip("b", 1_700_000_000, 1.0, 1, 1.0));
-            s.stop(&stop("a", 1_700_001_000, 300, Some(1_690_000_000)));
+            s.stop(&Stop {
+                place: Some("Depot".into()),
+                ..stop("a", 1_700_001_000, 300, Some(1_690_000_000))
+            });
             s.stop(&stop("a", 1_700_090_000, 100, Some(1_690_000_000)));
             s.stop(&stop("b", 1_700_001_000, 50, None));
             let d = 1_700_000_000 / 86_400;
@@ -292,13 +309,7 @@ mod tests {
         };
         let mut days = Stats::new(Period::Day, false);
         fill(&mut days);
-        let got = days.finish(&[Place {
-            user: "u".into(),
-            device: "a".into(),
-            id: 1_690_000_000,
-            fence: Some("Depot".into()),
-            ..Place::default()
-        }]);
+        let got = days.finish();
         assert_eq!(got.len(), 3);
         assert_eq!(
             got[0],
@@ -340,7 +351,7 @@ mod tests {
         // one day though both devices were there.
         let mut all = Stats::new(Period::All, true);
         fill(&mut all);
-        let got = all.finish(&[]);
+        let got = all.finish();
         assert_eq!(got.len(), 1);
         let s = &got[0];
         assert_eq!(
@@ -355,6 +366,9 @@ mod tests {
                 ("Paris, Ile-de-France".into(), "FR".into(), 1)
             ]
         );
-        assert_eq!(s.places, [("a".into(), 1_690_000_000, None, 2, 400)]);
+        assert_eq!(
+            s.places,
+            [("a".into(), 1_690_000_000, Some("Depot".into()), 2, 400)]
+        );
     }
 }
