@@ -72,6 +72,7 @@ impl Store {
             // The days present (the statistics' rollup), once per batch
             // each: a fleet's batch holds a few per device.
             let mut present = HashSet::new();
+            let mut last = None;
             for r in records {
                 if let Some(t) = Table::of(r) {
                     insert(&mut statements, r)?;
@@ -82,13 +83,19 @@ impl Store {
                     && let Some(cc) = p.cc.as_deref()
                 {
                     let place = p.place.as_deref().unwrap_or_default();
-                    present.insert((
+                    let key = (
                         &p.meta.user,
                         &p.meta.device,
                         p.tst.div_euclid(86_400),
                         cc,
                         place,
-                    ));
+                    );
+                    // A device's fixes come in runs at one place: compared
+                    // with the last, most are not hashed at all.
+                    if last != Some(key) {
+                        present.insert(key);
+                        last = Some(key);
+                    }
                 }
             }
             for (user, device, day, cc, place) in present {
