@@ -49,6 +49,11 @@ pub(crate) fn state_input(
     for s in snapshots {
         latest.insert((s.key(), s.kind.clone()), s);
     }
+    // Oldest first: a device's state of one kind may hold what another
+    // kind held before (over Kafka, its places and regions ride in its
+    // `geo` snapshot), and the newer must win.
+    let mut latest: Vec<_> = latest.into_iter().collect();
+    latest.sort_by_key(|(_, s)| s.updated_at);
     latest
         .into_iter()
         .map(|((key, _), s)| Message::new(key, Record::State(s), ack()))

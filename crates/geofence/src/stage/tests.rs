@@ -805,3 +805,63 @@ fn over_kafka_the_places_travel_in_the_devices_one_snapshot() {
     let ids: Vec<Option<i64>> = stops.iter().map(|s| s.1).collect();
     assert_eq!(ids, [Some(stops[0].0), Some(stops[1].0), Some(stops[0].0)]);
 }
+
+#[test]
+fn over_kafka_a_devices_own_regions_travel_in_its_one_snapshot() {
+    // The compacted `state` topic keeps one value per device: its regions
+    // must be in it, even a device that sent no fix yet.
+    let mut a = Tracker::new(&over_kafka(250), home());
+    let mut out = Vec::new();
+    let w = Waypoint {
+        meta: match pos(0, 0.0, 0.0) {
+            Record::Position(p) => p.meta,
+            _ => unreachable!(),
+        },
+        tst: Some(7),
+        lat: Some(48.0),
+        lon: Some(11.0),
+        rad: Some(50),
+        desc: Some("Office".into()),
+        rid: None,
+        uuid: None,
+        major: None,
+        minor: None,
+        extra: None,
+    };
+    a.process(
+        Message::new("jane/phone", Record::Waypoint(w), Ack::none()),
+        &mut out,
+    );
+    a.flush(true, &mut out);
+    let saved: Vec<StateSnapshot> = out
+        .drain(..)
+        .filter_map(|m| match m.value {
+            Record::State(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].kind, KIND_GEO);
+    // A tracker restored from it knows the office; one that was not, not.
+    let enters = |restore: bool| {
+        let mut b = Tracker::new(&over_kafka(250), home());
+        if restore {
+            assert_eq!(b.restore(saved.clone()), 1);
+        }
+        let mut out = Vec::new();
+        b.process(
+            Message::new("jane/phone", pos(100, 48.0, 11.0), Ack::none()),
+            &mut out,
+        );
+        out.iter()
+            .filter_map(|m| match &m.value {
+                Record::Transition(t) => {
+                    Some(format!("{} {}", t.event, t.rid.as_deref().unwrap_or("")))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(enters(true), ["enter wp:7:Office"]);
+    assert_eq!(enters(false), Vec::<String>::new());
+}

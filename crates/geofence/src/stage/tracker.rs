@@ -212,9 +212,14 @@ impl Tracker {
                     .map(|mut d| {
                         d.events.name(&s.user, &s.device);
                         self.devices.insert(key.clone(), d);
-                        // Over Kafka the places come with it.
-                        if let Ok(WithPlaces { places: Some(p) }) = serde_json::from_str(&s.state) {
-                            self.places.insert(key.clone(), p);
+                        // Over Kafka the places and regions come with it.
+                        if let Ok(extra) = serde_json::from_str::<Extras>(&s.state) {
+                            if let Some(p) = extra.places {
+                                self.places.insert(key.clone(), p);
+                            }
+                            if let Some(r) = extra.regions {
+                                self.geofencer.restore_regions(&key, r);
+                            }
                         }
                     })
                     .is_ok(),
@@ -310,6 +315,17 @@ impl Tracker {
             Record::Position(_) => self.position(msg, out),
             Record::Transition(_) => self.transition(msg, out),
             Record::Waypoint(w) => match self.geofencer.on_waypoint(w) {
+                Learned::Region if self.coalescing() => {
+                    // Over Kafka the regions go with the device's state (the
+                    // compacted `state` topic keeps one value a device): its
+                    // next snapshot carries them, and this waypoint's ack.
+                    let key = w.meta.key();
+                    let who = (w.meta.user.clone(), w.meta.device.clone());
+                    self.devices.entry(key.clone()).or_default();
+                    let ack = msg.ack.clone();
+                    self.pass(msg, out);
+                    self.settle(out, key, who, true, ack);
+                }
                 Learned::Region => {
                     // Its regions are snapshotted once, when the batch ends
                     // (flush), and this waypoint is acknowledged with them.
@@ -544,18 +560,21 @@ impl Tracker {
     }
 }
 
-/// The places in a device's state over Kafka, beside [`DeviceGeo`]'s
-/// members.
+/// The places and regions in a device's state over Kafka, beside
+/// [`DeviceGeo`]'s members.
 #[derive(Deserialize)]
-struct WithPlaces {
+struct Extras {
     #[serde(rename = "p", default)]
     places: Option<Places>,
+    #[serde(rename = "w", default)]
+    regions: Option<Vec<Region>>,
 }
 
 impl Tracker {
-    /// `key`'s state as stored: its [`DeviceGeo`], with its places when
-    /// snapshots are coalesced (over Kafka, where the compacted `state`
-    /// topic keeps one value per device).
+    /// `key`'s state as stored: its [`DeviceGeo`], with its places and its
+    /// own regions (always, so that none left clears them) when snapshots
+    /// are coalesced (over Kafka, where the compacted `state` topic keeps
+    /// one value per device).
     fn geo_json(&self, key: &str) -> Option<String> {
         #[derive(Serialize)]
         struct Geo<'a> {
@@ -563,13 +582,23 @@ impl Tracker {
             geo: &'a DeviceGeo,
             #[serde(rename = "p", skip_serializing_if = "Option::is_none")]
             places: Option<&'a Places>,
+            #[serde(rename = "w")]
+            regions: Vec<Region>,
         }
         let geo = self.devices.get(key)?;
         if !self.coalescing() {
             return state_json(key, geo);
         }
         let places = self.places.get(key).filter(|p| !p.is_empty());
-        state_json(key, &Geo { geo, places })
+        let regions = self.geofencer.regions(key);
+        state_json(
+            key,
+            &Geo {
+                geo,
+                places,
+                regions,
+            },
+        )
     }
 }
 
