@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Faster than anyone walks, km/h: a device that stops at this speed and
+/// moves on slower came out of a vehicle.
+const WALK_KMH: f64 = 8.0;
+
 /// The rules, applied to one device's state at a time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Detector {
@@ -17,7 +21,7 @@ impl Detector {
     /// The trip in progress: its departure (estimated time, at the centre
     /// of the stay it left).
     pub fn open_trip(&self, state: &TripState) -> Option<Fix> {
-        state.trip.map(|t| t.start)
+        state.trip.as_ref().map(|t| t.start)
     }
 
     /// The stop in progress, once the stay has lasted `min_stop_s`: its
@@ -42,6 +46,11 @@ impl Detector {
             return;
         }
         let c = &self.config;
+        if let Some(trip) = state.trip.as_mut() {
+            if let Some(v) = fix.vel().filter(|v| *v >= c.moving_kmh) {
+                tell_held(trip, Some(v), c.min_stop_s, out);
+            }
+        }
         // What this fix needs of the stay, read before the state changes.
         let reaches = self.reaches(stay, &fix);
         let centre = (stay.lat, stay.lon);
@@ -54,7 +63,8 @@ impl Detector {
         if let Some((stay_max, stop)) = gap {
             // Whatever waited for confirmation is too old to tell.
             state.pending = None;
-            if let Some(trip) = state.trip.take() {
+            if let Some(mut trip) = state.trip.take() {
+                tell_held(&mut trip, None, self.config.min_stop_s, out);
                 out.push(Finished::Trip(TripSummary::between(
                     trip.start,
                     last,
@@ -72,7 +82,33 @@ impl Detector {
             }
             // Still where it stopped: the stop goes on through the gap.
         }
+        // An accuracy circle wider than a stay (a cell fix a kilometre
+        // off) cannot tell whether the device came back to a stay it
+        // seemed to leave or went on from it, nor give a stay without a
+        // settled fix its centre: it is passed over.
+        let vague = fix.acc() > c.min_distance_m;
+        if vague && (state.pending.is_some() || stay.w == 0.0) {
+            return;
+        }
+        // A device first seen only that vaguely (a cell fix as its first)
+        // was not there to leave from: it begins at the first sharp fix.
+        if !vague && state.trip.is_none() && stay.w > 0.0 && stay.w < c.min_distance_m.powi(-2) {
+            state.pending = None;
+            self.restart_at(state, fix);
+            return;
+        }
         if reaches {
+            if vague {
+                // It says the device is still here, not where: it counts
+                // at the centre, so that a departure is not timed from it.
+                let fix = Fix {
+                    lat: centre.0,
+                    lon: centre.1,
+                    ..fix
+                };
+                self.settle(state, fix, out);
+                return;
+            }
             // A lone fix out and back in: an outlier, forgotten.
             state.pending = None;
             self.settle(state, fix, out);
@@ -88,13 +124,35 @@ impl Detector {
             plausible(p)
                 && (p.distance_m(&fix) <= c.min_distance_m || from_stay(p) <= from_stay(&fix))
         };
+        // A device's first fix (or its first after a gap) alone, and the
+        // next two elsewhere, at rest: the first was the outlier (a Wi-Fi
+        // fix hundreds of metres off), not a trip from it.
+        let on_the_move = stay.w == 0.0 || (stay.departed.is_some() && !stay.is_stop(c.min_stop_s));
+        let lone = state.trip.is_none()
+            && stay
+                .arrival
+                .is_some_and(|(a, _)| a.n == stay.first.n && stay.settled.n == a.n);
         match state.pending.take() {
+            Some(p) if lone && agrees(&p) && p.vel().is_some_and(|v| v < c.moving_kmh) => {
+                self.restart_at(state, *p);
+                self.on_fix(state, fix, out);
+            }
             Some(p) if agrees(&p) => {
                 self.leave(state, *p, out);
                 // `fix` against the stay that `p` began.
                 self.on_fix(state, fix, out);
             }
             _ if clearly_moving => self.leave(state, fix, out),
+            // On the move (never settled here, or on the way out of a
+            // pause too short for a stop): where the device went, at a
+            // plausible speed, even if it rests there with its phone
+            // silent (parked past the light, a cell fix in between).
+            // Outliers come from parked phones, not from moving ones.
+            _ if on_the_move && plausible(&last) => self.leave(state, fix, out),
+            // Of two fixes out that disagree, the sharper waits: a Wi-Fi
+            // fix claiming 70 m right after a GPS arrival at 6 m is the
+            // outlier, not the arrival.
+            Some(p) if p.acc() > 0.0 && p.acc() < fix.acc() => state.pending = Some(p),
             _ => state.pending = Some(Box::new(fix)),
         }
     }
@@ -156,6 +214,8 @@ impl Detector {
         if stay.arrival.is_none() {
             let arrived = last.map_or(fix.tst, |l| self.arrival_time(l, fix));
             stay.arrival = Some((mark, arrived));
+            // How it came: the speed it reported last.
+            stay.head_max = stay.head_max.max(last.and_then(Fix::vel).unwrap_or(0.0));
         }
         stay.settled = mark;
         stay.departed = None;
@@ -217,6 +277,11 @@ impl Detector {
             stay.alt = Some(Box::new(stay.anchor()));
             stay.restore(*alt);
             self.add_settled(&mut stay, Some(&last), &fix, mark);
+        } else if stay.arrival.is_some() && stay.head_max >= WALK_KMH && stay.tail_max < WALK_KMH {
+            // Out of a vehicle and on foot, within reach (from the car to
+            // the shop): it arrived when the vehicle stopped, and the stay
+            // goes on where the walk came to rest.
+            self.rests_here(&mut stay, &fix, mark);
         } else if !stay.is_stop(self.config.min_stop_s) {
             // Settling somewhere else than where it paused before (a light
             // short of the destination, a slow step of a walk): the stay
@@ -248,7 +313,8 @@ impl Detector {
         }
         state.last = Some(fix);
         if stay.is_stop(self.config.min_stop_s) {
-            if let Some(trip) = state.trip.take() {
+            if let Some(mut trip) = state.trip.take() {
+                tell_held(&mut trip, None, self.config.min_stop_s, out);
                 out.push(Finished::Trip(arrive(&trip, &stay)));
             }
         }
@@ -282,31 +348,68 @@ impl Detector {
         };
         self.rest_before(&mut stay, &fix);
         let (segment, speed) = state.advance(&last, &fix);
+        // Left without a speed to time it by (the first fix out says it
+        // is at rest): the stop's end is told once the trip has one.
+        let untimed =
+            stay.departed.is_none() && fix.vel().is_some_and(|v| v < self.config.moving_kmh);
         let departed = *stay
             .departed
             .get_or_insert_with(|| self.departure_time(&stay.settled, &fix));
         let stopped = stay.is_stop(self.config.min_stop_s);
         if stopped {
-            if let Some(trip) = state.trip.take() {
+            if let Some(mut trip) = state.trip.take() {
+                tell_held(&mut trip, None, self.config.min_stop_s, out);
                 out.push(Finished::Trip(arrive(&trip, &stay)));
             }
         }
-        state.trip = Some(match state.trip {
+        state.trip = Some(match state.trip.take() {
             Some(mut t) => {
+                // A pause that is a stop if it left late enough: the trip's
+                // first speed will tell (one at a time: the stop the trip
+                // left, still untold, comes first).
+                if untimed && stay.arrival.is_some() && t.held.is_none() {
+                    let (arrival, arrived) = stay.arrival_or_first();
+                    t.held = Some(Box::new(HeldStop {
+                        start: stay.centre(arrived),
+                        points: stay.settled.n - arrival.n + 1,
+                        settled: stay.settled.t,
+                        out: Fix::new(fix.tst, fix.lat, fix.lon),
+                        split: Some(Split {
+                            odo: arrival.odo,
+                            n: arrival.n,
+                            max: t.max.max(stay.head_max),
+                            next_odo: stay.settled.odo,
+                            next_n: stay.settled.n,
+                            next_max: stay.tail_max.max(speed),
+                        }),
+                    }));
+                }
                 t.max = t.max.max(stay.max).max(speed);
                 t
             }
             // At rest there (a stop, or too short for one: the first
             // fixes ever): it left when it left.
             None if stay.arrival.is_some() => {
-                if stopped {
-                    out.push(Finished::Stop(stop(&stay, departed)));
-                }
+                let stop = stopped.then(|| stop(&stay, departed));
+                let held = match stop {
+                    Some(s) if untimed => Some(Box::new(HeldStop {
+                        start: s.start,
+                        points: s.points,
+                        settled: departed,
+                        out: Fix::new(fix.tst, fix.lat, fix.lon),
+                        split: None,
+                    })),
+                    _ => {
+                        out.extend(stop.map(Finished::Stop));
+                        None
+                    }
+                };
                 OpenTrip {
                     start: stay.centre(departed),
                     odo: stay.settled.odo,
                     n: stay.settled.n,
                     max: stay.tail_max.max(speed),
+                    held,
                 }
             }
             // Never at rest: it was moving all along.
@@ -315,6 +418,7 @@ impl Detector {
                 odo: stay.first.odo,
                 n: stay.first.n,
                 max: stay.max.max(speed),
+                held: None,
             },
         });
         state.stay = Some(self.new_stay(Some((&last, segment)), fix, state.odo, state.n));
@@ -328,6 +432,50 @@ impl Detector {
         state.stay = Some(self.new_stay(None, fix, state.odo, state.n));
         state.last = Some(fix);
     }
+}
+
+/// Tells the stop `trip` left, if it still waits: its departure timed by
+/// `speed` (km/h) over the way to the first fix out, else the earliest.
+/// A pause the trip went on through is a stop if that departure is
+/// `min_stop_s` after its arrival: the trip ends there, and the trip open
+/// is the one from it.
+fn tell_held(trip: &mut OpenTrip, speed: Option<f64>, min_stop_s: i64, out: &mut Vec<Finished>) {
+    let Some(h) = trip.held.take() else {
+        return;
+    };
+    let departed = match speed {
+        Some(v) => {
+            let way = (h.start.distance_m(&h.out) / (v / 3.6)).ceil() as i64;
+            (h.out.tst - way).max(h.settled)
+        }
+        None => h.settled,
+    };
+    if let Some(s) = h.split {
+        if departed - h.start.tst < min_stop_s {
+            return;
+        }
+        out.push(Finished::Trip(TripSummary::between(
+            trip.start,
+            h.start,
+            s.odo - trip.odo,
+            s.n - trip.n + 1,
+            s.max,
+        )));
+        *trip = OpenTrip {
+            start: Fix::new(departed, h.start.lat, h.start.lon),
+            odo: s.next_odo,
+            n: s.next_n,
+            max: s.next_max,
+            held: None,
+        };
+    }
+    trip.start.tst = departed;
+    out.push(Finished::Stop(StopSummary {
+        start: h.start,
+        end_tst: departed,
+        duration_s: departed - h.start.tst,
+        points: h.points,
+    }));
 }
 
 /// The trip, ended at the stay's arrival.

@@ -39,7 +39,25 @@
 //! - A move within a stop that stays within reach of it (a walk across
 //!   the car park, a drift at walking pace) followed by a rest of
 //!   `min_stop_s` there, up to a fix or up to when it left, is part of the
-//!   stop, which goes on at the new place: no trip starts at the walk.
+//!   stop, which goes on at the new place: no trip starts at the walk. So
+//!   is a walk within reach right after a vehicle stopped (from the car to
+//!   the shop): the trip arrived when the vehicle stopped.
+//! - A fix whose accuracy is wider than `min_distance_m` (a cell fix) says
+//!   the device is still at a stay its circle reaches, never where: it
+//!   neither confirms nor cancels a fix waiting out of the stay, gives no
+//!   stay its centre, and times no departure.
+//! - On the move (a stay never settled at, or a pause too short for a
+//!   stop that it moved on from), a fix out of reach at a plausible speed
+//!   needs no second fix to agree: outliers come from parked phones. Of
+//!   two fixes out that disagree, the one with the smaller accuracy waits.
+//!   A device's first fix alone, followed by two at rest elsewhere that
+//!   agree, was the outlier; a first fix vaguer than a stay is no place to
+//!   leave from.
+//! - A departure first seen as a fix at rest (a phone that pinged every
+//!   quarter of an hour, first heard at a light) is timed by the trip's
+//!   first reported speed over the way to that fix: the stop's end is told
+//!   with that fix, a few fixes after the departure. A pause the phone was
+//!   silent through is a stop if that timing leaves `min_stop_s` at it.
 //! - A stay too short to be a stop (a red light, a jam shorter than
 //!   `min_stop_s`) is part of the trip; so is a tunnel or a data gap up to
 //!   `max_gap_s`. A longer gap ends an open trip at the last fix before it;
@@ -431,7 +449,7 @@ impl Stay {
 }
 
 /// A trip in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OpenTrip {
     start: Fix,
     /// The odometer and fix count at its first fix.
@@ -439,6 +457,74 @@ struct OpenTrip {
     n: u32,
     /// km/h.
     max: f64,
+    /// The stop it left, not yet told: the first fix out reported rest (a
+    /// light round the corner from a phone that pinged every quarter of
+    /// an hour), so its departure waits for the trip's first speed.
+    #[serde(default, rename = "h", skip_serializing_if = "Option::is_none")]
+    held: Option<Box<HeldStop>>,
+}
+
+/// A stop whose end waits for a speed to be estimated from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct HeldStop {
+    /// Its arrival (time and centre).
+    #[serde(rename = "s")]
+    start: Fix,
+    #[serde(rename = "n")]
+    points: u32,
+    /// Its last settled fix's time: the earliest it can have left.
+    #[serde(rename = "l")]
+    settled: i64,
+    /// The first fix out of it, which reported rest.
+    #[serde(rename = "o")]
+    out: Fix,
+    /// Set when the stay was too short for a stop unless it left late
+    /// (the phone silent from its arrival until a light 2 km on): the
+    /// trip open goes on through it unless the speed proves a stop.
+    #[serde(default, rename = "t", skip_serializing_if = "Option::is_none")]
+    split: Option<Split>,
+}
+
+/// A trip that went on through a stay, and the trip from it, should the
+/// stay prove a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[f64; 6]", into = "[f64; 6]")]
+struct Split {
+    /// The odometer and count at the stay's arrival, and the top speed
+    /// up to it.
+    odo: f64,
+    n: u32,
+    max: f64,
+    /// The same at its last settled fix, and the top speed since.
+    next_odo: f64,
+    next_n: u32,
+    next_max: f64,
+}
+
+impl From<[f64; 6]> for Split {
+    fn from(a: [f64; 6]) -> Self {
+        Split {
+            odo: a[0],
+            n: a[1] as u32,
+            max: a[2],
+            next_odo: a[3],
+            next_n: a[4] as u32,
+            next_max: a[5],
+        }
+    }
+}
+
+impl From<Split> for [f64; 6] {
+    fn from(s: Split) -> Self {
+        [
+            s.odo,
+            f64::from(s.n),
+            s.max,
+            s.next_odo,
+            f64::from(s.next_n),
+            s.next_max,
+        ]
+    }
 }
 
 /// What is remembered per device between fixes: a few hundred bytes.

@@ -2,6 +2,8 @@
 //! share no code with the detector: the nominal length of the scripted
 //! route, and a haversine sum over the same fixes.
 
+mod phones;
+
 use proptest::prelude::*;
 
 use super::*;
