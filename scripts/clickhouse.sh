@@ -2,20 +2,23 @@
 # A private ClickHouse server for tests and benchmarks, on free loopback
 # ports, with all its files in one directory.
 #
-#   scripts/clickhouse.sh start DIR   # prints the HTTP URL once it answers
+#   scripts/clickhouse.sh start DIR    # prints the HTTP URL once it answers
 #   scripts/clickhouse.sh stop DIR
+#   scripts/clickhouse.sh prepare DIR  # writes DIR's configuration only and
+#                                      # prints its native (TCP) port, for a
+#                                      # cluster's remote_servers (config.d/
+#                                      # beside it is read too)
 #
 # Starting a DIR that was started before reuses its ports and data, so a
 # test can stop the server and bring the same one back.
 set -euo pipefail
 . "$(dirname "$0")/service.sh"
-cmd="${1:?start|stop}"
+cmd="${1:?start|stop|prepare}"
 dir="$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)"
 
 pings() { [ "$(curl -s "$1/ping" 2>/dev/null)" = "Ok." ]; }
 
-case "$cmd" in
-start)
+prepare() {
   command -v clickhouse-server >/dev/null || {
     echo "clickhouse-server is not installed (apt-get install clickhouse-server)" >&2
     exit 1
@@ -33,9 +36,19 @@ s = re.sub(r'\s*<listen_host>::1</listen_host>', '', s)   # no IPv6 on every mac
 s = s.replace('/var/lib/clickhouse/', d + '/data/').replace('/var/log/clickhouse-server/', d + '/log/')
 open(d + '/config.xml', 'w').write(s)
 open(d + '/url', 'w').write(f'http://127.0.0.1:{http}')
+open(d + '/tcp', 'w').write(tcp)
 PY
     cp /etc/clickhouse-server/users.xml "$dir/users.xml"
   fi
+}
+
+case "$cmd" in
+prepare)
+  prepare
+  cat "$dir/tcp"
+  ;;
+start)
+  prepare
   url=$(cat "$dir/url")
   nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/stdout.log" 2>&1 &
   echo $! >"$dir/pid"
@@ -51,7 +64,7 @@ stop)
   stop_pidfile "$dir/pid" 300 hard
   ;;
 *)
-  echo "usage: $0 start|stop DIR" >&2
+  echo "usage: $0 start|stop|prepare DIR" >&2
   exit 2
   ;;
 esac

@@ -7,6 +7,11 @@
   every otstream service's command parses (`otstream CMD... --help`), and
   for the stages, the configuration it would run with (its environment and
   flags) passes `otstream check-config`.
+- deploy/cluster/docker-compose.cluster.yml, over docker-compose.yml: the
+  same checks, and its ClickHouse servers are exactly the replicas of the
+  cluster it mounts (cluster.xml), each with its own shard and replica
+  macros matching its place there; migrate, the sink and the ingress name
+  the cluster.
 - deploy/prometheus/prometheus.yml scrapes exactly the otstream services of
   the compose file, on the port the image serves metrics on.
 - deploy/grafana: the provisioning YAML parses; the dashboard JSON loads,
@@ -28,6 +33,7 @@ import sys
 import tempfile
 
 import yaml
+from xml.etree import ElementTree
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OTSTREAM = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "target/debug/otstream")
@@ -61,11 +67,11 @@ def check_command(where, args, env, config_file=None):
             fail(f"{where}: configuration refused: {r.stderr.strip()}")
 
 
-def compose():
-    path = ROOT / "docker-compose.yml"
-    r = subprocess.run(["docker-compose", "-f", str(path), "config"], capture_output=True, text=True)
+def compose(*files):
+    args = [a for f in files for a in ("-f", str(ROOT / f))]
+    r = subprocess.run(["docker-compose", *args, "config"], capture_output=True, text=True)
     if r.returncode != 0:
-        fail(f"docker-compose config: {r.stderr.strip()}")
+        fail(f"docker-compose {' '.join(files)} config: {r.stderr.strip()}")
     resolved = yaml.safe_load(r.stdout)
     services = resolved["services"]
     stages = set()
@@ -103,7 +109,48 @@ def compose():
     for host in targets:
         if host not in services:
             fail(f"prometheus target {host} is not a compose service")
-    return len(services), sorted(stages)
+    return len(services), sorted(stages), services
+
+
+def cluster(services):
+    """The ClickHouse cluster overlay: every server is a replica of the
+    cluster's remote_servers and nothing else is; each has its own shard
+    and replica macros, matching its place there; the stages that touch
+    ClickHouse, and migrate, name the cluster."""
+    servers = {n: s for n, s in services.items()
+               if s.get("image", "").startswith("clickhouse/clickhouse-server")}
+    layout, macros = None, {}
+    for name, svc in servers.items():
+        mounted = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", []) if v.startswith("/")}
+        for target, src in mounted.items():
+            if src.endswith(".xml"):
+                try:
+                    ElementTree.parse(src)
+                except ElementTree.ParseError as e:
+                    fail(f"{src}: {e}")
+        try:
+            cluster_xml = ElementTree.parse(mounted["/etc/clickhouse-server/config.d/cluster.xml"])
+            macro_xml = ElementTree.parse(mounted["/etc/clickhouse-server/config.d/macros.xml"])
+        except KeyError as e:
+            fail(f"compose service {name} does not mount {e}")
+        shards = [[r.findtext("host") for r in sh.findall("replica")]
+                  for sh in cluster_xml.findall("./remote_servers/otstream/shard")]
+        if layout not in (None, shards):
+            fail(f"compose service {name} mounts another cluster layout")
+        layout = shards
+        macros[svc.get("hostname", name)] = (macro_xml.findtext("./macros/shard"), macro_xml.findtext("./macros/replica"))
+    hosts = sorted(h for sh in layout for h in sh)
+    if hosts != sorted(macros):
+        fail(f"the cluster's replicas are {hosts}, the ClickHouse services {sorted(macros)}")
+    for i, shard in enumerate(layout, 1):
+        names = [macros[h] for h in shard]
+        if any(m[0] != f"{i:02}" for m in names) or len({m[1] for m in names}) != len(names):
+            fail(f"shard {i}'s replicas {shard} have macros {names}")
+    for name in ("migrate", "sink", "ingress"):
+        env = services[name].get("environment") or {}
+        if "otstream" not in (env.get("OTSTREAM_CLICKHOUSE_CLUSTER"), env.get("OTSTREAM_CLICKHOUSE__CLUSTER")):
+            fail(f"compose service {name} does not name the cluster")
+    return len(layout), len(hosts)
 
 
 def grafana():
@@ -196,11 +243,14 @@ def main():
     if not pathlib.Path(OTSTREAM).exists():
         fail(f"no otstream binary at {OTSTREAM}")
     os.chdir(ROOT)
-    services, stages = compose()
+    services, stages, _ = compose("docker-compose.yml")
+    _, _, overlaid = compose("docker-compose.yml", "deploy/cluster/docker-compose.cluster.yml")
+    shards, replicas = cluster(overlaid)
     panels = grafana()
     docs, containers = k8s()
     print(
         f"deploy check: compose {services} services (stages {', '.join(stages)}) and prometheus agree; "
+        f"the cluster overlay's {replicas} ClickHouse servers are its {shards} shards' replicas; "
         f"grafana dashboard {panels} panels on provisioned sources; "
         f"k8s {docs} manifests, {containers} otstream containers whose commands and configuration check out"
     )

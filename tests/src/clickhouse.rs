@@ -111,3 +111,128 @@ impl Drop for PrivateClickHouse {
         let _ = Self::script("stop", self.dir.path());
     }
 }
+
+/// The ClickHouse cluster started by scripts/test.sh
+/// (scripts/clickhouse-cluster.sh: a ZooKeeper and four servers, two
+/// shards of two replicas, named `otstream`). Panics (the test fails, it
+/// never skips) when it is not there. One test at a time has it: a test
+/// that takes a server or ZooKeeper away would fail another's DDL.
+pub struct Cluster {
+    dir: PathBuf,
+    /// The servers' HTTP interfaces: shard 1's two replicas, then shard 2's.
+    pub urls: Vec<String>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// The cluster's servers, as scripts/clickhouse-cluster.sh names them.
+pub const CLUSTER_NODES: [&str; 4] = ["s1r1", "s1r2", "s2r1", "s2r2"];
+
+impl Cluster {
+    /// The running cluster, once no other test has it.
+    pub fn get() -> Cluster {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::var("OTSTREAM_TEST_CLICKHOUSE_CLUSTER").unwrap_or_else(|_| {
+            panic!(
+                "OTSTREAM_TEST_CLICKHOUSE_CLUSTER is not set: this test needs a real ClickHouse \
+                 cluster; run scripts/test.sh, which starts one (scripts/clickhouse-cluster.sh)"
+            )
+        });
+        let dir = PathBuf::from(dir);
+        let urls = CLUSTER_NODES
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(dir.join(n).join("url"))
+                    .unwrap_or_else(|e| panic!("cluster server {n}: {e}"))
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        Cluster {
+            dir,
+            urls,
+            _turn: turn,
+        }
+    }
+
+    /// SIGKILLs server `node` (one of [`CLUSTER_NODES`]).
+    pub fn kill(&self, node: &str) {
+        let pid = std::fs::read_to_string(self.dir.join(node).join("pid"))
+            .unwrap_or_else(|e| panic!("{node}'s pid: {e}"));
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {node}");
+        let _ = std::fs::remove_file(self.dir.join(node).join("pid"));
+    }
+
+    /// Starts server `node` again, same port and data; waits until it answers.
+    pub fn start(&self, node: &str) {
+        service_script("clickhouse.sh", "start", &self.dir.join(node))
+            .unwrap_or_else(|e| panic!("{node}: {e:#}"));
+    }
+
+    /// Restarts every server, waiting until each answers: after a test
+    /// that took ZooKeeper or a server away, so that the next test's DDL
+    /// finds every server's DDL worker running (18.16's can stop for good
+    /// after such an outage).
+    pub fn restart_all(&self) {
+        for node in CLUSTER_NODES {
+            service_script("clickhouse.sh", "stop", &self.dir.join(node))
+                .unwrap_or_else(|e| panic!("{node}: {e:#}"));
+            self.start(node);
+        }
+    }
+
+    /// Creates `db` on the cluster (`otstream migrate --cluster`), as an
+    /// operator does before starting the stages: a first migration takes
+    /// about 20 s there.
+    pub fn migrate(&self, db: &str) {
+        let out = run(
+            &[
+                "migrate",
+                "--clickhouse-url",
+                &self.urls[0],
+                "--cluster",
+                "otstream",
+                "--database",
+                db,
+            ],
+            b"",
+        )
+        .expect("otstream migrate");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!(
+                "ClickHouse 18.16: applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9] in database {db} on cluster otstream"
+            ),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Takes ZooKeeper away (the replicated tables turn read-only).
+    pub fn stop_zookeeper(&self) {
+        service_script("zookeeper.sh", "stop", &self.dir.join("zk")).expect("stop zookeeper");
+    }
+
+    /// Brings ZooKeeper back, same port and data.
+    pub fn start_zookeeper(&self) {
+        service_script("zookeeper.sh", "start", &self.dir.join("zk")).expect("start zookeeper");
+    }
+
+    /// What each server holds of `table` in `db` once its replica caught
+    /// up, `FINAL`: `sql` over `{table}_local`, per server.
+    pub fn per_server(&self, db: &str, table: &str, sql: &str) -> Vec<Vec<String>> {
+        self.urls
+            .iter()
+            .map(|u| {
+                ch(u, Some(db), &format!("SYSTEM SYNC REPLICA {table}_local"))
+                    .unwrap_or_else(|e| panic!("{u}: sync {table}_local: {e}"));
+                ch_lines(u, db, &sql.replace("{table}", &format!("{table}_local")))
+                    .unwrap_or_else(|e| panic!("{u}: {sql}: {e}"))
+            })
+            .collect()
+    }
+}

@@ -71,6 +71,33 @@ fn migrate_is_idempotent_and_every_column_has_a_comment() {
     )
     .unwrap();
     assert!(String::from_utf8_lossy(&second.stdout).contains("schema up to date"));
+    // A migration cut short after its first ALTER (a process stopped, a
+    // sink's start that stopped waiting) is applied again from its start:
+    // the column it added is not an error.
+    ch(
+        &url,
+        Some(&db),
+        "ALTER TABLE schema_migrations DELETE WHERE version = 8",
+    )
+    .unwrap();
+    ch_eventually(
+        &url,
+        &db,
+        "SELECT count() FROM schema_migrations WHERE version = 8",
+        &["0"],
+        30,
+    );
+    let again = run(
+        &["migrate", "--clickhouse-url", &url, "--database", &db],
+        b"",
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("applied migrations [8]"),
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert_eq!(
         select(
             &url,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use otstream_bus::kafka::{KafkaConfig, read_to_end};
 use otstream_model::Record;
 use otstream_tests::{
-    PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url, create_topics,
-    free_port, publish_qos1, root, unique_db,
+    Cluster, PrivateTansu, Serve, broker_turn, ch_eventually, ch_lines, clickhouse_url,
+    create_topics, free_port, publish_qos1, root, unique_db,
 };
 
 const BASE_TST: i64 = 1_700_000_000;
@@ -47,11 +47,28 @@ impl Drop for Pipeline {
 
 impl Pipeline {
     fn new(name: &str, partitions: i32, max_lag: u64) -> Pipeline {
+        Self::storing_in(name, partitions, max_lag, &clickhouse_url(), "")
+    }
+
+    /// A pipeline whose sink writes to the ClickHouse at `ch_url`, on its
+    /// cluster `cluster` unless that is empty.
+    fn storing_in(
+        name: &str,
+        partitions: i32,
+        max_lag: u64,
+        ch_url: &str,
+        cluster: &str,
+    ) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let db = unique_db(name);
         let broker = PrivateTansu::start().unwrap();
-        let (brokers, ch_url) = (broker.brokers.clone(), clickhouse_url());
+        let (brokers, ch_url) = (broker.brokers.clone(), ch_url.to_owned());
         let prefix = format!("{db}.");
+        let cluster = if cluster.is_empty() {
+            String::new()
+        } else {
+            format!("cluster = \"{cluster}\"\n")
+        };
         let config = dir.path().join("otstream.toml");
         std::fs::write(
             &config,
@@ -65,7 +82,7 @@ max_lag = {max_lag}
 url = "{ch_url}"
 database = "{db}"
 period_ms = 100
-"#
+{cluster}"#
             ),
         )
         .unwrap();
@@ -109,9 +126,15 @@ period_ms = 100
 
     /// `otstream run STAGE` with `env` besides the pipeline's own.
     fn start_with(&self, stage: &str, env: &[(&str, &str)]) -> Serve {
+        self.launch(stage, stage, env)
+    }
+
+    /// `otstream run STAGE`, its files under `name` (one of several
+    /// instances of a stage).
+    fn launch(&self, stage: &str, name: &str, env: &[(&str, &str)]) -> Serve {
         Serve::start_cmd(
             &["run", stage],
-            &self.dir.path().join(stage),
+            &self.dir.path().join(name),
             self.http_port,
             &["--config", &self.config, "--brokers", &self.brokers],
             env,
@@ -276,8 +299,10 @@ fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
-const POSITIONS_SQL: &str =
-    "SELECT device, toInt64(toUnixTimestamp(tst)) AS t FROM positions FINAL ORDER BY device, t";
+/// Every device's fixes. The WHERE is for the cluster: 18.16 reads a
+/// Distributed table FINAL only with a WHERE or every key column selected
+/// ("Cannot find column received_at in source stream").
+const POSITIONS_SQL: &str = "SELECT device, toInt64(toUnixTimestamp(tst)) AS t FROM positions FINAL WHERE user = 'fleet' ORDER BY device, t";
 
 #[test]
 fn each_stage_killed_mid_stream_loses_nothing_acknowledged_and_stores_it_once() {
@@ -320,6 +345,69 @@ fn each_stage_killed_mid_stream_loses_nothing_acknowledged_and_stores_it_once() 
     for (name, s) in stages {
         assert!(s.interrupt().unwrap(), "{name} did not stop cleanly");
     }
+}
+
+/// On a ClickHouse cluster (two shards of two replicas behind ZooKeeper)
+/// every fix acknowledged is stored once under FINAL, and in both
+/// replicas of its device's shard, though one of two sink instances is
+/// SIGKILLed (its partitions move to the other when its session times
+/// out), ZooKeeper is away for five seconds (the replicated tables turn
+/// read-only: the sink's inserts wait, Kafka holds the rest), and a
+/// replica of the shard the sink does not talk to is SIGKILLed and comes
+/// back.
+#[test]
+fn on_a_cluster_a_sink_a_replica_and_zookeeper_going_away_lose_nothing() {
+    let _turn = broker_turn();
+    let cluster = Cluster::get();
+    let p = Pipeline::storing_in("kafka_cluster", 4, 1_000_000, &cluster.urls[0], "otstream");
+    cluster.migrate(&p.db);
+    let _stages: Vec<Serve> = ["ingress", "decode", "geofence"]
+        .into_iter()
+        .map(|s| p.start(s))
+        .collect();
+    let sink_a = p.launch("sink", "sink-a", &[]);
+    let _sink_b = p.launch("sink", "sink-b", &[]);
+
+    // 20 devices, 100 fixes each, from 4 clients.
+    let load = Load::new();
+    let clients = load.spawn(p.url(), 20, 100, 4);
+    wait_until("400 acknowledged", 120, || load.acked() >= 400);
+    sink_a.kill();
+    wait_until("800 acknowledged", 120, || load.acked() >= 800);
+    cluster.stop_zookeeper();
+    std::thread::sleep(Duration::from_secs(5));
+    cluster.start_zookeeper();
+    // The replica after ZooKeeper's return: 18.16's DDL worker on a server
+    // started during an outage stops for good ("Server expects that DDL
+    // task ... should be processed"), which would fail the next test's
+    // migration; that is the server's bug, not what this test is about.
+    wait_until("1200 acknowledged", 120, || load.acked() >= 1200);
+    cluster.kill("s2r1");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start("s2r1");
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(load.acked(), 2000);
+    let want = load.expected_rows();
+    p.eventually(POSITIONS_SQL, &want, 180);
+    assert_eq!(p.select("SELECT count() FROM positions FINAL"), ["2000"]);
+    // Per server: each replica of a shard holds what the other does, and
+    // the two shards hold every device once between them.
+    let held = cluster.per_server(
+        &p.db,
+        "positions",
+        "SELECT device, count() FROM {table} FINAL GROUP BY device ORDER BY device",
+    );
+    assert_eq!(held[0], held[1], "shard 1's replicas");
+    assert_eq!(held[2], held[3], "shard 2's replicas");
+    assert!(!held[0].is_empty() && !held[2].is_empty(), "{held:?}");
+    let mut devices: Vec<String> = held[0].iter().chain(&held[2]).cloned().collect();
+    devices.sort();
+    let mut want: Vec<String> = (0..20).map(|d| format!("d{d}\t100")).collect();
+    want.sort();
+    assert_eq!(devices, want);
+    cluster.restart_all();
 }
 
 #[test]

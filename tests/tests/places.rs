@@ -1,11 +1,12 @@
 //! Places and visits: a van's and a phone's stops clustered into places
 //! per device and per user, kept through a SIGKILL, the same from the
-//! embedded store and from ClickHouse, visits in JSON and Parquet.
+//! embedded store, from ClickHouse and from a ClickHouse cluster (the read
+//! API answers alike), visits in JSON and Parquet.
 
 use std::time::Duration;
 
 use otstream_tests::browser::Browser;
-use otstream_tests::{Serve, clickhouse_url, unique_db};
+use otstream_tests::{Cluster, Serve, ch_lines, clickhouse_url, unique_db};
 use serde_json::{Value, json};
 
 use super::api::{get, get_bytes, get_json, read_parquet, without_received_at};
@@ -429,22 +430,85 @@ fn stops_become_places_and_visits_through_a_crash_in_both_stores() {
     every_documented_endpoint_answers_as_documented(&sqlite);
     drop(sqlite);
 
-    let db = unique_db("places");
-    let clickhouse = Serve::start(
-        &dir.path().join("ch"),
-        &["--fences", &fences, "--clickhouse-url", &clickhouse_url()],
-        &[
-            ("OTSTREAM_CLICKHOUSE__DATABASE", &db),
+    // ClickHouse, and a cluster of two shards of two replicas through a
+    // server that is not the first: every answer equals the embedded
+    // store's, and the cluster's the one server's.
+    let on_clickhouse = |name: &str, url: &str, cluster: Option<&Cluster>| {
+        let db = unique_db(name);
+        let mut env = vec![
+            ("OTSTREAM_CLICKHOUSE__DATABASE", db.as_str()),
             ("OTSTREAM_CLICKHOUSE__PERIOD_MS", "50"),
-        ],
+        ];
+        if let Some(c) = cluster {
+            c.migrate(&db);
+            env.push(("OTSTREAM_CLICKHOUSE__CLUSTER", "otstream"));
+        }
+        let serve = Serve::start(
+            &dir.path().join(name),
+            &["--fences", &fences, "--clickhouse-url", url],
+            &env,
+        )
+        .unwrap();
+        for fixes in [&before, &after, &week(), &after] {
+            post(&serve, fixes);
+        }
+        serve.wait_shipped();
+        assert_eq!(answers(&serve), from_sqlite, "{name}");
+        (serve, db)
+    };
+    let (clickhouse, _) = on_clickhouse("places", &clickhouse_url(), None);
+    let from_one_server = more_answers(&clickhouse);
+    drop(clickhouse);
+    let cluster = Cluster::get();
+    let (on_cluster, db) = on_clickhouse("places_cluster", &cluster.urls[3], Some(&cluster));
+    assert_eq!(more_answers(&on_cluster), from_one_server);
+    // Each device's rows are on one shard, in both its replicas.
+    let devices = cluster.per_server(
+        &db,
+        "positions",
+        "SELECT user, device, count() FROM {table} FINAL GROUP BY user, device ORDER BY user, device",
+    );
+    assert_eq!(devices[0], devices[1], "shard 1's replicas");
+    assert_eq!(devices[2], devices[3], "shard 2's replicas");
+    let mut all: Vec<String> = devices[0].iter().chain(&devices[2]).cloned().collect();
+    all.sort();
+    let whole = ch_lines(
+        &cluster.urls[0],
+        &db,
+        "SELECT user, device, count() FROM positions FINAL GROUP BY user, device ORDER BY user, device",
     )
     .unwrap();
-    post(&clickhouse, &before);
-    post(&clickhouse, &after);
-    post(&clickhouse, &week());
-    post(&clickhouse, &after);
-    clickhouse.wait_shipped();
-    assert_eq!(answers(&clickhouse), from_sqlite);
+    assert_eq!(all, whole, "every device on exactly one shard");
+    assert_eq!(whole.len(), 3, "{whole:?}");
+}
+
+/// What the places' answers leave out, for the stores to be compared on:
+/// positions, Recorder's API, trips, the heatmap (times of receipt left
+/// out: they differ from run to run).
+fn more_answers(serve: &Serve) -> Vec<Value> {
+    [
+        "/api/v1/positions?user=kim&device=van&from=0",
+        "/api/v1/positions?user=lee&device=truck&from=0&format=geojson",
+        "/api/v1/trips?user=lee&from=0",
+        "/api/v1/devices",
+        "/api/0/locations?user=kim&device=van&from=2025-11-01",
+        "/api/0/last",
+        "/api/v1/heatmap?res=7&from=2025-11-20&to=2025-12-05",
+    ]
+    .into_iter()
+    .map(|p| without_times(get_json(serve, p)))
+    .collect()
+}
+
+fn without_times(v: Value) -> Value {
+    match without_received_at(v) {
+        Value::Array(a) => Value::Array(a.into_iter().map(without_times).collect()),
+        Value::Object(mut o) => {
+            o.remove("isorcv");
+            Value::Object(o.into_iter().map(|(k, v)| (k, without_times(v))).collect())
+        }
+        v => v,
+    }
 }
 
 /// The report page in Chromium: the van's day as a track, a speed chart,

@@ -4,7 +4,10 @@
 //! same number of equivalent rows itself (`INSERT ... SELECT FROM numbers`),
 //! the most it can store with no client at all.
 //!
-//! Used by benches/clickhouse_sink.sh, which starts a private server.
+//! Used by benches/clickhouse_sink.sh, which starts a private server, and
+//! benches/clickhouse_cluster_sink.sh, which starts that and a cluster of
+//! two shards of two replicas (`--cluster`: through the Distributed
+//! tables, each insert acknowledged once every shard has it).
 
 use std::time::Instant;
 
@@ -22,6 +25,10 @@ struct Args {
     /// Rows per batch size measured.
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
+    /// Write through the Distributed tables of this cluster (`--url` is
+    /// one of its servers), as the sink does with `clickhouse.cluster`.
+    #[arg(long)]
+    cluster: Option<String>,
 }
 
 fn position(i: usize) -> Record {
@@ -68,13 +75,25 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let mut config = ClickHouseConfig::new(&args.url);
     config.database = "bench".into();
+    config.cluster = args.cluster.clone();
     migrate(&config).await?;
     let client = config.client();
+    // On a cluster the rows are in each server's local table.
+    let truncate = match &args.cluster {
+        Some(c) => format!("TRUNCATE TABLE positions_local ON CLUSTER `{c}`"),
+        None => "TRUNCATE TABLE positions".to_owned(),
+    };
+    println!(
+        "into {}",
+        args.cluster
+            .as_deref()
+            .map_or("one server".to_owned(), |c| format!("cluster {c}"))
+    );
     let records: Vec<Record> = (0..args.rows).map(position).collect();
     let refs: Vec<&Record> = records.iter().collect();
     println!("rows per run: {}", args.rows);
     for batch in [1_000usize, 10_000, 100_000] {
-        query(&client, "TRUNCATE TABLE positions").await?;
+        query(&client, &truncate).await?;
         let started = Instant::now();
         for chunk in refs.chunks(batch) {
             rows::insert(&client, Table::Positions, chunk).await?;
@@ -85,7 +104,7 @@ async fn main() -> Result<()> {
             args.rows as f64 / secs
         );
     }
-    query(&client, "TRUNCATE TABLE positions").await?;
+    query(&client, &truncate).await?;
     let started = Instant::now();
     query(
         &client,

@@ -1,7 +1,7 @@
 //! `otstream migrate`: creates or upgrades the ClickHouse schema.
 
 use anyhow::{Context, Result};
-use otstream_schema::clickhouse::{ClickHouseConfig, MIGRATIONS, ServerVersion, render};
+use otstream_schema::clickhouse::{ClickHouseConfig, MIGRATIONS, ServerVersion, render_on};
 use otstream_sink::clickhouse;
 
 /// Flags of `otstream migrate`.
@@ -32,6 +32,11 @@ pub struct Args {
     /// Server version to render for with --print-ddl, e.g. 18.16 or 25.8.
     #[arg(long)]
     server_version: Option<String>,
+    /// Spread the tables over this cluster of the servers' remote_servers:
+    /// replicated tables on every server, Distributed tables sharded by
+    /// the device (deploy/clickhouse/README.md).
+    #[arg(long, env = "OTSTREAM_CLICKHOUSE_CLUSTER")]
+    cluster: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,8 +45,23 @@ pub fn run(args: Args) -> Result<()> {
         let version = ServerVersion::parse(&format!("{raw}.0"))
             .or_else(|| ServerVersion::parse(&raw))
             .with_context(|| format!("--server-version {raw:?} is not MAJOR.MINOR"))?;
+        let cluster = args.cluster.as_deref();
+        if let Some(c) = cluster {
+            println!(
+                "{};\n\n{};\n",
+                otstream_schema::cluster::create_database(&args.database, c),
+                otstream_schema::cluster::schema_migrations(&args.database, c, version)
+            );
+        }
         for m in MIGRATIONS {
-            for stmt in render(m.template, &args.database, version, args.retention_days) {
+            let statements = render_on(
+                m.template,
+                &args.database,
+                version,
+                args.retention_days,
+                cluster,
+            )?;
+            for stmt in statements {
                 println!("{stmt};\n");
             }
         }
@@ -52,20 +72,26 @@ pub fn run(args: Args) -> Result<()> {
     config.user = args.user;
     config.password = args.password;
     config.retention_days = args.retention_days;
+    config.cluster = args.cluster;
     let report = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(clickhouse::migrate(&config))
         .with_context(|| format!("migrating {}", config.url))?;
+    let on = config
+        .cluster
+        .as_deref()
+        .map(|c| format!(" on cluster {c}"))
+        .unwrap_or_default();
     if report.applied.is_empty() {
         println!(
-            "ClickHouse {}: schema up to date in database {}",
+            "ClickHouse {}: schema up to date in database {}{on}",
             report.server, config.database
         );
     } else {
         println!(
-            "ClickHouse {}: applied migrations {:?} in database {}",
+            "ClickHouse {}: applied migrations {:?} in database {}{on}",
             report.server, report.applied, config.database
         );
     }

@@ -14,6 +14,7 @@ use clickhouse::Client;
 use otstream_model::ConfigError;
 use serde::Deserialize;
 
+use crate::cluster::UnknownStatement;
 use crate::quote_ident;
 
 /// One migration: its version, name, and DDL template.
@@ -174,6 +175,22 @@ pub fn render(
         .collect()
 }
 
+/// The statements of `template` as [`render`] gives them, placed on
+/// `cluster` when one is named ([`crate::cluster`]).
+pub fn render_on(
+    template: &str,
+    database: &str,
+    version: ServerVersion,
+    retention_days: Option<u32>,
+    cluster: Option<&str>,
+) -> Result<Vec<String>, UnknownStatement> {
+    let one = render(template, database, version, retention_days);
+    match cluster {
+        Some(c) => crate::cluster::on_cluster(&one, database, c, version),
+        None => Ok(one),
+    }
+}
+
 /// Where and how to write to ClickHouse.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +235,11 @@ pub struct ClickHouseConfig {
     /// that have TTL); forever when unset.
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// The cluster (a name in the servers' `remote_servers`) the tables
+    /// are spread over, shards and replicas ([`crate::cluster`]); one
+    /// server when unset. `url` is any server of it.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 fn default_database() -> String {
@@ -261,6 +283,7 @@ impl ClickHouseConfig {
             retry_max_ms: default_retry_max_ms(),
             insert_timeout_ms: default_insert_timeout_ms(),
             retention_days: None,
+            cluster: None,
         }
     }
 
@@ -270,6 +293,12 @@ impl ClickHouseConfig {
             return Err(ConfigError::new(
                 "clickhouse.url",
                 format!("clickhouse.url must be an http(s) URL, got {:?}", self.url),
+            ));
+        }
+        if self.cluster.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::new(
+                "clickhouse.cluster",
+                "clickhouse.cluster must name a cluster of the servers' remote_servers",
             ));
         }
         if self.max_rows == 0 || self.max_bytes == 0 || self.database.is_empty() {
@@ -283,12 +312,24 @@ impl ClickHouseConfig {
 
     /// A client for the configured database. Validation of column types
     /// is off: 18.16 has no RowBinaryWithNamesAndTypes.
+    ///
+    /// On a cluster, an insert into a Distributed table returns once every
+    /// shard it touched has it (`insert_distributed_sync`: an insert
+    /// acknowledged is stored, not queued on the server that took it), and
+    /// a read that looks a device's rows up in a second table (`IN`) does
+    /// it on each shard (`distributed_product_mode = 'local'`): the tables
+    /// are sharded alike, by the device.
     pub fn client(&self) -> Client {
         let mut c = Client::default()
             .with_url(&self.url)
             .with_database(&self.database)
             .with_compression(clickhouse::Compression::Lz4)
             .with_validation(false);
+        if self.cluster.is_some() {
+            c = c
+                .with_setting("insert_distributed_sync", "1")
+                .with_setting("distributed_product_mode", "local");
+        }
         if let Some(u) = &self.user {
             c = c.with_user(u);
         }
@@ -312,6 +353,9 @@ pub enum ClickHouseError {
     /// The configuration is inconsistent.
     #[error("invalid clickhouse configuration: {0}")]
     Config(#[from] ConfigError),
+    /// A migration has no form for a cluster.
+    #[error(transparent)]
+    Cluster(#[from] UnknownStatement),
 }
 
 #[cfg(test)]

@@ -16,9 +16,11 @@
 //! [`sqlite`] (migrations, the insert
 //! statements), [`file`] (how the store's SQLite files are opened, and the
 //! retry loop of their writers), [`clickhouse`] (migrations rendered per server version,
-//! [`clickhouse::ClickHouseConfig`]).
+//! [`clickhouse::ClickHouseConfig`]), [`cluster`] (the same migrations on a
+//! cluster of shards and replicas).
 
 pub mod clickhouse;
+pub mod cluster;
 pub mod file;
 pub mod h3;
 pub mod rows;

@@ -26,22 +26,43 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHo
     let root = config.client().with_database("default");
     let server = server_version(&root).await?;
     let db = otstream_schema::quote_ident(&config.database);
-    root.query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-        .execute()
-        .await?;
-    root.query(&format!(
-        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32 COMMENT 'migration number', name String COMMENT 'migration name', applied_at DateTime COMMENT 'when it was applied (UTC)', server_version String COMMENT 'server it was rendered for') ENGINE = MergeTree ORDER BY version"
-    ))
-    .execute()
-    .await?;
+    let cluster = config.cluster.as_deref();
+    let (create_db, create_record) = match cluster {
+        Some(c) => (
+            otstream_schema::cluster::create_database(&config.database, c),
+            otstream_schema::cluster::schema_migrations(&config.database, c, server),
+        ),
+        None => (
+            format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32 COMMENT 'migration number', name String COMMENT 'migration name', applied_at DateTime COMMENT 'when it was applied (UTC)', server_version String COMMENT 'server it was rendered for') ENGINE = MergeTree ORDER BY version"
+            ),
+        ),
+    };
+    root.query(&create_db).execute().await?;
+    root.query(&create_record).execute().await?;
     let done: Vec<u32> = root
         .query(&format!("SELECT version FROM {db}.schema_migrations"))
         .fetch_all()
         .await?;
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        for stmt in schema::render(m.template, &config.database, server, config.retention_days) {
-            root.query(&stmt).execute().await?;
+        for stmt in schema::render_on(
+            m.template,
+            &config.database,
+            server,
+            config.retention_days,
+            cluster,
+        )? {
+            match root.query(&stmt).execute().await {
+                Ok(()) => {}
+                // A migration cut short (the process stopped, or the sink's
+                // start stopped waiting for a cluster's DDL) is applied again
+                // from its start, and 18.16 has no ADD COLUMN IF NOT EXISTS:
+                // a column already added is done.
+                Err(e) if stmt.contains(" ADD COLUMN ") && already_added(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         root.query(&format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at, server_version) SELECT {}, '{}', now(), '{server}'",
@@ -53,6 +74,13 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, ClickHo
         applied.push(m.version);
     }
     Ok(MigrateReport { server, applied })
+}
+
+/// Whether `e` says the column an `ADD COLUMN` adds is there already (on
+/// a cluster: on one of its servers, having run there before).
+fn already_added(e: &clickhouse::error::Error) -> bool {
+    e.to_string()
+        .contains("column with this name already exists")
 }
 
 /// The latest state of every device, every kind (see the `device_state`
