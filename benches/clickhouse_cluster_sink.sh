@@ -14,7 +14,8 @@ cargo build -q --release -p otstream-benches --bin ch_sink
 dir=$(mktemp -d)
 trap 'scripts/clickhouse.sh stop "$dir/one" >/dev/null; scripts/clickhouse-cluster.sh stop "$dir/cluster" >/dev/null; rm -rf "$dir"' EXIT
 one=$(scripts/clickhouse.sh start "$dir/one")
-cluster=$(scripts/clickhouse-cluster.sh start "$dir/cluster" | head -1)
+scripts/clickhouse-cluster.sh start "$dir/cluster" >/dev/null
+cluster=$(cat "$dir/cluster/s1r1/url")
 echo "ClickHouse $(curl -s "$one/?query=SELECT%20version()"): one server at $one, cluster at $cluster"
 ./target/release/ch_sink --url "$one" --rows "$rows"
 ./target/release/ch_sink --url "$cluster" --rows "$rows" --cluster otstream

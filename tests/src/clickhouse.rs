@@ -121,7 +121,19 @@ pub struct Cluster {
     dir: PathBuf,
     /// The servers' HTTP interfaces: shard 1's two replicas, then shard 2's.
     pub urls: Vec<String>,
+    /// Set once a server or ZooKeeper was taken away: then every server
+    /// is restarted when the test lets the cluster go, pass or fail.
+    disturbed: std::cell::Cell<bool>,
     _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.disturbed.get() {
+            let _ = service_script("zookeeper.sh", "start", &self.dir.join("zk"));
+            self.restart_all();
+        }
+    }
 }
 
 /// The cluster's servers, as scripts/clickhouse-cluster.sh names them.
@@ -151,12 +163,14 @@ impl Cluster {
         Cluster {
             dir,
             urls,
+            disturbed: std::cell::Cell::new(false),
             _turn: turn,
         }
     }
 
     /// SIGKILLs server `node` (one of [`CLUSTER_NODES`]).
     pub fn kill(&self, node: &str) {
+        self.disturbed.set(true);
         let pid = std::fs::read_to_string(self.dir.join(node).join("pid"))
             .unwrap_or_else(|e| panic!("{node}'s pid: {e}"));
         let status = Command::new("kill")
@@ -173,15 +187,18 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{node}: {e:#}"));
     }
 
-    /// Restarts every server, waiting until each answers: after a test
-    /// that took ZooKeeper or a server away, so that the next test's DDL
-    /// finds every server's DDL worker running (18.16's can stop for good
-    /// after such an outage).
-    pub fn restart_all(&self) {
+    /// Restarts every server: after a test that took ZooKeeper or a
+    /// server away, so that the next test's DDL finds every server's DDL
+    /// worker running (18.16's can stop for good after such an outage).
+    /// Errors are printed, not raised: it runs when a test ends.
+    fn restart_all(&self) {
         for node in CLUSTER_NODES {
-            service_script("clickhouse.sh", "stop", &self.dir.join(node))
-                .unwrap_or_else(|e| panic!("{node}: {e:#}"));
-            self.start(node);
+            let dir = self.dir.join(node);
+            let again = service_script("clickhouse.sh", "stop", &dir)
+                .and_then(|_| service_script("clickhouse.sh", "start", &dir));
+            if let Err(e) = again {
+                eprintln!("restarting cluster server {node}: {e:#}");
+            }
         }
     }
 
@@ -214,6 +231,7 @@ impl Cluster {
 
     /// Takes ZooKeeper away (the replicated tables turn read-only).
     pub fn stop_zookeeper(&self) {
+        self.disturbed.set(true);
         service_script("zookeeper.sh", "stop", &self.dir.join("zk")).expect("stop zookeeper");
     }
 

@@ -301,6 +301,19 @@ impl ClickHouseConfig {
                 "clickhouse.cluster must name a cluster of the servers' remote_servers",
             ));
         }
+        // On a cluster the names go into ZooKeeper paths, where `{` starts
+        // a macro and `/` a level.
+        let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| !plain(c) || !plain(&self.database))
+        {
+            return Err(ConfigError::new(
+                "clickhouse.cluster",
+                "on a cluster, clickhouse.cluster and clickhouse.database must be letters, digits and _",
+            ));
+        }
         if self.max_rows == 0 || self.max_bytes == 0 || self.database.is_empty() {
             return Err(ConfigError::new(
                 "clickhouse.max_rows",

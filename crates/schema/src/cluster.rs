@@ -5,7 +5,7 @@
 //! - A table of a device's rows (every table but [`GLOBAL`]) becomes a
 //!   replicated table `NAME_local` on every server (`ON CLUSTER`), its
 //!   engine the replicated form of the one-server engine, its ZooKeeper
-//!   path `/clickhouse/tables/{shard}/DB/NAME_local` and its replica name
+//!   path `/clickhouse/tables/CLUSTER/{shard}/DB/NAME_local` and its replica name
 //!   `{replica}` (the servers' macros), and a Distributed table `NAME`
 //!   over them sharded by [`SHARDING_KEY`]: a device's rows, its `FINAL`
 //!   and its trips live on one shard, and every reader and writer keeps
@@ -59,16 +59,18 @@ pub fn on_cluster(
     let mut out = Vec::new();
     let mut altered: Vec<&str> = Vec::new();
     for s in statements {
-        let alter = c.place(s, &mut out)?;
         // A Distributed table takes no ALTER on a replicated cluster
         // (18.16: "Table ... isn't replicated, but shard #1 is replicated
         // according to its cluster definition"): after its local tables
-        // changed, it is made again over them. It holds no rows (inserts
-        // are synchronous), so nothing is lost.
-        if altered.last().is_some_and(|t| alter != Some(*t)) {
+        // changed, it is made again over them, before any other statement
+        // (which might use the new columns). It holds no rows (inserts are
+        // synchronous), so nothing is lost.
+        let alters = c.alters(s);
+        if altered.last().is_some_and(|t| alters != Some(*t)) {
             c.remake(altered.drain(..), &mut out);
         }
-        if let Some(t) = alter.filter(|t| !altered.contains(t)) {
+        c.place(s, &mut out)?;
+        if let Some(t) = alters.filter(|t| !altered.contains(t)) {
             altered.push(t);
         }
     }
@@ -167,8 +169,8 @@ impl<'a> Cluster<'a> {
             ("{shard}".to_owned(), "{replica}")
         };
         let zk = literal(&format!(
-            "/clickhouse/tables/{path}/{}/{table}",
-            self.database
+            "/clickhouse/tables/{}/{path}/{}/{table}",
+            self.cluster, self.database
         ));
         let sep = if args.is_empty() { "" } else { ", " };
         format!("Replicated{engine}({zk}, {}{sep}{args})", literal(replica))
@@ -210,6 +212,12 @@ impl<'a> Cluster<'a> {
             ));
             out.push(self.distributed(t));
         }
+    }
+
+    /// The sharded table `s` alters, if it is such an ALTER.
+    fn alters<'s>(&self, s: &'s str) -> Option<&'s str> {
+        let (t, _) = self.table_after(s, "ALTER TABLE ")?;
+        (!GLOBAL.contains(&t)).then_some(t)
     }
 
     /// Places `s` in `out`; the sharded table whose columns it changed, if
@@ -269,6 +277,11 @@ impl<'a> Cluster<'a> {
         } else if let Some((v, rest)) =
             self.table_after(s, "CREATE MATERIALIZED VIEW IF NOT EXISTS ")
         {
+            // A view with storage of its own would hold one server's rows,
+            // unreplicated: only views into a table (`TO`) are placed.
+            if !rest.trim_start().starts_with("TO ") {
+                return Err(unknown());
+            }
             out.push(format!(
                 "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{} ON CLUSTER {on}{}",
                 quote_ident(v),
@@ -282,6 +295,14 @@ impl<'a> Cluster<'a> {
                 "DROP TABLE IF EXISTS {db}.{} ON CLUSTER {on}",
                 quote_ident(t)
             ));
+            // A sharded table's rows are in its local tables (a view has
+            // none: IF EXISTS).
+            if !GLOBAL.contains(&t) {
+                out.push(format!(
+                    "DROP TABLE IF EXISTS {db}.{} ON CLUSTER {on}",
+                    quote_ident(&format!("{t}_local"))
+                ));
+            }
         } else if s.starts_with("INSERT INTO ") {
             out.push(s.to_owned());
         } else {
@@ -396,27 +417,57 @@ mod tests {
         assert_eq!(
             sql,
             [
-                "CREATE TABLE IF NOT EXISTS `ot`.`trips_local` ON CLUSTER `c1`\n(\n    user String,\n    device String,\n    start DateTime,\n    received_at UInt64\n)\nENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ot/trips_local', '{replica}', received_at)\nPARTITION BY toYYYYMM(start)\nORDER BY (user, device, start)",
+                "CREATE TABLE IF NOT EXISTS `ot`.`trips_local` ON CLUSTER `c1`\n(\n    user String,\n    device String,\n    start DateTime,\n    received_at UInt64\n)\nENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/c1/{shard}/ot/trips_local', '{replica}', received_at)\nPARTITION BY toYYYYMM(start)\nORDER BY (user, device, start)",
                 "CREATE TABLE IF NOT EXISTS `ot`.`trips` ON CLUSTER `c1` AS `ot`.`trips_local` ENGINE = Distributed('c1', 'ot', 'trips_local', sipHash64(user, device))",
                 "ALTER TABLE `ot`.`trips_local` ON CLUSTER `c1` ADD COLUMN end_cc String DEFAULT ''",
                 "ALTER TABLE `ot`.`trips_local` ON CLUSTER `c1` COMMENT COLUMN end_cc 'its country'",
                 "DROP TABLE IF EXISTS `ot`.`trips` ON CLUSTER `c1`",
                 "CREATE TABLE IF NOT EXISTS `ot`.`trips` ON CLUSTER `c1` AS `ot`.`trips_local` ENGINE = Distributed('c1', 'ot', 'trips_local', sipHash64(user, device))",
-                "CREATE TABLE IF NOT EXISTS `ot`.`addresses` ON CLUSTER `c1`\n(\n    cell UInt64\n)\nENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/ot/addresses', '{shard}_{replica}', fetched_at)\nORDER BY cell",
+                "CREATE TABLE IF NOT EXISTS `ot`.`addresses` ON CLUSTER `c1`\n(\n    cell UInt64\n)\nENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/c1/all/ot/addresses', '{shard}_{replica}', fetched_at)\nORDER BY cell",
             ]
         );
     }
 
     #[test]
     fn a_statement_of_another_shape_is_refused_not_run_on_one_server() {
-        let one = vec!["RENAME TABLE `ot`.a TO `ot`.b".to_owned()];
         let v = ServerVersion {
             major: 25,
             minor: 8,
         };
+        for s in [
+            "RENAME TABLE `ot`.a TO `ot`.b",
+            // A view with its own storage would hold one server's rows.
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `ot`.v ENGINE = MergeTree ORDER BY a AS SELECT a FROM `ot`.positions",
+        ] {
+            let one = vec![s.to_owned()];
+            assert_eq!(
+                on_cluster(&one, "ot", "c1", v),
+                Err(UnknownStatement(one[0].clone()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_dropped_table_goes_with_its_local_tables_and_an_altered_one_is_remade_first() {
+        let v = ServerVersion {
+            major: 25,
+            minor: 8,
+        };
+        let one = vec![
+            "DROP TABLE IF EXISTS `ot`.presence_mv".to_owned(),
+            "ALTER TABLE `ot`.stops ADD COLUMN x UInt8 DEFAULT 0".to_owned(),
+            "INSERT INTO `ot`.stops (x) SELECT 1".to_owned(),
+        ];
         assert_eq!(
-            on_cluster(&one, "ot", "c1", v),
-            Err(UnknownStatement(one[0].clone()))
+            on_cluster(&one, "ot", "c1", v).unwrap(),
+            [
+                "DROP TABLE IF EXISTS `ot`.`presence_mv` ON CLUSTER `c1`",
+                "DROP TABLE IF EXISTS `ot`.`presence_mv_local` ON CLUSTER `c1`",
+                "ALTER TABLE `ot`.`stops_local` ON CLUSTER `c1` ADD COLUMN x UInt8 DEFAULT 0",
+                "DROP TABLE IF EXISTS `ot`.`stops` ON CLUSTER `c1`",
+                "CREATE TABLE IF NOT EXISTS `ot`.`stops` ON CLUSTER `c1` AS `ot`.`stops_local` ENGINE = Distributed('c1', 'ot', 'stops_local', sipHash64(user, device))",
+                "INSERT INTO `ot`.stops (x) SELECT 1",
+            ]
         );
     }
 }

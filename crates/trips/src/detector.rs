@@ -19,9 +19,15 @@ impl Detector {
     }
 
     /// The trip in progress: its departure (estimated time, at the centre
-    /// of the stay it left).
+    /// of the stay it left); none yet while that departure waits for the
+    /// trip's first speed (a stop held, [`Finished::Stop`] not yet told),
+    /// so that a trip is announced once, at its time.
     pub fn open_trip(&self, state: &TripState) -> Option<Fix> {
-        state.trip.as_ref().map(|t| t.start)
+        state
+            .trip
+            .as_ref()
+            .filter(|t| t.held.as_ref().is_none_or(|h| h.split.is_some()))
+            .map(|t| t.start)
     }
 
     /// The stop in progress, once the stay has lasted `min_stop_s`: its
@@ -92,7 +98,12 @@ impl Detector {
         }
         // A device first seen only that vaguely (a cell fix as its first)
         // was not there to leave from: it begins at the first sharp fix.
-        if !vague && state.trip.is_none() && stay.w > 0.0 && stay.w < c.min_distance_m.powi(-2) {
+        if !vague
+            && state.trip.is_none()
+            && stay.w > 0.0
+            && stay.w < c.min_distance_m.powi(-2)
+            && !stay.is_stop(c.min_stop_s)
+        {
             state.pending = None;
             self.restart_at(state, fix);
             return;
@@ -129,6 +140,7 @@ impl Detector {
         // fix hundreds of metres off), not a trip from it.
         let on_the_move = stay.w == 0.0 || (stay.departed.is_some() && !stay.is_stop(c.min_stop_s));
         let lone = state.trip.is_none()
+            && stay.departed.is_none()
             && stay
                 .arrival
                 .is_some_and(|(a, _)| a.n == stay.first.n && stay.settled.n == a.n);
@@ -147,8 +159,11 @@ impl Detector {
             // pause too short for a stop): where the device went, at a
             // plausible speed, even if it rests there with its phone
             // silent (parked past the light, a cell fix in between).
-            // Outliers come from parked phones, not from moving ones.
-            _ if on_the_move && plausible(&last) => self.leave(state, fix, out),
+            // Outliers come from parked phones, not from moving ones; a
+            // fix without a reported speed still waits for a second.
+            _ if on_the_move && fix.vel().is_some() && plausible(&last) => {
+                self.leave(state, fix, out)
+            }
             // Of two fixes out that disagree, the sharper waits: a Wi-Fi
             // fix claiming 70 m right after a GPS arrival at 6 m is the
             // outlier, not the arrival.
@@ -277,10 +292,16 @@ impl Detector {
             stay.alt = Some(Box::new(stay.anchor()));
             stay.restore(*alt);
             self.add_settled(&mut stay, Some(&last), &fix, mark);
-        } else if stay.arrival.is_some() && stay.head_max >= WALK_KMH && stay.tail_max < WALK_KMH {
+        } else if stay.arrival.is_some()
+            && stay.head_max >= WALK_KMH
+            && stay.tail_max < WALK_KMH
+            && !stay.is_stop(self.config.min_stop_s)
+        {
             // Out of a vehicle and on foot, within reach (from the car to
             // the shop): it arrived when the vehicle stopped, and the stay
-            // goes on where the walk came to rest.
+            // goes on where the walk came to rest. Only until it is a stop:
+            // after that a move within it is the stop's (below), and
+            // jitter does not move it.
             self.rests_here(&mut stay, &fix, mark);
         } else if !stay.is_stop(self.config.min_stop_s) {
             // Settling somewhere else than where it paused before (a light
@@ -446,7 +467,7 @@ fn tell_held(trip: &mut OpenTrip, speed: Option<f64>, min_stop_s: i64, out: &mut
     let departed = match speed {
         Some(v) => {
             let way = (h.start.distance_m(&h.out) / (v / 3.6)).ceil() as i64;
-            (h.out.tst - way).max(h.settled)
+            h.out.tst.saturating_sub(way).max(h.settled)
         }
         None => h.settled,
     };

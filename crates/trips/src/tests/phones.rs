@@ -204,10 +204,16 @@ fn a_departure_first_seen_at_a_light_is_timed_by_the_trips_speed() {
     s.drive(20, 10, 90.0, 40.0);
     s.go(10, 90.0, 30.0, 0.0, 8.0);
     s.rest(10, 60);
-    // At the light, the stop is not told yet: its end waits for a speed.
+    // At the light, the stop is not told yet: its end waits for a speed;
+    // nor is the trip announced (its start is not known yet), and it is
+    // announced once, at its time, with the first moving fix.
+    let d = Detector::new(TripConfig::default());
     let (out, state) = run(TripConfig::default(), &s.fixes[..waiting]);
     assert_eq!(out, []);
     assert!(state.on_trip());
+    assert_eq!(d.open_trip(&state), None);
+    let (_, state) = run(TripConfig::default(), &s.fixes[..=waiting]);
+    assert_eq!(d.open_trip(&state).map(|f| f.tst), Some(at_light - 95));
     let (out, _) = run(TripConfig::default(), &s.fixes);
     // 1,050 m at 40 km/h is 94.5 s: it left 95 s before the light, 600 s
     // after the ping (not at the ping, 10 minutes early).
